@@ -1,0 +1,181 @@
+// What every schedule in algorithms/ shares: the reduction it applies, how a
+// buffer is cut into one block per rank, segment sizes, and message tags.
+//
+// Vocabulary (used by every file here):
+//   block   - the part of a buffer that one rank owns in a schedule; blocks
+//             follow numpy.array_split, so the first (count % P) blocks hold
+//             one element more.
+//   segment - a piece of a block no larger than Tuning::segment_bytes; a block
+//             moves as several segments so that receiving one overlaps
+//             reducing the previous one.
+//   step    - one round of a ring or tree; the schedule's comments number them.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
+#include "common/types.h"
+#include "kernels/reduce.h"
+#include "transport/mpi_comm.h"
+
+namespace distml::algorithms {
+
+using transport::MpiComm;
+using transport::Request;
+
+struct Reduction {
+  DType dtype;
+  Op op;  // the step operator (never kAvg; callers finish averages)
+  std::size_t elem;
+  kernels::ReduceFn step;
+
+  Reduction(DType d, Op o)
+      : dtype(d), op(step_op(o)), elem(dtype_size(d)), step(kernels::lookup(d, step_op(o))) {}
+};
+
+struct Tuning {
+  std::size_t segment_bytes = std::size_t{1} << 20;
+  // At most this many segments of one step in flight at once.
+  int window = 8;
+};
+
+// numpy.array_split of `count` elements into `parts` blocks, in whole
+// units of `unit` elements (the row size when an N-D array is split along its
+// first axis; `count` is a multiple of it). Offsets and sizes are in elements.
+struct Blocks {
+  std::size_t count;
+  int parts;
+  std::size_t unit = 1;
+  std::size_t offset(int i) const {
+    std::size_t rows = count / unit, base = rows / parts, extra = rows % parts;
+    return (base * i + std::min<std::size_t>(i, extra)) * unit;
+  }
+  std::size_t size(int i) const {
+    std::size_t rows = count / unit, base = rows / parts, extra = rows % parts;
+    return (base + (static_cast<std::size_t>(i) < extra ? 1 : 0)) * unit;
+  }
+};
+
+// One tag per collective, so that a message of one kind can never be taken
+// for another's.
+enum Tag : int {
+  kTagReduceScatter = 101,
+  kTagAllgather = 102,
+  kTagRecursiveDoubling = 103,
+  kTagBroadcast = 104,
+  kTagReduce = 105,
+  kTagAlltoall = 106,
+  kTagBarrier = 107,
+  kTagGather = 108,
+  kTagFingerprint = 109,
+};
+
+inline int mod(int a, int p) { return ((a % p) + p) % p; }
+
+// Number of segments a block of `elems` elements is cut into.
+inline std::size_t segments_of(std::size_t elems, std::size_t seg_elems) {
+  return elems == 0 ? 0 : (elems + seg_elems - 1) / seg_elems;
+}
+
+inline std::size_t segment_elems(const Tuning& t, std::size_t elem) {
+  return std::max<std::size_t>(1, t.segment_bytes / elem);
+}
+
+// ---- Schedules (one per file) -------------------------------------------
+
+// Ring reduce-scatter. On return, block `rank` of `work` holds the reduction
+// of block `rank` over all ranks; other blocks of `work` are scratch. `in` may
+// equal `work`. `blocks.count` elements in both.
+void reduce_scatter_ring(MpiComm& comm, const void* in, void* work, const Blocks& blocks,
+                         const Reduction& red, const Tuning& tuning);
+
+// Ring allgather in place: on entry block `rank` of `buf` holds this rank's
+// data; on return every block holds its owner's. Blocks in elements of `elem`
+// bytes.
+void allgather_ring(MpiComm& comm, void* buf, const Blocks& blocks, std::size_t elem,
+                    const Tuning& tuning);
+
+// Ring allreduce: reduce_scatter_ring then allgather_ring.
+void allreduce_ring(MpiComm& comm, const void* in, void* out, std::size_t count,
+                    const Reduction& red, const Tuning& tuning);
+
+// Recursive doubling allreduce for latency-bound sizes; any P.
+void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std::size_t count,
+                                  const Reduction& red);
+
+// Binomial-tree broadcast of `bytes` bytes from `root`.
+void broadcast_binomial(MpiComm& comm, void* buf, std::size_t bytes, int root);
+
+// Broadcast for large buffers: root scatters one block per rank, then a ring
+// allgather; `count` elements of `elem` bytes.
+void broadcast_scatter_allgather(MpiComm& comm, void* buf, std::size_t count, std::size_t elem,
+                                 int root, const Tuning& tuning);
+
+// Binomial-tree reduce to `root`; `out` is written on the root only.
+void reduce_binomial(MpiComm& comm, const void* in, void* out, std::size_t count,
+                     const Reduction& red, int root);
+
+// Reduce for large buffers: ring reduce-scatter, then each rank sends its
+// block to the root. `out` is written on the root only.
+void reduce_scatter_gather(MpiComm& comm, const void* in, void* out, std::size_t count,
+                           const Reduction& red, int root, const Tuning& tuning);
+
+// Pairwise-exchange alltoall: `block_bytes` to and from every rank. `in` may
+// equal `out`.
+void alltoall_pairwise(MpiComm& comm, const void* in, void* out, std::size_t block_bytes);
+
+// Dissemination barrier.
+void barrier_dissemination(MpiComm& comm);
+
+}  // namespace distml::algorithms
+
+namespace distml::algorithms {
+
+// One ring step: send `send_elems` elements to the right neighbour while
+// receiving `recv_elems` from the left one, segment by segment, with at most
+// `tuning.window` segments of each direction in flight. `on_recv(first, n)` runs
+// as soon as received segment [first, first + n) has landed, while later
+// segments are still moving.
+//
+// Hang invariant: every rank posts its first `window` receives and sends
+// before waiting on anything, and posts send k + window only after receive k
+// completed and send k finished; so around the ring, segment k of every rank
+// is always either posted or already delivered.
+template <class OnRecv>
+void ring_exchange(MpiComm& comm, const char* send, std::size_t send_elems, char* recv,
+                   std::size_t recv_elems, std::size_t elem, const Tuning& tuning, int tag,
+                   OnRecv&& on_recv) {
+  const int right = mod(comm.rank() + 1, comm.size());
+  const int left = mod(comm.rank() - 1, comm.size());
+  const std::size_t seg = segment_elems(tuning, elem);
+  const std::size_t nsend = segments_of(send_elems, seg);
+  const std::size_t nrecv = segments_of(recv_elems, seg);
+  const std::size_t window = static_cast<std::size_t>(std::max(1, tuning.window));
+  std::vector<Request> sends(nsend), recvs(nrecv);
+
+  auto post_recv = [&](std::size_t k) {
+    std::size_t first = k * seg, n = std::min(seg, recv_elems - first);
+    recvs[k] = comm.irecv(recv + first * elem, n * elem, left, tag);
+  };
+  auto post_send = [&](std::size_t k) {
+    if (k >= window) comm.wait(sends[k - window]);
+    std::size_t first = k * seg, n = std::min(seg, send_elems - first);
+    sends[k] = comm.isend(send + first * elem, n * elem, right, tag);
+  };
+
+  for (std::size_t k = 0; k < std::min(window, nrecv); ++k) post_recv(k);
+  std::size_t next_send = 0;
+  for (; next_send < std::min(window, nsend); ++next_send) post_send(next_send);
+  for (std::size_t k = 0; k < nrecv; ++k) {
+    comm.wait(recvs[k]);
+    std::size_t first = k * seg;
+    on_recv(first, std::min(seg, recv_elems - first));
+    if (k + window < nrecv) post_recv(k + window);
+    if (next_send < nsend) post_send(next_send++);
+  }
+  while (next_send < nsend) post_send(next_send++);
+  comm.wait_all(sends);
+}
+
+}  // namespace distml::algorithms

@@ -1,0 +1,231 @@
+// pybind11 bindings: argument conversion, GIL release, and the mapping of the
+// core's errors to distml's Python exceptions. No logic lives here; the
+// Python layer (python/distml/comm.py) validates arrays and passes pointers.
+#include <mpi.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "common/error.h"
+#include "common/types.h"
+#include "engine/communicator.h"
+#include "kernels/reduce.h"
+
+namespace py = pybind11;
+using namespace distml;
+
+namespace {
+
+// The exception classes live in python/distml/_errors.py.
+py::object error_class(const char* name) {
+  return py::module_::import("distml._errors").attr(name);
+}
+
+void raise_as(const char* name, const std::exception& e) {
+  py::object cls = error_class(name);
+  py::object exc = cls(py::str(e.what()));
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+}
+
+engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
+                       const std::string& algo, const std::vector<std::int64_t>& shape,
+                       std::uintptr_t in, std::uintptr_t out) {
+  engine::Call c;
+  c.kind = static_cast<engine::Kind>(kind);
+  c.dtype = static_cast<DType>(dtype);
+  c.op = static_cast<Op>(op);
+  c.count = count;
+  c.unit = unit;
+  c.root = root;
+  c.algo = engine::parse_algo(c.kind, algo);
+  c.ndim = static_cast<int>(shape.size());
+  for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = shape[i];
+  c.in = reinterpret_cast<const void*>(in);
+  c.out = reinterpret_cast<void*>(out);
+  return c;
+}
+
+std::string compiled_mpi() {
+#if defined(MPICH_VERSION)
+  return std::string("MPICH ") + MPICH_VERSION;
+#elif defined(OMPI_MAJOR_VERSION)
+  return "Open MPI " + std::to_string(OMPI_MAJOR_VERSION) + "." + std::to_string(OMPI_MINOR_VERSION) +
+         "." + std::to_string(OMPI_RELEASE_VERSION);
+#else
+  return "unknown MPI";
+#endif
+}
+
+std::string runtime_mpi() {
+  char buf[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
+  int len = 0;
+  MPI_Get_library_version(buf, &len);
+  return std::string(buf, len);
+}
+
+kernels::Isa parse_isa(const std::string& name) {
+  for (auto isa : {kernels::Isa::kBaseline, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (name == kernels::isa_name(isa)) return isa;
+  }
+  DISTML_THROW(InvalidArgument, "unknown instruction set '" << name << "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "distml's compiled core (private: use the distml package)";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const TypeMismatch& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const MpiError& e) {
+      py::object cls = error_class("MPIError");
+      py::object exc = cls(py::str(e.what()), e.error_class(), py::str(e.mpi_string()));
+      PyErr_SetObject(cls.ptr(), exc.ptr());
+    } catch (const Timeout& e) {
+      raise_as("CommTimeoutError", e);
+    } catch (const Mismatch& e) {
+      raise_as("MismatchError", e);
+    } catch (const Unusable& e) {
+      raise_as("CommunicatorError", e);
+    } catch (const Error& e) {
+      raise_as("DistmlError", e);
+    }
+  });
+
+  m.def("compiled_mpi", &compiled_mpi, "The MPI library this module was built against.");
+  m.def("runtime_mpi", &runtime_mpi, "MPI_Get_library_version of the library loaded now.");
+  m.def("mpi_version", [] {
+    int v = 0, sv = 0;
+    MPI_Get_version(&v, &sv);
+    return py::make_tuple(v, sv);
+  });
+
+  py::class_<engine::Work, std::shared_ptr<engine::Work>>(m, "Work")
+      .def("wait", &engine::Work::wait, py::call_guard<py::gil_scoped_release>())
+      .def("test", &engine::Work::test, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<engine::Communicator>(m, "Communicator")
+      .def(py::init([](std::int64_t fortran_handle, double timeout, bool check,
+                       std::size_t segment_bytes) {
+             engine::Settings s;
+             s.timeout = timeout;
+             s.check = check;
+             if (segment_bytes) s.tuning.segment_bytes = segment_bytes;
+             MPI_Comm comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_handle));
+             return std::make_unique<engine::Communicator>(comm, s);
+           }),
+           py::arg("fortran_handle"), py::arg("timeout"), py::arg("check"),
+           py::arg("segment_bytes"))
+      .def_property_readonly("rank", &engine::Communicator::rank)
+      .def_property_readonly("size", &engine::Communicator::size)
+      .def(
+          "run",
+          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
+             std::size_t unit, int root, const std::string& algo,
+             const std::vector<std::int64_t>& shape, std::uintptr_t in, std::uintptr_t out) {
+            auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
+            py::gil_scoped_release nogil;
+            self.run(call);
+          })
+      .def("submit",
+           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
+              std::size_t unit, int root, const std::string& algo,
+              const std::vector<std::int64_t>& shape, std::uintptr_t in, std::uintptr_t out) {
+             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
+             py::gil_scoped_release nogil;
+             return self.submit(call);
+           })
+      .def("resolve",
+           [](engine::Communicator& self, int kind, int dtype, std::size_t count,
+              const std::string& algo) {
+             engine::Call c;
+             c.kind = static_cast<engine::Kind>(kind);
+             c.dtype = static_cast<DType>(dtype);
+             c.count = count;
+             c.algo = engine::parse_algo(c.kind, algo);
+             return std::string(engine::algo_name(self.resolve(c)));
+           })
+      .def("free", &engine::Communicator::free, py::call_guard<py::gil_scoped_release>())
+      .def_property(
+          "timeout", [](engine::Communicator& s) { return s.settings().timeout; },
+          [](engine::Communicator& s, double t) { s.settings().timeout = t; })
+      .def_property(
+          "check", [](engine::Communicator& s) { return s.settings().check; },
+          [](engine::Communicator& s, bool v) { s.settings().check = v; })
+      .def_property(
+          "segment_bytes", [](engine::Communicator& s) { return s.settings().tuning.segment_bytes; },
+          [](engine::Communicator& s, std::size_t v) {
+            DISTML_CHECK_ARG(v > 0, "segment_bytes must be positive");
+            s.settings().tuning.segment_bytes = v;
+          })
+      .def("set_thresholds",
+           [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
+              std::size_t reduce) {
+             s.settings().allreduce_small_bytes = allreduce;
+             s.settings().broadcast_small_bytes = broadcast;
+             s.settings().reduce_small_bytes = reduce;
+           })
+      .def("thresholds", [](engine::Communicator& s) {
+        py::dict d;
+        d["allreduce_small_bytes"] = s.settings().allreduce_small_bytes;
+        d["broadcast_small_bytes"] = s.settings().broadcast_small_bytes;
+        d["reduce_small_bytes"] = s.settings().reduce_small_bytes;
+        return d;
+      });
+
+  // Kernels, for tests and benchmarks of the reduction layer alone.
+  m.def("kernel_isas", [] {
+    std::vector<std::string> names;
+    for (auto isa : kernels::supported_isas()) names.emplace_back(kernels::isa_name(isa));
+    return names;
+  });
+  m.def("kernel_current_isa", [] { return std::string(kernels::isa_name(kernels::current_isa())); });
+  m.def("kernel_set_isa", [](const std::string& name) { kernels::set_isa(parse_isa(name)); });
+  // Arrays, not buffers: numpy cannot export ml_dtypes' bfloat16 through the
+  // buffer protocol.
+  auto writable = [](py::array& a, const char* what) {
+    DISTML_CHECK_ARG(a.writeable(), what << " is read-only");
+    DISTML_CHECK_ARG(a.flags() & py::array::c_style, what << " is not C-contiguous");
+    return a.mutable_data();
+  };
+  auto readable = [](const py::array& a, const char* what) {
+    DISTML_CHECK_ARG(a.flags() & py::array::c_style, what << " is not C-contiguous");
+    return a.data();
+  };
+  m.def("kernel_reduce", [=](py::array dst, py::array src, int dtype, int op) {
+    DISTML_CHECK_ARG(dst.size() == src.size(), "dst and src differ in length");
+    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+                     "item size does not match dtype");
+    void* d = writable(dst, "dst");
+    const void* s = readable(src, "src");
+    py::gil_scoped_release nogil;
+    kernels::reduce(d, s, static_cast<std::size_t>(dst.size()), static_cast<DType>(dtype),
+                    static_cast<Op>(op));
+  });
+  m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, int dtype, int op) {
+    DISTML_CHECK_ARG(!srcs.empty(), "reduce_many needs at least one source");
+    std::vector<const void*> ptrs;
+    for (auto& s : srcs) {
+      DISTML_CHECK_ARG(s.size() == dst.size(), "a source differs in length from dst");
+      ptrs.push_back(readable(s, "src"));
+    }
+    void* d = writable(dst, "dst");
+    py::gil_scoped_release nogil;
+    kernels::reduce_many(d, ptrs.data(), static_cast<int>(ptrs.size()),
+                         static_cast<std::size_t>(dst.size()), static_cast<DType>(dtype),
+                         static_cast<Op>(op));
+  });
+  m.def("kernel_scale_avg", [=](py::array buf, int dtype, std::size_t divisor) {
+    DISTML_CHECK_ARG(divisor > 0, "divisor must be positive");
+    void* b = writable(buf, "buf");
+    py::gil_scoped_release nogil;
+    kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), static_cast<DType>(dtype), divisor);
+  });
+}

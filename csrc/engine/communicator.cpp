@@ -1,0 +1,410 @@
+#include "engine/communicator.h"
+
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "common/aligned_buffer.h"
+#include "common/error.h"
+#include "kernels/reduce.h"
+#include "transport/mpi_collectives.h"
+
+namespace distml::engine {
+
+namespace alg = distml::algorithms;
+namespace tp = distml::transport;
+
+const char* kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::kAllreduce: return "allreduce";
+    case Kind::kReduce: return "reduce";
+    case Kind::kBroadcast: return "broadcast";
+    case Kind::kAllgather: return "allgather";
+    case Kind::kReduceScatter: return "reduce_scatter";
+    case Kind::kAlltoall: return "alltoall";
+    case Kind::kBarrier: return "barrier";
+  }
+  return "unknown";
+}
+
+const char* algo_name(Algo algo) {
+  switch (algo) {
+    case Algo::kAuto: return "auto";
+    case Algo::kMpi: return "mpi";
+    case Algo::kRing: return "ring";
+    case Algo::kRecursiveDoubling: return "recursive_doubling";
+    case Algo::kTree: return "tree";
+    case Algo::kScatterAllgather: return "scatter_allgather";
+    case Algo::kPairwise: return "pairwise";
+    case Algo::kDissemination: return "dissemination";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// The algorithms each collective accepts, "auto" and "mpi" first.
+std::vector<Algo> accepted(Kind kind) {
+  switch (kind) {
+    case Kind::kAllreduce: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling};
+    case Kind::kReduce: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kRing};
+    case Kind::kBroadcast: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather};
+    case Kind::kAllgather: return {Algo::kAuto, Algo::kMpi, Algo::kRing};
+    case Kind::kReduceScatter: return {Algo::kAuto, Algo::kMpi, Algo::kRing};
+    case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
+    case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination};
+  }
+  return {};
+}
+
+bool is_reduction(Kind kind) {
+  return kind == Kind::kAllreduce || kind == Kind::kReduce || kind == Kind::kReduceScatter;
+}
+
+// What ranks compare before a collective moves data. Fixed layout, so that
+// ranks can exchange it as bytes.
+struct Signature {
+  std::uint8_t kind, dtype, op, algo;
+  std::int32_t root;
+  std::uint64_t count, unit;
+  std::int32_t ndim, pad = 0;
+  std::int64_t shape[kMaxDims];
+};
+
+Signature signature_of(const Call& c) {
+  Signature s;
+  std::memset(&s, 0, sizeof s);
+  s.kind = static_cast<std::uint8_t>(c.kind);
+  s.dtype = static_cast<std::uint8_t>(c.dtype);
+  s.op = is_reduction(c.kind) ? static_cast<std::uint8_t>(c.op) : 0;
+  s.algo = static_cast<std::uint8_t>(c.algo);
+  s.root = (c.kind == Kind::kReduce || c.kind == Kind::kBroadcast) ? c.root : 0;
+  s.count = c.count;
+  s.unit = c.unit;
+  s.ndim = c.ndim;
+  for (int i = 0; i < c.ndim && i < kMaxDims; ++i) s.shape[i] = c.shape[i];
+  return s;
+}
+
+std::uint64_t fnv1a(const void* data, std::size_t n) {
+  std::uint64_t h = 1469598103934665603ull;
+  auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+std::string shape_str(const Signature& s) {
+  std::ostringstream os;
+  os << "(";
+  for (int i = 0; i < s.ndim && i < kMaxDims; ++i) os << s.shape[i] << (s.ndim == 1 ? "," : (i + 1 < s.ndim ? ", " : ""));
+  os << ")";
+  return os.str();
+}
+
+// "float32 on ranks [0, 2]; float64 on rank [1]"
+template <class F>
+std::string describe_field(const std::vector<Signature>& sigs, F&& value_of) {
+  std::map<std::string, std::vector<int>> groups;
+  for (std::size_t r = 0; r < sigs.size(); ++r) groups[value_of(sigs[r])].push_back(static_cast<int>(r));
+  if (groups.size() <= 1) return "";
+  std::ostringstream os;
+  bool first = true;
+  for (auto& [value, ranks] : groups) {
+    if (!first) os << "; ";
+    first = false;
+    os << value << " on rank" << (ranks.size() > 1 ? "s " : " ");
+    for (std::size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  }
+  return os.str();
+}
+
+}  // namespace
+
+Algo parse_algo(Kind kind, const std::string& name) {
+  for (Algo a : accepted(kind)) {
+    if (name == algo_name(a)) return a;
+  }
+  std::ostringstream os;
+  os << "algorithm " << "'" << name << "' is not one of " << kind_name(kind) << "'s: ";
+  bool first = true;
+  for (Algo a : accepted(kind)) {
+    os << (first ? "" : ", ") << "'" << algo_name(a) << "'";
+    first = false;
+  }
+  DISTML_THROW(InvalidArgument, os.str());
+}
+
+// ---- Work -------------------------------------------------------------
+
+void Work::finish(std::exception_ptr err) {
+  std::lock_guard<std::mutex> lk(mu_);
+  err_ = err;
+  done_ = true;
+  cv_.notify_all();
+}
+
+void Work::wait() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return done_; });
+  if (err_) std::rethrow_exception(err_);
+}
+
+bool Work::test() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return done_;
+}
+
+// ---- Communicator -------------------------------------------------------
+
+Communicator::Communicator(MPI_Comm user, const Settings& settings)
+    : comm_(std::make_unique<tp::MpiComm>(user)), settings_(settings) {
+  rank_ = comm_->rank();
+  size_ = comm_->size();
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  // Without MPI_THREAD_MULTIPLE the background thread could call MPI while the
+  // user's thread does; async collectives then run at submission instead.
+  threaded_ = provided == MPI_THREAD_MULTIPLE;
+}
+
+Communicator::~Communicator() {
+  try {
+    free();
+  } catch (...) {
+  }
+}
+
+void Communicator::ensure_usable() const {
+  if (freed_) DISTML_THROW(Unusable, "the communicator has been freed");
+  if (broken_) DISTML_THROW(Unusable, "the communicator is broken and cannot be used: " << broken_reason_);
+}
+
+void Communicator::run(const Call& call) {
+  std::unique_lock<std::mutex> lk(mu_);
+  ensure_usable();
+  if (queue_.empty() && !running_) {
+    running_ = true;
+    lk.unlock();
+    std::exception_ptr err;
+    try {
+      execute(call);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    lk.lock();
+    running_ = false;
+    cv_.notify_all();
+    lk.unlock();
+    if (err) std::rethrow_exception(err);
+    return;
+  }
+  lk.unlock();
+  submit(call)->wait();
+}
+
+std::shared_ptr<Work> Communicator::submit(const Call& call) {
+  auto work = std::make_shared<Work>(call);
+  if (!threaded_) {
+    std::exception_ptr err;
+    try {
+      run(call);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    work->finish(err);
+    return work;
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  ensure_usable();
+  if (!worker_.joinable()) worker_ = std::thread([this] { worker_loop(); });
+  queue_.push_back(work);
+  cv_.notify_all();
+  return work;
+}
+
+void Communicator::worker_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return (!queue_.empty() && !running_) || (stopping_ && queue_.empty()); });
+    if (queue_.empty()) return;  // stopping, and nothing left to do
+    auto work = queue_.front();
+    queue_.pop_front();
+    running_ = true;
+    lk.unlock();
+    std::exception_ptr err;
+    try {
+      execute(work->call());
+    } catch (...) {
+      err = std::current_exception();
+    }
+    lk.lock();
+    running_ = false;
+    cv_.notify_all();
+    lk.unlock();
+    work->finish(err);
+    lk.lock();
+  }
+}
+
+void Communicator::free() {
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (freed_) return;
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  if (worker_.joinable()) worker_.join();
+  std::lock_guard<std::mutex> lk(mu_);
+  freed_ = true;
+  comm_.reset();
+}
+
+Algo Communicator::resolve(const Call& call) const {
+  if (call.algo != Algo::kAuto) return call.algo;
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
+  switch (call.kind) {
+    case Kind::kAllreduce:
+      return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
+    case Kind::kReduce:
+      return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
+    case Kind::kBroadcast:
+      return bytes <= settings_.broadcast_small_bytes ? Algo::kTree : Algo::kScatterAllgather;
+    case Kind::kAllgather:
+    case Kind::kReduceScatter:
+      return Algo::kRing;
+    case Kind::kAlltoall:
+      return Algo::kPairwise;
+    case Kind::kBarrier:
+      return Algo::kDissemination;
+  }
+  return Algo::kMpi;
+}
+
+void Communicator::execute(const Call& call) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ensure_usable();
+  }
+  comm_->start_deadline(settings_.timeout);
+  try {
+    if (settings_.check && size_ > 1) check_agreement(call);
+    dispatch(call, resolve(call));
+  } catch (const Timeout& e) {
+    std::lock_guard<std::mutex> lk(mu_);
+    broken_ = true;
+    broken_reason_ = e.what();
+    comm_->clear_deadline();
+    throw;
+  } catch (...) {
+    comm_->clear_deadline();
+    throw;
+  }
+  comm_->clear_deadline();
+}
+
+// Every rank contributes a hash of its call's signature; an allreduce of
+// (max h, max ~h) tells every rank at once whether all hashes agree. Only
+// when they do not are the signatures themselves gathered, to say what
+// differs on which ranks. Either way every rank reaches the same verdict, and
+// no payload has moved, so the communicator stays usable.
+void Communicator::check_agreement(const Call& call) {
+  Signature mine = signature_of(call);
+  std::uint64_t h = fnv1a(&mine, sizeof mine);
+  std::uint64_t pair[2] = {h, ~h};
+  alg::Reduction max_u64(DType::kUInt64, Op::kMax);
+  alg::allreduce_recursive_doubling(*comm_, pair, pair, 2, max_u64);
+  if (pair[0] == ~pair[1]) return;
+
+  std::vector<Signature> sigs(size_);
+  sigs[rank_] = mine;
+  alg::Blocks blocks{sizeof(Signature) * size_, size_, sizeof(Signature)};
+  alg::allgather_ring(*comm_, sigs.data(), blocks, 1, settings_.tuning);
+
+  std::ostringstream os;
+  os << "ranks called " << kind_name(call.kind) << " with arguments that differ:";
+  auto add = [&](const char* field, const std::string& d) {
+    if (!d.empty()) os << " " << field << ": " << d << ".";
+  };
+  add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));
+  add("dtype", describe_field(sigs, [](const Signature& s) { return std::string(dtype_name(static_cast<DType>(s.dtype))); }));
+  add("count", describe_field(sigs, [](const Signature& s) { return std::to_string(s.count); }));
+  add("shape", describe_field(sigs, [](const Signature& s) { return shape_str(s); }));
+  add("op", describe_field(sigs, [](const Signature& s) { return std::string(op_name(static_cast<Op>(s.op))); }));
+  add("root", describe_field(sigs, [](const Signature& s) { return std::to_string(s.root); }));
+  add("algorithm", describe_field(sigs, [](const Signature& s) { return std::string(algo_name(static_cast<Algo>(s.algo))); }));
+  DISTML_THROW(Mismatch, os.str());
+}
+
+void Communicator::dispatch(const Call& c, Algo algo) {
+  auto& comm = *comm_;
+  const auto& tuning = settings_.tuning;
+  const std::size_t elem = dtype_size(c.dtype);
+  const int P = size_, r = rank_;
+
+  switch (c.kind) {
+    case Kind::kBarrier:
+      if (algo == Algo::kMpi) tp::mpi_barrier(comm);
+      else alg::barrier_dissemination(comm);
+      return;
+
+    case Kind::kAllreduce: {
+      alg::Reduction red(c.dtype, c.op);
+      if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
+      else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
+      else alg::allreduce_recursive_doubling(comm, c.in, c.out, c.count, red);
+      if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
+      return;
+    }
+
+    case Kind::kReduce: {
+      alg::Reduction red(c.dtype, c.op);
+      if (algo == Algo::kMpi) tp::mpi_reduce(comm, c.in, c.out, c.count, c.dtype, red.op, c.root);
+      else if (algo == Algo::kTree) alg::reduce_binomial(comm, c.in, c.out, c.count, red, c.root);
+      else alg::reduce_scatter_gather(comm, c.in, c.out, c.count, red, c.root, tuning);
+      if (c.op == Op::kAvg && r == c.root) kernels::scale_avg(c.out, c.count, c.dtype, P);
+      return;
+    }
+
+    case Kind::kBroadcast:
+      if (algo == Algo::kMpi) tp::mpi_broadcast(comm, c.out, c.count * elem, c.root);
+      else if (algo == Algo::kTree) alg::broadcast_binomial(comm, c.out, c.count * elem, c.root);
+      else alg::broadcast_scatter_allgather(comm, c.out, c.count, elem, c.root, tuning);
+      return;
+
+    case Kind::kAllgather: {
+      const std::size_t block_bytes = c.count * elem;
+      char* own = static_cast<char*>(c.out) + r * block_bytes;
+      if (block_bytes == 0) return;
+      if (c.in != own) std::memcpy(own, c.in, block_bytes);
+      if (algo == Algo::kMpi) tp::mpi_allgather(comm, own, c.out, block_bytes);
+      else alg::allgather_ring(comm, c.out, alg::Blocks{c.count * P, P, c.count}, elem, tuning);
+      return;
+    }
+
+    case Kind::kReduceScatter: {
+      if (c.count == 0) return;
+      alg::Reduction red(c.dtype, c.op);
+      const alg::Blocks blocks{c.count, P, c.unit};
+      if (algo == Algo::kMpi) {
+        std::vector<std::size_t> counts(P);
+        for (int i = 0; i < P; ++i) counts[i] = blocks.size(i);
+        tp::mpi_reduce_scatter(comm, c.in, c.out, counts.data(), c.dtype, red.op);
+      } else {
+        AlignedBuffer work(c.count * elem);
+        alg::reduce_scatter_ring(comm, c.in, work.data(), blocks, red, tuning);
+        std::memcpy(c.out, work.data() + blocks.offset(r) * elem, blocks.size(r) * elem);
+      }
+      if (c.op == Op::kAvg) kernels::scale_avg(c.out, blocks.size(r), c.dtype, P);
+      return;
+    }
+
+    case Kind::kAlltoall: {
+      const std::size_t block_bytes = c.count / P * elem;
+      if (algo == Algo::kMpi) tp::mpi_alltoall(comm, c.in, c.out, block_bytes);
+      else alg::alltoall_pairwise(comm, c.in, c.out, block_bytes);
+      return;
+    }
+  }
+}
+
+}  // namespace distml::engine

@@ -1,0 +1,151 @@
+// The engine: one distml communicator. It checks a collective's arguments
+// against the other ranks' (mismatch detection), picks the algorithm, runs it
+// on the calling thread or queues it for the background thread (async
+// collectives), finishes averages, and enforces the deadline.
+//
+// Ordering invariant (a broken one hangs the job): collectives on one
+// communicator run one at a time, in the order the caller issued them, whether
+// blocking or not. A blocking call issued while async work is queued waits
+// for that work first.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "algorithms/schedule.h"
+#include "common/types.h"
+#include "transport/mpi_comm.h"
+
+namespace distml::engine {
+
+enum class Kind : std::uint8_t {
+  kAllreduce = 0,
+  kReduce = 1,
+  kBroadcast = 2,
+  kAllgather = 3,
+  kReduceScatter = 4,
+  kAlltoall = 5,
+  kBarrier = 6,
+};
+const char* kind_name(Kind kind);
+
+enum class Algo : std::uint8_t {
+  kAuto = 0,
+  kMpi = 1,
+  kRing = 2,
+  kRecursiveDoubling = 3,
+  kTree = 4,
+  kScatterAllgather = 5,
+  kPairwise = 6,
+  kDissemination = 7,
+};
+const char* algo_name(Algo algo);
+// Parses an algorithm name for `kind`; throws InvalidArgument listing the
+// names that `kind` accepts.
+Algo parse_algo(Kind kind, const std::string& name);
+
+constexpr int kMaxDims = 8;
+
+// One collective call, as the Python layer describes it. Counts are in
+// elements. For allgather `count` is one rank's contribution; for
+// reduce_scatter and alltoall `count` is the whole input and `unit` the size
+// of one row (elements per index of the first axis).
+struct Call {
+  Kind kind = Kind::kBarrier;
+  DType dtype = DType::kUInt8;
+  Op op = Op::kSum;
+  std::size_t count = 0;
+  std::size_t unit = 1;
+  int root = 0;
+  Algo algo = Algo::kAuto;
+  int ndim = 0;
+  std::int64_t shape[kMaxDims] = {0};
+  const void* in = nullptr;
+  void* out = nullptr;
+};
+
+struct Settings {
+  double timeout = 0;  // seconds; <= 0: none
+  bool check = true;   // mismatch detection
+  algorithms::Tuning tuning;
+  // auto picks the latency-oriented schedule at or below these sizes (bytes).
+  std::size_t allreduce_small_bytes = 64 << 10;
+  std::size_t broadcast_small_bytes = 256 << 10;
+  std::size_t reduce_small_bytes = 64 << 10;
+};
+
+// An async collective's state, shared by the queue and the caller's handle.
+class Work {
+ public:
+  explicit Work(const Call& call) : call_(call) {}
+  // Blocks until done; rethrows the collective's error.
+  void wait();
+  bool test();
+  const Call& call() const { return call_; }
+
+ private:
+  friend class Communicator;
+  void finish(std::exception_ptr err);
+  Call call_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr err_;
+};
+
+class Communicator {
+ public:
+  Communicator(MPI_Comm user, const Settings& settings);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  Settings& settings() { return settings_; }
+
+  // Runs `call` to completion on the calling thread (after queued work).
+  void run(const Call& call);
+  // Queues `call` for the background thread and returns its handle.
+  std::shared_ptr<Work> submit(const Call& call);
+  // The algorithm `auto` resolves to for `call` (for diagnostics and tests).
+  Algo resolve(const Call& call) const;
+  // Waits for queued work, stops the background thread, frees the MPI
+  // communicator. Later calls raise Unusable. Idempotent.
+  void free();
+  bool broken() const { return broken_; }
+  const std::string& broken_reason() const { return broken_reason_; }
+
+ private:
+  void execute(const Call& call);
+  void check_agreement(const Call& call);
+  void dispatch(const Call& call, Algo algo);
+  void worker_loop();
+  void ensure_usable() const;
+
+  std::unique_ptr<transport::MpiComm> comm_;
+  int rank_ = 0;
+  int size_ = 1;
+  Settings settings_;
+  bool threaded_ = true;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Work>> queue_;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::thread worker_;
+
+  bool broken_ = false;
+  std::string broken_reason_;
+  bool freed_ = false;
+};
+
+}  // namespace distml::engine

@@ -1,0 +1,171 @@
+#include "transport/mpi_comm.h"
+
+#include <sched.h>
+
+#include <climits>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace distml::transport {
+
+namespace {
+// Messages are split into pieces no larger than this, far below INT_MAX so
+// the count fits MPI's int with MPI_BYTE.
+constexpr std::size_t kPieceBytes = std::size_t{1} << 30;
+// Polls before the first yield: a short spin keeps latency low when the peer
+// is running; yielding after it lets an oversubscribed peer have the core.
+constexpr int kSpinPolls = 64;
+}  // namespace
+
+void check_mpi(int rc, const char* call, const char* file, int line) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING] = {0};
+  int len = 0;
+  int error_class = rc;
+  MPI_Error_class(rc, &error_class);
+  MPI_Error_string(rc, msg, &len);
+  std::ostringstream os;
+  os << call << " failed: " << std::string(msg, len) << " (MPI error class " << error_class
+     << ") [" << ::distml::detail::short_file(file) << ":" << line << "]";
+  throw MpiError(os.str(), rc, error_class, std::string(msg, len));
+}
+
+bool mpi_alive() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
+}
+
+Request::Request(Request&& other) noexcept
+    : reqs_(std::move(other.reqs_)), is_recv_(other.is_recv_), peer_(other.peer_) {
+  other.reqs_.clear();
+}
+
+Request& Request::operator=(Request&& other) noexcept {
+  if (this != &other) {
+    release();
+    reqs_ = std::move(other.reqs_);
+    is_recv_ = other.is_recv_;
+    peer_ = other.peer_;
+    other.reqs_.clear();
+  }
+  return *this;
+}
+
+Request::~Request() { release(); }
+
+void Request::release() noexcept {
+  if (reqs_.empty() || !mpi_alive()) {
+    reqs_.clear();
+    return;
+  }
+  // Only reached on an error path (a timeout or an exception mid-schedule):
+  // receives are cancelled so MPI stops writing into memory that may be freed;
+  // sends are left to complete on their own.
+  for (auto& r : reqs_) {
+    if (r == MPI_REQUEST_NULL) continue;
+    if (is_recv_) MPI_Cancel(&r);
+    MPI_Request_free(&r);
+  }
+  reqs_.clear();
+}
+
+MpiComm::MpiComm(MPI_Comm user) {
+  if (!mpi_alive()) DISTML_THROW(Unusable, "MPI is not initialised, or already finalised");
+  DISTML_MPI(MPI_Comm_dup(user, &comm_));
+  DISTML_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  DISTML_MPI(MPI_Comm_rank(comm_, &rank_));
+  DISTML_MPI(MPI_Comm_size(comm_, &size_));
+}
+
+MpiComm::~MpiComm() {
+  if (comm_ != MPI_COMM_NULL && mpi_alive()) MPI_Comm_free(&comm_);
+}
+
+Request MpiComm::isend(const void* buf, std::size_t bytes, int peer, int tag) {
+  Request req;
+  req.peer_ = peer;
+  auto* p = static_cast<const char*>(buf);
+  do {
+    std::size_t n = bytes < kPieceBytes ? bytes : kPieceBytes;
+    MPI_Request r;
+    DISTML_MPI(MPI_Isend(p, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r));
+    req.reqs_.push_back(r);
+    p += n;
+    bytes -= n;
+  } while (bytes > 0);
+  return req;
+}
+
+Request MpiComm::irecv(void* buf, std::size_t bytes, int peer, int tag) {
+  Request req;
+  req.peer_ = peer;
+  req.is_recv_ = true;
+  auto* p = static_cast<char*>(buf);
+  do {
+    std::size_t n = bytes < kPieceBytes ? bytes : kPieceBytes;
+    MPI_Request r;
+    DISTML_MPI(MPI_Irecv(p, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r));
+    req.reqs_.push_back(r);
+    p += n;
+    bytes -= n;
+  } while (bytes > 0);
+  return req;
+}
+
+void MpiComm::poll_until_done(std::vector<MPI_Request>& reqs, const char* what, int peer) {
+  for (long polls = 0;; ++polls) {
+    int done = 0;
+    DISTML_MPI(MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
+                           MPI_STATUSES_IGNORE));
+    if (done) return;
+    if (polls >= kSpinPolls) sched_yield();
+    if (has_deadline_ && (polls & 63) == 0 && std::chrono::steady_clock::now() > deadline_) {
+      std::ostringstream os;
+      os << "rank " << rank_ << " timed out waiting to " << what << " rank " << peer;
+      last_stall_ = os.str();
+      DISTML_THROW(Timeout, last_stall_);
+    }
+  }
+}
+
+void MpiComm::wait(Request& req) {
+  if (!req.active()) return;
+  poll_until_done(req.reqs_, req.is_recv_ ? "receive from" : "send to", req.peer_);
+  req.reqs_.clear();
+}
+
+void MpiComm::wait_all(std::vector<Request>& reqs) {
+  for (auto& r : reqs) wait(r);
+}
+
+void MpiComm::send(const void* buf, std::size_t bytes, int peer, int tag) {
+  Request r = isend(buf, bytes, peer, tag);
+  wait(r);
+}
+
+void MpiComm::recv(void* buf, std::size_t bytes, int peer, int tag) {
+  Request r = irecv(buf, bytes, peer, tag);
+  wait(r);
+}
+
+void MpiComm::sendrecv(const void* sbuf, std::size_t sbytes, int dst, void* rbuf,
+                       std::size_t rbytes, int src, int tag) {
+  Request r = irecv(rbuf, rbytes, src, tag);
+  Request s = isend(sbuf, sbytes, dst, tag);
+  wait(r);
+  wait(s);
+}
+
+void MpiComm::start_deadline(double seconds) {
+  has_deadline_ = seconds > 0;
+  if (has_deadline_) {
+    deadline_ = std::chrono::steady_clock::now() +
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                    std::chrono::duration<double>(seconds));
+  }
+}
+
+}  // namespace distml::transport

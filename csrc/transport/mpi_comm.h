@@ -1,0 +1,89 @@
+// The transport: the only code (with mpi_collectives.cpp) that calls MPI.
+//
+// MpiComm owns a duplicate of a user's communicator, so distml's messages
+// never match the user's. Point-to-point calls take byte counts of any size
+// (split into pieces below INT_MAX) and return RAII requests. Waiting polls
+// with MPI_Testall, spinning briefly and then yielding the core, so that
+// oversubscribed jobs (more ranks than cores) keep moving, and checks the
+// deadline of the collective in progress.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace distml::transport {
+
+// Throws MpiError carrying MPI's error class and string when rc != MPI_SUCCESS.
+void check_mpi(int rc, const char* call, const char* file, int line);
+#define DISTML_MPI(call) ::distml::transport::check_mpi((call), #call, __FILE__, __LINE__)
+
+// One logical message, possibly several MPI requests. Destroying an active
+// request cancels what can be cancelled and frees the rest.
+class Request {
+ public:
+  Request() = default;
+  Request(Request&& other) noexcept;
+  Request& operator=(Request&& other) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();
+
+  bool active() const { return !reqs_.empty(); }
+
+ private:
+  friend class MpiComm;
+  void release() noexcept;
+  std::vector<MPI_Request> reqs_;
+  bool is_recv_ = false;
+  int peer_ = -1;
+};
+
+class MpiComm {
+ public:
+  // Duplicates `user` (MPI_Comm_dup) and sets MPI_ERRORS_RETURN on the copy.
+  explicit MpiComm(MPI_Comm user);
+  ~MpiComm();
+  MpiComm(const MpiComm&) = delete;
+  MpiComm& operator=(const MpiComm&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm raw() const { return comm_; }
+
+  Request isend(const void* buf, std::size_t bytes, int peer, int tag);
+  Request irecv(void* buf, std::size_t bytes, int peer, int tag);
+  // Completes `req` (no-op when inactive).
+  void wait(Request& req);
+  void wait_all(std::vector<Request>& reqs);
+  void send(const void* buf, std::size_t bytes, int peer, int tag);
+  void recv(void* buf, std::size_t bytes, int peer, int tag);
+  void sendrecv(const void* sbuf, std::size_t sbytes, int dst, void* rbuf, std::size_t rbytes,
+                int src, int tag);
+
+  // The deadline for the collective about to run; a wait past it throws
+  // Timeout. A non-positive `seconds` means no deadline.
+  void start_deadline(double seconds);
+  void clear_deadline() { has_deadline_ = false; }
+
+  // What the collective in progress was waiting for when it timed out.
+  const std::string& last_stall() const { return last_stall_; }
+
+ private:
+  void poll_until_done(std::vector<MPI_Request>& reqs, const char* what, int peer);
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  bool has_deadline_ = false;
+  std::chrono::steady_clock::time_point deadline_{};
+  std::string last_stall_;
+};
+
+// Is MPI still usable (initialised and not finalised)?
+bool mpi_alive();
+
+}  // namespace distml::transport

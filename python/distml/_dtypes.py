@@ -1,0 +1,87 @@
+"""Element types and reduction operators, and their codes in the core."""
+
+from __future__ import annotations
+
+import enum
+
+import ml_dtypes
+import numpy as np
+
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+# Codes match csrc/common/types.h (DType).
+_DTYPE_CODES = {
+    np.dtype(np.float16): 0,
+    bfloat16: 1,
+    np.dtype(np.float32): 2,
+    np.dtype(np.float64): 3,
+    np.dtype(np.int8): 4,
+    np.dtype(np.int16): 5,
+    np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7,
+    np.dtype(np.uint8): 8,
+    np.dtype(np.uint16): 9,
+    np.dtype(np.uint32): 10,
+    np.dtype(np.uint64): 11,
+}
+
+SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
+
+
+class Op(str, enum.Enum):
+    """Reduction operators. Strings with the same names are accepted anywhere."""
+
+    SUM = "sum"
+    AVG = "avg"
+    PROD = "prod"
+    MIN = "min"
+    MAX = "max"
+    BAND = "band"
+    BOR = "bor"
+    BXOR = "bxor"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Codes match csrc/common/types.h (Op).
+_OP_CODES = {op: i for i, op in enumerate(Op)}
+_BITWISE = (Op.BAND, Op.BOR, Op.BXOR)
+
+
+def dtype_code(dtype: np.dtype, argname: str = "x") -> int:
+    """The core's code for ``dtype``; TypeError when distml cannot reduce it."""
+    dtype = np.dtype(dtype)
+    if not dtype.isnative:
+        raise TypeError(f"{argname} has non-native byte order ({dtype}); convert it with astype first")
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{argname} has unsupported dtype {dtype}; distml supports {names}")
+    return code
+
+
+def parse_op(op: object) -> Op:
+    """``op`` as an :class:`Op`; ValueError naming the accepted ones if unknown."""
+    if isinstance(op, Op):
+        return op
+    if isinstance(op, str):
+        try:
+            return Op(op.lower())
+        except ValueError:
+            pass
+    names = ", ".join(repr(o.value) for o in Op)
+    raise ValueError(f"unknown op {op!r}; expected one of {names} or a distml.Op")
+
+
+def op_code(op: object, dtype: np.dtype) -> int:
+    """The core's code for ``op`` applied to ``dtype``.
+
+    Raises:
+        ValueError: ``op`` is not an operator distml knows.
+        TypeError: ``op`` has no meaning for ``dtype`` (bitwise ops on floats).
+    """
+    parsed = parse_op(op)
+    if parsed in _BITWISE and (np.dtype(dtype).kind == "f" or np.dtype(dtype) == bfloat16):
+        raise TypeError(f"op {parsed.value!r} is not defined for dtype {dtype} (bitwise ops need integers)")
+    return _OP_CODES[parsed]

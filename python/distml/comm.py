@@ -1,0 +1,562 @@
+"""The Communicator: numpy arrays in, collectives of the compiled core out.
+
+This layer validates arguments (before any communication), prepares
+contiguous buffers and output arrays, and hands raw pointers to the core.
+Every collective must be called on all ranks of the communicator, in the
+same order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import weakref
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import _core
+from ._dtypes import dtype_code, op_code
+
+__all__ = ["Communicator", "Handle"]
+
+# Codes match csrc/engine/communicator.h (Kind).
+_ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIER = range(7)
+
+_live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
+
+
+def _free_all() -> None:
+    # Registered after mpi4py's own exit handler, so it runs before
+    # MPI_Finalize: background threads stop and duplicates are freed first.
+    for comm in list(_live):
+        comm.free()
+
+
+atexit.register(_free_all)
+
+
+def _env_float(name: str) -> Optional[float]:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+
+
+def _env_check() -> bool:
+    return os.environ.get("DISTML_CHECK", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _as_array(x: Any, argname: str = "x") -> np.ndarray:
+    """``x`` as a numpy array, without a copy where numpy can avoid one."""
+    if isinstance(x, np.ndarray):
+        arr = x
+    elif hasattr(x, "__dlpack__") and not hasattr(x, "__array_interface__"):
+        arr = np.from_dlpack(x)
+    else:
+        arr = np.asarray(x)
+    dtype_code(arr.dtype, argname)
+    return arr
+
+
+def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, not {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape}, expected {tuple(shape)}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    return out
+
+
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.strides == b.strides
+    )
+
+
+def _shape_list(shape: tuple) -> list:
+    return [int(d) for d in shape]
+
+
+class Handle:
+    """An async collective in flight (from ``async_op=True``).
+
+    ``wait()`` blocks until it completes and returns the collective's result,
+    raising its error if it failed; ``test()`` says whether it has completed.
+    The arrays passed to the collective must not be modified or resized until
+    ``wait()`` returns.
+    """
+
+    def __init__(self, work: Any, finish: Callable[[], Any], keep: tuple) -> None:
+        self._work = work
+        self._finish = finish
+        self._keep = keep  # arrays the core reads or writes until done
+        self._done = False
+        self._result: Any = None
+
+    def wait(self) -> Any:
+        if not self._done:
+            self._work.wait()
+            self._result = self._finish()
+            self._done = True
+            self._keep = ()
+        return self._result
+
+    def test(self) -> bool:
+        return self._done or bool(self._work.test())
+
+    def __repr__(self) -> str:
+        return f"<distml.Handle {'done' if self.test() else 'pending'}>"
+
+
+class Communicator:
+    """A group of ranks that run collectives together.
+
+    Wraps a duplicate of an mpi4py communicator, so that distml's messages
+    never mix with the caller's own traffic on ``comm``.
+
+    Args:
+        comm: an mpi4py intracommunicator (default ``MPI.COMM_WORLD``).
+        timeout: seconds a collective may take before it raises
+            :class:`distml.CommTimeoutError` (default: ``DISTML_TIMEOUT``, or
+            no timeout).
+        check: compare each collective's arguments across ranks and raise
+            :class:`distml.MismatchError` where they differ (default: on,
+            unless ``DISTML_CHECK=0``).
+        segment_bytes: size of the pieces large messages move in (tuning and
+            tests).
+
+    Creating a communicator must be done on all ranks of ``comm``.
+    """
+
+    def __init__(
+        self,
+        comm: Any = None,
+        *,
+        timeout: Optional[float] = None,
+        check: Optional[bool] = None,
+        segment_bytes: Optional[int] = None,
+    ) -> None:
+        from mpi4py import MPI
+
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
+        if comm == MPI.COMM_NULL:
+            raise ValueError("comm is MPI.COMM_NULL")
+        if timeout is None:
+            timeout = _env_float("DISTML_TIMEOUT")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if check is None:
+            check = _env_check()
+        if segment_bytes is not None and (not isinstance(segment_bytes, int) or segment_bytes <= 0):
+            raise ValueError(f"segment_bytes must be a positive int, not {segment_bytes!r}")
+        self.mpi_comm = comm
+        self._core = _core.Communicator(comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0))
+        self._freed = False
+        _live.add(self)
+
+    # ---- properties --------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the communicator."""
+        return self._core.rank
+
+    @property
+    def size(self) -> int:
+        """The number of ranks."""
+        return self._core.size
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds a collective may take, or None for no limit."""
+        t = self._core.timeout
+        return t if t > 0 else None
+
+    @timeout.setter
+    def timeout(self, seconds: Optional[float]) -> None:
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, not {seconds!r}")
+        self._core.timeout = float(seconds or 0.0)
+
+    @property
+    def check(self) -> bool:
+        """Whether arguments are compared across ranks before each collective."""
+        return self._core.check
+
+    @check.setter
+    def check(self, enabled: bool) -> None:
+        self._core.check = bool(enabled)
+
+    def free(self) -> None:
+        """Waits for async work, then releases the communicator. Later calls raise
+        :class:`distml.CommunicatorError`. Must be called on all ranks."""
+        if not self._freed:
+            self._freed = True
+            self._core.free()
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        return f"<distml.Communicator rank {self.rank} of {self.size}>"
+
+    # ---- helpers -----------------------------------------------------------
+
+    def _root(self, root: Any) -> int:
+        if isinstance(root, (bool, np.bool_)) or not isinstance(root, (int, np.integer)):
+            raise TypeError(f"root must be an int, not {type(root).__name__}")
+        if not 0 <= root < self.size:
+            raise ValueError(f"root {root} is out of range for a communicator of size {self.size}")
+        return int(root)
+
+    @staticmethod
+    def _algorithm(algorithm: Any) -> str:
+        if not isinstance(algorithm, str):
+            raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}")
+        return algorithm
+
+    def _launch(
+        self,
+        kind: int,
+        src: np.ndarray,
+        dst: Optional[np.ndarray],
+        *,
+        dtype: int,
+        op: int = 0,
+        count: int = 0,
+        unit: int = 1,
+        root: int = 0,
+        algorithm: str = "auto",
+        shape: tuple = (),
+        async_op: bool = False,
+        finish: Callable[[], Any] = lambda: None,
+    ) -> Any:
+        args = (
+            kind,
+            dtype,
+            op,
+            int(count),
+            int(unit),
+            root,
+            algorithm,
+            _shape_list(shape),
+            src.ctypes.data if src is not None else 0,
+            dst.ctypes.data if dst is not None else 0,
+        )
+        if async_op:
+            return Handle(self._core.submit(*args), finish, (src, dst))
+        self._core.run(*args)
+        return finish()
+
+    @staticmethod
+    def _contiguous_in(x: np.ndarray) -> np.ndarray:
+        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+    def _result_buffer(self, x: np.ndarray, out: Optional[np.ndarray], shape: tuple):
+        """(buffer the core writes, whether it is x, array to return)."""
+        if out is None:
+            buf = np.empty(shape, dtype=x.dtype)
+            return buf, buf
+        _check_out(out, shape, x.dtype)
+        if out.flags.c_contiguous:
+            return out, out
+        return np.empty(shape, dtype=x.dtype), out
+
+    # ---- collectives -------------------------------------------------------
+
+    def allreduce(
+        self,
+        x: Any,
+        op: Any = "sum",
+        out: Optional[np.ndarray] = None,
+        algorithm: str = "auto",
+        async_op: bool = False,
+    ) -> Any:
+        """Reduces ``x`` element-wise over all ranks; every rank gets the result.
+
+        Args:
+            x: array-like of a supported dtype; the same shape on every rank.
+            op: "sum", "avg", "prod", "min", "max", or for integers "band",
+                "bor", "bxor" (or a :class:`distml.Op`). Integer "avg" is the
+                sum floor-divided by the number of ranks.
+            out: array for the result (same shape and dtype as ``x``); may be
+                ``x`` itself for an in-place reduction. By default a new array.
+            algorithm: "auto", "ring", "recursive_doubling" or "mpi".
+            async_op: return a :class:`Handle` instead of the result.
+
+        Returns:
+            The result array (``out`` if given), or a Handle.
+
+        Raises:
+            TypeError: unsupported dtype, op undefined for the dtype, bad ``out``.
+            ValueError: unknown op or algorithm, ``out`` of the wrong shape or
+                read-only or overlapping ``x``.
+            distml.MismatchError: ranks passed different shapes, dtypes, ops.
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        code = dtype_code(arr.dtype)
+        opc = op_code(op, arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        if out is not None and _same_buffer(out, arr):
+            _check_out(out, arr.shape, arr.dtype)
+            buf = self._contiguous_in(arr)
+            src, dst, ret = buf, buf, out
+        else:
+            if out is not None and np.may_share_memory(out, arr):
+                raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
+            src = self._contiguous_in(arr)
+            dst, ret = self._result_buffer(arr, out, arr.shape)
+
+        def finish() -> np.ndarray:
+            if dst is not ret:
+                ret[...] = dst
+            return ret
+
+        return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size,
+                            algorithm=algorithm, async_op=async_op, finish=finish)
+
+    def reduce(
+        self,
+        x: Any,
+        root: int = 0,
+        op: Any = "sum",
+        out: Optional[np.ndarray] = None,
+        algorithm: str = "auto",
+        async_op: bool = False,
+    ) -> Any:
+        """Reduces ``x`` element-wise over all ranks into ``root``.
+
+        Args:
+            x: array-like; the same shape on every rank.
+            root: the rank that receives the result.
+            op: as for :meth:`allreduce`.
+            out: on the root, array for the result (may be ``x``); ignored
+                elsewhere.
+            algorithm: "auto", "tree", "ring" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            The result on the root, None on other ranks (or a Handle).
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        code = dtype_code(arr.dtype)
+        opc = op_code(op, arr.dtype)
+        root = self._root(root)
+        algorithm = self._algorithm(algorithm)
+        src = self._contiguous_in(arr)
+        dst = ret = None
+        if self.rank == root:
+            if out is not None and _same_buffer(out, arr):
+                _check_out(out, arr.shape, arr.dtype)
+                dst, ret = src, out
+            else:
+                if out is not None and np.may_share_memory(out, arr):
+                    raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
+                dst, ret = self._result_buffer(arr, out, arr.shape)
+
+        def finish() -> Optional[np.ndarray]:
+            if ret is not None and dst is not ret:
+                ret[...] = dst
+            return ret
+
+        return self._launch(_REDUCE, src, dst, dtype=code, op=opc, count=arr.size, root=root,
+                            algorithm=algorithm, async_op=async_op, finish=finish)
+
+    def broadcast(self, x: Any, root: int = 0, algorithm: str = "auto", async_op: bool = False) -> Any:
+        """Copies ``x`` from ``root`` into ``x`` on every other rank, in place.
+
+        Args:
+            x: a writable array of the same shape and dtype on every rank
+                (read-only is allowed on the root).
+            root: the rank whose data is sent.
+            algorithm: "auto", "tree", "scatter_allgather" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            ``x`` (or a Handle whose ``wait()`` returns it).
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        code = dtype_code(arr.dtype)
+        root = self._root(root)
+        algorithm = self._algorithm(algorithm)
+        if self.rank != root and not arr.flags.writeable:
+            raise ValueError("x is read-only; broadcast writes into x on every rank but the root")
+        buf = self._contiguous_in(arr)
+
+        def finish() -> np.ndarray:
+            if buf is not arr:
+                arr[...] = buf
+            return arr
+
+        return self._launch(_BROADCAST, buf, buf, dtype=code, count=arr.size, root=root,
+                            algorithm=algorithm, async_op=async_op, finish=finish)
+
+    def allgather(
+        self, x: Any, out: Optional[np.ndarray] = None, algorithm: str = "auto", async_op: bool = False
+    ) -> Any:
+        """Concatenates every rank's ``x`` along axis 0, in rank order.
+
+        Args:
+            x: array-like, the same shape on every rank (a 0-d array counts as
+                shape ``(1,)``).
+            out: array of shape ``(size * x.shape[0],) + x.shape[1:]``.
+            algorithm: "auto", "ring" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            The gathered array (``out`` if given), or a Handle.
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        code = dtype_code(arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        shape = (self.size * arr.shape[0],) + arr.shape[1:]
+        if out is not None and np.may_share_memory(out, arr):
+            raise ValueError("out overlaps x; allgather needs separate input and output")
+        src = self._contiguous_in(arr)
+        dst, ret = self._result_buffer(arr, out, shape)
+
+        def finish() -> np.ndarray:
+            if dst is not ret:
+                ret[...] = dst
+            return ret
+
+        return self._launch(_ALLGATHER, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
+                            shape=arr.shape, async_op=async_op, finish=finish)
+
+    def reduce_scatter(
+        self,
+        x: Any,
+        op: Any = "sum",
+        out: Optional[np.ndarray] = None,
+        algorithm: str = "auto",
+        async_op: bool = False,
+    ) -> Any:
+        """Reduces ``x`` over all ranks, then splits it along axis 0 as
+        ``numpy.array_split(result, size)``; rank r gets part r.
+
+        Args:
+            x: array-like with at least one dimension, the same shape on every rank.
+            op: as for :meth:`allreduce`.
+            out: array for this rank's part.
+            algorithm: "auto", "ring" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            This rank's part (``out`` if given), or a Handle.
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        if arr.ndim == 0:
+            raise ValueError("reduce_scatter needs x with at least one dimension")
+        code = dtype_code(arr.dtype)
+        opc = op_code(op, arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        rows, size = arr.shape[0], self.size
+        mine = rows // size + (1 if self.rank < rows % size else 0)
+        shape = (mine,) + arr.shape[1:]
+        if out is not None and np.may_share_memory(out, arr):
+            raise ValueError("out overlaps x; reduce_scatter needs separate input and output")
+        src = self._contiguous_in(arr)
+        dst, ret = self._result_buffer(arr, out, shape)
+        unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
+
+        def finish() -> np.ndarray:
+            if dst is not ret:
+                ret[...] = dst
+            return ret
+
+        return self._launch(_REDUCE_SCATTER, src, dst, dtype=code, op=opc, count=arr.size, unit=unit,
+                            algorithm=algorithm, shape=arr.shape, async_op=async_op, finish=finish)
+
+    def alltoall(
+        self, x: Any, out: Optional[np.ndarray] = None, algorithm: str = "auto", async_op: bool = False
+    ) -> Any:
+        """Exchanges equal parts of ``x`` between all ranks.
+
+        Axis 0 of ``x`` is split into ``size`` equal parts; part d goes to rank
+        d. The result concatenates, in rank order, the parts each rank sent
+        here.
+
+        Args:
+            x: array-like whose first dimension is divisible by the number of
+                ranks, the same shape on every rank.
+            out: array of the shape of ``x`` (may be ``x`` itself).
+            algorithm: "auto", "pairwise" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            The exchanged array (``out`` if given), or a Handle.
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        if arr.ndim == 0:
+            raise ValueError("alltoall needs x with at least one dimension")
+        code = dtype_code(arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        if arr.shape[0] % self.size:
+            raise ValueError(
+                f"alltoall needs x.shape[0] divisible by the number of ranks; got {arr.shape[0]} for {self.size} ranks"
+            )
+        if out is not None and _same_buffer(out, arr):
+            _check_out(out, arr.shape, arr.dtype)
+            src = self._contiguous_in(arr)
+            dst, ret = src, out
+        else:
+            if out is not None and np.may_share_memory(out, arr):
+                raise ValueError("out overlaps x without being x; pass out=x for an in-place alltoall")
+            src = self._contiguous_in(arr)
+            dst, ret = self._result_buffer(arr, out, arr.shape)
+
+        def finish() -> np.ndarray:
+            if dst is not ret:
+                ret[...] = dst
+            return ret
+
+        return self._launch(_ALLTOALL, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
+                            shape=arr.shape, async_op=async_op, finish=finish)
+
+    def barrier(self, algorithm: str = "auto", async_op: bool = False) -> Any:
+        """Returns once every rank has entered the barrier. Must be called on all ranks."""
+        algorithm = self._algorithm(algorithm)
+        return self._launch(_BARRIER, None, None, dtype=8, algorithm=algorithm, async_op=async_op)
+
+    # ---- diagnostics -------------------------------------------------------
+
+    def algorithm_for(self, collective: str, nbytes: int) -> str:
+        """The algorithm ``"auto"`` picks for ``collective`` on ``nbytes`` bytes of uint8."""
+        kinds = {
+            "allreduce": _ALLREDUCE, "reduce": _REDUCE, "broadcast": _BROADCAST,
+            "allgather": _ALLGATHER, "reduce_scatter": _REDUCE_SCATTER,
+            "alltoall": _ALLTOALL, "barrier": _BARRIER,
+        }
+        if collective not in kinds:
+            raise ValueError(f"unknown collective {collective!r}; expected one of {', '.join(kinds)}")
+        return self._core.resolve(kinds[collective], 8, int(nbytes), "auto")
+
