@@ -29,9 +29,15 @@ void raise_as(const char* name, const std::exception& e) {
   PyErr_SetObject(cls.ptr(), exc.ptr());
 }
 
+// The data pointer of an array argument, or null for None.
+const void* data_of(const py::object& arr) {
+  if (arr.is_none()) return nullptr;
+  return py::reinterpret_borrow<py::array>(arr).data();
+}
+
 engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
                        const std::string& algo, const std::vector<std::int64_t>& shape,
-                       std::uintptr_t in, std::uintptr_t out) {
+                       const py::object& in, const py::object& out) {
   engine::Call c;
   c.kind = static_cast<engine::Kind>(kind);
   c.dtype = static_cast<DType>(dtype);
@@ -42,8 +48,8 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
   c.algo = engine::parse_algo(c.kind, algo);
   c.ndim = static_cast<int>(shape.size());
   for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = shape[i];
-  c.in = reinterpret_cast<const void*>(in);
-  c.out = reinterpret_cast<void*>(out);
+  c.in = data_of(in);
+  c.out = const_cast<void*>(data_of(out));
   return c;
 }
 
@@ -129,7 +135,7 @@ PYBIND11_MODULE(_core, m) {
           "run",
           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
              std::size_t unit, int root, const std::string& algo,
-             const std::vector<std::int64_t>& shape, std::uintptr_t in, std::uintptr_t out) {
+             const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
             py::gil_scoped_release nogil;
             self.run(call);
@@ -137,7 +143,7 @@ PYBIND11_MODULE(_core, m) {
       .def("submit",
            [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,
-              const std::vector<std::int64_t>& shape, std::uintptr_t in, std::uintptr_t out) {
+              const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
              py::gil_scoped_release nogil;
              return self.submit(call);

@@ -74,6 +74,9 @@ def parse_op(op: object) -> Op:
     raise ValueError(f"unknown op {op!r}; expected one of {names} or a distml.Op")
 
 
+_op_cache: dict = {}
+
+
 def op_code(op: object, dtype: np.dtype) -> int:
     """The core's code for ``op`` applied to ``dtype``.
 
@@ -81,7 +84,15 @@ def op_code(op: object, dtype: np.dtype) -> int:
         ValueError: ``op`` is not an operator distml knows.
         TypeError: ``op`` has no meaning for ``dtype`` (bitwise ops on floats).
     """
+    key = (op, dtype)
+    try:
+        return _op_cache[key]
+    except (KeyError, TypeError):
+        pass
     parsed = parse_op(op)
     if parsed in _BITWISE and (np.dtype(dtype).kind == "f" or np.dtype(dtype) == bfloat16):
         raise TypeError(f"op {parsed.value!r} is not defined for dtype {dtype} (bitwise ops need integers)")
-    return _OP_CODES[parsed]
+    code = _OP_CODES[parsed]
+    if isinstance(op, (str, Op)) and len(_op_cache) < 1024:
+        _op_cache[key] = code
+    return code

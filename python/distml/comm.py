@@ -75,8 +75,11 @@ def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> np.ndarray:
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    if a is b:
+        return True
     return (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        np.may_share_memory(a, b)
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
         and a.shape == b.shape
         and a.strides == b.strides
     )
@@ -255,8 +258,8 @@ class Communicator:
             root,
             algorithm,
             _shape_list(shape),
-            src.ctypes.data if src is not None else 0,
-            dst.ctypes.data if dst is not None else 0,
+            src,
+            dst,
         )
         if async_op:
             return Handle(self._core.submit(*args), finish, (src, dst))
