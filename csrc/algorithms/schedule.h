@@ -69,6 +69,8 @@ enum Tag : int {
   kTagBarrier = 107,
   kTagGather = 108,
   kTagFingerprint = 109,
+  kTagArrival = 110,
+  kTagVerdict = 111,
 };
 
 inline int mod(int a, int p) { return ((a % p) + p) % p; }

@@ -107,6 +107,13 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("compiled_mpi", &compiled_mpi, "The MPI library this module was built against.");
   m.def("runtime_mpi", &runtime_mpi, "MPI_Get_library_version of the library loaded now.");
+  m.def(
+      "abort",
+      [](int code) {
+        py::gil_scoped_release nogil;
+        MPI_Abort(MPI_COMM_WORLD, code);
+      },
+      "MPI_Abort on MPI_COMM_WORLD: ends every rank of the job.");
   m.def("mpi_version", [] {
     int v = 0, sv = 0;
     MPI_Get_version(&v, &sv);
@@ -162,6 +169,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "timeout", [](engine::Communicator& s) { return s.settings().timeout; },
           [](engine::Communicator& s, double t) { s.settings().timeout = t; })
+      .def_property(
+          "stall_warning", [](engine::Communicator& s) { return s.settings().stall_warning; },
+          [](engine::Communicator& s, double t) { s.settings().stall_warning = t; })
       .def_property(
           "check", [](engine::Communicator& s) { return s.settings().check; },
           [](engine::Communicator& s, bool v) { s.settings().check = v; })

@@ -1,5 +1,6 @@
 #include "engine/communicator.h"
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -13,6 +14,7 @@ namespace distml::engine {
 
 namespace alg = distml::algorithms;
 namespace tp = distml::transport;
+using transport::Request;
 
 const char* kind_name(Kind kind) {
   switch (kind) {
@@ -91,6 +93,10 @@ std::uint64_t fnv1a(const void* data, std::size_t n) {
   auto* p = static_cast<const unsigned char*>(data);
   for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h;
+}
+
+bool same_signature(const Signature& a, const Signature& b) {
+  return std::memcmp(&a, &b, sizeof(Signature)) == 0;
 }
 
 std::string shape_str(const Signature& s) {
@@ -285,16 +291,24 @@ void Communicator::execute(const Call& call) {
     std::lock_guard<std::mutex> lk(mu_);
     ensure_usable();
   }
+  const std::uint64_t seq = ++seq_;
   comm_->start_deadline(settings_.timeout);
+  bool arrived = false;
   try {
-    if (settings_.check && size_ > 1) check_agreement(call);
+    coordinate(call);
+    arrived = true;
     dispatch(call, resolve(call));
   } catch (const Timeout& e) {
+    comm_->clear_deadline();
+    std::ostringstream os;
+    os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) timed out after "
+       << settings_.timeout << " s on rank " << rank_ << ": ";
+    if (arrived) os << "every rank had arrived, then " << comm_->last_stall();
+    else os << e.what();
     std::lock_guard<std::mutex> lk(mu_);
     broken_ = true;
-    broken_reason_ = e.what();
-    comm_->clear_deadline();
-    throw;
+    broken_reason_ = os.str();
+    throw Timeout(os.str());
   } catch (...) {
     comm_->clear_deadline();
     throw;
@@ -302,12 +316,55 @@ void Communicator::execute(const Call& call) {
   comm_->clear_deadline();
 }
 
-// Every rank contributes a hash of its call's signature; an allreduce of
-// (max h, max ~h) tells every rank at once whether all hashes agree. Only
-// when they do not are the signatures themselves gathered, to say what
-// differs on which ranks. Either way every rank reaches the same verdict, and
-// no payload has moved, so the communicator stays usable.
-void Communicator::check_agreement(const Call& call) {
+void Communicator::coordinate(const Call& call) {
+  if (size_ == 1) return;
+  if (comm_->has_deadline()) {
+    arrive_through_root(call);
+  } else if (settings_.check) {
+    check_fingerprints(call);
+  }
+}
+
+namespace {
+
+std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
+  std::ostringstream os;
+  os << "ranks called " << kind_name(kind) << " with arguments that differ:";
+  auto add = [&](const char* field, const std::string& d) {
+    if (!d.empty()) os << " " << field << ": " << d << ".";
+  };
+  add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));
+  add("dtype", describe_field(sigs, [](const Signature& s) { return std::string(dtype_name(static_cast<DType>(s.dtype))); }));
+  add("count", describe_field(sigs, [](const Signature& s) { return std::to_string(s.count); }));
+  add("shape", describe_field(sigs, [](const Signature& s) { return shape_str(s); }));
+  add("op", describe_field(sigs, [](const Signature& s) { return std::string(op_name(static_cast<Op>(s.op))); }));
+  add("root", describe_field(sigs, [](const Signature& s) { return std::to_string(s.root); }));
+  add("algorithm", describe_field(sigs, [](const Signature& s) { return std::string(algo_name(static_cast<Algo>(s.algo))); }));
+  return os.str();
+}
+
+std::string rank_list(const std::vector<std::int32_t>& ranks) {
+  std::ostringstream os;
+  os << (ranks.size() == 1 ? "rank " : "ranks ");
+  for (std::size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  return os.str();
+}
+
+// Rank 0's answer to the ranks that arrived.
+struct Verdict {
+  std::int32_t status;  // kAgreed, kMismatch (P signatures follow), kTimedOut (missing ranks follow)
+  std::int32_t count;
+};
+constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
+
+}  // namespace
+
+// Without a deadline: every rank contributes a hash of its call's signature;
+// an allreduce of (max h, max ~h) tells every rank at once whether all hashes
+// agree. Only when they do not are the signatures themselves gathered, to say
+// what differs on which ranks. Either way every rank reaches the same
+// verdict, and no payload has moved, so the communicator stays usable.
+void Communicator::check_fingerprints(const Call& call) {
   Signature mine = signature_of(call);
   std::uint64_t h = fnv1a(&mine, sizeof mine);
   std::uint64_t pair[2] = {h, ~h};
@@ -319,20 +376,109 @@ void Communicator::check_agreement(const Call& call) {
   sigs[rank_] = mine;
   alg::Blocks blocks{sizeof(Signature) * size_, size_, sizeof(Signature)};
   alg::allgather_ring(*comm_, sigs.data(), blocks, 1, settings_.tuning);
+  DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
+}
 
-  std::ostringstream os;
-  os << "ranks called " << kind_name(call.kind) << " with arguments that differ:";
-  auto add = [&](const char* field, const std::string& d) {
-    if (!d.empty()) os << " " << field << ": " << d << ".";
+// With a deadline: every rank reports its arrival (and its signature) to
+// rank 0, which therefore knows exactly who has not arrived. Rank 0 warns
+// about stragglers once the stall warning time has passed; at the deadline
+// it tells the ranks that did arrive which ones never did, so every rank
+// raises naming them. Otherwise it answers with the verdict of the mismatch
+// check. Non-root ranks wait a short grace period past their own deadline
+// for that answer; hearing nothing means rank 0 itself never arrived.
+void Communicator::arrive_through_root(const Call& call) {
+  auto& comm = *comm_;
+  const int P = size_;
+  const double timeout = settings_.timeout;
+  Signature mine = signature_of(call);
+
+  if (rank_ != 0) {
+    Request sent = comm.isend(&mine, sizeof mine, 0, alg::kTagArrival);
+    Verdict v{};
+    Request answer = comm.irecv(&v, sizeof v, 0, alg::kTagVerdict);
+    const double grace = std::min(1.0, 0.25 * timeout) + timeout;
+    for (long polls = 0; !comm.test(answer); ++polls) {
+      transport::MpiComm::pause(polls);
+      if ((polls & 63) == 0 && comm.elapsed() > grace) {
+        DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
+      }
+    }
+    comm.start_deadline(timeout);  // the payload follows the answer at once
+    comm.wait(sent);
+    if (v.status == kAgreed) return;
+    if (v.status == kMismatch) {
+      std::vector<Signature> sigs(P);
+      comm.recv(sigs.data(), sizeof(Signature) * P, 0, alg::kTagVerdict);
+      DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
+    }
+    std::vector<std::int32_t> missing(v.count);
+    comm.recv(missing.data(), sizeof(std::int32_t) * missing.size(), 0, alg::kTagVerdict);
+    DISTML_THROW(Timeout, rank_list(missing) << " never arrived");
+  }
+
+  std::vector<Signature> sigs(P);
+  sigs[0] = mine;
+  std::vector<Request> arrivals(P);
+  std::vector<char> arrived(P, 0);
+  arrived[0] = 1;
+  for (int r = 1; r < P; ++r) arrivals[r] = comm.irecv(&sigs[r], sizeof(Signature), r, alg::kTagArrival);
+  int pending = P - 1;
+  bool warned = false;
+  const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
+  auto missing_ranks = [&] {
+    std::vector<std::int32_t> m;
+    for (int r = 0; r < P; ++r) if (!arrived[r]) m.push_back(r);
+    return m;
   };
-  add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));
-  add("dtype", describe_field(sigs, [](const Signature& s) { return std::string(dtype_name(static_cast<DType>(s.dtype))); }));
-  add("count", describe_field(sigs, [](const Signature& s) { return std::to_string(s.count); }));
-  add("shape", describe_field(sigs, [](const Signature& s) { return shape_str(s); }));
-  add("op", describe_field(sigs, [](const Signature& s) { return std::string(op_name(static_cast<Op>(s.op))); }));
-  add("root", describe_field(sigs, [](const Signature& s) { return std::to_string(s.root); }));
-  add("algorithm", describe_field(sigs, [](const Signature& s) { return std::string(algo_name(static_cast<Algo>(s.algo))); }));
-  DISTML_THROW(Mismatch, os.str());
+  for (long polls = 0; pending > 0; ++polls) {
+    for (int r = 1; r < P; ++r) {
+      if (!arrived[r] && comm.test(arrivals[r])) {
+        arrived[r] = 1;
+        --pending;
+      }
+    }
+    if (pending == 0) break;
+    transport::MpiComm::pause(polls);
+    if ((polls & 63) != 0) continue;
+    const double waited = comm.elapsed();
+    if (!warned && waited > warn_after) {
+      warned = true;
+      std::fprintf(stderr,
+                   "distml: warning: %s (collective #%llu) has waited %.1f s for %s to arrive "
+                   "(timeout %.1f s)\n",
+                   kind_name(call.kind), static_cast<unsigned long long>(seq_), waited,
+                   rank_list(missing_ranks()).c_str(), timeout);
+      std::fflush(stderr);
+    }
+    if (waited > timeout) {
+      auto missing = missing_ranks();
+      Verdict v{kTimedOut, static_cast<std::int32_t>(missing.size())};
+      comm.start_deadline(1.0);  // for the report itself
+      // Small messages: sent eagerly, so they need no waiting (and freeing
+      // the requests lets them complete on their own).
+      for (int r = 1; r < P; ++r) {
+        if (!arrived[r]) continue;
+        Request a = comm.isend(&v, sizeof v, r, alg::kTagVerdict);
+        Request b = comm.isend(missing.data(), sizeof(std::int32_t) * missing.size(), r, alg::kTagVerdict);
+        comm.wait(a);
+        comm.wait(b);
+      }
+      DISTML_THROW(Timeout, rank_list(missing) << " never arrived");
+    }
+  }
+
+  bool agreed = true;
+  if (settings_.check) {
+    for (int r = 1; r < P; ++r) agreed = agreed && same_signature(sigs[r], sigs[0]);
+  }
+  Verdict v{agreed ? kAgreed : kMismatch, agreed ? 0 : P};
+  std::vector<Request> sends;
+  for (int r = 1; r < P; ++r) {
+    sends.push_back(comm.isend(&v, sizeof v, r, alg::kTagVerdict));
+    if (!agreed) sends.push_back(comm.isend(sigs.data(), sizeof(Signature) * P, r, alg::kTagVerdict));
+  }
+  comm.wait_all(sends);
+  if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
 
 void Communicator::dispatch(const Call& c, Algo algo) {

@@ -73,6 +73,9 @@ struct Call {
 
 struct Settings {
   double timeout = 0;  // seconds; <= 0: none
+  // With a timeout, rank 0 warns on stderr about ranks that have not arrived
+  // after this many seconds; <= 0: half the timeout.
+  double stall_warning = 0;
   bool check = true;   // mismatch detection
   algorithms::Tuning tuning;
   // auto picks the latency-oriented schedule at or below these sizes (bytes).
@@ -125,7 +128,9 @@ class Communicator {
 
  private:
   void execute(const Call& call);
-  void check_agreement(const Call& call);
+  void coordinate(const Call& call);
+  void check_fingerprints(const Call& call);
+  void arrive_through_root(const Call& call);
   void dispatch(const Call& call, Algo algo);
   void worker_loop();
   void ensure_usable() const;
@@ -143,6 +148,7 @@ class Communicator {
   bool stopping_ = false;
   std::thread worker_;
 
+  std::uint64_t seq_ = 0;  // collectives started on this communicator
   bool broken_ = false;
   std::string broken_reason_;
   bool freed_ = false;

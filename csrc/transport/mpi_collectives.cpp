@@ -128,6 +128,19 @@ class ByteBlockType {
   bool owned_ = false;
 };
 
+// Without a deadline, MPI's blocking collective (the true baseline). With
+// one, its non-blocking twin, polled so that the deadline holds.
+template <class Blocking, class NonBlocking>
+void run(MpiComm& comm, const char* what, Blocking&& blocking, NonBlocking&& nonblocking) {
+  if (!comm.has_deadline()) {
+    blocking();
+    return;
+  }
+  MPI_Request req = MPI_REQUEST_NULL;
+  nonblocking(&req);
+  comm.wait_collective(req, what);
+}
+
 }  // namespace
 
 void mpi_allreduce(MpiComm& comm, const void* in, void* out, std::size_t count, DType dtype,
@@ -139,8 +152,12 @@ void mpi_allreduce(MpiComm& comm, const void* in, void* out, std::size_t count, 
   for (std::size_t done = 0; done < count || (count == 0 && done == 0);) {
     std::size_t n = std::min(kMaxPiece, count - done);
     const void* src = in_place ? MPI_IN_PLACE : static_cast<const char*>(in) + done * elem;
-    DISTML_MPI(MPI_Allreduce(src, static_cast<char*>(out) + done * elem, static_cast<int>(n),
-                             type, mop, comm.raw()));
+    void* dst = static_cast<char*>(out) + done * elem;
+    run(comm, "finish MPI_Iallreduce",
+        [&] { DISTML_MPI(MPI_Allreduce(src, dst, static_cast<int>(n), type, mop, comm.raw())); },
+        [&](MPI_Request* rq) {
+          DISTML_MPI(MPI_Iallreduce(src, dst, static_cast<int>(n), type, mop, comm.raw(), rq));
+        });
     done += n;
     if (count == 0) break;
   }
@@ -157,7 +174,11 @@ void mpi_reduce(MpiComm& comm, const void* in, void* out, std::size_t count, DTy
     std::size_t n = std::min(kMaxPiece, count - done);
     const void* src = in_place ? MPI_IN_PLACE : static_cast<const char*>(in) + done * elem;
     void* dst = is_root ? static_cast<char*>(out) + done * elem : nullptr;
-    DISTML_MPI(MPI_Reduce(src, dst, static_cast<int>(n), type, mop, root, comm.raw()));
+    run(comm, "finish MPI_Ireduce",
+        [&] { DISTML_MPI(MPI_Reduce(src, dst, static_cast<int>(n), type, mop, root, comm.raw())); },
+        [&](MPI_Request* rq) {
+          DISTML_MPI(MPI_Ireduce(src, dst, static_cast<int>(n), type, mop, root, comm.raw(), rq));
+        });
     done += n;
     if (count == 0) break;
   }
@@ -166,8 +187,12 @@ void mpi_reduce(MpiComm& comm, const void* in, void* out, std::size_t count, DTy
 void mpi_broadcast(MpiComm& comm, void* buf, std::size_t bytes, int root) {
   for (std::size_t done = 0; done < bytes || (bytes == 0 && done == 0);) {
     std::size_t n = std::min(kMaxPiece, bytes - done);
-    DISTML_MPI(MPI_Bcast(static_cast<char*>(buf) + done, static_cast<int>(n), MPI_BYTE, root,
-                         comm.raw()));
+    char* p = static_cast<char*>(buf) + done;
+    run(comm, "finish MPI_Ibcast",
+        [&] { DISTML_MPI(MPI_Bcast(p, static_cast<int>(n), MPI_BYTE, root, comm.raw())); },
+        [&](MPI_Request* rq) {
+          DISTML_MPI(MPI_Ibcast(p, static_cast<int>(n), MPI_BYTE, root, comm.raw(), rq));
+        });
     done += n;
     if (bytes == 0) break;
   }
@@ -177,8 +202,15 @@ void mpi_allgather(MpiComm& comm, const void* in, void* out, std::size_t block_b
   ByteBlockType block(block_bytes);
   const char* own = static_cast<const char*>(out) + comm.rank() * block_bytes;
   const void* src = (in == own) ? MPI_IN_PLACE : in;
-  DISTML_MPI(MPI_Allgather(src, block.count(), block.type(), out, block.count(), block.type(),
-                           comm.raw()));
+  run(comm, "finish MPI_Iallgather",
+      [&] {
+        DISTML_MPI(MPI_Allgather(src, block.count(), block.type(), out, block.count(),
+                                 block.type(), comm.raw()));
+      },
+      [&](MPI_Request* rq) {
+        DISTML_MPI(MPI_Iallgather(src, block.count(), block.type(), out, block.count(),
+                                  block.type(), comm.raw(), rq));
+      });
 }
 
 void mpi_reduce_scatter(MpiComm& comm, const void* in, void* out, const std::size_t* counts,
@@ -191,17 +223,32 @@ void mpi_reduce_scatter(MpiComm& comm, const void* in, void* out, const std::siz
     }
     icounts[i] = static_cast<int>(counts[i]);
   }
-  DISTML_MPI(MPI_Reduce_scatter(in, out, icounts.data(), mpi_type(dtype), mpi_op(dtype, op),
-                                comm.raw()));
+  MPI_Datatype type = mpi_type(dtype);
+  MPI_Op mop = mpi_op(dtype, op);
+  run(comm, "finish MPI_Ireduce_scatter",
+      [&] { DISTML_MPI(MPI_Reduce_scatter(in, out, icounts.data(), type, mop, comm.raw())); },
+      [&](MPI_Request* rq) {
+        DISTML_MPI(MPI_Ireduce_scatter(in, out, icounts.data(), type, mop, comm.raw(), rq));
+      });
 }
 
 void mpi_alltoall(MpiComm& comm, const void* in, void* out, std::size_t block_bytes) {
   ByteBlockType block(block_bytes);
   const void* src = (in == out) ? MPI_IN_PLACE : in;
-  DISTML_MPI(MPI_Alltoall(src, block.count(), block.type(), out, block.count(), block.type(),
-                          comm.raw()));
+  run(comm, "finish MPI_Ialltoall",
+      [&] {
+        DISTML_MPI(MPI_Alltoall(src, block.count(), block.type(), out, block.count(),
+                                block.type(), comm.raw()));
+      },
+      [&](MPI_Request* rq) {
+        DISTML_MPI(MPI_Ialltoall(src, block.count(), block.type(), out, block.count(),
+                                 block.type(), comm.raw(), rq));
+      });
 }
 
-void mpi_barrier(MpiComm& comm) { DISTML_MPI(MPI_Barrier(comm.raw())); }
+void mpi_barrier(MpiComm& comm) {
+  run(comm, "finish MPI_Ibarrier", [&] { DISTML_MPI(MPI_Barrier(comm.raw())); },
+      [&](MPI_Request* rq) { DISTML_MPI(MPI_Ibarrier(comm.raw(), rq)); });
+}
 
 }  // namespace distml::transport

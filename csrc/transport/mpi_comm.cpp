@@ -115,20 +115,46 @@ Request MpiComm::irecv(void* buf, std::size_t bytes, int peer, int tag) {
   return req;
 }
 
+void MpiComm::pause(long polls) {
+  if (polls >= kSpinPolls) sched_yield();
+}
+
 void MpiComm::poll_until_done(std::vector<MPI_Request>& reqs, const char* what, int peer) {
   for (long polls = 0;; ++polls) {
     int done = 0;
     DISTML_MPI(MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
                            MPI_STATUSES_IGNORE));
     if (done) return;
-    if (polls >= kSpinPolls) sched_yield();
+    pause(polls);
     if (has_deadline_ && (polls & 63) == 0 && std::chrono::steady_clock::now() > deadline_) {
       std::ostringstream os;
-      os << "rank " << rank_ << " timed out waiting to " << what << " rank " << peer;
+      os << "rank " << rank_ << " was waiting to " << what;
+      if (peer >= 0) os << " rank " << peer;
       last_stall_ = os.str();
       DISTML_THROW(Timeout, last_stall_);
     }
   }
+}
+
+bool MpiComm::test(Request& req) {
+  if (!req.active()) return true;
+  int done = 0;
+  DISTML_MPI(MPI_Testall(static_cast<int>(req.reqs_.size()), req.reqs_.data(), &done,
+                         MPI_STATUSES_IGNORE));
+  if (done) req.reqs_.clear();
+  return done != 0;
+}
+
+void MpiComm::wait_collective(MPI_Request& req, const char* what) {
+  std::vector<MPI_Request> one{req};
+  try {
+    poll_until_done(one, what, -1);
+  } catch (...) {
+    // MPI cannot cancel a collective; the request is left to MPI.
+    req = MPI_REQUEST_NULL;
+    throw;
+  }
+  req = MPI_REQUEST_NULL;
 }
 
 void MpiComm::wait(Request& req) {
@@ -160,6 +186,7 @@ void MpiComm::sendrecv(const void* sbuf, std::size_t sbytes, int dst, void* rbuf
 }
 
 void MpiComm::start_deadline(double seconds) {
+  started_ = std::chrono::steady_clock::now();
   has_deadline_ = seconds > 0;
   if (has_deadline_) {
     deadline_ = std::chrono::steady_clock::now() +

@@ -64,10 +64,26 @@ class MpiComm {
   void sendrecv(const void* sbuf, std::size_t sbytes, int dst, void* rbuf, std::size_t rbytes,
                 int src, int tag);
 
+  // Completes `req` if it has finished (one MPI_Testall); true when done.
+  bool test(Request& req);
+  // Waits for a request of MPI's own non-blocking collectives, honouring the
+  // deadline like every other wait.
+  void wait_collective(MPI_Request& req, const char* what);
+  // Backs off between polls: a short spin, then yields the core.
+  static void pause(long polls);
+
   // The deadline for the collective about to run; a wait past it throws
   // Timeout. A non-positive `seconds` means no deadline.
   void start_deadline(double seconds);
   void clear_deadline() { has_deadline_ = false; }
+  bool has_deadline() const { return has_deadline_; }
+  bool past_deadline() const {
+    return has_deadline_ && std::chrono::steady_clock::now() > deadline_;
+  }
+  // Seconds since start_deadline was last called.
+  double elapsed() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  }
 
   // What the collective in progress was waiting for when it timed out.
   const std::string& last_stall() const { return last_stall_; }
@@ -80,6 +96,7 @@ class MpiComm {
   int size_ = 1;
   bool has_deadline_ = false;
   std::chrono::steady_clock::time_point deadline_{};
+  std::chrono::steady_clock::time_point started_{};
   std::string last_stall_;
 };
 

@@ -29,7 +29,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "Communicator", "Handle", "Op", "bfloat16", "SUPPORTED_DTYPES",
     "DistmlError", "MPIError", "CommTimeoutError", "MismatchError", "CommunicatorError",
-    "init", "shutdown", "is_initialized", "get_default", "rank", "size",
+    "init", "shutdown", "abort", "is_initialized", "get_default", "rank", "size",
     "allreduce", "reduce", "broadcast", "allgather", "reduce_scatter", "alltoall", "barrier",
 ]
 
@@ -62,6 +62,15 @@ def init(comm: Any = None, timeout: Optional[float] = None) -> Communicator:
         return _default
     _default = Communicator(comm, timeout=timeout)
     return _default
+
+
+def abort(code: int = 1) -> None:
+    """Ends the whole job: every rank of ``MPI.COMM_WORLD`` exits (``MPI_Abort``).
+
+    The way out after a :class:`CommTimeoutError` when the ranks that never
+    arrived would otherwise keep the job alive. Callable on any one rank.
+    """
+    _core.abort(int(code))
 
 
 def shutdown() -> None:

@@ -136,6 +136,13 @@ class Communicator:
             unless ``DISTML_CHECK=0``).
         segment_bytes: size of the pieces large messages move in (tuning and
             tests).
+        stall_warning: with a timeout, seconds after which rank 0 warns on
+            stderr about ranks that have not arrived at a collective
+            (default: ``DISTML_STALL_WARNING``, or half the timeout).
+
+    With a timeout, every collective starts with an arrival round through
+    rank 0 (which also carries the mismatch check), so that a timeout can
+    name the ranks that never arrived.
 
     Creating a communicator must be done on all ranks of ``comm``.
     """
@@ -147,6 +154,7 @@ class Communicator:
         timeout: Optional[float] = None,
         check: Optional[bool] = None,
         segment_bytes: Optional[int] = None,
+        stall_warning: Optional[float] = None,
     ) -> None:
         from mpi4py import MPI
 
@@ -164,8 +172,12 @@ class Communicator:
             check = _env_check()
         if segment_bytes is not None and (not isinstance(segment_bytes, int) or segment_bytes <= 0):
             raise ValueError(f"segment_bytes must be a positive int, not {segment_bytes!r}")
+        if stall_warning is None:
+            stall_warning = _env_float("DISTML_STALL_WARNING")
         self.mpi_comm = comm
         self._core = _core.Communicator(comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0))
+        if stall_warning is not None:
+            self._core.stall_warning = float(stall_warning)
         self._freed = False
         _live.add(self)
 
