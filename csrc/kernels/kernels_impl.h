@@ -1,0 +1,506 @@
+// Private to csrc/kernels: the bodies of every reduction kernel, written once.
+//
+// This header is included by exactly one .cpp per instruction set, after that
+// file defines DISTML_KERNEL_ISA (the namespace to build into) and
+// DISTML_KERNEL_TABLE (the name of the accessor declared in table.h). Each of
+// those files is compiled with its own -m flags, so the same plain loops come
+// out as SSE2, AVX2 or AVX-512 code. Everything here except the accessor has
+// internal linkage, which keeps the linker from mixing code built for
+// different instruction sets.
+//
+// Vocabulary:
+//   element  - a value as stored in the user's buffer (T, or uint16_t bits
+//              for float16/bfloat16);
+//   step op  - a functor with `static T apply(T a, T b)`, the contract being
+//              elementwise, no state, same result for every ISA;
+//   block    - a stretch of elements small enough to stay in L1 while every
+//              source is folded into it.
+//
+// Native types (float, double, integers) reduce in plain loops that the
+// compiler vectorizes. float16/bfloat16 are widened into float blocks, reduced
+// there, and narrowed once per call (round to nearest even); only that
+// widening and narrowing uses intrinsics.
+#ifndef DISTML_KERNEL_ISA
+#error "define DISTML_KERNEL_ISA before including kernels/kernels_impl.h"
+#endif
+#ifndef DISTML_KERNEL_TABLE
+#error "define DISTML_KERNEL_TABLE before including kernels/kernels_impl.h"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/table.h"
+
+namespace distml::kernels::DISTML_KERNEL_ISA {
+namespace {
+
+using std::size_t;
+using std::uint16_t;
+using std::uint32_t;
+
+// Elements in one block. 8 KiB per source keeps dst's block in L1 while
+// several sources are folded in.
+constexpr size_t kBlockBytes = 8192;
+// float16/bfloat16 are reduced through two float blocks of this many values.
+constexpr size_t kHalfBlock = 1024;
+
+inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+// Buffers come from numpy and may sit at any byte address, so every access
+// goes through memcpy; the compiler turns these into unaligned vector moves.
+template <class T>
+inline T load(const void* base, size_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+template <class T>
+inline void store(void* base, size_t i, T v) {
+  std::memcpy(static_cast<unsigned char*>(base) + i * sizeof(T), &v, sizeof(T));
+}
+
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// Half types. Each is a tag with scalar conversions and block conversions
+// (`widen`: n stored values -> n floats; `narrow`: n floats -> n stored
+// values, round to nearest even, NaN stays a quiet NaN).
+
+#if defined(__AVX512F__)
+constexpr __mmask16 kAll16 = 0xffff;
+#endif
+
+// IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
+struct Float16 {
+  static float to_float(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t mag = h & 0x7fffu;
+    if (mag >= 0x7c00u) {  // inf or NaN: keep the payload in the top bits
+      return bits_float(sign | 0x7f800000u | ((mag & 0x3ffu) << 13));
+    }
+    if (mag >= 0x0400u) {  // normal: rebias the exponent from 15 to 127
+      return bits_float(sign | ((mag << 13) + ((127u - 15u) << 23)));
+    }
+    // Zero or subnormal: mag counts units of 2^-24, exactly representable.
+    const float f = static_cast<float>(mag) * 0x1p-24f;
+    return sign ? -f : f;
+  }
+
+  static uint16_t from_float(float f) {
+    const uint32_t u = float_bits(f);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t mag = u & 0x7fffffffu;
+    if (mag > 0x7f800000u) {  // NaN: force the quiet bit, keep the top payload
+      return static_cast<uint16_t>(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
+    }
+    if (mag >= 0x47800000u) {  // |f| >= 2^16 or inf
+      return static_cast<uint16_t>(sign | 0x7c00u);
+    }
+    if (mag >= 0x38800000u) {
+      // Normal half (|f| >= 2^-14). Rebias, then round the 13 dropped mantissa
+      // bits to nearest even; a carry moves into the exponent, and past 65504
+      // into infinity, which is the correct rounding.
+      uint32_t r = mag - ((127u - 15u) << 23);
+      r += 0x0fffu + ((r >> 13) & 1u);
+      return static_cast<uint16_t>(sign | (r >> 13));
+    }
+    if (mag <= 0x33000000u) {  // |f| <= 2^-25: rounds to (signed) zero
+      return static_cast<uint16_t>(sign);
+    }
+    // Subnormal half: count units of 2^-24. The value is sig * 2^(e-150), so
+    // shift the 24-bit significand right by 126 - e (14..24) and round to even.
+    const uint32_t e = mag >> 23;
+    const uint32_t sig = (mag & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;
+    uint32_t q = sig >> shift;
+    const uint32_t rest = sig & ((1u << shift) - 1u);
+    const uint32_t tie = 1u << (shift - 1u);
+    if (rest > tie || (rest == tie && (q & 1u))) ++q;  // q may reach 0x400, the least normal
+    return static_cast<uint16_t>(sign | q);
+  }
+
+  static void widen(const void* src, float* out, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    // The zero-masking forms with an all-ones mask are the plain conversions;
+    // GCC 12's unmasked wrappers trip -Wmaybe-uninitialized in its own header.
+    const auto* p = static_cast<const unsigned char*>(src);
+    for (; i + 16 <= n; i += 16) {
+      __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
+      _mm512_storeu_ps(out + i, _mm512_maskz_cvtph_ps(kAll16, h));
+    }
+    if (i < n) {  // the tail in one masked step
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      __m256i h = _mm256_maskz_loadu_epi16(m, p + 2 * i);
+      _mm512_mask_storeu_ps(out + i, m, _mm512_maskz_cvtph_ps(m, h));
+      return;
+    }
+#elif defined(__F16C__)
+    const auto* p = static_cast<const unsigned char*>(src);
+    for (; i + 8 <= n; i += 8) {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+    }
+#endif
+    for (; i < n; ++i) out[i] = to_float(load<uint16_t>(src, i));
+  }
+
+  static void narrow(const float* in, void* dst, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    auto* p = static_cast<unsigned char*>(dst);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (; i + 16 <= n; i += 16) {
+      __m256i h = _mm512_maskz_cvtps_ph(kAll16, _mm512_loadu_ps(in + i), kRound);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 2 * i), h);
+    }
+    if (i < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      __m256i h = _mm512_maskz_cvtps_ph(m, _mm512_maskz_loadu_ps(m, in + i), kRound);
+      _mm256_mask_storeu_epi16(p + 2 * i, m, h);
+      return;
+    }
+#elif defined(__F16C__)
+    auto* p = static_cast<unsigned char*>(dst);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (; i + 8 <= n; i += 8) {
+      __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), kRound);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 2 * i), h);
+    }
+#endif
+    for (; i < n; ++i) store<uint16_t>(dst, i, from_float(in[i]));
+  }
+};
+
+// bfloat16: the top 16 bits of a float32. The scalar forms below are plain
+// integer arithmetic, which every ISA build vectorizes in the block loops.
+struct BFloat16 {
+  static float to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+
+  static uint16_t from_float(float f) {
+    const uint32_t u = float_bits(f);
+    // Rounding could carry a NaN's payload into the exponent, so NaNs only get
+    // their quiet bit set.
+    const uint32_t nan = (u >> 16) | 0x0040u;
+    // Round to nearest even: add just under half an ulp, plus the lowest kept
+    // bit. Large finite values carry into the exponent and become inf, as
+    // they should.
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
+
+  static void widen(const void* src, float* out, size_t n) {
+    for (size_t i = 0; i < n; ++i) out[i] = to_float(load<uint16_t>(src, i));
+  }
+
+  static void narrow(const float* in, void* dst, size_t n) {
+    for (size_t i = 0; i < n; ++i) store<uint16_t>(dst, i, from_float(in[i]));
+  }
+};
+
+template <class E>
+constexpr bool kIsHalf = std::is_same_v<E, Float16> || std::is_same_v<E, BFloat16>;
+
+template <class E>
+constexpr bool kIsFloat = kIsHalf<E> || std::is_floating_point_v<E>;
+
+// ---------------------------------------------------------------------------
+// Step ops. Integer sum and product wrap: they are computed in an unsigned
+// type at least as wide as unsigned int, so neither signed overflow nor the
+// promotion of small unsigned types to int can be undefined.
+
+template <class T>
+using Wide = std::conditional_t<(sizeof(T) < sizeof(unsigned)), unsigned, std::make_unsigned_t<T>>;
+
+struct SumOp {
+  template <class T>
+  static T apply(T a, T b) {
+    if constexpr (std::is_integral_v<T>) {
+      return static_cast<T>(static_cast<Wide<T>>(static_cast<Wide<T>>(a) + static_cast<Wide<T>>(b)));
+    } else {
+      return a + b;
+    }
+  }
+};
+
+struct ProdOp {
+  template <class T>
+  static T apply(T a, T b) {
+    if constexpr (std::is_integral_v<T>) {
+      return static_cast<T>(static_cast<Wide<T>>(static_cast<Wide<T>>(a) * static_cast<Wide<T>>(b)));
+    } else {
+      return a * b;
+    }
+  }
+};
+
+// Floats follow numpy's np.minimum/np.maximum: a NaN on either side wins.
+// The comparisons are combined with `|`, not `||`, so both are evaluated
+// unconditionally and the loop if-converts into compare + blend.
+struct MinOp {
+  template <class T>
+  static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      return ((a < b) | (a != a)) ? a : b;
+    } else {
+      return a < b ? a : b;
+    }
+  }
+};
+
+struct MaxOp {
+  template <class T>
+  static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      return ((a > b) | (a != a)) ? a : b;
+    } else {
+      return a > b ? a : b;
+    }
+  }
+};
+
+struct BandOp {
+  template <class T>
+  static T apply(T a, T b) { return static_cast<T>(a & b); }
+};
+
+struct BorOp {
+  template <class T>
+  static T apply(T a, T b) { return static_cast<T>(a | b); }
+};
+
+struct BxorOp {
+  template <class T>
+  static T apply(T a, T b) { return static_cast<T>(a ^ b); }
+};
+
+// ---------------------------------------------------------------------------
+// Native types.
+
+// out[i] = a[i] op b[i]. out may equal a or b exactly: each element is read
+// before it is written, and the compiler's alias check admits equal pointers.
+template <class T, class Op>
+void combine(void* out, const void* a, const void* b, size_t n) {
+  for (size_t i = 0; i < n; ++i) store<T>(out, i, Op::apply(load<T>(a, i), load<T>(b, i)));
+}
+
+template <class T, class Op>
+void reduce_native(void* dst, const void* src, size_t count) {
+  combine<T, Op>(dst, dst, src, count);
+}
+
+// Block by block, so each source is streamed once and dst is written once.
+template <class T, class Op>
+void reduce_many_native(void* dst, const void* const* srcs, int n, size_t count) {
+  if (n == 1) {
+    if (dst != srcs[0]) std::memcpy(dst, srcs[0], count * sizeof(T));
+    return;
+  }
+  constexpr size_t kBlock = kBlockBytes / sizeof(T);
+  for (size_t first = 0; first < count; first += kBlock) {
+    const size_t len = min_size(kBlock, count - first);
+    const size_t off = first * sizeof(T);
+    auto* out = static_cast<unsigned char*>(dst) + off;
+    combine<T, Op>(out, static_cast<const unsigned char*>(srcs[0]) + off,
+                   static_cast<const unsigned char*>(srcs[1]) + off, len);
+    for (int k = 2; k < n; ++k) {
+      combine<T, Op>(out, out, static_cast<const unsigned char*>(srcs[k]) + off, len);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Half types: widen to float blocks, reduce there, narrow.
+
+template <class Op>
+void apply_floats(float* __restrict acc, const float* __restrict in, size_t n) {
+  for (size_t i = 0; i < n; ++i) acc[i] = Op::apply(acc[i], in[i]);
+}
+
+template <class H, class Op>
+void reduce_half(void* dst, const void* src, size_t count) {
+  float acc[kHalfBlock];
+  float in[kHalfBlock];
+  for (size_t first = 0; first < count; first += kHalfBlock) {
+    const size_t len = min_size(kHalfBlock, count - first);
+    auto* out = static_cast<unsigned char*>(dst) + 2 * first;
+    H::widen(out, acc, len);
+    H::widen(static_cast<const unsigned char*>(src) + 2 * first, in, len);
+    apply_floats<Op>(acc, in, len);
+    H::narrow(acc, out, len);
+  }
+}
+
+// The whole chain accumulates in float and is rounded once, so the result
+// does not depend on how many sources there are beyond float32 rounding.
+template <class H, class Op>
+void reduce_many_half(void* dst, const void* const* srcs, int n, size_t count) {
+  if (n == 1) {
+    if (dst != srcs[0]) std::memcpy(dst, srcs[0], count * 2);
+    return;
+  }
+  float acc[kHalfBlock];
+  float in[kHalfBlock];
+  for (size_t first = 0; first < count; first += kHalfBlock) {
+    const size_t len = min_size(kHalfBlock, count - first);
+    const size_t off = 2 * first;
+    H::widen(static_cast<const unsigned char*>(srcs[0]) + off, acc, len);
+    for (int k = 1; k < n; ++k) {
+      H::widen(static_cast<const unsigned char*>(srcs[k]) + off, in, len);
+      apply_floats<Op>(acc, in, len);
+    }
+    H::narrow(acc, static_cast<unsigned char*>(dst) + off, len);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// scale_avg: buf[i] /= divisor, divisor >= 1.
+
+template <class E>
+void scale_avg_kernel(void* buf, size_t count, size_t divisor) {
+  if constexpr (kIsHalf<E>) {
+    const float d = static_cast<float>(divisor);
+    float vals[kHalfBlock];
+    for (size_t first = 0; first < count; first += kHalfBlock) {
+      const size_t len = min_size(kHalfBlock, count - first);
+      auto* p = static_cast<unsigned char*>(buf) + 2 * first;
+      E::widen(p, vals, len);
+      for (size_t i = 0; i < len; ++i) vals[i] /= d;
+      E::narrow(vals, p, len);
+    }
+  } else if constexpr (std::is_floating_point_v<E>) {
+    // Divide rather than multiply by a reciprocal: the result then matches
+    // numpy's `x / n` exactly.
+    const E d = static_cast<E>(divisor);
+    for (size_t i = 0; i < count; ++i) store<E>(buf, i, load<E>(buf, i) / d);
+  } else {
+    using U = std::make_unsigned_t<E>;
+    constexpr unsigned kBits = 8 * sizeof(E);
+    if ((divisor & (divisor - 1)) == 0) {
+      // A power of two: floor division is a shift (arithmetic for signed
+      // types, which rounds toward -inf exactly like numpy's `//`).
+      unsigned shift = 0;
+      while ((size_t{1} << shift) != divisor) ++shift;
+      if constexpr (std::is_signed_v<E>) {
+        if (shift > kBits - 1) shift = kBits - 1;  // every value becomes 0 or -1
+        for (size_t i = 0; i < count; ++i) store<E>(buf, i, static_cast<E>(load<E>(buf, i) >> shift));
+      } else {
+        if (shift >= kBits) {
+          std::memset(buf, 0, count * sizeof(E));
+          return;
+        }
+        for (size_t i = 0; i < count; ++i) store<E>(buf, i, static_cast<E>(load<E>(buf, i) >> shift));
+      }
+      return;
+    }
+    if constexpr (std::is_signed_v<E>) {
+      // Divisors beyond the type's range leave 0 for non-negative values and
+      // -1 for negative ones.
+      if (divisor > static_cast<size_t>(std::numeric_limits<std::int64_t>::max())) {
+        for (size_t i = 0; i < count; ++i) store<E>(buf, i, static_cast<E>(load<E>(buf, i) < 0 ? -1 : 0));
+        return;
+      }
+      const auto d = static_cast<std::int64_t>(divisor);
+      for (size_t i = 0; i < count; ++i) {
+        const std::int64_t x = load<E>(buf, i);
+        std::int64_t q = x / d;
+        if (x % d != 0 && x < 0) --q;  // C++ truncates toward zero; numpy floors
+        store<E>(buf, i, static_cast<E>(q));
+      }
+    } else {
+      const auto d = static_cast<std::uint64_t>(divisor);
+      for (size_t i = 0; i < count; ++i) {
+        store<E>(buf, i, static_cast<E>(static_cast<std::uint64_t>(load<U>(buf, i)) / d));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The table.
+
+template <class E, class Op>
+constexpr ReduceFn reduce_entry() {
+  if constexpr (kIsHalf<E>) {
+    return &reduce_half<E, Op>;
+  } else {
+    return &reduce_native<E, Op>;
+  }
+}
+
+template <class E, class Op>
+constexpr detail::ReduceManyFn reduce_many_entry() {
+  if constexpr (kIsHalf<E>) {
+    return &reduce_many_half<E, Op>;
+  } else {
+    return &reduce_many_native<E, Op>;
+  }
+}
+
+template <class E, class StepOp>
+constexpr void set_entry(detail::KernelTable& t, DType dtype, Op op) {
+  const int d = static_cast<int>(dtype);
+  const int o = static_cast<int>(op);
+  t.reduce[d][o] = reduce_entry<E, StepOp>();
+  t.reduce_many[d][o] = reduce_many_entry<E, StepOp>();
+}
+
+template <class E>
+constexpr void set_dtype(detail::KernelTable& t, DType dtype) {
+  set_entry<E, SumOp>(t, dtype, Op::kSum);
+  set_entry<E, SumOp>(t, dtype, Op::kAvg);
+  set_entry<E, ProdOp>(t, dtype, Op::kProd);
+  set_entry<E, MinOp>(t, dtype, Op::kMin);
+  set_entry<E, MaxOp>(t, dtype, Op::kMax);
+  if constexpr (!kIsFloat<E>) {
+    set_entry<E, BandOp>(t, dtype, Op::kBand);
+    set_entry<E, BorOp>(t, dtype, Op::kBor);
+    set_entry<E, BxorOp>(t, dtype, Op::kBxor);
+  }
+  t.scale_avg[static_cast<int>(dtype)] = &scale_avg_kernel<E>;
+}
+
+constexpr detail::KernelTable build_table() {
+  detail::KernelTable t{};
+  set_dtype<Float16>(t, DType::kFloat16);
+  set_dtype<BFloat16>(t, DType::kBFloat16);
+  set_dtype<float>(t, DType::kFloat32);
+  set_dtype<double>(t, DType::kFloat64);
+  set_dtype<std::int8_t>(t, DType::kInt8);
+  set_dtype<std::int16_t>(t, DType::kInt16);
+  set_dtype<std::int32_t>(t, DType::kInt32);
+  set_dtype<std::int64_t>(t, DType::kInt64);
+  set_dtype<std::uint8_t>(t, DType::kUInt8);
+  set_dtype<std::uint16_t>(t, DType::kUInt16);
+  set_dtype<std::uint32_t>(t, DType::kUInt32);
+  set_dtype<std::uint64_t>(t, DType::kUInt64);
+  return t;
+}
+
+constexpr detail::KernelTable kTable = build_table();
+
+}  // namespace
+}  // namespace distml::kernels::DISTML_KERNEL_ISA
+
+namespace distml::kernels::detail {
+const KernelTable& DISTML_KERNEL_TABLE() { return DISTML_KERNEL_ISA::kTable; }
+}  // namespace distml::kernels::detail
