@@ -1,0 +1,236 @@
+"""The reduction kernels (csrc/kernels) against numpy, on every instruction set.
+
+Every ISA this CPU runs x every dtype x every op that has a meaning for it x
+lengths 0, 1, odd, and past the vector and block sizes, with buffers at odd
+byte addresses and with dst aliasing a source. float16/bfloat16 references
+are computed in float32 and rounded once, which is the kernels' contract.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from distml import _core
+
+# Codes of csrc/common/types.h (DType, Op): the binding's contract.
+DTYPE_CODES = {
+    np.dtype(np.float16): 0,
+    np.dtype(ml_dtypes.bfloat16): 1,
+    np.dtype(np.float32): 2,
+    np.dtype(np.float64): 3,
+    np.dtype(np.int8): 4,
+    np.dtype(np.int16): 5,
+    np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7,
+    np.dtype(np.uint8): 8,
+    np.dtype(np.uint16): 9,
+    np.dtype(np.uint32): 10,
+    np.dtype(np.uint64): 11,
+}
+OP_CODES = {"sum": 0, "avg": 1, "prod": 2, "min": 3, "max": 4, "band": 5, "bor": 6, "bxor": 7}
+
+DTYPES = list(DTYPE_CODES)
+HALF_DTYPES = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
+FLOAT_DTYPES = HALF_DTYPES | {np.dtype(np.float32), np.dtype(np.float64)}
+BITWISE_OPS = ("band", "bor", "bxor")
+LENGTHS = (0, 1, 7, 33, 1000, 4099)
+
+# avg reduces as sum; scale_avg finishes it (tested separately).
+UFUNCS = {
+    "sum": np.add,
+    "avg": np.add,
+    "prod": np.multiply,
+    "min": np.minimum,
+    "max": np.maximum,
+    "band": np.bitwise_and,
+    "bor": np.bitwise_or,
+    "bxor": np.bitwise_xor,
+}
+
+ISAS = _core.kernel_isas()
+
+
+VALID_PAIRS = [
+    pytest.param(dtype, op, id=f"{dtype.name}-{op}")
+    for dtype in DTYPES
+    for op in OP_CODES
+    if not (dtype in FLOAT_DTYPES and op in BITWISE_OPS)
+]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test on one instruction set and restores the previous one."""
+    before = _core.kernel_current_isa()
+    _core.kernel_set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.kernel_set_isa(before)
+
+
+def random_values(rng, dtype, n):
+    """Values that reach the edges: NaN, inf, signed zero, subnormals, overflow."""
+    if dtype in FLOAT_DTYPES:
+        wide = np.float64 if dtype == np.float64 else np.float32
+        scale = rng.choice([1e-40, 1e-7, 1.0, 1e3, 3e4, 1e38], size=n)
+        with np.errstate(all="ignore"):
+            x = (rng.standard_normal(n) * scale).astype(wide)
+            specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype=wide)
+            pick = rng.random(n) < 0.05
+            x[pick] = rng.choice(specials, size=int(pick.sum()))
+            return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=n, endpoint=True, dtype=dtype)
+
+
+def unaligned_copy(x):
+    """A copy of x that starts one byte past an aligned address."""
+    raw = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    out = raw[1:].view(x.dtype)
+    out[...] = x
+    assert x.size == 0 or out.ctypes.data % 2 == 1
+    return out
+
+
+def ref_chain(srcs, dtype, op):
+    """srcs[0] op srcs[1] op ... in order; half types in float32, rounded once."""
+    ufunc = UFUNCS[op]
+    with np.errstate(all="ignore"):
+        if dtype in HALF_DTYPES:
+            acc = srcs[0].astype(np.float32)
+            for s in srcs[1:]:
+                acc = ufunc(acc, s.astype(np.float32))
+            return acc.astype(dtype)
+        acc = srcs[0].copy()
+        for s in srcs[1:]:
+            acc = ufunc(acc, s)
+        return acc
+
+
+def assert_same(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if got.dtype in FLOAT_DTYPES:
+        # Widening is exact; NaNs must sit in the same places.
+        np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+def codes(dtype, op):
+    return DTYPE_CODES[dtype], OP_CODES[op]
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize(("dtype", "op"), VALID_PAIRS)
+def test_reduce(isa, dtype, op, n):
+    rng = np.random.default_rng([n, DTYPE_CODES[dtype], OP_CODES[op]])
+    a, b = random_values(rng, dtype, n), random_values(rng, dtype, n)
+    want = ref_chain([a, b], dtype, op)
+
+    dst = a.copy()
+    _core.kernel_reduce(dst, b, *codes(dtype, op))
+    assert_same(dst, want)
+
+    # Both operands at odd addresses.
+    dst, src = unaligned_copy(a), unaligned_copy(b)
+    _core.kernel_reduce(dst, src, *codes(dtype, op))
+    assert_same(dst, want)
+    assert_same(src, b)
+
+    # dst is also the source: a op a.
+    dst = unaligned_copy(a)
+    _core.kernel_reduce(dst, dst, *codes(dtype, op))
+    assert_same(dst, ref_chain([a, a], dtype, op))
+
+
+@pytest.mark.parametrize("nsrc", (1, 2, 3, 5))
+@pytest.mark.parametrize(("dtype", "op"), VALID_PAIRS)
+def test_reduce_many(isa, dtype, op, nsrc):
+    for n in LENGTHS:
+        rng = np.random.default_rng([n, nsrc, DTYPE_CODES[dtype], OP_CODES[op]])
+        srcs = [random_values(rng, dtype, n) for _ in range(nsrc)]
+        want = ref_chain(srcs, dtype, op)
+
+        dst = np.empty_like(srcs[0])
+        _core.kernel_reduce_many(dst, srcs, *codes(dtype, op))
+        assert_same(dst, want)
+
+        # Unaligned, and dst is the first source.
+        moved = [unaligned_copy(s) for s in srcs]
+        _core.kernel_reduce_many(moved[0], moved, *codes(dtype, op))
+        assert_same(moved[0], want)
+        for s, orig in zip(moved[1:], srcs[1:]):
+            assert_same(s, orig)
+
+
+def test_reduce_many_rounds_half_types_once(isa):
+    # 2048 + 1 + 1 in float16: step by step each +1 rounds back to 2048
+    # (ties to even); accumulated in float32 the chain gives 2050.
+    srcs = [np.full(9, v, dtype=np.float16) for v in (2048.0, 1.0, 1.0)]
+    dst = np.empty_like(srcs[0])
+    _core.kernel_reduce_many(dst, srcs, *codes(np.dtype(np.float16), "sum"))
+    assert np.all(dst == 2050.0)
+    step = srcs[0].copy()
+    for s in srcs[1:]:
+        _core.kernel_reduce(step, s, *codes(np.dtype(np.float16), "sum"))
+    assert np.all(step == 2048.0)
+
+
+def test_reduce_many_rejects_dst_as_a_later_source():
+    x = np.ones(8, np.float32)
+    y = np.ones(8, np.float32)
+    with pytest.raises(ValueError):
+        _core.kernel_reduce_many(x, [y, y, x], *codes(np.dtype(np.float32), "sum"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_scale_avg(isa, dtype):
+    for n in LENGTHS:
+        for divisor in (1, 2, 3, 4, 7, 8, 200, 256, 1000, 2**40):
+            rng = np.random.default_rng([n, divisor % 1001, DTYPE_CODES[dtype]])
+            x = random_values(rng, dtype, n)
+            with np.errstate(all="ignore"):
+                if dtype in HALF_DTYPES:
+                    want = (x.astype(np.float32) / np.float32(divisor)).astype(dtype)
+                elif dtype in FLOAT_DTYPES:
+                    want = x / dtype.type(divisor)
+                elif np.issubdtype(dtype, np.signedinteger):
+                    want = (x.astype(np.int64) // np.int64(divisor)).astype(dtype)
+                else:
+                    want = (x.astype(np.uint64) // np.uint64(divisor)).astype(dtype)
+            buf = unaligned_copy(x)
+            _core.kernel_scale_avg(buf, DTYPE_CODES[dtype], divisor)
+            assert_same(buf, want)
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOAT_DTYPES, key=DTYPE_CODES.get), ids=lambda d: d.name)
+@pytest.mark.parametrize("op", BITWISE_OPS)
+def test_bitwise_on_floats_raises(dtype, op):
+    x = np.zeros(4, dtype)
+    with pytest.raises(ValueError, match=op):
+        _core.kernel_reduce(x, x.copy(), *codes(dtype, op))
+    with pytest.raises(ValueError, match=op):
+        _core.kernel_reduce_many(x, [x.copy(), x.copy()], *codes(dtype, op))
+
+
+def test_unknown_codes_raise():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError):
+        _core.kernel_reduce(x, x.copy(), DTYPE_CODES[x.dtype], len(OP_CODES))
+    with pytest.raises(ValueError):
+        _core.kernel_scale_avg(x, DTYPE_CODES[x.dtype], 0)
+
+
+def test_isa_selection():
+    assert ISAS[0] == "baseline"
+    assert set(ISAS) <= {"baseline", "avx2", "avx512"}
+    assert _core.kernel_current_isa() in ISAS
+    with pytest.raises(ValueError):
+        _core.kernel_set_isa("sse9")
+
+
+def test_set_isa_switches_kernels(isa):
+    assert _core.kernel_current_isa() == isa
