@@ -19,6 +19,10 @@
 #include "kernels/reduce.h"
 #include "transport/mpi_comm.h"
 
+namespace distml::transport {
+class ShmGroup;
+}
+
 namespace distml::algorithms {
 
 using transport::MpiComm;
@@ -129,6 +133,11 @@ void alltoall_pairwise(MpiComm& comm, const void* in, void* out, std::size_t blo
 
 // Dissemination barrier.
 void barrier_dissemination(MpiComm& comm);
+
+// Shared-memory allreduce among the ranks of one node (allreduce_shm.cpp).
+// Messages of at most `one_shot_bytes` take the single-step path.
+void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
+                   const Reduction& red, std::size_t one_shot_bytes);
 
 }  // namespace distml::algorithms
 

@@ -39,6 +39,7 @@ const char* algo_name(Algo algo) {
     case Algo::kScatterAllgather: return "scatter_allgather";
     case Algo::kPairwise: return "pairwise";
     case Algo::kDissemination: return "dissemination";
+    case Algo::kShm: return "shm";
   }
   return "unknown";
 }
@@ -48,7 +49,8 @@ namespace {
 // The algorithms each collective accepts, "auto" and "mpi" first.
 std::vector<Algo> accepted(Kind kind) {
   switch (kind) {
-    case Kind::kAllreduce: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling};
+    case Kind::kAllreduce:
+      return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling, Algo::kShm};
     case Kind::kReduce: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kRing};
     case Kind::kBroadcast: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather};
     case Kind::kAllgather: return {Algo::kAuto, Algo::kMpi, Algo::kRing};
@@ -171,6 +173,26 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   // Without MPI_THREAD_MULTIPLE the background thread could call MPI while the
   // user's thread does; async collectives then run at submission instead.
   threaded_ = provided == MPI_THREAD_MULTIPLE;
+
+  if (settings_.shm && size_ > 1) {
+    MPI_Comm node = MPI_COMM_NULL;
+    DISTML_MPI(MPI_Comm_split_type(comm_->raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+    int node_size = 0;
+    MPI_Comm_size(node, &node_size);
+    // Every rank must take the same decision: all on one node, or not.
+    int one_node = node_size == size_ ? 1 : 0, all_one_node = 0;
+    int rc = MPI_Allreduce(&one_node, &all_one_node, 1, MPI_INT, MPI_MIN, comm_->raw());
+    if (rc == MPI_SUCCESS && all_one_node) {
+      try {
+        shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
+      } catch (...) {
+        MPI_Comm_free(&node);
+        throw;
+      }
+    }
+    MPI_Comm_free(&node);
+    DISTML_MPI(rc);
+  }
 }
 
 Communicator::~Communicator() {
@@ -262,6 +284,7 @@ void Communicator::free() {
   if (worker_.joinable()) worker_.join();
   std::lock_guard<std::mutex> lk(mu_);
   freed_ = true;
+  shm_.reset();
   comm_.reset();
 }
 
@@ -270,6 +293,7 @@ Algo Communicator::resolve(const Call& call) const {
   const std::size_t bytes = call.count * dtype_size(call.dtype);
   switch (call.kind) {
     case Kind::kAllreduce:
+      if (shm_) return Algo::kShm;
       return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
     case Kind::kReduce:
       return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
@@ -291,19 +315,21 @@ void Communicator::execute(const Call& call) {
     std::lock_guard<std::mutex> lk(mu_);
     ensure_usable();
   }
+  const Algo algo = resolve(call);
+  if (algo == Algo::kShm) shm_group();  // refuses before any communication
   const std::uint64_t seq = ++seq_;
   comm_->start_deadline(settings_.timeout);
   bool arrived = false;
   try {
     coordinate(call);
     arrived = true;
-    dispatch(call, resolve(call));
+    dispatch(call, algo);
   } catch (const Timeout& e) {
     comm_->clear_deadline();
     std::ostringstream os;
     os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) timed out after "
        << settings_.timeout << " s on rank " << rank_ << ": ";
-    if (arrived) os << "every rank had arrived, then " << comm_->last_stall();
+    if (arrived) os << "every rank had arrived, then " << e.what();
     else os << e.what();
     std::lock_guard<std::mutex> lk(mu_);
     broken_ = true;
@@ -481,6 +507,13 @@ void Communicator::arrive_through_root(const Call& call) {
   if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
 
+tp::ShmGroup& Communicator::shm_group() {
+  if (!shm_) {
+    DISTML_THROW(InvalidArgument, "algorithm 'shm' needs every rank on one node (and shared memory enabled)");
+  }
+  return *shm_;
+}
+
 void Communicator::dispatch(const Call& c, Algo algo) {
   auto& comm = *comm_;
   const auto& tuning = settings_.tuning;
@@ -497,6 +530,7 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       alg::Reduction red(c.dtype, c.op);
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
+      else if (algo == Algo::kShm) alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
       else alg::allreduce_recursive_doubling(comm, c.in, c.out, c.count, red);
       if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
       return;

@@ -22,6 +22,7 @@
 #include "algorithms/schedule.h"
 #include "common/types.h"
 #include "transport/mpi_comm.h"
+#include "transport/shm.h"
 
 namespace distml::engine {
 
@@ -45,6 +46,7 @@ enum class Algo : std::uint8_t {
   kScatterAllgather = 5,
   kPairwise = 6,
   kDissemination = 7,
+  kShm = 8,
 };
 const char* algo_name(Algo algo);
 // Parses an algorithm name for `kind`; throws InvalidArgument listing the
@@ -82,6 +84,10 @@ struct Settings {
   std::size_t allreduce_small_bytes = 64 << 10;
   std::size_t broadcast_small_bytes = 256 << 10;
   std::size_t reduce_small_bytes = 64 << 10;
+  // Shared memory: each rank's two slots, and the one-shot allreduce limit.
+  std::size_t shm_slot_bytes = 1 << 20;
+  std::size_t shm_one_shot_bytes = 16 << 10;
+  bool shm = true;  // use the node's shared memory when every rank is on one node
 };
 
 // An async collective's state, shared by the queue and the caller's handle.
@@ -124,6 +130,7 @@ class Communicator {
   // communicator. Later calls raise Unusable. Idempotent.
   void free();
   bool broken() const { return broken_; }
+  bool has_shm() const { return shm_ != nullptr; }
   const std::string& broken_reason() const { return broken_reason_; }
 
  private:
@@ -133,9 +140,12 @@ class Communicator {
   void arrive_through_root(const Call& call);
   void dispatch(const Call& call, Algo algo);
   void worker_loop();
+  transport::ShmGroup& shm_group();
   void ensure_usable() const;
 
   std::unique_ptr<transport::MpiComm> comm_;
+  // Present when all ranks share one node and shared memory is enabled.
+  std::unique_ptr<transport::ShmGroup> shm_;
   int rank_ = 0;
   int size_ = 1;
   Settings settings_;

@@ -1,0 +1,106 @@
+// Shared-memory allreduce for the ranks of one node.
+//
+// Every rank owns two slots in the node's shared window. Messages larger than
+// a slot move as chunks, one step per chunk, alternating slots so that
+// copying chunk k+1 in overlaps peers still reading chunk k. One step:
+//   1. wait until every peer has released the step that last used this slot
+//      (step - 2), then copy my chunk of the input into my slot: posted = step
+//   2. when every peer has posted, reduce my slice of the chunk, reading that
+//      slice straight from every peer's slot, into my own slot: reduced = step
+//   3. when every peer has reduced, copy every peer's reduced slice out of
+//      its slot into my output: released = step
+// Each element is reduced by exactly one rank, so all ranks get bitwise the
+// same result. Per rank and byte of input that is one copy in, one read of a
+// 1/P share from each rank, and one copy out: about 3x the traffic of a
+// memcpy, against 2(P-1)/P messages' worth through MPI plus MPI's own copies.
+//
+// Small messages take a one-shot step: copy in, post, then every rank reduces
+// the whole vector from all slots into its own output, in rank order (so the
+// results agree bitwise), and releases. Two synchronisations instead of three.
+//
+// Hang invariant: every rank runs the same steps in the same order (the
+// engine guarantees the same collectives in the same order), and a rank only
+// waits for a counter value that its peer publishes in the same step.
+#include <vector>
+
+#include "algorithms/schedule.h"
+#include "transport/shm.h"
+
+namespace distml::algorithms {
+
+using transport::ShmGroup;
+using Counter = transport::ShmGroup::Counter;
+
+namespace {
+
+// Slice i of a chunk of `len` elements over `parts` ranks; slice starts are
+// multiples of `align` elements, so each rank's slice starts on a cache line.
+void slice_of(std::size_t len, int parts, int i, std::size_t align, std::size_t* first,
+              std::size_t* n) {
+  std::size_t per = (len + parts - 1) / parts;
+  per = (per + align - 1) / align * align;
+  std::size_t a = std::min(len, per * i), b = std::min(len, per * (i + 1));
+  *first = a;
+  *n = b - a;
+}
+
+}  // namespace
+
+void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
+                   const Reduction& red, std::size_t one_shot_bytes) {
+  const int L = shm.size(), me = shm.rank();
+  const std::size_t elem = red.elem;
+  const auto* src = static_cast<const char*>(in);
+  auto* dst = static_cast<char*>(out);
+  std::vector<const void*> peers(L);
+
+  if (count * elem <= std::min(one_shot_bytes, shm.slot_bytes())) {
+    const std::uint64_t step = shm.next_step();
+    const int k = static_cast<int>(step & 1);
+    if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
+    std::memcpy(shm.slot(me, k), src, count * elem);
+    shm.publish(Counter::kPosted, step);
+    shm.wait_all(Counter::kPosted, step);
+    for (int r = 0; r < L; ++r) peers[r] = shm.slot(r, k);
+    kernels::reduce_many(dst, peers.data(), L, count, red.dtype, red.op);
+    shm.publish(Counter::kReleased, step);
+    return;
+  }
+
+  const std::size_t chunk = shm.slot_bytes() / elem;
+  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+  for (std::size_t first = 0; first < count; first += chunk) {
+    const std::size_t len = std::min(chunk, count - first);
+    const std::uint64_t step = shm.next_step();
+    const int k = static_cast<int>(step & 1);
+
+    // 1. copy in
+    if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
+    std::memcpy(shm.slot(me, k), src + first * elem, len * elem);
+    shm.publish(Counter::kPosted, step);
+
+    // 2. reduce my slice from every slot into mine (mine first: it is the
+    //    destination, which reduce_many allows only as its first source)
+    shm.wait_all(Counter::kPosted, step);
+    std::size_t s0, sn;
+    slice_of(len, L, me, align, &s0, &sn);
+    if (sn > 0) {
+      peers[0] = shm.slot(me, k) + s0 * elem;
+      for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
+      kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    }
+    shm.publish(Counter::kReduced, step);
+
+    // 3. copy every rank's reduced slice out, starting with my own
+    for (int i = 0; i < L; ++i) {
+      const int r = (me + i) % L;
+      if (r != me) shm.wait_one(r, Counter::kReduced, step);
+      std::size_t r0, rn;
+      slice_of(len, L, r, align, &r0, &rn);
+      if (rn) std::memcpy(dst + (first + r0) * elem, shm.slot(r, k) + r0 * elem, rn * elem);
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+}
+
+}  // namespace distml::algorithms

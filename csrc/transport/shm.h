@@ -1,0 +1,79 @@
+// Node-local shared memory: the ranks of one node map one MPI-3 shared
+// window (MPI_Win_allocate_shared), each owning a region of it that every
+// peer can read and write directly. MPI creates and removes the backing
+// files itself, so a rank that dies leaves nothing behind in /dev/shm.
+//
+// Each region starts with a cache-line-separated control block of
+// monotonically increasing step counters (a peer's counter is only ever
+// written by its owner), followed by two data slots for double buffering.
+// Waiting on a peer's counter spins briefly, then yields, and honours the
+// collective's deadline.
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "transport/mpi_comm.h"
+
+namespace distml::transport {
+
+// The counters one rank publishes. A value v means "done with step v".
+struct alignas(64) ShmControl {
+  std::atomic<std::uint64_t> posted;    // my input for step v is in my slot
+  char pad0[56];
+  std::atomic<std::uint64_t> reduced;   // my slice of step v is reduced in my slot
+  char pad1[56];
+  std::atomic<std::uint64_t> released;  // I have finished reading every slot for step v
+  char pad2[56];
+  std::atomic<std::uint64_t> aux;       // free for one schedule's own use
+  char pad3[56];
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
+              "shared-memory flags need lock-free 64-bit atomics");
+
+class ShmGroup {
+ public:
+  // Collective over `node`, whose ranks must share memory. `slot_bytes` is
+  // the size of each of a rank's two data slots. `parent` supplies the
+  // deadline of the collective in progress.
+  ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent);
+  ~ShmGroup();
+  ShmGroup(const ShmGroup&) = delete;
+  ShmGroup& operator=(const ShmGroup&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  std::size_t slot_bytes() const { return slot_bytes_; }
+
+  ShmControl& control(int r) { return *reinterpret_cast<ShmControl*>(regions_[r]); }
+  char* slot(int r, int k) { return regions_[r] + kControlBytes + static_cast<std::size_t>(k & 1) * slot_bytes_; }
+
+  enum class Counter { kPosted, kReduced, kReleased, kAux };
+  void publish(Counter c, std::uint64_t step);
+  // Waits until every rank's counter `c` is at least `step`.
+  void wait_all(Counter c, std::uint64_t step);
+  // Waits until rank r's counter `c` is at least `step`.
+  void wait_one(int r, Counter c, std::uint64_t step);
+
+  // Steps are numbered across all shared-memory collectives of the group;
+  // every rank calls next_step() the same number of times.
+  std::uint64_t next_step() { return ++step_; }
+
+ private:
+  static constexpr std::size_t kControlBytes = sizeof(ShmControl);
+  std::atomic<std::uint64_t>& counter(int r, Counter c);
+
+  MPI_Comm node_ = MPI_COMM_NULL;
+  MPI_Win win_ = MPI_WIN_NULL;
+  MpiComm* parent_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::size_t slot_bytes_ = 0;
+  std::uint64_t step_ = 0;
+  std::vector<char*> regions_;
+};
+
+}  // namespace distml::transport
