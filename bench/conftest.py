@@ -53,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine_info["mpi_ranks"] = SIZE
-    machine_info["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0].strip()
+    machine_info["mpi_library"] = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
     machine_info["distml"] = distml.__version__
     machine_info["distml_kernel_isa"] = distml._core.kernel_current_isa()
 

@@ -5,6 +5,7 @@ Run under mpiexec, on all ranks::
     mpiexec -n 2 python -m distml.bench                       # everything
     mpiexec -n 4 python -m distml.bench --collectives allreduce
     python -m distml.bench plot bench/results/a.json b.json -o sweep.png
+    python -m distml.bench table bench/results/a.json --field ratio   # markdown
 
 For each collective, each of its algorithms and each message size, the sweep
 times distml and, in the same run on the same buffers, the baseline: mpi4py's
@@ -56,8 +57,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# The collectives, the distml algorithms each accepts (as the core names them),
-# and the NCCL-tests bus-bandwidth factor as a function of P.
+# The collectives, the algorithms each accepts (a fallback: the sweep asks the
+# installed core, see accepted_algorithms), and the NCCL-tests bus-bandwidth
+# factor as a function of P.
 COLLECTIVES: Dict[str, Tuple[Tuple[str, ...], Callable[[int], float]]] = {
     "allreduce": (("auto", "ring", "recursive_doubling", "mpi"), lambda p: 2.0 * (p - 1) / p),
     "reduce": (("auto", "tree", "ring", "mpi"), lambda p: 1.0),
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of: " + ", ".join(COLLECTIVES) + " (default: all)")
     p.add_argument("--algorithms", type=_csv, default=None,
                    help="comma-separated distml algorithms to time where a collective accepts them "
-                   "(default: all of each collective's; the mpi4py baseline is always timed)")
+                   "(default: all that the installed core accepts; the mpi4py baseline is always timed)")
     p.add_argument("--sizes", type=lambda s: [parse_size(x) for x in _csv(s)], default=None,
                    help="comma-separated message sizes in bytes, K/M/G suffixes allowed "
                    "(default: 8 B to 256 MiB by powers of 8, plus 256 MiB)")
@@ -364,6 +366,34 @@ class Case:
         raise ValueError(name)
 
 
+def accepted_algorithms(comm: Any, name: str) -> Tuple[str, ...]:
+    """The algorithms the installed core accepts for collective ``name``:
+    "auto" first, "mpi" last, distml's own between.
+
+    Read from the core's own refusal of an unknown name (the one place that
+    lists them), so algorithms added to the core are swept without editing
+    this file; the built-in list is the fallback.
+    """
+    import re
+
+    from distml import comm as comm_mod
+
+    kinds = {"allreduce": comm_mod._ALLREDUCE, "reduce": comm_mod._REDUCE, "broadcast": comm_mod._BROADCAST,
+             "allgather": comm_mod._ALLGATHER, "reduce_scatter": comm_mod._REDUCE_SCATTER,
+             "alltoall": comm_mod._ALLTOALL}
+    try:
+        comm._core.resolve(kinds[name], 8, 1024, "?")
+    except ValueError as e:
+        listed = str(e).split("'s:", 1)[-1]
+        names = re.findall(r"'([a-z_0-9]+)'", listed)
+        if "auto" in names and "mpi" in names:
+            mine = [a for a in names if a not in ("auto", "mpi")]
+            return tuple(["auto"] + mine + ["mpi"])
+    except Exception:
+        pass
+    return COLLECTIVES[name][0]
+
+
 def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
     # Per set: the input plus the output (allreduce, alltoall: both full size).
     per_set = {"broadcast": 1.0, "reduce_scatter": 1.0 + 1.0 / size, "allgather": 1.0 + 1.0 / size}.get(name, 2.0)
@@ -379,12 +409,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"distml-bench: unknown collective(s) {', '.join(unknown)}; "
                          f"expected some of {', '.join(COLLECTIVES)}")
-    if args.algorithms is not None:
-        known = {a for algs, _ in COLLECTIVES.values() for a in algs}
-        bad = [a for a in args.algorithms if a not in known]
-        if bad:
-            raise SystemExit(f"distml-bench: unknown algorithm(s) {', '.join(bad)}; expected some of "
-                             f"{', '.join(sorted(known))}")
     if args.iters < 1 or args.min_iters < 1 or args.warmup < 0 or args.rotate < 1:
         raise SystemExit("distml-bench: --iters, --min-iters and --rotate must be >= 1, --warmup >= 0")
 
@@ -421,11 +445,19 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         say(f"memcpy ceiling: np.copyto of {format_size(memcpy['bytes'])}: {memcpy['bandwidth_GBps']:.2f} GB/s")
 
     say(_HEADER)
+    if args.algorithms is not None:
+        known = {a for c in args.collectives for a in accepted_algorithms(comm, c)}
+        bad = [a for a in args.algorithms if a not in known]
+        if bad:
+            comm.free()
+            mcomm.Free()
+            raise SystemExit(f"distml-bench: unknown algorithm(s) {', '.join(bad)} for "
+                             f"{', '.join(args.collectives)}; expected some of {', '.join(sorted(known))}")
     rows: List[Dict[str, Any]] = []
     started = time.perf_counter()
     for name in args.collectives:
-        algs, factor_of = COLLECTIVES[name]
-        algs = tuple(a for a in algs if args.algorithms is None or a in args.algorithms)
+        factor_of = COLLECTIVES[name][1]
+        algs = tuple(a for a in accepted_algorithms(comm, name) if args.algorithms is None or a in args.algorithms)
         factor = factor_of(nranks)
         for nbytes in sizes:
             nsets = buffer_sets(name, nbytes, dtype.itemsize, nranks, args)
@@ -626,6 +658,59 @@ def plot_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# ---- markdown summary ------------------------------------------------------------------
+
+
+def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_bytes: int = 0,
+                   max_bytes: Optional[int] = None, field: str = "ratio") -> str:
+    """A markdown table, one row per size, one column per (file, implementation):
+    ``field`` is "ratio" (baseline / distml time), "time_us" or "busbw"."""
+    results = []
+    for p in paths:
+        with open(p) as f:
+            results.append(json.load(f))
+    columns: List[Tuple[str, int, str]] = []
+    cells: Dict[Tuple[int, str, int], str] = {}
+    sizes = set()
+    for fi, res in enumerate(results):
+        pl = f"P={res['machine']['P']}"
+        for r in res["rows"]:
+            if r["collective"] != collective or r["bytes"] < min_bytes or (max_bytes and r["bytes"] > max_bytes):
+                continue
+            impl = r["implementation"]
+            if field == "ratio" and impl == BASELINE:
+                continue
+            col = (pl, fi, impl)
+            if col not in columns:
+                columns.append(col)
+            sizes.add(r["bytes"])
+            if field == "ratio":
+                v = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+            elif field == "time_us":
+                v = f"{r['time_s'] * 1e6:.1f}"
+            else:
+                v = f"{r['busbw_GBps']:.2f}"
+            cells[(r["bytes"], impl, fi)] = v
+    head = "| size | " + " | ".join(f"{pl} {impl}" for pl, _, impl in columns) + " |"
+    sep = "|---:|" + "---:|" * len(columns)
+    lines = [head, sep]
+    for b in sorted(sizes):
+        lines.append(f"| {format_size(b)} | " + " | ".join(cells.get((b, impl, fi), "") for _, fi, impl in columns) + " |")
+    return "\n".join(lines)
+
+
+def table_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="distml-bench table", description="Markdown table from sweep JSON files.")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--collective", default="allreduce")
+    p.add_argument("--field", choices=("ratio", "time_us", "busbw"), default="ratio")
+    p.add_argument("--min-bytes", type=parse_size, default=1)
+    p.add_argument("--max-bytes", type=parse_size, default=None)
+    a = p.parse_args(argv)
+    print(markdown_table(a.files, a.collective, a.min_bytes, a.max_bytes, a.field))
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 
@@ -633,6 +718,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plot":
         return plot_main(argv[1:])
+    if argv and argv[0] == "table":
+        return table_main(argv[1:])
     args = build_parser().parse_args(argv)
     result = run_sweep(args)
     if result is None:
