@@ -344,7 +344,9 @@ void Communicator::execute(const Call& call) {
 
 void Communicator::coordinate(const Call& call) {
   if (size_ == 1) return;
-  if (comm_->has_deadline()) {
+  if (shm_ && (comm_->has_deadline() || settings_.check)) {
+    arrive_through_shm(call);
+  } else if (comm_->has_deadline()) {
     arrive_through_root(call);
   } else if (settings_.check) {
     check_fingerprints(call);
@@ -384,6 +386,53 @@ struct Verdict {
 constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 
 }  // namespace
+
+// On one node: each rank writes its call's signature into its control block
+// and announces its arrival there; every rank waits for all arrivals and then
+// reads every signature itself, so all ranks reach the same verdict without a
+// message. At the deadline, the ranks whose arrival counter is behind are
+// exactly the ones that never arrived. Rank 0 warns about stragglers first.
+void Communicator::arrive_through_shm(const Call& call) {
+  static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
+  auto& shm = *shm_;
+  const std::uint64_t seq = seq_;
+  Signature mine = signature_of(call);
+  std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
+  shm.publish(tp::ShmGroup::Counter::kArrived, seq);
+  if (comm_->has_deadline()) {
+    const double timeout = settings_.timeout;
+    const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
+    bool warned = rank_ != 0;
+    for (long polls = 0;; ++polls) {
+      auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
+      if (late.empty()) break;
+      transport::MpiComm::pause(polls);
+      if ((polls & 255) != 0) continue;
+      const double waited = comm_->elapsed();
+      std::vector<std::int32_t> missing(late.begin(), late.end());
+      if (!warned && waited > warn_after) {
+        warned = true;
+        std::fprintf(stderr,
+                     "distml: warning: %s (collective #%llu) has waited %.1f s for %s to arrive "
+                     "(timeout %.1f s)\n",
+                     kind_name(call.kind), static_cast<unsigned long long>(seq), waited,
+                     rank_list(missing).c_str(), timeout);
+        std::fflush(stderr);
+      }
+      if (waited > timeout) DISTML_THROW(Timeout, rank_list(missing) << " never arrived");
+    }
+  } else {
+    shm.wait_all(tp::ShmGroup::Counter::kArrived, seq);
+  }
+  if (!settings_.check) return;
+  std::vector<Signature> sigs(size_);
+  bool agreed = true;
+  for (int r = 0; r < size_; ++r) {
+    std::memcpy(&sigs[r], shm.control(r).note[seq & 1], sizeof(Signature));
+    agreed = agreed && same_signature(sigs[r], mine);
+  }
+  if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
+}
 
 // Without a deadline: every rank contributes a hash of its call's signature;
 // an allreduce of (max h, max ~h) tells every rank at once whether all hashes

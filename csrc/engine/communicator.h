@@ -138,6 +138,7 @@ class Communicator {
   void coordinate(const Call& call);
   void check_fingerprints(const Call& call);
   void arrive_through_root(const Call& call);
+  void arrive_through_shm(const Call& call);
   void dispatch(const Call& call, Algo algo);
   void worker_loop();
   transport::ShmGroup& shm_group();

@@ -36,6 +36,7 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   c.reduced.store(0);
   c.released.store(0);
   c.aux.store(0);
+  c.arrived.store(0);
   // Nobody reads a peer's counters before the peer has zeroed them.
   DISTML_MPI(MPI_Barrier(node_));
 }
@@ -53,6 +54,7 @@ std::atomic<std::uint64_t>& ShmGroup::counter(int r, Counter c) {
     case Counter::kReduced: return ctl.reduced;
     case Counter::kReleased: return ctl.released;
     case Counter::kAux: return ctl.aux;
+    case Counter::kArrived: return ctl.arrived;
   }
   return ctl.aux;
 }
@@ -66,13 +68,22 @@ void ShmGroup::wait_one(int r, Counter c, std::uint64_t step) {
   for (long polls = 0; v.load(std::memory_order_acquire) < step; ++polls) {
     MpiComm::pause(polls);
     if ((polls & 255) == 255 && parent_->past_deadline()) {
-      static const char* names[] = {"post its input", "reduce its slice", "release the buffers", "signal"};
+      static const char* names[] = {"post its input", "reduce its slice", "release the buffers",
+                                    "signal", "arrive"};
       std::ostringstream os;
       os << "rank " << rank_ << " of the node was waiting for node rank " << r << " to "
          << names[static_cast<int>(c)] << " (shared-memory step " << step << ")";
       DISTML_THROW(Timeout, os.str());
     }
   }
+}
+
+std::vector<int> ShmGroup::behind(Counter c, std::uint64_t step) {
+  std::vector<int> late;
+  for (int r = 0; r < size_; ++r) {
+    if (counter(r, c).load(std::memory_order_acquire) < step) late.push_back(r);
+  }
+  return late;
 }
 
 void ShmGroup::wait_all(Counter c, std::uint64_t step) {

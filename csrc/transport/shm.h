@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "transport/mpi_comm.h"
 
@@ -30,6 +31,12 @@ struct alignas(64) ShmControl {
   char pad2[56];
   std::atomic<std::uint64_t> aux;       // free for one schedule's own use
   char pad3[56];
+  std::atomic<std::uint64_t> arrived;   // I have entered collective number v
+  char pad4[56];
+  // What I called collective v with, in note[v & 1]: peers compare it after
+  // waiting for `arrived`, and a peer cannot reach collective v + 2 (and
+  // overwrite the note) before I have arrived at v + 1.
+  char note[2][128];
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "shared-memory flags need lock-free 64-bit atomics");
@@ -51,12 +58,15 @@ class ShmGroup {
   ShmControl& control(int r) { return *reinterpret_cast<ShmControl*>(regions_[r]); }
   char* slot(int r, int k) { return regions_[r] + kControlBytes + static_cast<std::size_t>(k & 1) * slot_bytes_; }
 
-  enum class Counter { kPosted, kReduced, kReleased, kAux };
+  enum class Counter { kPosted, kReduced, kReleased, kAux, kArrived };
   void publish(Counter c, std::uint64_t step);
   // Waits until every rank's counter `c` is at least `step`.
   void wait_all(Counter c, std::uint64_t step);
   // Waits until rank r's counter `c` is at least `step`.
   void wait_one(int r, Counter c, std::uint64_t step);
+
+  // Ranks whose counter `c` is still below `step`.
+  std::vector<int> behind(Counter c, std::uint64_t step);
 
   // Steps are numbered across all shared-memory collectives of the group;
   // every rank calls next_step() the same number of times.
