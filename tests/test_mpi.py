@@ -1,0 +1,93 @@
+"""Runs the multi-rank suite in tests/mpi under mpiexec at P = 1, 2, 3, 4.
+
+Each case launches ``mpiexec -n P python -m pytest tests/mpi/<group>`` and
+requires exit code 0 from every rank. A hang is a failure: the launch has a
+time limit, after which its whole process group is killed. The inner output
+(every rank's) is shown when a case fails.
+
+P = 3 is the non-power-of-two case; P = 4 oversubscribes a two-core machine,
+which is slow but legal with MPICH's hydra launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+INNER = os.path.join(HERE, "mpi")
+
+# Inner files, grouped so that each launch pays pytest's start-up once but a
+# hang or crash in one group does not hide the results of the others.
+GROUPS = {
+    "reductions": ["test_reductions.py"],
+    "data_movement": ["test_data_movement.py"],
+    "api": ["test_api.py", "test_errors.py"],
+}
+
+# Seconds one launch may take at P = 4 (slower P scale down, see _timeout).
+TIMEOUT_P4 = 300
+
+
+def _mpiexec() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec beside the interpreter or on PATH")
+    return found
+
+
+def _timeout(P: int) -> float:
+    return TIMEOUT_P4 if P >= 4 else TIMEOUT_P4 * 0.6
+
+
+def _tail(text: str, limit: int = 60000) -> str:
+    return text if len(text) <= limit else "... (truncated)\n" + text[-limit:]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("group", list(GROUPS))
+@pytest.mark.parametrize("P", [1, 2, 3, 4])
+def test_mpi(P, group):
+    files = [os.path.join("tests", "mpi", f) for f in GROUPS[group]]
+    missing = [f for f in files if not os.path.exists(os.path.join(ROOT, f))]
+    assert not missing, f"inner test files missing: {missing}"
+    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    env.setdefault("PYTHONFAULTHANDLER", "1")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, so a hang can be killed whole
+    )
+    try:
+        output, _ = proc.communicate(timeout=_timeout(P))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(
+            f"hang: {' '.join(cmd)} did not finish within {_timeout(P):.0f}s; output:\n{_tail(output)}",
+            pytrace=False,
+        )
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    elapsed = time.monotonic() - start
+    print(f"P={P} group={group}: exit {proc.returncode} in {elapsed:.1f}s")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited with {proc.returncode} after {elapsed:.1f}s; output:\n{_tail(output)}",
+            pytrace=False,
+        )
