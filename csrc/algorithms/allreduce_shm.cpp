@@ -31,21 +31,6 @@ namespace distml::algorithms {
 using transport::ShmGroup;
 using Counter = transport::ShmGroup::Counter;
 
-namespace {
-
-// Slice i of a chunk of `len` elements over `parts` ranks; slice starts are
-// multiples of `align` elements, so each rank's slice starts on a cache line.
-void slice_of(std::size_t len, int parts, int i, std::size_t align, std::size_t* first,
-              std::size_t* n) {
-  std::size_t per = (len + parts - 1) / parts;
-  per = (per + align - 1) / align * align;
-  std::size_t a = std::min(len, per * i), b = std::min(len, per * (i + 1));
-  *first = a;
-  *n = b - a;
-}
-
-}  // namespace
-
 void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes) {
   const int L = shm.size(), me = shm.rank();
@@ -83,7 +68,7 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
     //    destination, which reduce_many allows only as its first source)
     shm.wait_all(Counter::kPosted, step);
     std::size_t s0, sn;
-    slice_of(len, L, me, align, &s0, &sn);
+    chunk_slice(len, L, me, align, &s0, &sn);
     if (sn > 0) {
       peers[0] = shm.slot(me, k) + s0 * elem;
       for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
@@ -96,7 +81,7 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
       const int r = (me + i) % L;
       if (r != me) shm.wait_one(r, Counter::kReduced, step);
       std::size_t r0, rn;
-      slice_of(len, L, r, align, &r0, &rn);
+      chunk_slice(len, L, r, align, &r0, &rn);
       if (rn) std::memcpy(dst + (first + r0) * elem, shm.slot(r, k) + r0 * elem, rn * elem);
     }
     shm.publish(Counter::kReleased, step);

@@ -88,6 +88,18 @@ inline std::size_t segment_elems(const Tuning& t, std::size_t elem) {
   return std::max<std::size_t>(1, t.segment_bytes / elem);
 }
 
+// Slice i of a shared-memory chunk of `len` elements over `parts` ranks.
+// Slices start on multiples of `align` elements (a cache line), so ranks
+// reducing neighbouring slices never write the same line.
+inline void chunk_slice(std::size_t len, int parts, int i, std::size_t align, std::size_t* first,
+                        std::size_t* n) {
+  std::size_t per = (len + parts - 1) / parts;
+  per = (per + align - 1) / align * align;
+  std::size_t a = std::min(len, per * i), b = std::min(len, per * (i + 1));
+  *first = a;
+  *n = b - a;
+}
+
 // ---- Schedules (one per file) -------------------------------------------
 
 // Ring reduce-scatter. On return, block `rank` of `work` holds the reduction
@@ -134,10 +146,29 @@ void alltoall_pairwise(MpiComm& comm, const void* in, void* out, std::size_t blo
 // Dissemination barrier.
 void barrier_dissemination(MpiComm& comm);
 
-// Shared-memory allreduce among the ranks of one node (allreduce_shm.cpp).
+// ---- Shared-memory schedules, among the ranks of one node -----------------
+
 // Messages of at most `one_shot_bytes` take the single-step path.
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes);
+// `out` receives block `rank` of `blocks` (reduced over the node).
+void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                        const Reduction& red);
+// `in` holds this rank's block of `blocks`; `out` receives every block.
+void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                   std::size_t elem);
+void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
+void barrier_shm(transport::ShmGroup& shm);
+// `out` is written on the root only.
+void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
+                const Reduction& red, int root);
+
+// Hierarchical allreduce across nodes of equal size: shared-memory
+// reduce-scatter on each node, an allreduce of each block among the ranks
+// that hold it on the other nodes (`across`), shared-memory allgather.
+void allreduce_hierarchical(transport::ShmGroup& node, MpiComm& across, const void* in, void* out,
+                            std::size_t count, const Reduction& red, const Tuning& tuning,
+                            std::size_t small_bytes);
 
 }  // namespace distml::algorithms
 

@@ -40,6 +40,7 @@ const char* algo_name(Algo algo) {
     case Algo::kPairwise: return "pairwise";
     case Algo::kDissemination: return "dissemination";
     case Algo::kShm: return "shm";
+    case Algo::kHierarchical: return "hierarchical";
   }
   return "unknown";
 }
@@ -50,13 +51,15 @@ namespace {
 std::vector<Algo> accepted(Kind kind) {
   switch (kind) {
     case Kind::kAllreduce:
-      return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling, Algo::kShm};
-    case Kind::kReduce: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kRing};
-    case Kind::kBroadcast: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather};
-    case Kind::kAllgather: return {Algo::kAuto, Algo::kMpi, Algo::kRing};
-    case Kind::kReduceScatter: return {Algo::kAuto, Algo::kMpi, Algo::kRing};
+      return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling, Algo::kShm,
+              Algo::kHierarchical};
+    case Kind::kReduce: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kRing, Algo::kShm};
+    case Kind::kBroadcast:
+      return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather, Algo::kShm};
+    case Kind::kAllgather: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kShm};
+    case Kind::kReduceScatter: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kShm};
     case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
-    case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination};
+    case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination, Algo::kShm};
   }
   return {};
 }
@@ -174,25 +177,43 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   // user's thread does; async collectives then run at submission instead.
   threaded_ = provided == MPI_THREAD_MULTIPLE;
 
-  if (settings_.shm && size_ > 1) {
-    MPI_Comm node = MPI_COMM_NULL;
-    DISTML_MPI(MPI_Comm_split_type(comm_->raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
-    int node_size = 0;
-    MPI_Comm_size(node, &node_size);
-    // Every rank must take the same decision: all on one node, or not.
-    int one_node = node_size == size_ ? 1 : 0, all_one_node = 0;
-    int rc = MPI_Allreduce(&one_node, &all_one_node, 1, MPI_INT, MPI_MIN, comm_->raw());
-    if (rc == MPI_SUCCESS && all_one_node) {
+  if (settings_.shm && size_ > 1) setup_nodes();
+}
+
+// Finds this rank's node (MPI_COMM_TYPE_SHARED) and decides, identically on
+// every rank, between one node with shared memory for everything, several
+// equal nodes with a hierarchical allreduce, or plain MPI.
+void Communicator::setup_nodes() {
+  MPI_Comm node = MPI_COMM_NULL;
+  DISTML_MPI(MPI_Comm_split_type(comm_->raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int node_size = 0, node_rank = 0;
+  MPI_Comm_size(node, &node_size);
+  MPI_Comm_rank(node, &node_rank);
+  int sizes[2] = {node_size, -node_size}, extremes[2] = {0, 0};
+  int rc = MPI_Allreduce(sizes, extremes, 2, MPI_INT, MPI_MAX, comm_->raw());
+  const int largest = extremes[0], smallest = -extremes[1];
+  try {
+    DISTML_MPI(rc);
+    if (largest == size_) {
+      one_node_ = true;
+      shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
+    } else if (smallest == largest && largest > 1) {
+      shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
+      MPI_Comm across = MPI_COMM_NULL;
+      DISTML_MPI(MPI_Comm_split(comm_->raw(), node_rank, rank_, &across));
       try {
-        shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
+        across_ = std::make_unique<tp::MpiComm>(across);
       } catch (...) {
-        MPI_Comm_free(&node);
+        MPI_Comm_free(&across);
         throw;
       }
+      MPI_Comm_free(&across);
     }
+  } catch (...) {
     MPI_Comm_free(&node);
-    DISTML_MPI(rc);
+    throw;
   }
+  MPI_Comm_free(&node);
 }
 
 Communicator::~Communicator() {
@@ -285,6 +306,7 @@ void Communicator::free() {
   std::lock_guard<std::mutex> lk(mu_);
   freed_ = true;
   shm_.reset();
+  across_.reset();
   comm_.reset();
 }
 
@@ -293,21 +315,43 @@ Algo Communicator::resolve(const Call& call) const {
   const std::size_t bytes = call.count * dtype_size(call.dtype);
   switch (call.kind) {
     case Kind::kAllreduce:
-      if (shm_) return Algo::kShm;
+      if (one_node_) return Algo::kShm;
+      if (across_) return Algo::kHierarchical;
       return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
     case Kind::kReduce:
+      if (one_node_) return Algo::kShm;
       return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
     case Kind::kBroadcast:
+      if (one_node_) return Algo::kShm;
       return bytes <= settings_.broadcast_small_bytes ? Algo::kTree : Algo::kScatterAllgather;
     case Kind::kAllgather:
     case Kind::kReduceScatter:
-      return Algo::kRing;
+      return one_node_ ? Algo::kShm : Algo::kRing;
     case Kind::kAlltoall:
       return Algo::kPairwise;
     case Kind::kBarrier:
-      return Algo::kDissemination;
+      return one_node_ ? Algo::kShm : Algo::kDissemination;
   }
   return Algo::kMpi;
+}
+
+void Communicator::check_available(Algo algo) const {
+  if (algo == Algo::kShm && !one_node_) {
+    DISTML_THROW(InvalidArgument, "algorithm 'shm' needs every rank on one node, more than one rank, and shared memory enabled");
+  }
+  if (algo == Algo::kHierarchical && !across_) {
+    DISTML_THROW(InvalidArgument, "algorithm 'hierarchical' needs several nodes with the same number (> 1) of ranks each");
+  }
+}
+
+void Communicator::start_deadline() {
+  comm_->start_deadline(settings_.timeout);
+  if (across_) across_->start_deadline(settings_.timeout);
+}
+
+void Communicator::clear_deadline() {
+  comm_->clear_deadline();
+  if (across_) across_->clear_deadline();
 }
 
 void Communicator::execute(const Call& call) {
@@ -316,16 +360,16 @@ void Communicator::execute(const Call& call) {
     ensure_usable();
   }
   const Algo algo = resolve(call);
-  if (algo == Algo::kShm) shm_group();  // refuses before any communication
+  check_available(algo);  // refuses before any communication
   const std::uint64_t seq = ++seq_;
-  comm_->start_deadline(settings_.timeout);
+  start_deadline();
   bool arrived = false;
   try {
     coordinate(call);
     arrived = true;
     dispatch(call, algo);
   } catch (const Timeout& e) {
-    comm_->clear_deadline();
+    clear_deadline();
     std::ostringstream os;
     os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) timed out after "
        << settings_.timeout << " s on rank " << rank_ << ": ";
@@ -336,15 +380,15 @@ void Communicator::execute(const Call& call) {
     broken_reason_ = os.str();
     throw Timeout(os.str());
   } catch (...) {
-    comm_->clear_deadline();
+    clear_deadline();
     throw;
   }
-  comm_->clear_deadline();
+  clear_deadline();
 }
 
 void Communicator::coordinate(const Call& call) {
   if (size_ == 1) return;
-  if (shm_ && (comm_->has_deadline() || settings_.check)) {
+  if (one_node_ && (comm_->has_deadline() || settings_.check)) {
     arrive_through_shm(call);
   } else if (comm_->has_deadline()) {
     arrive_through_root(call);
@@ -556,12 +600,7 @@ void Communicator::arrive_through_root(const Call& call) {
   if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
 
-tp::ShmGroup& Communicator::shm_group() {
-  if (!shm_) {
-    DISTML_THROW(InvalidArgument, "algorithm 'shm' needs every rank on one node (and shared memory enabled)");
-  }
-  return *shm_;
-}
+tp::ShmGroup& Communicator::shm_group() { return *shm_; }
 
 void Communicator::dispatch(const Call& c, Algo algo) {
   auto& comm = *comm_;
@@ -572,6 +611,7 @@ void Communicator::dispatch(const Call& c, Algo algo) {
   switch (c.kind) {
     case Kind::kBarrier:
       if (algo == Algo::kMpi) tp::mpi_barrier(comm);
+      else if (algo == Algo::kShm) alg::barrier_shm(shm_group());
       else alg::barrier_dissemination(comm);
       return;
 
@@ -580,6 +620,9 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
       else if (algo == Algo::kShm) alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
+      else if (algo == Algo::kHierarchical)
+        alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
+                                    settings_.allreduce_small_bytes);
       else alg::allreduce_recursive_doubling(comm, c.in, c.out, c.count, red);
       if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
       return;
@@ -589,6 +632,7 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       alg::Reduction red(c.dtype, c.op);
       if (algo == Algo::kMpi) tp::mpi_reduce(comm, c.in, c.out, c.count, c.dtype, red.op, c.root);
       else if (algo == Algo::kTree) alg::reduce_binomial(comm, c.in, c.out, c.count, red, c.root);
+      else if (algo == Algo::kShm) alg::reduce_shm(shm_group(), c.in, c.out, c.count, red, c.root);
       else alg::reduce_scatter_gather(comm, c.in, c.out, c.count, red, c.root, tuning);
       if (c.op == Op::kAvg && r == c.root) kernels::scale_avg(c.out, c.count, c.dtype, P);
       return;
@@ -597,6 +641,7 @@ void Communicator::dispatch(const Call& c, Algo algo) {
     case Kind::kBroadcast:
       if (algo == Algo::kMpi) tp::mpi_broadcast(comm, c.out, c.count * elem, c.root);
       else if (algo == Algo::kTree) alg::broadcast_binomial(comm, c.out, c.count * elem, c.root);
+      else if (algo == Algo::kShm) alg::broadcast_shm(shm_group(), c.out, c.count * elem, c.root);
       else alg::broadcast_scatter_allgather(comm, c.out, c.count, elem, c.root, tuning);
       return;
 
@@ -604,9 +649,14 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       const std::size_t block_bytes = c.count * elem;
       char* own = static_cast<char*>(c.out) + r * block_bytes;
       if (block_bytes == 0) return;
+      const alg::Blocks blocks{c.count * P, P, c.count};
+      if (algo == Algo::kShm) {
+        alg::allgather_shm(shm_group(), c.in, c.out, blocks, elem);
+        return;
+      }
       if (c.in != own) std::memcpy(own, c.in, block_bytes);
       if (algo == Algo::kMpi) tp::mpi_allgather(comm, own, c.out, block_bytes);
-      else alg::allgather_ring(comm, c.out, alg::Blocks{c.count * P, P, c.count}, elem, tuning);
+      else alg::allgather_ring(comm, c.out, blocks, elem, tuning);
       return;
     }
 
@@ -618,6 +668,8 @@ void Communicator::dispatch(const Call& c, Algo algo) {
         std::vector<std::size_t> counts(P);
         for (int i = 0; i < P; ++i) counts[i] = blocks.size(i);
         tp::mpi_reduce_scatter(comm, c.in, c.out, counts.data(), c.dtype, red.op);
+      } else if (algo == Algo::kShm) {
+        alg::reduce_scatter_shm(shm_group(), c.in, c.out, blocks, red);
       } else {
         AlignedBuffer work(c.count * elem);
         alg::reduce_scatter_ring(comm, c.in, work.data(), blocks, red, tuning);

@@ -47,6 +47,7 @@ enum class Algo : std::uint8_t {
   kPairwise = 6,
   kDissemination = 7,
   kShm = 8,
+  kHierarchical = 9,
 };
 const char* algo_name(Algo algo);
 // Parses an algorithm name for `kind`; throws InvalidArgument listing the
@@ -130,10 +131,12 @@ class Communicator {
   // communicator. Later calls raise Unusable. Idempotent.
   void free();
   bool broken() const { return broken_; }
-  bool has_shm() const { return shm_ != nullptr; }
+  bool one_node() const { return one_node_; }
+  bool hierarchical() const { return across_ != nullptr; }
   const std::string& broken_reason() const { return broken_reason_; }
 
  private:
+  void setup_nodes();
   void execute(const Call& call);
   void coordinate(const Call& call);
   void check_fingerprints(const Call& call);
@@ -142,11 +145,19 @@ class Communicator {
   void dispatch(const Call& call, Algo algo);
   void worker_loop();
   transport::ShmGroup& shm_group();
+  // Throws InvalidArgument when `algo` cannot run on this communicator.
+  void check_available(Algo algo) const;
+  void start_deadline();
+  void clear_deadline();
   void ensure_usable() const;
 
   std::unique_ptr<transport::MpiComm> comm_;
-  // Present when all ranks share one node and shared memory is enabled.
+  // This rank's node (when shared memory is enabled and the node holds more
+  // than one rank), whether it holds every rank, and, for several nodes of
+  // equal size, the ranks with the same node rank on the other nodes.
   std::unique_ptr<transport::ShmGroup> shm_;
+  bool one_node_ = false;
+  std::unique_ptr<transport::MpiComm> across_;
   int rank_ = 0;
   int size_ = 1;
   Settings settings_;

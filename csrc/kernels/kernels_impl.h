@@ -91,51 +91,36 @@ constexpr __mmask16 kAll16 = 0xffff;
 
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
 struct Float16 {
+  // Both scalar conversions are branch-free (selects only), so the baseline
+  // build vectorizes them too; the F16C/AVX-512 builds use them for tails.
   static float to_float(uint16_t h) {
     const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
     const uint32_t mag = h & 0x7fffu;
-    if (mag >= 0x7c00u) {  // inf or NaN: keep the payload in the top bits
-      return bits_float(sign | 0x7f800000u | ((mag & 0x3ffu) << 13));
-    }
-    if (mag >= 0x0400u) {  // normal: rebias the exponent from 15 to 127
-      return bits_float(sign | ((mag << 13) + ((127u - 15u) << 23)));
-    }
-    // Zero or subnormal: mag counts units of 2^-24, exactly representable.
-    const float f = static_cast<float>(mag) * 0x1p-24f;
-    return sign ? -f : f;
+    // Moved into float position, a half's exponent is 127 - 15 = 112 too
+    // small; one exact multiply by 2^112 fixes it and normalizes subnormals.
+    uint32_t u = float_bits(bits_float(mag << 13) * 0x1p112f);
+    // inf and NaN: all-ones exponent, payload kept in the top bits.
+    u = mag >= 0x7c00u ? (0x7f800000u | (mag << 13)) : u;
+    return bits_float(sign | u);
   }
 
   static uint16_t from_float(float f) {
     const uint32_t u = float_bits(f);
     const uint32_t sign = (u >> 16) & 0x8000u;
     const uint32_t mag = u & 0x7fffffffu;
-    if (mag > 0x7f800000u) {  // NaN: force the quiet bit, keep the top payload
-      return static_cast<uint16_t>(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
-    }
-    if (mag >= 0x47800000u) {  // |f| >= 2^16 or inf
-      return static_cast<uint16_t>(sign | 0x7c00u);
-    }
-    if (mag >= 0x38800000u) {
-      // Normal half (|f| >= 2^-14). Rebias, then round the 13 dropped mantissa
-      // bits to nearest even; a carry moves into the exponent, and past 65504
-      // into infinity, which is the correct rounding.
-      uint32_t r = mag - ((127u - 15u) << 23);
-      r += 0x0fffu + ((r >> 13) & 1u);
-      return static_cast<uint16_t>(sign | (r >> 13));
-    }
-    if (mag <= 0x33000000u) {  // |f| <= 2^-25: rounds to (signed) zero
-      return static_cast<uint16_t>(sign);
-    }
-    // Subnormal half: count units of 2^-24. The value is sig * 2^(e-150), so
-    // shift the 24-bit significand right by 126 - e (14..24) and round to even.
-    const uint32_t e = mag >> 23;
-    const uint32_t sig = (mag & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126u - e;
-    uint32_t q = sig >> shift;
-    const uint32_t rest = sig & ((1u << shift) - 1u);
-    const uint32_t tie = 1u << (shift - 1u);
-    if (rest > tie || (rest == tie && (q & 1u))) ++q;  // q may reach 0x400, the least normal
-    return static_cast<uint16_t>(sign | q);
+    // Normal half (2^-14 <= |f|): rebias, then round the 13 dropped mantissa
+    // bits to nearest even; a carry moves into the exponent, and past 65504
+    // into infinity, which is the correct rounding.
+    uint32_t normal = mag - ((127u - 15u) << 23);
+    normal = (normal + 0x0fffu + ((normal >> 13) & 1u)) >> 13;
+    // Subnormal half or zero (|f| < 2^-14): adding 0.5, whose ulp is 2^-24 (the
+    // half subnormal step), rounds |f| to nearest even in the low bits.
+    const uint32_t subnormal = float_bits(bits_float(mag) + 0.5f) - 0x3f000000u;
+    uint32_t h = mag < 0x38800000u ? subnormal : normal;
+    h = mag >= 0x47800000u ? 0x7c00u : h;  // |f| >= 2^16, or inf
+    // NaN: force the quiet bit, keep the top payload.
+    h = mag > 0x7f800000u ? (0x7e00u | ((mag >> 13) & 0x3ffu)) : h;
+    return static_cast<uint16_t>(sign | h);
   }
 
   static void widen(const void* src, float* out, size_t n) {

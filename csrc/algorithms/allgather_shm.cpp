@@ -1,0 +1,38 @@
+// Shared-memory allgather for the ranks of one node: in each round every
+// rank copies the next segment of its block into its slot and posts; then
+// every rank copies every peer's segment into place and releases. Rounds run
+// until the longest block is done; blocks may differ in size.
+#include "algorithms/schedule.h"
+#include "transport/shm.h"
+
+namespace distml::algorithms {
+
+using Counter = transport::ShmGroup::Counter;
+
+void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                   std::size_t elem) {
+  const int L = shm.size(), me = shm.rank();
+  const auto* src = static_cast<const char*>(in);
+  auto* dst = static_cast<char*>(out);
+  const std::size_t seg = std::max<std::size_t>(1, shm.slot_bytes() / elem);
+  const std::size_t longest = blocks.size(0);
+  for (std::size_t o = 0; o < longest; o += seg) {
+    const std::uint64_t step = shm.next_step();
+    const int k = static_cast<int>(step & 1);
+    if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
+    const std::size_t own = blocks.size(me);
+    if (o < own) std::memcpy(shm.slot(me, k), src + o * elem, std::min(seg, own - o) * elem);
+    shm.publish(Counter::kPosted, step);
+    for (int i = 0; i < L; ++i) {
+      const int r = (me + i) % L;
+      if (r != me) shm.wait_one(r, Counter::kPosted, step);
+      const std::size_t size = blocks.size(r);
+      if (o >= size) continue;
+      std::memcpy(dst + (blocks.offset(r) + o) * elem, shm.slot(r, k),
+                  std::min(seg, size - o) * elem);
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+}
+
+}  // namespace distml::algorithms
