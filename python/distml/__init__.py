@@ -131,3 +131,10 @@ def alltoall(x: Any, out: Any = None, algorithm: str = "auto", async_op: bool = 
 def barrier(algorithm: str = "auto", async_op: bool = False) -> Any:
     """:meth:`Communicator.barrier` on the default communicator."""
     return get_default().barrier(algorithm=algorithm, async_op=async_op)
+
+# Training layer (issue 5).
+from . import checkpoint, data, nn, optim  # noqa: E402
+from .parallel import DistributedOptimizer, GradientBuffer, ShardedOptimizer, broadcast_parameters  # noqa: E402
+
+__all__ += ["optim", "nn", "data", "checkpoint",
+            "GradientBuffer", "DistributedOptimizer", "ShardedOptimizer", "broadcast_parameters"]
