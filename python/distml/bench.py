@@ -17,8 +17,9 @@ is bounded by.
 Timing protocol (the same for distml and the baseline):
 
 - the implementations of one (collective, size) run interleaved, one call
-  of each per round, so background load on a shared machine affects them
-  alike and their ratios stay meaningful;
+  of each per round in an order that rotates from round to round, so
+  background load on a shared machine affects them alike and their ratios
+  stay meaningful;
 - every call starts after a barrier and is timed with ``time.perf_counter``
   on every rank; a call's time is the maximum over ranks (one MPI MAX
   reduction of all the times at the end, so no extra traffic inside the
@@ -221,9 +222,10 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     """Times several implementations of one collective, interleaved.
 
     Round ``i`` runs every implementation once, each after a barrier on
-    ``mcomm``, so all of them see the same background load: on a shared
-    machine a slow phase then shifts every implementation alike instead of
-    whichever happened to be running. ``runs[k](j)`` performs one call of
+    ``mcomm``, in an order that rotates from round to round, so all of them
+    see the same background load: on a shared machine a slow phase then
+    shifts every implementation alike instead of whichever happened to be
+    running. ``runs[k](j)`` performs one call of
     implementation ``k``; ``j`` counts calls across implementations, so
     consecutive calls use different buffer sets.
 
@@ -240,10 +242,14 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     perf = time.perf_counter
     barrier = mcomm.Barrier
     for i in range(iters):
-        for k, run in enumerate(runs):
+        # The order rotates each round, so no implementation always follows
+        # the same other one (whose after-effects, e.g. a peer still busy
+        # polling, would otherwise always land on it).
+        for j in range(n):
+            k = (i + j) % n
             barrier()
             t0 = perf()
-            run(i * n + k)
+            runs[k](i * n + j)
             times[k, i] = perf() - t0
     mcomm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
     return times
@@ -394,6 +400,33 @@ def accepted_algorithms(comm: Any, name: str) -> Tuple[str, ...]:
     return COLLECTIVES[name][0]
 
 
+def usable_algorithms(comm: Any, mcomm: Any, name: str, algs: Sequence[str], dtype: np.dtype,
+                      rank: int, nranks: int) -> Tuple[Tuple[str, ...], Dict[str, str]]:
+    """(algorithms that run here, {refused algorithm: reason}).
+
+    Some algorithms refuse a topology (e.g. a hierarchical schedule on one
+    node). The core refuses before any communication and on every rank
+    alike, so one small call per algorithm finds out; the verdict is then
+    agreed across ranks all the same.
+    """
+    from distml import DistmlError
+
+    ok, refused = [], {}
+    for alg in algs:
+        case = Case(name, 64 * nranks, dtype, rank, nranks, 1)
+        why = ""
+        try:
+            case.distml_call(comm, alg)(0)
+        except (ValueError, DistmlError) as e:
+            why = str(e) or type(e).__name__
+        reasons = [r for r in mcomm.allgather(why) if r]
+        if reasons:
+            refused[alg] = reasons[0]
+        else:
+            ok.append(alg)
+    return tuple(ok), refused
+
+
 def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
     # Per set: the input plus the output (allreduce, alltoall: both full size).
     per_set = {"broadcast": 1.0, "reduce_scatter": 1.0 + 1.0 / size, "allgather": 1.0 + 1.0 / size}.get(name, 2.0)
@@ -454,10 +487,15 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             raise SystemExit(f"distml-bench: unknown algorithm(s) {', '.join(bad)} for "
                              f"{', '.join(args.collectives)}; expected some of {', '.join(sorted(known))}")
     rows: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
     started = time.perf_counter()
     for name in args.collectives:
         factor_of = COLLECTIVES[name][1]
         algs = tuple(a for a in accepted_algorithms(comm, name) if args.algorithms is None or a in args.algorithms)
+        algs, refused = usable_algorithms(comm, mcomm, name, algs, dtype, rank, nranks)
+        for alg, why in refused.items():
+            say(f"{name}: skipping distml:{alg}: {why}")
+            skipped.append({"collective": name, "algorithm": alg, "reason": why})
         factor = factor_of(nranks)
         for nbytes in sizes:
             nsets = buffer_sets(name, nbytes, dtype.itemsize, nranks, args)
@@ -512,7 +550,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "byte_budget": args.byte_budget, "rotate": args.rotate, "buffer_budget": args.buffer_budget,
                 "check": comm.check, "segment_bytes": args.segment_bytes,
                 "baseline": "mpi4py buffer collective on COMM_WORLD.Dup()",
-                "timing": "implementations interleaved round-robin; barrier before every call; "
+                "timing": "implementations interleaved, order rotating per round; barrier before every call; "
                           "per-call max over ranks; median over iterations",
                 "busbw_factors": {n: COLLECTIVES[n][1](nranks) for n in args.collectives},
             },
@@ -522,6 +560,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             # absolute figures drift, ratios (measured interleaved) much less.
             "loadavg_before": load_before, "loadavg_after": _loadavg(),
             "rows": rows,
+            "skipped": skipped,
         }
     comm.free()
     mcomm.Free()
@@ -601,14 +640,19 @@ def plot(paths: Sequence[str], out: str, title: Optional[str] = None) -> str:
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.4 * nrows), squeeze=False)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "v", "D", "x", "*"]
+    # One colour and marker per implementation across all panels and files.
+    impl_index: Dict[str, int] = {}
+    for res in results:
+        for r in res["rows"]:
+            if r["implementation"] != BASELINE:
+                impl_index.setdefault(r["implementation"], len(impl_index))
     for ax, coll in zip(axes.flat, collectives):
-        impl_index: Dict[str, int] = {}
         for fi, res in enumerate(results):
             label_p = f"P={res['machine']['P']}" if len(results) > 1 else ""
             rows = [r for r in res["rows"] if r["collective"] == coll]
             for impl in dict.fromkeys(r["implementation"] for r in rows):
                 pts = sorted((r["bytes"], r["busbw_GBps"]) for r in rows if r["implementation"] == impl)
-                k = impl_index.setdefault(impl, len(impl_index))
+                k = impl_index.get(impl, len(impl_index))
                 color = "black" if impl == BASELINE else f"C{k % 10}"
                 ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle=styles[fi % len(styles)],
                         marker=markers[k % len(markers)], markersize=3.5, color=color,
@@ -626,7 +670,7 @@ def plot(paths: Sequence[str], out: str, title: Optional[str] = None) -> str:
         ax.grid(True, which="major", alpha=0.3)
         lo = min(r["bytes"] for res in results for r in res["rows"] if r["collective"] == coll)
         hi = max(r["bytes"] for res in results for r in res["rows"] if r["collective"] == coll)
-        ticks = [8 ** k for k in range(1, 11) if lo / 8 < 8 ** k < hi * 8] or [lo]
+        ticks = [8 ** k for k in range(1, 11) if lo / 2 <= 8 ** k <= hi * 2] or [lo]
         ax.set_xticks(ticks)
         ax.set_xticklabels([format_size(t).replace(" ", "") for t in ticks], rotation=45, fontsize=7)
         ax.legend(fontsize=6.5, loc="upper left")
