@@ -89,3 +89,46 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
 }
 
 }  // namespace distml::algorithms
+
+namespace distml::algorithms {
+
+// In-place allreduce of a buffer that lives in a node-shared window, at the
+// same offset on every rank: no copy in, no slots.
+//   1. post: my input is ready to be read
+//   2. when every peer has posted, reduce my slice straight from every
+//      peer's buffer into my own buffer's slice: reduced = step
+//      (only I read my slice of any buffer before this point, so writing it
+//      in place is safe)
+//   3. when a peer has reduced, copy its slice out of its buffer into mine
+//   4. release, and wait for every peer's release before returning, so that
+//      nobody overwrites a buffer a peer is still copying from.
+void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& window,
+                          std::size_t offset, std::size_t count, const Reduction& red) {
+  const int L = shm.size(), me = shm.rank();
+  const std::size_t elem = red.elem;
+  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+  std::vector<const void*> peers(L);
+  auto buf = [&](int r) { return window.base(r) + offset; };
+
+  const std::uint64_t step = shm.next_step();
+  shm.publish(Counter::kPosted, step);
+  shm.wait_all(Counter::kPosted, step);
+  std::size_t s0, sn;
+  chunk_slice(count, L, me, align, &s0, &sn);
+  if (sn > 0) {
+    for (int i = 0; i < L; ++i) peers[i] = buf((me + i) % L) + s0 * elem;
+    kernels::reduce_many(buf(me) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+  }
+  shm.publish(Counter::kReduced, step);
+  for (int i = 1; i < L; ++i) {
+    const int r = (me + i) % L;
+    shm.wait_one(r, Counter::kReduced, step);
+    std::size_t r0, rn;
+    chunk_slice(count, L, r, align, &r0, &rn);
+    if (rn) std::memcpy(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
+  }
+  shm.publish(Counter::kReleased, step);
+  shm.wait_all(Counter::kReleased, step);
+}
+
+}  // namespace distml::algorithms

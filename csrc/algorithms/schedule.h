@@ -21,6 +21,7 @@
 
 namespace distml::transport {
 class ShmGroup;
+class ShmWindow;
 }
 
 namespace distml::algorithms {
@@ -151,6 +152,9 @@ void barrier_dissemination(MpiComm& comm);
 // Messages of at most `one_shot_bytes` take the single-step path.
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes);
+// In place, on a buffer at `offset` in `window` on every rank.
+void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& window,
+                          std::size_t offset, std::size_t count, const Reduction& red);
 // `out` receives block `rank` of `blocks` (reduced over the node).
 void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                         const Reduction& red);

@@ -12,6 +12,7 @@
 #include "common/types.h"
 #include "engine/communicator.h"
 #include "kernels/reduce.h"
+#include "transport/shm.h"
 
 namespace py = pybind11;
 using namespace distml;
@@ -124,6 +125,16 @@ PYBIND11_MODULE(_core, m) {
       .def("wait", &engine::Work::wait, py::call_guard<py::gil_scoped_release>())
       .def("test", &engine::Work::test, py::call_guard<py::gil_scoped_release>());
 
+  // This rank's part of a node-shared window, as a writable byte buffer.
+  py::class_<transport::ShmWindow, std::shared_ptr<transport::ShmWindow>>(m, "SharedBuffer",
+                                                                          py::buffer_protocol())
+      .def_buffer([](transport::ShmWindow& w) {
+        return py::buffer_info(w.mine(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(w.bytes())}, {1});
+      })
+      .def_property_readonly("nbytes", &transport::ShmWindow::bytes)
+      .def_property_readonly("id", &transport::ShmWindow::id);
+
   py::class_<engine::Communicator>(m, "Communicator")
       .def(py::init([](std::int64_t fortran_handle, double timeout, bool check,
                        std::size_t segment_bytes) {
@@ -166,6 +177,10 @@ PYBIND11_MODULE(_core, m) {
              return std::string(engine::algo_name(self.resolve(c)));
            })
       .def("free", &engine::Communicator::free, py::call_guard<py::gil_scoped_release>())
+      .def("allocate_shared", &engine::Communicator::allocate_shared,
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("one_node", &engine::Communicator::one_node)
+      .def_property_readonly("hierarchical", &engine::Communicator::hierarchical)
       .def_property(
           "timeout", [](engine::Communicator& s) { return s.settings().timeout; },
           [](engine::Communicator& s, double t) { s.settings().timeout = t; })

@@ -74,7 +74,8 @@ struct Signature {
   std::uint8_t kind, dtype, op, algo;
   std::int32_t root;
   std::uint64_t count, unit;
-  std::int32_t ndim, pad = 0;
+  std::int32_t ndim, window;
+  std::uint64_t window_offset;
   std::int64_t shape[kMaxDims];
 };
 
@@ -89,6 +90,8 @@ Signature signature_of(const Call& c) {
   s.count = c.count;
   s.unit = c.unit;
   s.ndim = c.ndim;
+  s.window = c.window;
+  s.window_offset = c.window_offset;
   for (int i = 0; i < c.ndim && i < kMaxDims; ++i) s.shape[i] = c.shape[i];
   return s;
 }
@@ -354,10 +357,26 @@ void Communicator::clear_deadline() {
   if (across_) across_->clear_deadline();
 }
 
-void Communicator::execute(const Call& call) {
+std::shared_ptr<tp::ShmWindow> Communicator::allocate_shared(std::size_t bytes) {
+  std::lock_guard<std::mutex> lk(mu_);
+  ensure_usable();
+  if (running_ || !queue_.empty()) DISTML_THROW(InvalidArgument, "allocate shared buffers only while no collective is pending");
+  if (!one_node_) DISTML_THROW(InvalidArgument, "shared buffers need every rank on one node (and more than one rank)");
+  return shm_->allocate(bytes);
+}
+
+void Communicator::execute(const Call& in_call) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     ensure_usable();
+  }
+  Call call = in_call;
+  if (one_node_ && call.kind == Kind::kAllreduce && call.in == call.out && call.count > 0) {
+    std::size_t offset = 0;
+    if (auto w = shm_->find(call.in, call.count * dtype_size(call.dtype), &offset)) {
+      call.window = w->id();
+      call.window_offset = offset;
+    }
   }
   const Algo algo = resolve(call);
   check_available(algo);  // refuses before any communication
@@ -412,6 +431,10 @@ std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
   add("op", describe_field(sigs, [](const Signature& s) { return std::string(op_name(static_cast<Op>(s.op))); }));
   add("root", describe_field(sigs, [](const Signature& s) { return std::to_string(s.root); }));
   add("algorithm", describe_field(sigs, [](const Signature& s) { return std::string(algo_name(static_cast<Algo>(s.algo))); }));
+  add("shared buffer", describe_field(sigs, [](const Signature& s) {
+    return s.window < 0 ? std::string("an ordinary array")
+                        : "shared buffer " + std::to_string(s.window) + " at offset " + std::to_string(s.window_offset);
+  }));
   return os.str();
 }
 
@@ -619,7 +642,12 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       alg::Reduction red(c.dtype, c.op);
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
-      else if (algo == Algo::kShm) alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
+      else if (algo == Algo::kShm && c.window >= 0) {
+        std::size_t offset = 0;
+        auto w = shm_->find(c.in, c.count * elem, &offset);
+        alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red);
+      } else if (algo == Algo::kShm)
+        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);

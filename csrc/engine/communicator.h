@@ -72,6 +72,10 @@ struct Call {
   std::int64_t shape[kMaxDims] = {0};
   const void* in = nullptr;
   void* out = nullptr;
+  // Set by the engine: the node-shared window `in` lives in (in-place calls
+  // only), or -1, and the offset in it. Part of what ranks compare.
+  int window = -1;
+  std::uint64_t window_offset = 0;
 };
 
 struct Settings {
@@ -132,12 +136,15 @@ class Communicator {
   void free();
   bool broken() const { return broken_; }
   bool one_node() const { return one_node_; }
+  // Node-shared memory for arrays that allreduce without a copy (collective;
+  // needs every rank on one node).
+  std::shared_ptr<transport::ShmWindow> allocate_shared(std::size_t bytes);
   bool hierarchical() const { return across_ != nullptr; }
   const std::string& broken_reason() const { return broken_reason_; }
 
  private:
   void setup_nodes();
-  void execute(const Call& call);
+  void execute(const Call& in_call);
   void coordinate(const Call& call);
   void check_fingerprints(const Call& call);
   void arrive_through_root(const Call& call);

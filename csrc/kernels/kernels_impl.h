@@ -80,6 +80,13 @@ inline float bits_float(uint32_t u) {
   return f;
 }
 
+// cond ? a : b as bit masks. GCC keeps some `?:` as branches, which stops
+// it vectorizing the loop around them; masks always vectorize.
+inline uint32_t select_bits(bool cond, uint32_t a, uint32_t b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(cond);
+  return (a & mask) | (b & ~mask);
+}
+
 // ---------------------------------------------------------------------------
 // Half types. Each is a tag with scalar conversions and block conversions
 // (`widen`: n stored values -> n floats; `narrow`: n floats -> n stored
@@ -91,8 +98,8 @@ constexpr __mmask16 kAll16 = 0xffff;
 
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
 struct Float16 {
-  // Both scalar conversions are branch-free (selects only), so the baseline
-  // build vectorizes them too; the F16C/AVX-512 builds use them for tails.
+  // Both scalar conversions are branch-free, so the baseline build vectorizes
+  // them too; the F16C/AVX-512 builds use them only for tails.
   static float to_float(uint16_t h) {
     const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
     const uint32_t mag = h & 0x7fffu;
@@ -100,7 +107,7 @@ struct Float16 {
     // small; one exact multiply by 2^112 fixes it and normalizes subnormals.
     uint32_t u = float_bits(bits_float(mag << 13) * 0x1p112f);
     // inf and NaN: all-ones exponent, payload kept in the top bits.
-    u = mag >= 0x7c00u ? (0x7f800000u | (mag << 13)) : u;
+    u = select_bits(mag >= 0x7c00u, 0x7f800000u | (mag << 13), u);
     return bits_float(sign | u);
   }
 
@@ -116,10 +123,10 @@ struct Float16 {
     // Subnormal half or zero (|f| < 2^-14): adding 0.5, whose ulp is 2^-24 (the
     // half subnormal step), rounds |f| to nearest even in the low bits.
     const uint32_t subnormal = float_bits(bits_float(mag) + 0.5f) - 0x3f000000u;
-    uint32_t h = mag < 0x38800000u ? subnormal : normal;
-    h = mag >= 0x47800000u ? 0x7c00u : h;  // |f| >= 2^16, or inf
+    uint32_t h = select_bits(mag < 0x38800000u, subnormal, normal);
+    h = select_bits(mag >= 0x47800000u, 0x7c00u, h);  // |f| >= 2^16, or inf
     // NaN: force the quiet bit, keep the top payload.
-    h = mag > 0x7f800000u ? (0x7e00u | ((mag >> 13) & 0x3ffu)) : h;
+    h = select_bits(mag > 0x7f800000u, 0x7e00u | ((mag >> 13) & 0x3ffu), h);
     return static_cast<uint16_t>(sign | h);
   }
 
@@ -190,7 +197,7 @@ struct BFloat16 {
     // bit. Large finite values carry into the exponent and become inf, as
     // they should.
     const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    return static_cast<uint16_t>(select_bits((u & 0x7fffffffu) > 0x7f800000u, nan, rounded));
   }
 
   static void widen(const void* src, float* out, size_t n) {

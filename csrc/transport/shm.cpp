@@ -43,6 +43,23 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
 
 ShmGroup::~ShmGroup() {
   if (!mpi_alive()) return;
+  if (!windows_.empty()) {
+    // Free together the windows that no rank's arrays still use; keep the
+    // others mapped until the process ends.
+    std::vector<int> used(windows_.size()), any(windows_.size());
+    for (std::size_t i = 0; i < windows_.size(); ++i) used[i] = windows_[i].use_count() > 1;
+    if (MPI_Allreduce(used.data(), any.data(), static_cast<int>(used.size()), MPI_INT, MPI_MAX,
+                      node_) == MPI_SUCCESS) {
+      static std::vector<std::shared_ptr<ShmWindow>> kept_until_exit;
+      for (std::size_t i = 0; i < windows_.size(); ++i) {
+        if (any[i]) kept_until_exit.push_back(windows_[i]);
+      }
+      windows_.clear();
+    } else {
+      for (auto& w : windows_) new std::shared_ptr<ShmWindow>(w);  // unusable MPI: leak
+      windows_.clear();
+    }
+  }
   if (win_ != MPI_WIN_NULL) MPI_Win_free(&win_);
   if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
 }
@@ -90,6 +107,52 @@ void ShmGroup::wait_all(Counter c, std::uint64_t step) {
   for (int r = 0; r < size_; ++r) {
     if (r != rank_) wait_one(r, c, step);
   }
+}
+
+}  // namespace distml::transport
+
+namespace distml::transport {
+
+ShmWindow::ShmWindow(MPI_Comm node, std::size_t bytes, int id) : bytes_(bytes), id_(id) {
+  int size = 0;
+  DISTML_MPI(MPI_Comm_size(node, &size));
+  DISTML_MPI(MPI_Comm_rank(node, &rank_));
+  MPI_Info info;
+  DISTML_MPI(MPI_Info_create(&info));
+  MPI_Info_set(info, "alloc_shared_noncontig", "true");
+  char* mine = nullptr;
+  const std::size_t rounded = std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
+  int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(rounded), 1, info, node, &mine, &win_);
+  MPI_Info_free(&info);
+  DISTML_MPI(rc);
+  bases_.resize(size);
+  for (int r = 0; r < size; ++r) {
+    MPI_Aint got = 0;
+    int disp = 0;
+    DISTML_MPI(MPI_Win_shared_query(win_, r, &got, &disp, &bases_[r]));
+  }
+}
+
+ShmWindow::~ShmWindow() {
+  if (win_ != MPI_WIN_NULL && mpi_alive()) MPI_Win_free(&win_);
+}
+
+std::shared_ptr<ShmWindow> ShmGroup::allocate(std::size_t bytes) {
+  auto w = std::make_shared<ShmWindow>(node_, bytes, next_window_id_++);
+  windows_.push_back(w);
+  return w;
+}
+
+std::shared_ptr<ShmWindow> ShmGroup::find(const void* p, std::size_t bytes, std::size_t* offset) {
+  const char* c = static_cast<const char*>(p);
+  for (auto& w : windows_) {
+    const char* base = w->base(rank_);
+    if (c >= base && c + bytes <= base + w->bytes()) {
+      *offset = static_cast<std::size_t>(c - base);
+      return w;
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace distml::transport

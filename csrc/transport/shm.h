@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "transport/mpi_comm.h"
@@ -40,6 +41,30 @@ struct alignas(64) ShmControl {
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "shared-memory flags need lock-free 64-bit atomics");
+
+// A node-shared allocation for user data (persistent buffers): each rank
+// owns `bytes` bytes that every peer can read. Created collectively, and
+// freed collectively (MPI_Win_free synchronises), so never from a garbage
+// collector: the group frees its windows when it is destroyed, except those
+// some rank's arrays still point into, which stay mapped until exit.
+class ShmWindow {
+ public:
+  ShmWindow(MPI_Comm node, std::size_t bytes, int id);
+  ~ShmWindow();
+  ShmWindow(const ShmWindow&) = delete;
+  ShmWindow& operator=(const ShmWindow&) = delete;
+  char* base(int r) const { return bases_[r]; }
+  char* mine() const { return bases_[rank_]; }
+  std::size_t bytes() const { return bytes_; }
+  int id() const { return id_; }
+
+ private:
+  MPI_Win win_ = MPI_WIN_NULL;
+  std::size_t bytes_;
+  int id_;
+  int rank_ = 0;
+  std::vector<char*> bases_;
+};
 
 class ShmGroup {
  public:
@@ -72,6 +97,12 @@ class ShmGroup {
   // every rank calls next_step() the same number of times.
   std::uint64_t next_step() { return ++step_; }
 
+  // Allocates `bytes` per rank of node-shared memory (collective).
+  std::shared_ptr<ShmWindow> allocate(std::size_t bytes);
+  // The live window holding [p, p + bytes) in this rank's part, with the
+  // offset of p in it; null if none.
+  std::shared_ptr<ShmWindow> find(const void* p, std::size_t bytes, std::size_t* offset);
+
  private:
   static constexpr std::size_t kControlBytes = sizeof(ShmControl);
   std::atomic<std::uint64_t>& counter(int r, Counter c);
@@ -84,6 +115,9 @@ class ShmGroup {
   std::size_t slot_bytes_ = 0;
   std::uint64_t step_ = 0;
   std::vector<char*> regions_;
+  // Windows live as long as the group; see ~ShmGroup.
+  std::vector<std::shared_ptr<ShmWindow>> windows_;
+  int next_window_id_ = 0;
 };
 
 }  // namespace distml::transport

@@ -562,6 +562,45 @@ class Communicator:
         algorithm = self._algorithm(algorithm)
         return self._launch(_BARRIER, None, None, dtype=8, algorithm=algorithm, async_op=async_op)
 
+    # ---- node-shared buffers -------------------------------------------------
+
+    def empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """A new uninitialised array in node-shared memory.
+
+        ``allreduce(a, out=a)`` on such an array (the same array, at the same
+        place, on every rank) reduces it where it lies, skipping the copy
+        into shared memory. Otherwise it is an ordinary numpy array.
+
+        The memory lives as long as the communicator; it is released by
+        :meth:`free` unless some rank still holds an array in it (it then
+        stays mapped until the process exits).
+
+        Raises:
+            ValueError: the ranks are not all on one node.
+
+        Must be called on all ranks, with the same shape and dtype.
+        """
+        dt = np.dtype(dtype)
+        dtype_code(dt, "dtype")
+        shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        holder = self._core.allocate_shared(max(1, count * dt.itemsize))
+        return np.frombuffer(holder, dtype=np.uint8, count=count * dt.itemsize).view(dt).reshape(shape)
+
+    def zeros(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """Like :meth:`empty`, filled with zeros. Must be called on all ranks."""
+        a = self.empty(shape, dtype)
+        a[...] = 0
+        return a
+
+    @property
+    def shared_memory(self) -> str:
+        """How this communicator uses node-shared memory: "one node" (every
+        rank on one node), "hierarchical" (several equal nodes) or "none"."""
+        if self._core.one_node:
+            return "one node"
+        return "hierarchical" if self._core.hierarchical else "none"
+
     # ---- diagnostics -------------------------------------------------------
 
     def algorithm_for(self, collective: str, nbytes: int) -> str:
