@@ -236,13 +236,23 @@ class Adam(Optimizer):
             else:
                 g = g + wd * p
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (g - m) * (1 - b1)          # torch: m.lerp_(g, 1 - b1)
+        # One scratch array instead of a temporary per operation: this is
+        # memory-bound, and each pass over the data costs as much as the math.
+        tmp = np.subtract(g, m, dtype=m.dtype)
+        tmp *= 1 - b1
+        m += tmp                         # torch: m.lerp_(g, 1 - b1)
         v *= b2
-        v += (1 - b2) * g * g
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
         bias1 = 1 - b1 ** step
         bias2_sqrt = math.sqrt(1 - b2 ** step)
-        denom = np.sqrt(v) / bias2_sqrt + eps
-        p -= ((lr / bias1) * m / denom).astype(p.dtype, copy=False)
+        np.sqrt(v, out=tmp)
+        tmp /= bias2_sqrt
+        tmp += eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr / bias1
+        p -= tmp
 
 
 class AdamW(Adam):
