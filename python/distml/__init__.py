@@ -138,3 +138,8 @@ from .parallel import DistributedOptimizer, GradientBuffer, ShardedOptimizer, br
 
 __all__ += ["optim", "nn", "data", "checkpoint",
             "GradientBuffer", "DistributedOptimizer", "ShardedOptimizer", "broadcast_parameters"]
+
+# Model parallelism (issue 6): distml.parallel.ColumnParallelLinear, RowParallelLinear, ProcessGrid, Pipeline.
+from . import parallel  # noqa: E402
+
+__all__ += ["parallel"]

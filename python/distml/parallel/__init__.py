@@ -5,3 +5,10 @@ from .data_parallel import DistributedOptimizer, GradientBuffer, broadcast_param
 from .sharded import ShardedOptimizer
 
 __all__ = ["GradientBuffer", "DistributedOptimizer", "ShardedOptimizer", "broadcast_parameters"]
+
+# Model parallelism (issue 6).
+from .grid import ProcessGrid  # noqa: E402
+from .pipeline import Pipeline  # noqa: E402
+from .tensor_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
+
+__all__ += ["ProcessGrid", "Pipeline", "ColumnParallelLinear", "RowParallelLinear"]
