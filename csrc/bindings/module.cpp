@@ -203,6 +203,17 @@ PYBIND11_MODULE(_core, m) {
              s.settings().broadcast_small_bytes = broadcast;
              s.settings().reduce_small_bytes = reduce;
            })
+      .def("set_table",
+           [](engine::Communicator& s, int kind, const std::vector<std::pair<std::size_t, std::string>>& rows) {
+             DISTML_CHECK_ARG(kind >= 0 && kind < 7, "unknown collective code " << kind);
+             std::vector<std::pair<std::size_t, engine::Algo>> table;
+             for (const auto& [bytes, name] : rows) {
+               engine::Algo a = engine::parse_algo(static_cast<engine::Kind>(kind), name);
+               DISTML_CHECK_ARG(a != engine::Algo::kAuto, "a table row cannot name 'auto'");
+               table.emplace_back(bytes, a);
+             }
+             s.settings().table[kind] = std::move(table);
+           })
       .def("thresholds", [](engine::Communicator& s) {
         py::dict d;
         d["allreduce_small_bytes"] = s.settings().allreduce_small_bytes;

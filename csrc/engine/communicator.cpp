@@ -313,9 +313,18 @@ void Communicator::free() {
   comm_.reset();
 }
 
+bool Communicator::available(Algo algo) const {
+  if (algo == Algo::kShm) return one_node_;
+  if (algo == Algo::kHierarchical) return across_ != nullptr;
+  return true;
+}
+
 Algo Communicator::resolve(const Call& call) const {
   if (call.algo != Algo::kAuto) return call.algo;
   const std::size_t bytes = call.count * dtype_size(call.dtype);
+  for (const auto& [max_bytes, algo] : settings_.table[static_cast<int>(call.kind)]) {
+    if (bytes <= max_bytes && available(algo)) return algo;
+  }
   switch (call.kind) {
     case Kind::kAllreduce:
       if (one_node_) return Algo::kShm;
@@ -339,10 +348,11 @@ Algo Communicator::resolve(const Call& call) const {
 }
 
 void Communicator::check_available(Algo algo) const {
-  if (algo == Algo::kShm && !one_node_) {
+  if (available(algo)) return;
+  if (algo == Algo::kShm) {
     DISTML_THROW(InvalidArgument, "algorithm 'shm' needs every rank on one node, more than one rank, and shared memory enabled");
   }
-  if (algo == Algo::kHierarchical && !across_) {
+  if (algo == Algo::kHierarchical) {
     DISTML_THROW(InvalidArgument, "algorithm 'hierarchical' needs several nodes with the same number (> 1) of ranks each");
   }
 }

@@ -93,6 +93,10 @@ struct Settings {
   std::size_t shm_slot_bytes = 1 << 20;
   std::size_t shm_one_shot_bytes = 16 << 10;
   bool shm = true;  // use the node's shared memory when every rank is on one node
+  // Measured choices (distml.tune): per collective, (max bytes, algorithm)
+  // rows in increasing size; the first row that fits and can run here wins
+  // over the defaults above.
+  std::vector<std::pair<std::size_t, Algo>> table[7];
 };
 
 // An async collective's state, shared by the queue and the caller's handle.
@@ -154,6 +158,7 @@ class Communicator {
   transport::ShmGroup& shm_group();
   // Throws InvalidArgument when `algo` cannot run on this communicator.
   void check_available(Algo algo) const;
+  bool available(Algo algo) const;
   void start_deadline();
   void clear_deadline();
   void ensure_usable() const;

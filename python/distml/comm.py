@@ -139,6 +139,9 @@ class Communicator:
         stall_warning: with a timeout, seconds after which rank 0 warns on
             stderr about ranks that have not arrived at a collective
             (default: ``DISTML_STALL_WARNING``, or half the timeout).
+        tune: let ``algorithm="auto"`` follow the table measured by
+            ``python -m distml.tune`` for this world size and topology, if
+            there is one (see :mod:`distml.tune`).
 
     With a timeout, every collective starts with an arrival round through
     rank 0 (which also carries the mismatch check), so that a timeout can
@@ -155,6 +158,7 @@ class Communicator:
         check: Optional[bool] = None,
         segment_bytes: Optional[int] = None,
         stall_warning: Optional[float] = None,
+        tune: bool = True,
     ) -> None:
         from mpi4py import MPI
 
@@ -180,6 +184,10 @@ class Communicator:
             self._core.stall_warning = float(stall_warning)
         self._freed = False
         _live.add(self)
+        if tune:
+            from . import tune as _tune
+
+            _tune.apply_table(self, _tune.load_table(self))
 
     # ---- properties --------------------------------------------------------
 
