@@ -637,7 +637,8 @@ def plot(paths: Sequence[str], out: str, title: Optional[str] = None) -> str:
         raise SystemExit("distml-bench plot: no rows in " + ", ".join(paths))
     ncols = min(3, len(collectives))
     nrows = -(-len(collectives) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.4 * nrows), squeeze=False)
+    width, height = (6.0, 4.4) if len(collectives) > 1 else (9.0, 6.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "v", "D", "x", "*"]
     # One colour and marker per implementation across all panels and files.
@@ -673,7 +674,7 @@ def plot(paths: Sequence[str], out: str, title: Optional[str] = None) -> str:
         ticks = [8 ** k for k in range(1, 11) if lo / 2 <= 8 ** k <= hi * 2] or [lo]
         ax.set_xticks(ticks)
         ax.set_xticklabels([format_size(t).replace(" ", "") for t in ticks], rotation=45, fontsize=7)
-        ax.legend(fontsize=6.5, loc="upper left")
+        ax.legend(fontsize=6.5, loc="lower right")
     for ax in list(axes.flat)[len(collectives):]:
         ax.set_visible(False)
     if title is None:
