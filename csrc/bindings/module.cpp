@@ -203,6 +203,27 @@ PYBIND11_MODULE(_core, m) {
              s.settings().broadcast_small_bytes = broadcast;
              s.settings().reduce_small_bytes = reduce;
            })
+      .def("set_trace", &engine::Communicator::set_trace)
+      .def("drain_trace",
+           [](engine::Communicator& s) {
+             py::list out;
+             for (const auto& e : s.drain_trace()) {
+               py::dict d;
+               d["seq"] = e.seq;
+               d["collective"] = engine::kind_name(e.kind);
+               d["dtype"] = dtype_name(e.dtype);
+               d["algorithm"] = engine::algo_name(e.algo);
+               d["bytes"] = e.bytes;
+               d["async"] = e.async;
+               d["ok"] = e.ok;
+               d["queued"] = e.queued;
+               d["start"] = e.start;
+               d["arrived"] = e.arrived;
+               d["end"] = e.end;
+               out.append(d);
+             }
+             return out;
+           })
       .def("set_table",
            [](engine::Communicator& s, int kind, const std::vector<std::pair<std::size_t, std::string>>& rows) {
              DISTML_CHECK_ARG(kind >= 0 && kind < 7, "unknown collective code " << kind);

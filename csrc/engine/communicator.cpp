@@ -1,5 +1,6 @@
 #include "engine/communicator.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -148,7 +149,17 @@ Algo parse_algo(Kind kind, const std::string& name) {
   DISTML_THROW(InvalidArgument, os.str());
 }
 
+namespace {
+double now_us() {
+  return std::chrono::duration<double, std::micro>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 // ---- Work -------------------------------------------------------------
+
+Work::Work(const Call& call) : call_(call), queued_(now_us()) {}
 
 void Work::finish(std::exception_ptr err) {
   std::lock_guard<std::mutex> lk(mu_);
@@ -285,7 +296,7 @@ void Communicator::worker_loop() {
     lk.unlock();
     std::exception_ptr err;
     try {
-      execute(work->call());
+      execute(work->call(), work->queued_, true);
     } catch (...) {
       err = std::current_exception();
     }
@@ -375,10 +386,24 @@ std::shared_ptr<tp::ShmWindow> Communicator::allocate_shared(std::size_t bytes) 
   return shm_->allocate(bytes);
 }
 
-void Communicator::execute(const Call& in_call) {
+std::vector<TraceEvent> Communicator::drain_trace() {
+  std::lock_guard<std::mutex> lk(trace_mu_);
+  std::vector<TraceEvent> out;
+  out.swap(events_);
+  return out;
+}
+
+void Communicator::execute(const Call& in_call, double queued, bool async) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     ensure_usable();
+  }
+  const bool tracing = trace_.load(std::memory_order_relaxed);
+  TraceEvent ev{};
+  if (tracing) {
+    ev.start = now_us();
+    ev.queued = queued < 0 ? ev.start : queued;
+    ev.async = async;
   }
   Call call = in_call;
   if (one_node_ && call.kind == Kind::kAllreduce && call.in == call.out && call.count > 0) {
@@ -393,11 +418,27 @@ void Communicator::execute(const Call& in_call) {
   const std::uint64_t seq = ++seq_;
   start_deadline();
   bool arrived = false;
+  auto record = [&](bool ok) {
+    if (!tracing) return;
+    ev.seq = seq;
+    ev.kind = call.kind;
+    ev.dtype = call.dtype;
+    ev.algo = algo;
+    ev.bytes = call.count * dtype_size(call.dtype);
+    ev.ok = ok;
+    ev.end = now_us();
+    if (!arrived) ev.arrived = ev.end;
+    std::lock_guard<std::mutex> lk(trace_mu_);
+    events_.push_back(ev);
+  };
   try {
     coordinate(call);
     arrived = true;
+    if (tracing) ev.arrived = now_us();
     dispatch(call, algo);
+    record(true);
   } catch (const Timeout& e) {
+    record(false);
     clear_deadline();
     std::ostringstream os;
     os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) timed out after "
@@ -409,6 +450,7 @@ void Communicator::execute(const Call& in_call) {
     broken_reason_ = os.str();
     throw Timeout(os.str());
   } catch (...) {
+    record(false);
     clear_deadline();
     throw;
   }

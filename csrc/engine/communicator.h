@@ -9,6 +9,7 @@
 // for that work first.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -99,10 +100,26 @@ struct Settings {
   std::vector<std::pair<std::size_t, Algo>> table[7];
 };
 
+// One collective's passage through the engine, for timelines. Times are
+// microseconds of the system clock, so that ranks' traces line up.
+struct TraceEvent {
+  std::uint64_t seq;
+  Kind kind;
+  DType dtype;
+  Algo algo;
+  std::uint64_t bytes;
+  bool async;
+  bool ok;
+  double queued;   // submitted (== start for blocking calls)
+  double start;    // began executing
+  double arrived;  // every rank had arrived (the mismatch check passed)
+  double end;      // done
+};
+
 // An async collective's state, shared by the queue and the caller's handle.
 class Work {
  public:
-  explicit Work(const Call& call) : call_(call) {}
+  explicit Work(const Call& call);
   // Blocks until done; rethrows the collective's error.
   void wait();
   bool test();
@@ -112,6 +129,7 @@ class Work {
   friend class Communicator;
   void finish(std::exception_ptr err);
   Call call_;
+  double queued_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -140,6 +158,10 @@ class Communicator {
   void free();
   bool broken() const { return broken_; }
   bool one_node() const { return one_node_; }
+  // Timeline recording: off by default; when on, each collective appends a
+  // TraceEvent, which drain_trace() hands over.
+  void set_trace(bool on) { trace_.store(on); }
+  std::vector<TraceEvent> drain_trace();
   // Node-shared memory for arrays that allreduce without a copy (collective;
   // needs every rank on one node).
   std::shared_ptr<transport::ShmWindow> allocate_shared(std::size_t bytes);
@@ -148,7 +170,7 @@ class Communicator {
 
  private:
   void setup_nodes();
-  void execute(const Call& in_call);
+  void execute(const Call& in_call, double queued = -1, bool async = false);
   void coordinate(const Call& call);
   void check_fingerprints(const Call& call);
   void arrive_through_root(const Call& call);
@@ -183,6 +205,9 @@ class Communicator {
   std::thread worker_;
 
   std::uint64_t seq_ = 0;  // collectives started on this communicator
+  std::atomic<bool> trace_{false};
+  std::mutex trace_mu_;
+  std::vector<TraceEvent> events_;
   bool broken_ = false;
   std::string broken_reason_;
   bool freed_ = false;
