@@ -25,14 +25,38 @@ ROOT = os.path.dirname(HERE)
 INNER = os.path.join(HERE, "mpi")
 
 # Inner files, grouped so that each launch pays pytest's start-up once but a
-# hang or crash in one group does not hide the results of the others.
+# hang or crash in one group does not hide the results of the others. Files
+# in tests/mpi that no group names run in the group "other".
 GROUPS = {
     "reductions": ["test_reductions.py"],
-    "data_movement": ["test_data_movement.py"],
-    "api": ["test_api.py", "test_errors.py"],
+    "data_movement": ["test_data_movement.py", "test_large.py"],
+    "api": ["test_api.py", "test_errors.py", "test_communicators.py"],
 }
 
-# Seconds one launch may take at P = 4 (slower P scale down, see _timeout).
+
+def _other_files():
+    named = {f for files in GROUPS.values() for f in files}
+    found = sorted(f for f in os.listdir(INNER) if f.startswith("test_") and f.endswith(".py"))
+    return [f for f in found if f not in named]
+
+
+# MPICH's MPIR_CVAR_NUM_CLIQUES=2 splits the machine into two pretend nodes:
+# no communicator is on "one node", so "auto" chooses by message size instead
+# of shared memory, and at P = 4 (two nodes of two) the hierarchical
+# allreduce runs.
+TWO_NODES = {"MPIR_CVAR_NUM_CLIQUES": "2"}
+
+# (P, label, files, extra pytest arguments, extra environment)
+CASES = [(P, name, files, [], {}) for P in (1, 2, 3, 4) for name, files in GROUPS.items()]
+if _other_files():
+    CASES += [(P, "other", _other_files(), [], {}) for P in (1, 2, 3, 4)]
+CASES += [
+    (2, "two_nodes-all", [f for files in GROUPS.values() for f in files], [], TWO_NODES),
+    (4, "two_nodes-allreduce", ["test_reductions.py", "test_api.py", "test_communicators.py"],
+     ["-k", "allreduce or communicators"], TWO_NODES),
+]
+
+# Seconds one launch may take at P = 4 (fewer ranks: less, see _timeout).
 TIMEOUT_P4 = 300
 
 
@@ -55,17 +79,20 @@ def _tail(text: str, limit: int = 60000) -> str:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("group", list(GROUPS))
-@pytest.mark.parametrize("P", [1, 2, 3, 4])
-def test_mpi(P, group):
-    files = [os.path.join("tests", "mpi", f) for f in GROUPS[group]]
+@pytest.mark.parametrize(
+    "P,files,args,extra_env", [pytest.param(*c[:1], *c[2:], id=f"P{c[0]}-{c[1]}") for c in CASES]
+)
+def test_mpi(P, files, args, extra_env):
+    files = [os.path.join("tests", "mpi", f) for f in files]
     missing = [f for f in files if not os.path.exists(os.path.join(ROOT, f))]
     assert not missing, f"inner test files missing: {missing}"
-    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *files]
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_CURRENT_TEST", None)
     env.setdefault("PYTHONFAULTHANDLER", "1")
+    env.update(extra_env)
+    shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "") + " ".join(cmd)
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -76,18 +103,14 @@ def test_mpi(P, group):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(
-            f"hang: {' '.join(cmd)} did not finish within {_timeout(P):.0f}s; output:\n{_tail(output)}",
-            pytrace=False,
-        )
+        pytest.fail(f"hang: {shown} did not finish within {_timeout(P):.0f}s; output:\n{_tail(output)}",
+                    pytrace=False)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     elapsed = time.monotonic() - start
-    print(f"P={P} group={group}: exit {proc.returncode} in {elapsed:.1f}s")
+    print(f"{shown}: exit {proc.returncode} in {elapsed:.1f}s")
     if proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} exited with {proc.returncode} after {elapsed:.1f}s; output:\n{_tail(output)}",
-            pytrace=False,
-        )
+        pytest.fail(f"{shown} exited with {proc.returncode} after {elapsed:.1f}s; output:\n{_tail(output)}",
+                    pytrace=False)

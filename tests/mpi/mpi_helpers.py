@@ -11,6 +11,7 @@ conftest.py): ``Checker.expect`` records a case, ``Checker.verify`` asserts.
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from typing import Any, Callable, List, Optional
 
@@ -40,21 +41,86 @@ ALGORITHMS = {
     "barrier": ["auto", "dissemination", "mpi"],
 }
 
+# Algorithms that depend on where the ranks run: "shm" needs every rank on one
+# node (and P > 1), "hierarchical" several nodes with equally many ranks each
+# (MPIR_CVAR_NUM_CLIQUES=2 makes one machine look like two). Tests of these
+# skip, on every rank alike, where the communicator cannot run them.
+TOPOLOGY_ALGORITHMS = {
+    "allreduce": ["shm", "hierarchical"],
+    "reduce": ["shm"],
+    "broadcast": ["shm"],
+    "allgather": ["shm"],
+    "reduce_scatter": ["shm"],
+    "alltoall": [],
+    "barrier": ["shm"],
+}
+
+
+def all_algorithms(collective: str) -> List[str]:
+    return ALGORITHMS[collective] + TOPOLOGY_ALGORITHMS[collective]
 
 
 def comm_algorithms(collective: str):
     """(segment size name, algorithm) pairs for ``collective``.
 
-    Every algorithm runs with the default segment size and with 64-byte
-    segments, except "mpi", which hands whole buffers to MPI and ignores the
-    segment size. Use with ``indirect=["comm"]``.
+    Every algorithm runs with the default segment size; those that cut
+    messages into segments also run with 64-byte segments ("mpi" hands whole
+    buffers to MPI, and the shared-memory ones have their own slot size). Use
+    with ``indirect=["comm"]``.
     """
     return [
         pytest.param(seg, alg, id=f"{seg}-{alg}")
-        for alg in ALGORITHMS[collective]
+        for alg in all_algorithms(collective)
         for seg in ("seg_default", "seg64")
-        if not (seg == "seg64" and alg == "mpi")
+        if not (seg == "seg64" and (alg == "mpi" or alg in TOPOLOGY_ALGORITHMS[collective]))
     ]
+
+
+# With 64-byte segments, one dtype per element size (and both half types,
+# which widen to float32 per step) keeps the sweep affordable at P = 4.
+SEG64_DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float64), np.dtype(np.int8), np.dtype(np.uint32)]
+
+
+def comm_algorithm_dtypes(collective: str):
+    """(segment size name, algorithm, dtype) triples: every algorithm x every
+    dtype with the default segments, plus SEG64_DTYPES with 64-byte segments.
+    Use with ``indirect=["comm"]``."""
+    return [
+        pytest.param(p.values[0], p.values[1], dtype, id=f"{p.id}-{dtype}")
+        for p in comm_algorithms(collective)
+        for dtype in (ALL_DTYPES if p.values[0] == "seg_default" else SEG64_DTYPES)
+    ]
+
+
+_available: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def available(comm: Any, collective: str, algorithm: str) -> bool:
+    """Whether ``comm`` runs ``algorithm`` for ``collective`` here.
+
+    Probes with a tiny call (collective: every rank must ask, in the same
+    order); an algorithm the communicator cannot use raises ValueError
+    before any communication, on every rank alike.
+    """
+    known = _available.setdefault(comm, {})
+    key = (collective, algorithm)
+    if key not in known:
+        try:
+            if collective == "barrier":
+                comm.barrier(algorithm=algorithm)
+            else:
+                getattr(comm, collective)(np.zeros(comm.size, np.float32), algorithm=algorithm)
+            known[key] = True
+        except ValueError:
+            known[key] = False
+    return known[key]
+
+
+def require(comm: Any, collective: str, algorithm: str) -> None:
+    """Skips the test (on every rank) if ``algorithm`` is unavailable."""
+    if not available(comm, collective, algorithm):
+        pytest.skip(f"{collective} algorithm {algorithm!r} is not available for this communicator "
+                    f"(P={comm.size})")
 
 
 # Unit roundoff-sized epsilons (machine epsilon) per float dtype.

@@ -12,8 +12,8 @@ import pytest
 
 import distml
 from mpi_helpers import (
-    ALGORITHMS, BF16, Checker, allgather_ref, alltoall_ref, call, comm_algorithms, inputs, reduce_ref,
-    reduce_scatter_ref,
+    BF16, Checker, all_algorithms, allgather_ref, alltoall_ref, available, call, comm_algorithms, inputs,
+    reduce_ref, reduce_scatter_ref, require,
 )
 
 SENTINEL = 77  # fills out= arrays and the gaps of strided ones
@@ -112,6 +112,7 @@ def _api_params():
 def test_layouts_and_out(comm, name, algorithm, dtype):
     spec = SPECS[name]
     P, rank = comm.size, comm.rank
+    require(comm, name, algorithm)
     check = Checker(P)
     run, expected_of, out_shape = spec["run"], spec["expected"], spec["out_shape"]
     for shape in spec["shapes"](P):
@@ -165,6 +166,7 @@ def test_layouts_and_out(comm, name, algorithm, dtype):
 @pytest.mark.parametrize("comm,algorithm", comm_algorithms("broadcast"), indirect=["comm"])
 def test_broadcast_layouts(comm, algorithm):
     P, rank = comm.size, comm.rank
+    require(comm, "broadcast", algorithm)
     check = Checker(P)
     dtype = np.dtype(np.float64)
     for shape in [(), (5,), (3, 4, 5), (0, 2)]:
@@ -197,7 +199,7 @@ def test_async_all_algorithms_in_flight(comm):
     dtype = np.dtype(np.float32)
     jobs = []  # (label, handle or exception, expected, out identity or None, input, input copy)
     for name, spec in SPECS.items():
-        for algorithm in ALGORITHMS[name]:
+        for algorithm in [a for a in all_algorithms(name) if available(comm, name, a)]:
             for shape in spec["shapes"](P)[1:3]:
                 xs = inputs(("async", name, algorithm, shape), dtype, shape, "small", P)
                 x = xs[rank].copy()
@@ -207,12 +209,12 @@ def test_async_all_algorithms_in_flight(comm):
                 h = call(lambda: spec["run"](comm, x, out, algorithm, async_op=True))
                 jobs.append((f"{name} {algorithm} shape={shape} out={use_out}", h, expected,
                              out if expected is not None else None, x, xs[rank]))
-    for algorithm in ALGORITHMS["broadcast"]:
+    for algorithm in [a for a in all_algorithms("broadcast") if available(comm, "broadcast", a)]:
         xs = inputs(("async", "broadcast", algorithm), dtype, (9,), "bits", P)
         x = xs[rank].copy()
         h = call(lambda: comm.broadcast(x, root=P // 2, algorithm=algorithm, async_op=True))
         jobs.append((f"broadcast {algorithm}", h, xs[P // 2], x, None, None))
-    for algorithm in ALGORITHMS["barrier"]:
+    for algorithm in [a for a in all_algorithms("barrier") if available(comm, "barrier", a)]:
         h = call(lambda: comm.barrier(algorithm=algorithm, async_op=True))
         jobs.append((f"barrier {algorithm}", h, None, None, None, None))
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from mpi_helpers import (
-    ALL_DTYPES, DTYPE_IDS, Checker, allgather_ref, alltoall_ref, call, comm_algorithms, counts_for, inputs,
+    Checker, allgather_ref, alltoall_ref, call, comm_algorithm_dtypes, comm_algorithms, counts_for, inputs, require,
 )
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("broadcast"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("broadcast"), indirect=["comm"])
 def test_broadcast(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "broadcast", algorithm)
     check = Checker(P)
     for root in range(P):
         for count in counts_for(P):
@@ -31,10 +31,10 @@ def test_broadcast(comm, algorithm, dtype):
     check.verify()
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("allgather"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("allgather"), indirect=["comm"])
 def test_allgather(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "allgather", algorithm)
     check = Checker(P)
     for count in counts_for(P):
         xs = inputs(("allgather", str(dtype), count), dtype, (count,), "bits", P)
@@ -46,10 +46,10 @@ def test_allgather(comm, algorithm, dtype):
     check.verify()
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("alltoall"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("alltoall"), indirect=["comm"])
 def test_alltoall(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "alltoall", algorithm)
     check = Checker(P)
     # Rows per destination: none, one, odd, hundreds.
     for per_rank in [0, 1, 3, 750]:
@@ -70,6 +70,7 @@ def test_barrier(comm, world, algorithm):
     exchanged over mpi4py: no rank may leave before the late rank entered.
     """
     P, rank = comm.size, comm.rank
+    require(comm, "barrier", algorithm)
     check = Checker(P)
     results = [call(lambda: comm.barrier(algorithm=algorithm)) for _ in range(3)]
     late = P - 1

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from mpi_helpers import (
-    ALL_DTYPES, DTYPE_IDS, Checker, call, comm_algorithms, counts_for, inputs, reduce_ref, reduce_scatter_ref,
-    reduction_cases,
+    Checker, call, comm_algorithm_dtypes, counts_for, inputs, reduce_ref, reduce_scatter_ref, reduction_cases,
+    require,
 )
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("allreduce"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("allreduce"), indirect=["comm"])
 def test_allreduce(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "allreduce", algorithm)
     check = Checker(P)
     for count in counts_for(P):
         for op, kind, mode in reduction_cases(dtype):
@@ -31,10 +31,10 @@ def test_allreduce(comm, algorithm, dtype):
     check.verify()
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("reduce"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("reduce"), indirect=["comm"])
 def test_reduce(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "reduce", algorithm)
     check = Checker(P)
     # Every root with every count for "sum"; the other ops rotate through the
     # roots, so that each (op, count) meets some root and each root many ops.
@@ -56,10 +56,10 @@ def test_reduce(comm, algorithm, dtype):
     check.verify()
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("comm,algorithm", comm_algorithms("reduce_scatter"), indirect=["comm"])
+@pytest.mark.parametrize("comm,algorithm,dtype", comm_algorithm_dtypes("reduce_scatter"), indirect=["comm"])
 def test_reduce_scatter(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, "reduce_scatter", algorithm)
     check = Checker(P)
     # Rows: fewer than P (some ranks get nothing), not divisible by P, many.
     for shape in [(0,), (1,), (7,), (2 * P + 1,), (2999,), (P + 1, 3)]:
