@@ -53,6 +53,9 @@ class ProcessGrid:
 
     def __init__(self, comm: Any = None, data: Optional[int] = None, tensor: Optional[int] = 1,
                  pipeline: Optional[int] = 1) -> None:
+        import distml
+
+        self._owns_world = not isinstance(comm, distml.Communicator) and comm is not None
         self.world = _default_comm(comm)
         world_size = self.world.size
         sizes = {"data": data, "tensor": tensor, "pipeline": pipeline}
@@ -81,8 +84,6 @@ class ProcessGrid:
         self.data_rank, self.tensor_rank = divmod(rest, T)
         p, d, t = self.pipeline_rank, self.data_rank, self.tensor_rank
 
-        import distml
-
         mpi = self.world.mpi_comm
         # Colours number the groups of one axis; each split is collective
         # over the whole world, so all ranks make the three in this order.
@@ -102,7 +103,8 @@ class ProcessGrid:
         return (pipeline * self.data_size + data) * self.tensor_size + tensor
 
     def free(self) -> None:
-        """Frees the three sub-communicators. Must be called on all ranks."""
+        """Frees the three sub-communicators (and the Communicator the grid
+        made around an mpi4py ``comm``). Must be called on all ranks."""
         for c in (self.tensor, self.data, self.pipeline):
             c.free()
         from mpi4py import MPI
@@ -111,6 +113,8 @@ class ProcessGrid:
             if c != MPI.COMM_NULL:
                 c.Free()
         self._split = []
+        if self._owns_world:
+            self.world.free()
 
     def __repr__(self) -> str:
         return (f"<distml.parallel.ProcessGrid pipeline x data x tensor = {self.pipeline_size} x "
