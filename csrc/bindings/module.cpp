@@ -137,16 +137,19 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<engine::Communicator>(m, "Communicator")
       .def(py::init([](std::int64_t fortran_handle, double timeout, bool check,
-                       std::size_t segment_bytes) {
+                       std::size_t segment_bytes, bool shm, std::size_t shm_slot_bytes) {
              engine::Settings s;
              s.timeout = timeout;
              s.check = check;
              if (segment_bytes) s.tuning.segment_bytes = segment_bytes;
+             s.shm = shm;
+             if (shm_slot_bytes) s.shm_slot_bytes = shm_slot_bytes;
              MPI_Comm comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_handle));
+             py::gil_scoped_release nogil;
              return std::make_unique<engine::Communicator>(comm, s);
            }),
            py::arg("fortran_handle"), py::arg("timeout"), py::arg("check"),
-           py::arg("segment_bytes"))
+           py::arg("segment_bytes"), py::arg("shm") = true, py::arg("shm_slot_bytes") = 0)
       .def_property_readonly("rank", &engine::Communicator::rank)
       .def_property_readonly("size", &engine::Communicator::size)
       .def(
@@ -196,6 +199,9 @@ PYBIND11_MODULE(_core, m) {
             DISTML_CHECK_ARG(v > 0, "segment_bytes must be positive");
             s.settings().tuning.segment_bytes = v;
           })
+      .def_property(
+          "shm_one_shot_bytes", [](engine::Communicator& s) { return s.settings().shm_one_shot_bytes; },
+          [](engine::Communicator& s, std::size_t v) { s.settings().shm_one_shot_bytes = v; })
       .def("set_thresholds",
            [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
               std::size_t reduce) {

@@ -13,6 +13,10 @@ class Work:
     def wait(self) -> None: ...
     def test(self) -> bool: ...
 
+class SharedBuffer:
+    nbytes: int
+    id: int
+
 class Communicator:
     rank: int
     size: int
@@ -20,7 +24,17 @@ class Communicator:
     stall_warning: float
     check: bool
     segment_bytes: int
-    def __init__(self, fortran_handle: int, timeout: float, check: bool, segment_bytes: int) -> None: ...
+    shm_one_shot_bytes: int
+    one_node: bool
+    hierarchical: bool
+    def __init__(
+        self, fortran_handle: int, timeout: float, check: bool, segment_bytes: int,
+        shm: bool = ..., shm_slot_bytes: int = ...,
+    ) -> None: ...
+    def allocate_shared(self, nbytes: int) -> SharedBuffer: ...
+    def set_trace(self, on: bool) -> None: ...
+    def drain_trace(self) -> list[dict]: ...
+    def set_table(self, kind: int, rows: Sequence[tuple[int, str]]) -> None: ...
     def run(
         self,
         kind: int,

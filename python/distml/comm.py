@@ -139,6 +139,11 @@ class Communicator:
         stall_warning: with a timeout, seconds after which rank 0 warns on
             stderr about ranks that have not arrived at a collective
             (default: ``DISTML_STALL_WARNING``, or half the timeout).
+        shared_memory: use node-shared memory (the "shm" and "hierarchical"
+            algorithms) where the ranks share nodes (default: on, unless
+            ``DISTML_SHM=0``). ``DISTML_SHM_SLOT_BYTES`` and
+            ``DISTML_SHM_ONE_SHOT_BYTES`` tune its chunk size and the size up
+            to which allreduce takes one step.
         tune: let ``algorithm="auto"`` follow the table measured by
             ``python -m distml.tune`` for this world size and topology, if
             there is one (see :mod:`distml.tune`).
@@ -159,6 +164,7 @@ class Communicator:
         segment_bytes: Optional[int] = None,
         stall_warning: Optional[float] = None,
         tune: bool = True,
+        shared_memory: Optional[bool] = None,
     ) -> None:
         from mpi4py import MPI
 
@@ -179,7 +185,16 @@ class Communicator:
         if stall_warning is None:
             stall_warning = _env_float("DISTML_STALL_WARNING")
         self.mpi_comm = comm
-        self._core = _core.Communicator(comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0))
+        if shared_memory is None:
+            shared_memory = os.environ.get("DISTML_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
+        slot = _env_float("DISTML_SHM_SLOT_BYTES")
+        self._core = _core.Communicator(
+            comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
+            bool(shared_memory), int(slot or 0),
+        )
+        one_shot = _env_float("DISTML_SHM_ONE_SHOT_BYTES")
+        if one_shot is not None:
+            self._core.shm_one_shot_bytes = int(one_shot)
         if stall_warning is not None:
             self._core.stall_warning = float(stall_warning)
         self._freed = False
