@@ -1,0 +1,325 @@
+"""DistributedOptimizer for torch optimizers: gradients averaged by bucketed
+allreduces that start during the backward pass.
+
+Vocabulary (as in :mod:`distml.parallel.data_parallel`):
+
+- *flat buffer*: one tensor per gradient dtype holding the gradients of all
+  parameters of that dtype, in **reverse** parameter order (backward produces
+  the last layer's gradients first). Each ``p.grad`` is set to a view of it,
+  so autograd accumulates straight into the buffer and no gradient is copied
+  into a staging area.
+- *bucket*: a contiguous slice of a flat buffer holding whole gradients,
+  about ``bucket_bytes`` long, reduced by one allreduce in place.
+- *ready*: a parameter's gradient has been accumulated
+  ``backward_passes_per_step`` times since the last step; a post-accumulate
+  gradient hook counts this.
+
+Invariant that keeps ranks from deadlocking: buckets are launched strictly in
+bucket order. A bucket that is complete before an earlier one waits for it,
+so every rank issues the same allreduces in the same order, whatever order
+its hooks fire in. The first launch of a step is preceded by a control round
+(see :mod:`distml.torch.mpi_ops`) so that ranks inside ``join()`` can stand
+in for this step's allreduces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import mpi_ops
+from .compression import Compression
+from .mpi_ops import Average, _comm, _control, _K_STEP, _np, _parse_op, _register_optimizer
+
+__all__ = ["DistributedOptimizer"]
+
+_DEFAULT_BUCKET_BYTES = 4 << 20
+
+
+class _Bucket:
+    __slots__ = ("flat", "start", "stop", "params")
+
+    def __init__(self, flat: torch.Tensor, start: int) -> None:
+        self.flat = flat
+        self.start = start
+        self.stop = start
+        self.params: List[int] = []
+
+    def view(self) -> torch.Tensor:
+        return self.flat[self.start:self.stop]
+
+
+class _DistributedOptimizer(torch.optim.Optimizer):
+    """Methods mixed into a subclass of the wrapped optimizer's class (made by
+    :func:`DistributedOptimizer`), so that the result is still an instance of
+    that class (learning-rate schedulers and ``isinstance`` checks work)."""
+
+    # ---- set-up --------------------------------------------------------------------
+
+    def _distml_setup(self, named_parameters: Optional[Iterable[Tuple[str, torch.Tensor]]],
+                      compression: Any, backward_passes_per_step: int, op: Any,
+                      bucket_bytes: int) -> None:
+        params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        seen = set()
+        unique = []
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                unique.append(p)
+        params = unique
+        if named_parameters is not None:
+            named = list(named_parameters)
+            names = [n for n, _ in named]
+            dups = sorted({n for n in names if names.count(n) > 1})
+            if dups:
+                raise ValueError(f"named_parameters contains duplicate names: {dups}")
+            named_ids = {id(p) for _, p in named}
+            unnamed = [i for i, p in enumerate(params) if id(p) not in named_ids]
+            if unnamed:
+                raise ValueError("named_parameters was given, but parameters "
+                                 f"{unnamed} of the optimizer are not in it")
+            self._names = {id(p): n for n, p in named}
+        else:
+            self._names = {id(p): f"param.{i}" for i, p in enumerate(params)}
+        if backward_passes_per_step < 1:
+            raise ValueError(f"backward_passes_per_step must be >= 1, not {backward_passes_per_step}")
+        self._op = _parse_op(op, None)
+        if self._op.value not in ("avg", "sum"):
+            raise ValueError("DistributedOptimizer supports op=Average or op=Sum")
+        self._compression = compression or Compression.none
+        self._passes_per_step = int(backward_passes_per_step)
+        self._params = params
+        self._comm = _comm()
+        for i, p in enumerate(params):
+            if p.device.type != "cpu":
+                raise TypeError(f"parameter {self._names[id(p)]} is on {p.device}; "
+                                "distml.torch works on CPU tensors only")
+            mpi_ops._check_tensor(p, f"parameter {self._names[id(p)]}")
+
+        # Layout: one flat buffer per dtype, parameters in reverse order.
+        by_dtype: Dict[torch.dtype, List[int]] = {}
+        for i, p in enumerate(params):
+            by_dtype.setdefault(p.dtype, []).append(i)
+        self._buckets: List[_Bucket] = []
+        self._bucket_of = [0] * len(params)
+        self._grad_views: List[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
+        for dtype, idx in by_dtype.items():
+            total = sum(params[i].numel() for i in idx)
+            flat = torch.zeros(total, dtype=dtype)
+            cursor = 0
+            current: Optional[_Bucket] = None
+            for i in reversed(idx):
+                if current is None:
+                    current = _Bucket(flat, cursor)
+                    self._buckets.append(current)
+                n = params[i].numel()
+                self._grad_views[i] = flat[cursor:cursor + n].view(params[i].shape)
+                cursor += n
+                current.stop = cursor
+                current.params.append(i)
+                self._bucket_of[i] = len(self._buckets) - 1
+                if (current.stop - current.start) * flat.element_size() >= bucket_bytes:
+                    current = None
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                self._grad_views[i].copy_(p.grad)
+            p.grad = self._grad_views[i]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
+        self._oid = _register_optimizer(self)
+        self._should_synchronize = True
+        self._synchronized = False
+        self._stand_in_wires: Optional[List[np.ndarray]] = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._passes = [0] * len(self._params)
+        self._missing = [len(b.params) for b in self._buckets]
+        self._inflight: List[Any] = [None] * len(self._buckets)
+        self._next_bucket = 0
+        self._ctl: Optional[mpi_ops._Control] = None
+
+    # ---- the reduction ----------------------------------------------------------
+
+    def _make_hook(self, i: int):
+        def hook(p: torch.Tensor) -> None:
+            self._passes[i] += 1
+            if self._passes[i] > self._passes_per_step:
+                raise RuntimeError(
+                    f"the gradient of {self._names[id(p)]} was computed more than backward_passes_per_step="
+                    f"{self._passes_per_step} times before step(); raise backward_passes_per_step to "
+                    "accumulate gradients locally")
+            if self._passes[i] == self._passes_per_step:
+                self._missing[self._bucket_of[i]] -= 1
+                while self._next_bucket < len(self._buckets) and self._missing[self._next_bucket] == 0:
+                    self._launch(self._next_bucket)
+                    self._next_bucket += 1
+
+        return hook
+
+    def _launch(self, k: int) -> None:
+        if self._ctl is None and k == 0:
+            self._ctl = _control(_K_STEP, self._oid)
+        bucket = self._buckets[k]
+        # A gradient replaced behind our back (model.zero_grad() sets None,
+        # autograd then allocates a new one) goes back into the buffer.
+        for i in bucket.params:
+            p, view = self._params[i], self._grad_views[i]
+            if p.grad is None:
+                view.zero_()
+                p.grad = view
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+                p.grad = view
+        flat = bucket.view()
+        wire, ctx = self._compression.compress(flat)
+        wire = wire.contiguous()
+        arr = _np(wire)
+        handle = self._comm.allreduce(arr, op=self._op, out=arr, async_op=True)
+        self._inflight[k] = (handle, wire, ctx)
+
+    def _stand_in(self) -> None:
+        """On a rank inside join(): this step's allreduces, with zeros."""
+        if self._stand_in_wires is None:
+            self._stand_in_wires = []
+            for b in self._buckets:
+                wire, _ = self._compression.compress(torch.zeros(b.stop - b.start, dtype=b.flat.dtype))
+                self._stand_in_wires.append(_np(wire.contiguous()))
+        for arr in self._stand_in_wires:
+            arr[...] = 0
+            self._comm.allreduce(arr, op=self._op, out=arr)
+
+    def synchronize(self) -> None:
+        """Launches the buckets not launched yet (every gradient counts as
+        ready), waits for all of them, and leaves the reduced gradients in
+        ``p.grad``. Must be called on all ranks."""
+        while self._next_bucket < len(self._buckets):
+            self._launch(self._next_bucket)
+            self._next_bucket += 1
+        error: Optional[BaseException] = None
+        for k, (handle, wire, ctx) in enumerate(self._inflight):
+            try:
+                handle.wait()
+            except BaseException as exc:  # noqa: BLE001 - wait for every bucket, raise the first error
+                error = error or exc
+                continue
+            flat = self._buckets[k].view()
+            if wire.data_ptr() != flat.data_ptr():
+                flat.copy_(self._compression.decompress(wire, ctx))
+        ctl = self._ctl
+        self._reset()
+        if error is not None:
+            raise error
+        if ctl is not None and self._op.value == "avg":
+            n = ctl.n_active()
+            if n != ctl.size:  # some ranks joined: average over those that contributed
+                for b in self._buckets:
+                    b.view().mul_(ctl.size / n)
+        self._synchronized = True
+
+    @contextlib.contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        """Within this block, ``step()`` does not synchronize (use after an
+        explicit :meth:`synchronize`, e.g. to clip gradients)."""
+        self._should_synchronize = False
+        try:
+            yield
+        finally:
+            self._should_synchronize = True
+
+    def step(self, closure: Any = None) -> Any:
+        """Averages (or sums) the gradients across ranks unless
+        :meth:`synchronize` already did in this step, then steps the wrapped
+        optimizer. Must be called on all ranks."""
+        if self._should_synchronize and not self._synchronized:
+            self.synchronize()
+        self._synchronized = False
+        return self._distml_base.step(self, closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zeroes the gradients (in the shared buffer; ``set_to_none`` is
+        ignored, since the buffer views must stay in place).
+
+        Raises:
+            AssertionError: gradients of this step are being reduced (called
+                between backward() and step()/synchronize()), as in Horovod.
+        """
+        if any(x is not None for x in self._inflight) or any(self._passes):
+            raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
+                                 "optimizer.step() or optimizer.synchronize(); gradients are being reduced")
+        for b in self._buckets:
+            b.view().zero_()
+        for i, p in enumerate(self._params):
+            if p.grad is None or p.grad.data_ptr() != self._grad_views[i].data_ptr():
+                p.grad = self._grad_views[i]
+
+    def set_backward_passes_per_step(self, passes: int) -> None:
+        if passes < 1:
+            raise ValueError(f"backward_passes_per_step must be >= 1, not {passes}")
+        self._passes_per_step = int(passes)
+
+    def remove_hooks(self) -> None:
+        """Detaches the gradient hooks (the optimizer stops reducing during backward)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def DistributedOptimizer(optimizer: torch.optim.Optimizer,
+                         named_parameters: Optional[Iterable[Tuple[str, torch.Tensor]]] = None,
+                         compression: Any = Compression.none, backward_passes_per_step: int = 1,
+                         op: Any = Average, gradient_predivide_factor: float = 1.0,
+                         num_groups: int = 0, groups: Any = None, sparse_as_dense: bool = False,
+                         process_set: Any = None, bucket_bytes: int = _DEFAULT_BUCKET_BYTES) -> Any:
+    """Wraps a torch optimizer so that ``step()`` uses gradients reduced over
+    all ranks (averaged by default).
+
+    Each parameter's gradient is a view of a flat per-dtype buffer; a
+    post-accumulate-grad hook marks it ready, and as soon as a bucket
+    (``bucket_bytes``) is complete its allreduce starts in the background,
+    overlapping the rest of the backward pass. ``step()`` waits for them.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` over this rank's replica.
+        named_parameters: (name, parameter) pairs, e.g.
+            ``model.named_parameters()``; used for messages and checked to
+            cover every parameter of the optimizer.
+        compression: ``Compression.none``, ``.fp16`` or ``.bf16`` (or a
+            :class:`~distml.torch.compression.Compressor`).
+        backward_passes_per_step: backward passes accumulated locally per
+            reduction (gradients are summed over them, not averaged).
+        op: Average or Sum (Adasum raises ValueError).
+        gradient_predivide_factor: must be 1.0 (distml's average divides
+            once, inside the core).
+        num_groups, groups: accepted for compatibility; fusion is by
+            ``bucket_bytes`` instead.
+        sparse_as_dense: accepted; sparse gradients are not supported.
+        process_set: must be None.
+        bucket_bytes: target bucket size (a distml extension; default 4 MiB).
+
+    Returns:
+        An instance of a subclass of ``type(optimizer)`` sharing its state
+        and parameter groups.
+
+    Raises:
+        ValueError: Adasum or another unsupported op, process sets,
+            gradient_predivide_factor != 1, unnamed parameters.
+
+    Construction, ``step()`` and ``synchronize()`` must be called on all ranks.
+    """
+    mpi_ops._check_process_set(process_set)
+    if gradient_predivide_factor != 1.0:
+        raise ValueError("gradient_predivide_factor is not supported by distml.torch (use 1.0)")
+    if bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes must be >= 1, not {bucket_bytes}")
+    base = type(optimizer)
+    namespace = {k: v for k, v in _DistributedOptimizer.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    namespace["_distml_base"] = base
+    cls = type(base.__name__, (base,), namespace)
+    wrapped = cls.__new__(cls)
+    wrapped.__dict__.update(optimizer.__dict__)
+    wrapped._distml_setup(named_parameters, compression, backward_passes_per_step, op, int(bucket_bytes))
+    return wrapped
+
