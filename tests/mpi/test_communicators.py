@@ -146,3 +146,25 @@ def test_timeout_when_a_rank_never_joins(world, argument_check):
     with distml.Communicator(world, timeout=120) as fresh:
         check.expect("a fresh communicator works", call(lambda: fresh.allreduce(x)), x * P)
     check.verify()
+
+
+def test_free_waits_for_pending_work(world):
+    """free() completes async work first; the handles still give results.
+    The communicator is a duplicate: freeing the caller's one is harmless."""
+    P, rank = world.size, world.rank
+    check = Checker(P)
+    dtype = np.dtype(np.int64)
+    mine = world.Dup()
+    comm = distml.Communicator(mine, timeout=120)
+    mine.Free()
+    xs = inputs(("free-pending",), dtype, (5000,), "small", P)
+    handles = [call(lambda: comm.allreduce(xs[rank], op=op, async_op=True)) for op in ("sum", "max", "min")]
+    h_gather = call(lambda: comm.allgather(xs[rank], async_op=True))
+    call(comm.free)
+    for op, h in zip(("sum", "max", "min"), handles):
+        check.expect(f"pending {op} after free", call(h.wait) if isinstance(h, distml.Handle) else h,
+                     reduce_ref(xs, op))
+    check.expect("pending allgather after free", call(h_gather.wait) if isinstance(h_gather, distml.Handle)
+                 else h_gather, allgather_ref(xs))
+    check.expect_raises("new work after free", call(lambda: comm.allreduce(xs[rank])), distml.CommunicatorError)
+    check.verify()
