@@ -280,6 +280,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, int dtype, int op) {
     DISTML_CHECK_ARG(!srcs.empty(), "reduce_many needs at least one source");
+    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+                     "item size does not match dtype");
     std::vector<const void*> ptrs;
     for (auto& s : srcs) {
       DISTML_CHECK_ARG(s.size() == dst.size(), "a source differs in length from dst");
@@ -293,6 +295,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("kernel_scale_avg", [=](py::array buf, int dtype, std::size_t divisor) {
     DISTML_CHECK_ARG(divisor > 0, "divisor must be positive");
+    DISTML_CHECK_ARG(static_cast<std::size_t>(buf.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+                     "item size does not match dtype");
     void* b = writable(buf, "buf");
     py::gil_scoped_release nogil;
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), static_cast<DType>(dtype), divisor);
