@@ -61,6 +61,9 @@ def init(comm: Any = None, timeout: Optional[float] = None) -> Communicator:
             _default.timeout = timeout
         return _default
     _default = Communicator(comm, timeout=timeout)
+    from . import timeline as _timeline
+
+    _timeline._attach(_default)  # DISTML_TIMELINE, or a timeline.start() already running
     return _default
 
 
@@ -143,3 +146,8 @@ __all__ += ["optim", "nn", "data", "checkpoint",
 from . import parallel  # noqa: E402
 
 __all__ += ["parallel"]
+
+# Tooling (issue 7): distml.timeline (Chrome traces), python -m distml.run, python -m distml.info.
+from . import timeline  # noqa: E402
+
+__all__ += ["timeline"]

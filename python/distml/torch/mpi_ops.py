@@ -116,6 +116,9 @@ def shutdown() -> None:
         if c is not None:
             c.Free()
     _state.local = _state.cross = None
+    from distml import timeline
+
+    timeline.flush(_state.comm)  # keep a running timeline's records of this communicator
     _state.comm = None
     distml.shutdown()
 
