@@ -25,12 +25,16 @@ fi
 DISTML_SANITIZE=address,undefined "$VENV/bin/pip" install -q --no-build-isolation --no-deps --force-reinstall \
   -C build-dir="$BUILD" -C cmake.build-type=RelWithDebInfo .
 
+# libstdc++ is preloaded too: python does not link it, and ASan's __cxa_throw
+# interceptor must find the real one at start-up, or the first C++ exception
+# aborts with "CHECK failed ... real___cxa_throw".
 LIBASAN=$("$CC" -print-file-name=libasan.so)
+LIBSTDCXX=$("$CC" -print-file-name=libstdc++.so)
 if [ ! -e "$LIBASAN" ]; then
   echo "sanitize.sh: $CC has no libasan.so" >&2
   exit 2
 fi
-export LD_PRELOAD="$LIBASAN"
+export LD_PRELOAD="$LIBASAN $LIBSTDCXX"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
 export PATH="$VENV/bin:$PATH"
