@@ -141,10 +141,6 @@ def test_stalled_rank_two_fake_nodes():
     _check_stall(result, P, "two fake nodes")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: after rank 0 misses a collective (timeout through rank 0), the other ranks' arrival "
-    "messages stay unmatched; a later communicator (MPI reuses the context id) takes them for its own "
-    "first collective, so a rank that never arrived counts as arrived"))
 def test_stale_arrivals_after_root_absent_timeout():
     P = 4
     result = run(P, "stall", "root_absent", "auto", limit=60, env={"MPIR_CVAR_NUM_CLIQUES": "2"})
@@ -305,9 +301,6 @@ def test_bad_input_seen_by_some_ranks_only(P):
 # ---- exit with several communicators alive ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: distml.comm._free_all frees the live communicators in WeakSet order, which differs "
-    "between ranks, and free() is collective (MPI_Win_free), so the exit handler deadlocks"))
 def test_exit_with_several_live_communicators():
     P = 2
     result = run(P, "exit_many", "8", limit=15)

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <random>
 #include <sstream>
 
 #include "common/aligned_buffer.h"
@@ -78,6 +79,10 @@ struct Signature {
   std::int32_t ndim, window;
   std::uint64_t window_offset;
   std::int64_t shape[kMaxDims];
+  // Which communicator and which of its collectives this is, so that a
+  // message left over from a broken communicator (whose MPI context a new
+  // one may reuse) is never taken for a current one.
+  std::uint64_t comm_id, seq;
 };
 
 Signature signature_of(const Call& c) {
@@ -190,6 +195,9 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   // Without MPI_THREAD_MULTIPLE the background thread could call MPI while the
   // user's thread does; async collectives then run at submission instead.
   threaded_ = provided == MPI_THREAD_MULTIPLE;
+  // An identifier for this communicator that all its ranks share.
+  if (rank_ == 0) comm_id_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  DISTML_MPI(MPI_Bcast(&comm_id_, 1, MPI_UINT64_T, 0, comm_->raw()));
 
   if (settings_.shm && size_ > 1) setup_nodes();
 }
@@ -501,6 +509,7 @@ std::string rank_list(const std::vector<std::int32_t>& ranks) {
 struct Verdict {
   std::int32_t status;  // kAgreed, kMismatch (P signatures follow), kTimedOut (missing ranks follow)
   std::int32_t count;
+  std::uint64_t comm_id, seq;  // as in Signature
 };
 constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 
@@ -585,17 +594,30 @@ void Communicator::arrive_through_root(const Call& call) {
   const int P = size_;
   const double timeout = settings_.timeout;
   Signature mine = signature_of(call);
+  mine.comm_id = comm_id_;
+  mine.seq = seq_;
+  // The size of what follows a verdict, so that a stale one can be skipped.
+  auto payload_bytes = [&](const Verdict& v) -> std::size_t {
+    if (v.status == kMismatch) return sizeof(Signature) * static_cast<std::size_t>(v.count);
+    if (v.status == kTimedOut) return sizeof(std::int32_t) * static_cast<std::size_t>(v.count);
+    return 0;
+  };
 
   if (rank_ != 0) {
     Request sent = comm.isend(&mine, sizeof mine, 0, alg::kTagArrival);
     Verdict v{};
-    Request answer = comm.irecv(&v, sizeof v, 0, alg::kTagVerdict);
     const double grace = std::min(1.0, 0.25 * timeout) + timeout;
-    for (long polls = 0; !comm.test(answer); ++polls) {
-      transport::MpiComm::pause(polls);
-      if ((polls & 63) == 0 && comm.elapsed() > grace) {
-        DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
+    for (;;) {
+      Request answer = comm.irecv(&v, sizeof v, 0, alg::kTagVerdict);
+      for (long polls = 0; !comm.test(answer); ++polls) {
+        transport::MpiComm::pause(polls);
+        if ((polls & 63) == 0 && comm.elapsed() > grace) {
+          DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
+        }
       }
+      if (v.comm_id == comm_id_ && v.seq == seq_) break;
+      std::vector<char> stale(payload_bytes(v));  // left over from an earlier collective
+      if (!stale.empty()) comm.recv(stale.data(), stale.size(), 0, alg::kTagVerdict);
     }
     comm.start_deadline(timeout);  // the payload follows the answer at once
     comm.wait(sent);
@@ -627,6 +649,11 @@ void Communicator::arrive_through_root(const Call& call) {
   for (long polls = 0; pending > 0; ++polls) {
     for (int r = 1; r < P; ++r) {
       if (!arrived[r] && comm.test(arrivals[r])) {
+        if (sigs[r].comm_id != comm_id_ || sigs[r].seq != seq_) {
+          // left over from an earlier collective: listen again
+          arrivals[r] = comm.irecv(&sigs[r], sizeof(Signature), r, alg::kTagArrival);
+          continue;
+        }
         arrived[r] = 1;
         --pending;
       }
@@ -646,7 +673,7 @@ void Communicator::arrive_through_root(const Call& call) {
     }
     if (waited > timeout) {
       auto missing = missing_ranks();
-      Verdict v{kTimedOut, static_cast<std::int32_t>(missing.size())};
+      Verdict v{kTimedOut, static_cast<std::int32_t>(missing.size()), comm_id_, seq_};
       comm.start_deadline(1.0);  // for the report itself
       // Small messages: sent eagerly, so they need no waiting (and freeing
       // the requests lets them complete on their own).
@@ -665,7 +692,7 @@ void Communicator::arrive_through_root(const Call& call) {
   if (settings_.check) {
     for (int r = 1; r < P; ++r) agreed = agreed && same_signature(sigs[r], sigs[0]);
   }
-  Verdict v{agreed ? kAgreed : kMismatch, agreed ? 0 : P};
+  Verdict v{agreed ? kAgreed : kMismatch, agreed ? 0 : P, comm_id_, seq_};
   std::vector<Request> sends;
   for (int r = 1; r < P; ++r) {
     sends.push_back(comm.isend(&v, sizeof v, r, alg::kTagVerdict));

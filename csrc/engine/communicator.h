@@ -205,6 +205,7 @@ class Communicator {
   std::thread worker_;
 
   std::uint64_t seq_ = 0;  // collectives started on this communicator
+  std::uint64_t comm_id_ = 0;  // shared by this communicator's ranks
   std::atomic<bool> trace_{false};
   std::mutex trace_mu_;
   std::vector<TraceEvent> events_;

@@ -26,10 +26,15 @@ _ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIE
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
 
+_created = 0  # communicators created by this process so far
+
+
 def _free_all() -> None:
     # Registered after mpi4py's own exit handler, so it runs before
     # MPI_Finalize: background threads stop and duplicates are freed first.
-    for comm in list(_live):
+    # Freeing is collective, so every rank frees in the same order: the
+    # reverse of creation, which MPI programs already keep consistent.
+    for comm in sorted(_live, key=lambda c: c._order, reverse=True):
         comm.free()
 
 
@@ -197,6 +202,9 @@ class Communicator:
             self._core.shm_one_shot_bytes = int(one_shot)
         if stall_warning is not None:
             self._core.stall_warning = float(stall_warning)
+        global _created
+        _created += 1
+        self._order = _created
         self._freed = False
         _live.add(self)
         if tune:
