@@ -82,11 +82,17 @@ class GradientBuffer:
         buckets: list of :class:`Bucket`, in launch order.
         bucket_of: bucket index of each parameter.
 
+        comm: a :class:`distml.Communicator` whose ranks all share one node:
+            the buffer is then allocated in node-shared memory
+            (:meth:`Communicator.zeros`), so that in-place allreduces of its
+            buckets read peers' gradients where they lie instead of copying
+            them in first. Creating such a buffer must be done on all ranks.
+
     Raises:
         ValueError: no parameters, mixed dtypes, or ``bucket_bytes`` < 1.
     """
 
-    def __init__(self, params: Sequence[np.ndarray], bucket_bytes: int = 25 << 20) -> None:
+    def __init__(self, params: Sequence[np.ndarray], bucket_bytes: int = 25 << 20, comm: Any = None) -> None:
         params = list(params)
         if not params:
             raise ValueError("GradientBuffer needs at least one parameter")
@@ -99,8 +105,11 @@ class GradientBuffer:
         self.bucket_bytes = int(bucket_bytes)
         sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
         total = sum(sizes)
-        self.buffer = aligned_empty(total, self.dtype)
-        self.buffer.fill(0)
+        if comm is not None and comm.shared_memory == "one node":
+            self.buffer = comm.zeros(total, self.dtype)
+        else:
+            self.buffer = aligned_empty(total, self.dtype)
+            self.buffer.fill(0)
 
         offsets = [0] * len(params)
         self.buckets: List[Bucket] = []
@@ -188,11 +197,18 @@ class DistributedOptimizer:
         self.optimizer = optimizer
         self.comm = _default_comm(comm)
         self.compression = compression
-        self.grad_buffer = GradientBuffer(optimizer.params, bucket_bytes)
         wire = _wire_dtype(compression)
+        # On one node, the buffers that are reduced in place live in
+        # node-shared memory, which saves the allreduce a copy.
+        shared = self.comm.shared_memory == "one node"
+        self.grad_buffer = GradientBuffer(optimizer.params, bucket_bytes,
+                                          comm=self.comm if shared and wire is None else None)
         if wire is not None and self.grad_buffer.dtype != np.float32:
             raise ValueError(f"compression needs float32 gradients, not {self.grad_buffer.dtype}")
-        self._wire = [None if wire is None else np.empty(b.size, dtype=wire) for b in self.grad_buffer.buckets]
+        self._wire = [
+            None if wire is None else (self.comm.empty(b.size, wire) if shared else np.empty(b.size, dtype=wire))
+            for b in self.grad_buffer.buckets
+        ]
         self._ready = [False] * len(self.grad_buffer)
         self._missing = [len(b.params) for b in self.grad_buffer.buckets]
         self._handles: List[Any] = [None] * len(self.grad_buffer.buckets)
