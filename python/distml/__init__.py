@@ -61,9 +61,6 @@ def init(comm: Any = None, timeout: Optional[float] = None) -> Communicator:
             _default.timeout = timeout
         return _default
     _default = Communicator(comm, timeout=timeout)
-    from . import timeline as _timeline
-
-    _timeline._attach(_default)  # DISTML_TIMELINE, or a timeline.start() already running
     return _default
 
 

@@ -211,6 +211,9 @@ class Communicator:
             from . import tune as _tune
 
             _tune.apply_table(self, _tune.load_table(self))
+        from . import timeline as _timeline
+
+        _timeline._attach(self)  # DISTML_TIMELINE, or a timeline.start() running
 
     # ---- properties --------------------------------------------------------
 
@@ -249,6 +252,9 @@ class Communicator:
         """Waits for async work, then releases the communicator. Later calls raise
         :class:`distml.CommunicatorError`. Must be called on all ranks."""
         if not self._freed:
+            from . import timeline as _timeline
+
+            _timeline.flush(self)
             self._freed = True
             self._core.free()
 
