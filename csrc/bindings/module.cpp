@@ -161,6 +161,17 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release nogil;
             self.run(call);
           })
+      .def(
+          "refuse",
+          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
+             const std::string& algo) {
+            auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
+            call.invalid = true;
+            py::gil_scoped_release nogil;
+            self.run(call);
+          },
+          "Takes part in a collective's agreement with arguments this rank found invalid, so "
+          "that every rank raises; then raises ValueError here.")
       .def("submit",
            [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,

@@ -78,6 +78,7 @@ struct Signature {
   std::uint64_t count, unit;
   std::int32_t ndim, window;
   std::uint64_t window_offset;
+  std::uint64_t invalid;
   std::int64_t shape[kMaxDims];
   // Which communicator and which of its collectives this is, so that a
   // message left over from a broken communicator (whose MPI context a new
@@ -98,6 +99,7 @@ Signature signature_of(const Call& c) {
   s.ndim = c.ndim;
   s.window = c.window;
   s.window_offset = c.window_offset;
+  s.invalid = c.invalid ? 1 : 0;
   for (int i = 0; i < c.ndim && i < kMaxDims; ++i) s.shape[i] = c.shape[i];
   return s;
 }
@@ -443,6 +445,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     coordinate(call);
     arrived = true;
     if (tracing) ev.arrived = now_us();
+    if (call.invalid) DISTML_THROW(InvalidArgument, "invalid arguments on rank " << rank_);
     dispatch(call, algo);
     record(true);
   } catch (const Timeout& e) {
@@ -484,6 +487,9 @@ std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
   auto add = [&](const char* field, const std::string& d) {
     if (!d.empty()) os << " " << field << ": " << d << ".";
   };
+  add("arguments", describe_field(sigs, [](const Signature& s) {
+    return std::string(s.invalid ? "invalid (see the error raised there)" : "valid");
+  }));
   add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));
   add("dtype", describe_field(sigs, [](const Signature& s) { return std::string(dtype_name(static_cast<DType>(s.dtype))); }));
   add("count", describe_field(sigs, [](const Signature& s) { return std::to_string(s.count); }));

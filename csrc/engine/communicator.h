@@ -77,6 +77,10 @@ struct Call {
   // only), or -1, and the offset in it. Part of what ranks compare.
   int window = -1;
   std::uint64_t window_offset = 0;
+  // This rank found its arguments invalid (a check only it can make, like
+  // the root's out=): it joins the agreement so that every rank raises, and
+  // then raises InvalidArgument itself.
+  bool invalid = false;
 };
 
 struct Settings {

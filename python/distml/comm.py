@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core
 from ._dtypes import dtype_code, op_code
+from ._errors import DistmlError
 
 __all__ = ["Communicator", "Handle"]
 
@@ -315,6 +316,18 @@ class Communicator:
         self._core.run(*args)
         return finish()
 
+    def _refuse(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str, error: Exception):
+        """Raises ``error``, a problem only this rank can see (the root's
+        ``out=``), after taking part in the collective's agreement as
+        invalid, so that the other ranks raise MismatchError instead of
+        waiting. Without the mismatch check, the others are left waiting."""
+        if self.size > 1 and self.check:
+            try:
+                self._core.refuse(kind, dtype, op, int(count), root, algorithm)
+            except (DistmlError, ValueError):
+                pass
+        raise error
+
     @staticmethod
     def _contiguous_in(x: np.ndarray) -> np.ndarray:
         return x if x.flags.c_contiguous else np.ascontiguousarray(x)
@@ -417,13 +430,16 @@ class Communicator:
         src = self._contiguous_in(arr)
         dst = ret = None
         if self.rank == root:
-            if out is not None and _same_buffer(out, arr):
-                _check_out(out, arr.shape, arr.dtype)
-                dst, ret = src, out
-            else:
-                if out is not None and np.may_share_memory(out, arr):
-                    raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
-                dst, ret = self._result_buffer(arr, out, arr.shape)
+            try:
+                if out is not None and _same_buffer(out, arr):
+                    _check_out(out, arr.shape, arr.dtype)
+                    dst, ret = src, out
+                else:
+                    if out is not None and np.may_share_memory(out, arr):
+                        raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
+                    dst, ret = self._result_buffer(arr, out, arr.shape)
+            except (TypeError, ValueError) as e:
+                self._refuse(_REDUCE, code, opc, arr.size, root, algorithm, e)
 
         def finish() -> Optional[np.ndarray]:
             if ret is not None and dst is not ret:
@@ -453,7 +469,8 @@ class Communicator:
         root = self._root(root)
         algorithm = self._algorithm(algorithm)
         if self.rank != root and not arr.flags.writeable:
-            raise ValueError("x is read-only; broadcast writes into x on every rank but the root")
+            self._refuse(_BROADCAST, code, 0, arr.size, root, algorithm,
+                         ValueError("x is read-only; broadcast writes into x on every rank but the root"))
         buf = self._contiguous_in(arr)
 
         def finish() -> np.ndarray:

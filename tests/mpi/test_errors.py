@@ -139,9 +139,9 @@ def test_out_errors(comm_default, name):
         "allgather": (P * x.shape[0], 3),
         "reduce_scatter": (len(np.array_split(np.zeros(x.shape[0]), P)[rank]), 3),
     }
-    # reduce checks out only on the root (out is ignored elsewhere), so a bad
-    # out raises on one rank only and would strand the others in the
-    # collective: only the single-rank case can test it.
+    # reduce checks out only on the root (out is ignored elsewhere); at P > 1
+    # the other ranks learn of it through the agreement and raise
+    # MismatchError: test_root_only_errors_reach_every_rank.
     if name != "reduce" or P == 1:
         for label, out, exc in _bad_outs(x, shapes[name]):
             for algorithm in ["auto", "mpi"]:
@@ -319,4 +319,27 @@ def test_mismatch_messages_and_kinds(comm_default):
     check.expect_raises("async op mismatch", got, distml.MismatchError)
     check.expect("allreduce after the mismatches", call(lambda: comm.allreduce(x, op="max")), x)
     _still_usable(comm, check, "kinds")
+    check.verify()
+
+
+@needs_peers
+def test_root_only_errors_reach_every_rank(comm):
+    """A problem only one rank can see (the root's out= for reduce, a
+    read-only x on a receiving rank for broadcast) raises the specific error
+    there and MismatchError on every other rank, and nobody is left waiting."""
+    P, rank = comm.size, comm.rank
+    check = Checker(P)
+    x = _rows(P, np.float32)
+    for root in range(P):
+        for label, out, exc in _bad_outs(x, x.shape):
+            got = call(lambda: comm.reduce(x, root=root, out=out if rank == root else None))
+            check.expect_raises(f"reduce root {root} out {label}", got,
+                                exc if rank == root else distml.MismatchError)
+        y = x.copy()
+        bad = (root + 1) % P
+        y.flags.writeable = rank != bad
+        got = call(lambda: comm.broadcast(y, root=root))
+        check.expect_raises(f"broadcast root {root} read-only on {bad}", got,
+                            ValueError if rank == bad else distml.MismatchError)
+    check.expect("allreduce after root-only errors", call(lambda: comm.allreduce(x)), x * P)
     check.verify()
