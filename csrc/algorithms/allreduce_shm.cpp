@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "algorithms/schedule.h"
+#include "common/aligned_buffer.h"
 #include "transport/shm.h"
 
 namespace distml::algorithms {
@@ -126,6 +127,65 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
     std::size_t r0, rn;
     chunk_slice(count, L, r, align, &r0, &rn);
     if (rn) std::memcpy(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
+  }
+  shm.publish(Counter::kReleased, step);
+  shm.wait_all(Counter::kReleased, step);
+}
+
+}  // namespace distml::algorithms
+
+namespace distml::algorithms {
+
+// Single-copy allreduce for large messages on one node: ranks read each
+// other's private buffers directly (process_vm_readv), so nothing is copied
+// into shared memory first.
+//   1. post the addresses of my input and output
+//   2. reduce my slice: for each piece of it, read that piece of every
+//      peer's input into a small cache-resident buffer, and reduce it with my
+//      own input straight into my output: reduced = step
+//   3. when a peer has reduced, read its slice of its output into mine
+//   4. release, and wait for every peer's release before returning: peers
+//      read my buffers until then.
+// In place is safe: during step 2 a peer reads only my slice of its own
+// index, which I overwrite in step 3 only after that peer has reduced.
+void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
+                               std::size_t count, const Reduction& red) {
+  const int L = shm.size(), me = shm.rank();
+  const std::size_t elem = red.elem;
+  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+  const std::size_t piece = std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
+  auto& mine = shm.control(me);
+  mine.in_addr = reinterpret_cast<std::uint64_t>(in);
+  mine.out_addr = reinterpret_cast<std::uint64_t>(out);
+  const std::uint64_t step = shm.next_step();
+  shm.publish(Counter::kPosted, step);
+  shm.wait_all(Counter::kPosted, step);
+
+  std::size_t s0, sn;
+  chunk_slice(count, L, me, align, &s0, &sn);
+  AlignedBuffer staging(piece * elem * static_cast<std::size_t>(L - 1));
+  std::vector<const void*> srcs(L);
+  const char* x = static_cast<const char*>(in);
+  char* y = static_cast<char*>(out);
+  for (std::size_t o = s0; o < s0 + sn; o += piece) {
+    const std::size_t n = std::min(piece, s0 + sn - o);
+    srcs[0] = x + o * elem;
+    for (int i = 1; i < L; ++i) {
+      const int r = (me + i) % L;
+      char* dst = staging.data() + (i - 1) * piece * elem;
+      shm.read_peer(r, dst, shm.control(r).in_addr + o * elem, n * elem);
+      srcs[i] = dst;
+    }
+    kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
+  }
+  shm.publish(Counter::kReduced, step);
+
+  for (int i = 1; i < L; ++i) {
+    const int r = (me + i) % L;
+    shm.wait_one(r, Counter::kReduced, step);
+    std::size_t r0, rn;
+    chunk_slice(count, L, r, align, &r0, &rn);
+    if (rn) shm.read_peer(r, y + r0 * elem, shm.control(r).out_addr + r0 * elem, rn * elem);
   }
   shm.publish(Counter::kReleased, step);
   shm.wait_all(Counter::kReleased, step);

@@ -152,6 +152,9 @@ void barrier_dissemination(MpiComm& comm);
 // Messages of at most `one_shot_bytes` take the single-step path.
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes);
+// Large messages where peers can read each other's memory directly.
+void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
+                               std::size_t count, const Reduction& red);
 // In place, on a buffer at `offset` in `window` on every rank.
 void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& window,
                           std::size_t offset, std::size_t count, const Reduction& red);

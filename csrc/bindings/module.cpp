@@ -30,10 +30,13 @@ void raise_as(const char* name, const std::exception& e) {
   PyErr_SetObject(cls.ptr(), exc.ptr());
 }
 
-// The data pointer of an array argument, or null for None.
-const void* data_of(const py::object& arr) {
+// The data pointer and size in bytes of an array argument; null for None.
+const void* data_of(const py::object& arr, std::size_t* nbytes) {
+  *nbytes = 0;
   if (arr.is_none()) return nullptr;
-  return py::reinterpret_borrow<py::array>(arr).data();
+  auto a = py::reinterpret_borrow<py::array>(arr);
+  *nbytes = static_cast<std::size_t>(a.nbytes());
+  return a.data();
 }
 
 engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
@@ -49,8 +52,16 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
   c.algo = engine::parse_algo(c.kind, algo);
   c.ndim = static_cast<int>(shape.size());
   for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = shape[i];
-  c.in = data_of(in);
-  c.out = const_cast<void*>(data_of(out));
+  std::size_t in_bytes = 0, out_bytes = 0;
+  c.in = data_of(in, &in_bytes);
+  c.out = const_cast<void*>(data_of(out, &out_bytes));
+  // Exactly the same buffer is an in-place call; any other overlap would
+  // have the schedule read what it already overwrote.
+  const char* i0 = static_cast<const char*>(c.in);
+  const char* o0 = static_cast<const char*>(c.out);
+  if (i0 && o0 && i0 != o0 && in_bytes && out_bytes && i0 < o0 + out_bytes && o0 < i0 + in_bytes) {
+    DISTML_THROW(InvalidArgument, "out overlaps x without being x; pass out=x for an in-place call, or separate arrays");
+  }
   return c;
 }
 
@@ -213,6 +224,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "shm_one_shot_bytes", [](engine::Communicator& s) { return s.settings().shm_one_shot_bytes; },
           [](engine::Communicator& s, std::size_t v) { s.settings().shm_one_shot_bytes = v; })
+      .def_property(
+          "shm_single_copy_bytes", [](engine::Communicator& s) { return s.settings().shm_single_copy_bytes; },
+          [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_bytes = v; })
       .def("set_thresholds",
            [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
               std::size_t reduce) {

@@ -731,6 +731,9 @@ void Communicator::dispatch(const Call& c, Algo algo) {
         std::size_t offset = 0;
         auto w = shm_->find(c.in, c.count * elem, &offset);
         alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red);
+      } else if (algo == Algo::kShm && shm_->single_copy() &&
+                 c.count * elem >= settings_.shm_single_copy_bytes) {
+        alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red);
       } else if (algo == Algo::kShm)
         alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
       else if (algo == Algo::kHierarchical)

@@ -97,6 +97,9 @@ struct Settings {
   // Shared memory: each rank's two slots, and the one-shot allreduce limit.
   std::size_t shm_slot_bytes = 1 << 20;
   std::size_t shm_one_shot_bytes = 16 << 10;
+  // From this size on, shm allreduce reads peers' buffers directly (where
+  // the OS allows it) instead of staging them in shared memory.
+  std::size_t shm_single_copy_bytes = 256 << 10;
   bool shm = true;  // use the node's shared memory when every rank is on one node
   // Measured choices (distml.tune): per collective, (max bytes, algorithm)
   // rows in increasing size; the first row that fits and can run here wins

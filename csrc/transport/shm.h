@@ -34,6 +34,13 @@ struct alignas(64) ShmControl {
   char pad3[56];
   std::atomic<std::uint64_t> arrived;   // I have entered collective number v
   char pad4[56];
+  // For single-copy schedules: my process id, and the addresses of my input
+  // and output for the step being posted (written before `posted`, read by
+  // peers after they see it; stable until every peer has released).
+  std::uint64_t pid;
+  std::uint64_t in_addr;
+  std::uint64_t out_addr;
+  char pad5[40];
   // What I called collective v with, in note[v & 1]: peers compare it after
   // waiting for `arrived`, and a peer cannot reach collective v + 2 (and
   // overwrite the note) before I have arrived at v + 1.
@@ -90,6 +97,12 @@ class ShmGroup {
   // Waits until rank r's counter `c` is at least `step`.
   void wait_one(int r, Counter c, std::uint64_t step);
 
+  // Whether peers' private memory can be read directly (Linux
+  // process_vm_readv, checked on every rank when the group is made).
+  bool single_copy() const { return single_copy_; }
+  // Copies `bytes` from address `remote` in node rank r's process into `local`.
+  void read_peer(int r, void* local, std::uint64_t remote, std::size_t bytes);
+
   // Ranks whose counter `c` is still below `step`.
   std::vector<int> behind(Counter c, std::uint64_t step);
 
@@ -114,6 +127,7 @@ class ShmGroup {
   int size_ = 1;
   std::size_t slot_bytes_ = 0;
   std::uint64_t step_ = 0;
+  bool single_copy_ = false;
   std::vector<char*> regions_;
   // Windows live as long as the group; see ~ShmGroup.
   std::vector<std::shared_ptr<ShmWindow>> windows_;

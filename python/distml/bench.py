@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "per call); default: distml's default (DISTML_CHECK, on)")
     p.add_argument("--segment-bytes", type=parse_size, default=None, help="distml segment size (tuning)")
     p.add_argument("--no-memcpy", action="store_true", help="skip the memcpy ceiling")
+    p.add_argument("--no-extras", action="store_true",
+                   help="allreduce: skip the in-place rows (MPI_IN_PLACE, distml on node-shared buffers)")
     p.add_argument("--out", default=None,
                    help="JSON path (default bench/results/<collectives>_P<P>_<date>.json); '-' for none")
     p.add_argument("--png", default=None, help="also plot the results to this PNG (rank 0, needs matplotlib)")
@@ -349,6 +351,25 @@ class Case:
             return lambda i: comm.alltoall(ins[i % n], out=outs[i % n], algorithm=algorithm)
         raise ValueError(name)
 
+    def inplace_baseline_call(self, mcomm: Any) -> Callable[[int], Any]:
+        """MPI_Allreduce with MPI_IN_PLACE on the output buffers."""
+        from mpi4py import MPI
+
+        outs, n = self.outs, self.nsets
+        return lambda i: mcomm.Allreduce(MPI.IN_PLACE, outs[i % n], op=MPI.SUM)
+
+    def shared_buffer_call(self, comm: Any) -> Callable[[int], Any]:
+        """distml's in-place allreduce on arrays in node-shared memory
+        (allocated here: collective, so every rank builds the same Case)."""
+        shared = []
+        for src in self.ins:
+            a = comm.empty(src.shape, src.dtype)
+            a[...] = src
+            shared.append(a)
+        self.shared = shared
+        n = self.nsets
+        return lambda i: comm.allreduce(shared[i % n], "sum", out=shared[i % n])
+
     def baseline_call(self, mcomm: Any) -> Callable[[int], Any]:
         from mpi4py import MPI
 
@@ -507,6 +528,12 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             except (KeyError, TypeError, NotImplementedError):  # e.g. no MPI datatype for bfloat16
                 pass
             impls += [(f"distml:{a}", a, case.distml_call(comm, a)) for a in algs]
+            if name == "allreduce" and not args.no_extras:
+                # In place, both sides: MPI with MPI_IN_PLACE, and distml on
+                # arrays that live in node-shared memory (comm.empty).
+                impls.append(("mpi4py:in-place", "", case.inplace_baseline_call(mcomm)))
+                if comm.shared_memory == "one node":
+                    impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
             all_times = time_interleaved(mcomm, [run for _, _, run in impls], iters, warmup)
             measured: List[Dict[str, Any]] = []
             for (impl, alg, _), times in zip(impls, all_times):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
-from ._dtypes import dtype_code, op_code
+from ._dtypes import _DTYPE_CODES, _op_cache, dtype_code, op_code
 from ._errors import DistmlError
 
 __all__ = ["Communicator", "Handle"]
@@ -375,6 +375,22 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short because small allreduces are latency
+        # bound: contiguous arrays, blocking, out absent or a matching
+        # contiguous array. (Partial overlap of x and out is refused by the
+        # core.) Everything else takes the general path below.
+        if type(x) is np.ndarray and not async_op and type(algorithm) is str:
+            code = _DTYPE_CODES.get(x.dtype)
+            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            if code is not None and opc is not None and x.flags.c_contiguous:
+                if out is None:
+                    dst = np.empty(x.shape, x.dtype)
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, (), x, dst)
+                    return dst
+                if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
+                        and out.flags.c_contiguous and out.flags.writeable):
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, (), x, out)
+                    return out
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
         opc = op_code(op, arr.dtype)
