@@ -54,38 +54,49 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
   }
 
   const std::size_t chunk = shm.slot_bytes() / elem;
-  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
   for (std::size_t first = 0; first < count; first += chunk) {
     const std::size_t len = std::min(chunk, count - first);
     const std::uint64_t step = shm.next_step();
-    const int k = static_cast<int>(step & 1);
-
-    // 1. copy in
-    if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
-    std::memcpy(shm.slot(me, k), src + first * elem, len * elem);
-    shm.publish(Counter::kPosted, step);
-
-    // 2. reduce my slice from every slot into mine (mine first: it is the
-    //    destination, which reduce_many allows only as its first source)
-    shm.wait_all(Counter::kPosted, step);
-    std::size_t s0, sn;
-    chunk_slice(len, L, me, align, &s0, &sn);
-    if (sn > 0) {
-      peers[0] = shm.slot(me, k) + s0 * elem;
-      for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
-      kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
-    }
-    shm.publish(Counter::kReduced, step);
-
-    // 3. copy every rank's reduced slice out, starting with my own
-    for (int i = 0; i < L; ++i) {
-      const int r = (me + i) % L;
-      if (r != me) shm.wait_one(r, Counter::kReduced, step);
-      std::size_t r0, rn;
-      chunk_slice(len, L, r, align, &r0, &rn);
-      if (rn) std::memcpy(dst + (first + r0) * elem, shm.slot(r, k) + r0 * elem, rn * elem);
-    }
+    stage_and_reduce(shm, src + first * elem, len, red, step, peers);  // 1 and 2
+    gather_reduced(shm, dst + first * elem, len, elem, step);          // 3
     shm.publish(Counter::kReleased, step);
+  }
+}
+
+void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Reduction& red,
+                      std::uint64_t step, std::vector<const void*>& peers) {
+  const int L = shm.size(), me = shm.rank();
+  const std::size_t elem = red.elem;
+  const int k = static_cast<int>(step & 1);
+  // 1. copy in, once every peer is done with what this slot held two steps ago
+  if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
+  std::memcpy(shm.slot(me, k), src, len * elem);
+  shm.publish(Counter::kPosted, step);
+  // 2. reduce my slice from every slot into mine (mine first: it is the
+  //    destination, which reduce_many allows only as its first source)
+  shm.wait_all(Counter::kPosted, step);
+  std::size_t s0, sn;
+  chunk_slice(len, L, me, std::max<std::size_t>(1, 64 / elem), &s0, &sn);
+  if (sn > 0) {
+    peers.resize(L);
+    peers[0] = shm.slot(me, k) + s0 * elem;
+    for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
+    kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+  }
+  shm.publish(Counter::kReduced, step);
+}
+
+void gather_reduced(ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
+                    std::uint64_t step) {
+  const int L = shm.size(), me = shm.rank();
+  const int k = static_cast<int>(step & 1);
+  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+  for (int i = 0; i < L; ++i) {
+    const int r = (me + i) % L;
+    if (r != me) shm.wait_one(r, Counter::kReduced, step);
+    std::size_t r0, rn;
+    chunk_slice(len, L, r, align, &r0, &rn);
+    if (rn) std::memcpy(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <vector>
 
 #include "common/types.h"
 #include "kernels/reduce.h"
@@ -152,6 +153,15 @@ void barrier_dissemination(MpiComm& comm);
 // Messages of at most `one_shot_bytes` take the single-step path.
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes);
+// The staged chunk step the shared-memory allreduce and reduce share
+// (allreduce_shm.cpp): copy `len` elements of mine into my slot for `step`,
+// post, then reduce my slice of every rank's slot into my own and mark it
+// reduced. `peers` is scratch.
+void stage_and_reduce(transport::ShmGroup& shm, const char* src, std::size_t len,
+                      const Reduction& red, std::uint64_t step, std::vector<const void*>& peers);
+// Copies every rank's reduced slice of the chunk of `step` into `dst`.
+void gather_reduced(transport::ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
+                    std::uint64_t step);
 // Large messages where peers can read each other's memory directly.
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
                                std::size_t count, const Reduction& red);

@@ -91,6 +91,19 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
+def _delivery(dst: Optional[np.ndarray], ret: Optional[np.ndarray]) -> Callable[[], Any]:
+    """What runs once a collective is done: copy the core's result ``dst``
+    into the array the caller gets (``ret``, when they differ: a
+    non-contiguous ``out=`` or input) and return that array."""
+
+    def finish() -> Any:
+        if ret is not None and dst is not ret:
+            ret[...] = dst
+        return ret
+
+    return finish
+
+
 def _shape_list(shape: tuple) -> list:
     return [int(d) for d in shape]
 
@@ -405,11 +418,7 @@ class Communicator:
             src = self._contiguous_in(arr)
             dst, ret = self._result_buffer(arr, out, arr.shape)
 
-        def finish() -> np.ndarray:
-            if dst is not ret:
-                ret[...] = dst
-            return ret
-
+        finish = _delivery(dst, ret)
         return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size,
                             algorithm=algorithm, async_op=async_op, finish=finish)
 
@@ -457,11 +466,7 @@ class Communicator:
             except (TypeError, ValueError) as e:
                 self._refuse(_REDUCE, code, opc, arr.size, root, algorithm, e)
 
-        def finish() -> Optional[np.ndarray]:
-            if ret is not None and dst is not ret:
-                ret[...] = dst
-            return ret
-
+        finish = _delivery(dst, ret)
         return self._launch(_REDUCE, src, dst, dtype=code, op=opc, count=arr.size, root=root,
                             algorithm=algorithm, async_op=async_op, finish=finish)
 
@@ -480,6 +485,13 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short (see allreduce).
+        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self.size
+                and type(algorithm) is str):
+            code = _DTYPE_CODES.get(x.dtype)
+            if code is not None and x.flags.c_contiguous and x.flags.writeable:
+                self._core.run(_BROADCAST, code, 0, x.size, 1, root, algorithm, (), x, x)
+                return x
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
         root = self._root(root)
@@ -489,11 +501,7 @@ class Communicator:
                          ValueError("x is read-only; broadcast writes into x on every rank but the root"))
         buf = self._contiguous_in(arr)
 
-        def finish() -> np.ndarray:
-            if buf is not arr:
-                arr[...] = buf
-            return arr
-
+        finish = _delivery(buf, arr)
         return self._launch(_BROADCAST, buf, buf, dtype=code, count=arr.size, root=root,
                             algorithm=algorithm, async_op=async_op, finish=finish)
 
@@ -525,11 +533,7 @@ class Communicator:
         src = self._contiguous_in(arr)
         dst, ret = self._result_buffer(arr, out, shape)
 
-        def finish() -> np.ndarray:
-            if dst is not ret:
-                ret[...] = dst
-            return ret
-
+        finish = _delivery(dst, ret)
         return self._launch(_ALLGATHER, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
                             shape=arr.shape, async_op=async_op, finish=finish)
 
@@ -571,11 +575,7 @@ class Communicator:
         dst, ret = self._result_buffer(arr, out, shape)
         unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
 
-        def finish() -> np.ndarray:
-            if dst is not ret:
-                ret[...] = dst
-            return ret
-
+        finish = _delivery(dst, ret)
         return self._launch(_REDUCE_SCATTER, src, dst, dtype=code, op=opc, count=arr.size, unit=unit,
                             algorithm=algorithm, shape=arr.shape, async_op=async_op, finish=finish)
 
@@ -619,11 +619,7 @@ class Communicator:
             src = self._contiguous_in(arr)
             dst, ret = self._result_buffer(arr, out, arr.shape)
 
-        def finish() -> np.ndarray:
-            if dst is not ret:
-                ret[...] = dst
-            return ret
-
+        finish = _delivery(dst, ret)
         return self._launch(_ALLTOALL, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
                             shape=arr.shape, async_op=async_op, finish=finish)
 
