@@ -106,9 +106,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._buckets: List[_Bucket] = []
         self._bucket_of = [0] * len(params)
         self._grad_views: List[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
+        # On one node the flat buffers live in node-shared memory, so each
+        # bucket's in-place allreduce reads peers' gradients where they lie.
+        shared = self._comm.shared_memory == "one node"
         for dtype, idx in by_dtype.items():
             total = sum(params[i].numel() for i in idx)
-            flat = torch.zeros(total, dtype=dtype)
+            if shared:
+                itemsize = torch.empty((), dtype=dtype).element_size()
+                flat = torch.from_numpy(self._comm.zeros(total * itemsize, np.uint8)).view(dtype)
+            else:
+                flat = torch.zeros(total, dtype=dtype)
             cursor = 0
             current: Optional[_Bucket] = None
             for i in reversed(idx):
@@ -131,7 +138,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._oid = _register_optimizer(self)
         self._should_synchronize = True
         self._synchronized = False
-        self._stand_in_wires: Optional[List[np.ndarray]] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -181,14 +187,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._inflight[k] = (handle, wire, ctx)
 
     def _stand_in(self) -> None:
-        """On a rank inside join(): this step's allreduces, with zeros."""
-        if self._stand_in_wires is None:
-            self._stand_in_wires = []
-            for b in self._buckets:
-                wire, _ = self._compression.compress(torch.zeros(b.stop - b.start, dtype=b.flat.dtype))
-                self._stand_in_wires.append(_np(wire.contiguous()))
-        for arr in self._stand_in_wires:
-            arr[...] = 0
+        """On a rank inside join(): this step's allreduces, with zeros.
+
+        The zeros go through the bucket's own buffer, compressed as usual, so
+        that the call matches the other ranks' exactly (node-shared buffer
+        included)."""
+        for b in self._buckets:
+            flat = b.view()
+            flat.zero_()
+            wire, _ = self._compression.compress(flat)
+            arr = _np(wire.contiguous())
             self._comm.allreduce(arr, op=self._op, out=arr)
 
     def synchronize(self) -> None:
