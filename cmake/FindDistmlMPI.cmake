@@ -47,9 +47,12 @@ if(DISTML_MPI STREQUAL "pypi")
     INSTALL_RPATH "$ORIGIN/../../.."
     BUILD_WITH_INSTALL_RPATH ON)
 elseif(DISTML_MPI STREQUAL "system")
-  find_package(MPI REQUIRED COMPONENTS C)
-  message(STATUS "distml: system MPI ${MPI_C_LIBRARY_VERSION_STRING} (${MPI_C_LIBRARIES})")
-  target_link_libraries(distml_mpi INTERFACE MPI::MPI_C)
+  # Only MPI's C API is used; the project is C++, so FindMPI looks through
+  # mpicxx (or MPI_CXX_COMPILER), without the deprecated C++ bindings.
+  set(MPI_CXX_SKIP_MPICXX ON)
+  find_package(MPI REQUIRED COMPONENTS CXX)
+  message(STATUS "distml: system MPI ${MPI_CXX_LIBRARY_VERSION_STRING} (${MPI_CXX_LIBRARIES})")
+  target_link_libraries(distml_mpi INTERFACE MPI::MPI_CXX)
   set_target_properties(_core PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
 else()
   message(FATAL_ERROR "DISTML_MPI must be 'pypi' or 'system', not '${DISTML_MPI}'")

@@ -78,6 +78,9 @@ void ShmGroup::read_peer(int r, void* local, std::uint64_t remote, std::size_t b
     ssize_t n = process_vm_readv(pid, &l, 1, &rm, 1, 0);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == ESRCH) {
+        DISTML_THROW(Error, "node rank " << r << " (process " << pid << ") has exited in the middle of a collective");
+      }
       DISTML_THROW(Error, "reading node rank " << r << "'s memory failed: " << std::strerror(errno));
     }
     dst += n;
