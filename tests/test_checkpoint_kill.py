@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from mpirun import launch  # noqa: E402
+from mpirun import launch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "fault_scripts", "checkpoint_kill.py")
 

@@ -12,13 +12,14 @@ which is slow but legal with MPICH's hydra launcher.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+from mpirun import mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,16 +61,6 @@ CASES += [
 TIMEOUT_P4 = 300
 
 
-def _mpiexec() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec beside the interpreter or on PATH")
-    return found
-
-
 def _timeout(P: int) -> float:
     return TIMEOUT_P4 if P >= 4 else TIMEOUT_P4 * 0.6
 
@@ -86,7 +77,7 @@ def test_mpi(P, files, args, extra_env):
     files = [os.path.join("tests", "mpi", f) for f in files]
     missing = [f for f in files if not os.path.exists(os.path.join(ROOT, f))]
     assert not missing, f"inner test files missing: {missing}"
-    cmd = [_mpiexec(), "-n", str(P), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *files]
+    cmd = [mpiexec(), "-n", str(P), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *files]
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_CURRENT_TEST", None)
