@@ -4,7 +4,6 @@ checkpoint loadable (and loading it at another number of ranks works)."""
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
