@@ -1,5 +1,6 @@
 #include "engine/communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -454,7 +455,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     std::ostringstream os;
     os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) timed out after "
        << settings_.timeout << " s on rank " << rank_ << ": ";
-    if (arrived) os << "every rank had arrived, then " << e.what();
+    if (arrived) os << "every rank had arrived (some may have given up since), then " << e.what();
     else os << e.what();
     std::lock_guard<std::mutex> lk(mu_);
     broken_ = true;
@@ -525,7 +526,8 @@ constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 // and announces its arrival there; every rank waits for all arrivals and then
 // reads every signature itself, so all ranks reach the same verdict without a
 // message. At the deadline, the ranks whose arrival counter is behind are
-// exactly the ones that never arrived. Rank 0 warns about stragglers first.
+// exactly the ones that never arrived. The lowest-numbered rank that has
+// arrived warns about stragglers first.
 void Communicator::arrive_through_shm(const Call& call) {
   static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
   auto& shm = *shm_;
@@ -536,7 +538,7 @@ void Communicator::arrive_through_shm(const Call& call) {
   if (comm_->has_deadline()) {
     const double timeout = settings_.timeout;
     const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
-    bool warned = rank_ != 0;
+    bool warned = false;
     for (long polls = 0;; ++polls) {
       auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
       if (late.empty()) break;
@@ -544,7 +546,11 @@ void Communicator::arrive_through_shm(const Call& call) {
       if ((polls & 255) != 0) continue;
       const double waited = comm_->elapsed();
       std::vector<std::int32_t> missing(late.begin(), late.end());
-      if (!warned && waited > warn_after) {
+      // Every waiting rank sees the same stragglers; the lowest-numbered
+      // rank that has arrived speaks for all (rank 0, unless it is late).
+      int speaker = 0;
+      while (speaker < size_ && std::find(late.begin(), late.end(), speaker) != late.end()) ++speaker;
+      if (!warned && rank_ == speaker && waited > warn_after) {
         warned = true;
         std::fprintf(stderr,
                      "distml: warning: %s (collective #%llu) has waited %.1f s for %s to arrive "

@@ -155,7 +155,8 @@ class Communicator:
             unless ``DISTML_CHECK=0``).
         segment_bytes: size of the pieces large messages move in (tuning and
             tests).
-        stall_warning: with a timeout, seconds after which rank 0 warns on
+        stall_warning: with a timeout, seconds after which a rank (rank 0, or on
+            one node the lowest-numbered rank present) warns on
             stderr about ranks that have not arrived at a collective
             (default: ``DISTML_STALL_WARNING``, or half the timeout).
         shared_memory: use node-shared memory (the "shm" and "hierarchical"
