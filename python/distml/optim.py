@@ -19,6 +19,7 @@ None of these calls communicate.
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from typing import Any, Dict, List, Optional, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: parameters, per-parameter state, ``state_dict``.
 
     Args:
@@ -101,8 +102,9 @@ class Optimizer:
             self.steps[i] += 1
             self._update(self.params[i], np.asarray(g), self.state[i], self.steps[i])
 
+    @abc.abstractmethod
     def _update(self, p: np.ndarray, g: np.ndarray, state: Dict[str, np.ndarray], step: int) -> None:
-        raise NotImplementedError
+        """Applies one update to parameter ``p`` from gradient ``g`` (in place)."""
 
     # ---- state -------------------------------------------------------------
 
