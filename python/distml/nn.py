@@ -21,6 +21,8 @@ Nothing here communicates.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -28,8 +30,8 @@ import numpy as np
 __all__ = ["Module", "Linear", "ReLU", "Sequential", "SoftmaxCrossEntropy"]
 
 
-class Module:
-    """Base class of layers."""
+class Module(abc.ABC):
+    """Base class of layers: subclasses define forward and backward."""
 
     def parameters(self) -> List[np.ndarray]:
         return []
@@ -43,11 +45,14 @@ class Module:
         if len(arrays) != 0:
             raise ValueError(f"{type(self).__name__} has no parameters")
 
+    @abc.abstractmethod
     def forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The layer's output for ``x`` (keeping what backward needs)."""
 
+    @abc.abstractmethod
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The gradient of the input, given that of the output; fills the
+        parameters' gradients."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
@@ -60,7 +65,37 @@ def _check_like(name: str, a: np.ndarray, like: np.ndarray) -> None:
         raise ValueError(f"{name}: array is read-only")
 
 
-class Linear(Module):
+class WeightBias(Module):
+    """A layer whose parameters are ``weight`` and an optional ``bias``, with
+    gradients ``grad_weight`` and ``grad_bias`` (Linear, and the
+    tensor-parallel layers, which hold a part of a Linear's)."""
+
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+
+    def _init_grads(self) -> None:
+        self.grad_weight = np.zeros_like(self.weight)
+        self.grad_bias = None if self.bias is None else np.zeros_like(self.bias)
+        self._x: Optional[np.ndarray] = None
+
+    def parameters(self) -> List[np.ndarray]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def grads(self) -> List[np.ndarray]:
+        return [self.grad_weight] if self.bias is None else [self.grad_weight, self.grad_bias]
+
+    def bind_grads(self, arrays: Sequence[np.ndarray]) -> None:
+        arrays = list(arrays)
+        if len(arrays) != len(self.parameters()):
+            raise ValueError(f"{type(self).__name__} has {len(self.parameters())} parameters, got {len(arrays)} arrays")
+        _check_like("grad_weight", arrays[0], self.weight)
+        if self.bias is not None:
+            _check_like("grad_bias", arrays[1], self.bias)
+            self.grad_bias = arrays[1]
+        self.grad_weight = arrays[0]
+
+
+class Linear(WeightBias):
     """``y = x @ weight + bias`` with ``weight`` of shape (in, out).
 
     Initialised like torch.nn.Linear: weight and bias uniform in
@@ -78,25 +113,7 @@ class Linear(Module):
         bound = 1.0 / np.sqrt(in_features)
         self.weight = rng.uniform(-bound, bound, size=(in_features, out_features)).astype(dtype)
         self.bias = rng.uniform(-bound, bound, size=(out_features,)).astype(dtype) if bias else None
-        self.grad_weight = np.zeros_like(self.weight)
-        self.grad_bias = np.zeros_like(self.bias) if bias else None
-        self._x: Optional[np.ndarray] = None
-
-    def parameters(self) -> List[np.ndarray]:
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
-
-    def grads(self) -> List[np.ndarray]:
-        return [self.grad_weight] if self.bias is None else [self.grad_weight, self.grad_bias]
-
-    def bind_grads(self, arrays: Sequence[np.ndarray]) -> None:
-        arrays = list(arrays)
-        if len(arrays) != len(self.parameters()):
-            raise ValueError(f"Linear has {len(self.parameters())} parameters, got {len(arrays)} arrays")
-        _check_like("grad_weight", arrays[0], self.weight)
-        self.grad_weight = arrays[0]
-        if self.bias is not None:
-            _check_like("grad_bias", arrays[1], self.bias)
-            self.grad_bias = arrays[1]
+        self._init_grads()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x

@@ -49,7 +49,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..nn import Module, _check_like
+from ..nn import WeightBias
 from .data_parallel import _default_comm
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "split_range"]
@@ -110,35 +110,7 @@ def _gather_columns(comm: Any, part: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
-class _ParallelLinear(Module):
-    """What both layers share: parameters, gradients, bind_grads."""
-
-    weight: np.ndarray
-    bias: Optional[np.ndarray]
-
-    def _init_grads(self) -> None:
-        self.grad_weight = np.zeros_like(self.weight)
-        self.grad_bias = None if self.bias is None else np.zeros_like(self.bias)
-        self._x: Optional[np.ndarray] = None
-
-    def parameters(self) -> List[np.ndarray]:
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
-
-    def grads(self) -> List[np.ndarray]:
-        return [self.grad_weight] if self.bias is None else [self.grad_weight, self.grad_bias]
-
-    def bind_grads(self, arrays: Sequence[np.ndarray]) -> None:
-        arrays = list(arrays)
-        if len(arrays) != len(self.parameters()):
-            raise ValueError(f"{type(self).__name__} has {len(self.parameters())} parameters, got {len(arrays)} arrays")
-        _check_like("grad_weight", arrays[0], self.weight)
-        if self.bias is not None:
-            _check_like("grad_bias", arrays[1], self.bias)
-            self.grad_bias = arrays[1]
-        self.grad_weight = arrays[0]
-
-
-class ColumnParallelLinear(_ParallelLinear):
+class ColumnParallelLinear(WeightBias):
     """A linear layer whose output features are split across ``comm``.
 
     Args:
@@ -233,7 +205,7 @@ class ColumnParallelLinear(_ParallelLinear):
                 f"columns [{self.out_start}, {self.out_stop}) on rank {self.comm.rank} of {self.comm.size}>")
 
 
-class RowParallelLinear(_ParallelLinear):
+class RowParallelLinear(WeightBias):
     """A linear layer whose input features are split across ``comm``.
 
     Args:
