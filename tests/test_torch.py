@@ -138,7 +138,14 @@ def test_distributed_optimizer_checks():
     with opt.skip_synchronize():
         opt.step()
     opt.zero_grad()
-    assert all(float(p.grad.abs().sum()) == 0 for p in m.parameters())
+    assert all(p.grad is None for p in m.parameters())  # torch's default set_to_none=True
+    torch.nn.functional.cross_entropy(m(torch.randn(3, 4, dtype=torch.float64)), torch.tensor([0, 1, 0])).backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in m.parameters())
+    opt.synchronize()
+    with opt.skip_synchronize():
+        opt.step()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) == 0 for p in m.parameters())
 
 
 def test_broadcast_object_and_state_at_one_rank():

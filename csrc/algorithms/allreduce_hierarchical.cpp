@@ -20,12 +20,14 @@ void allreduce_hierarchical(transport::ShmGroup& node, MpiComm& across, const vo
   const Blocks blocks{count, node.size()};
   const std::size_t mine = blocks.size(node.rank());
   AlignedBuffer block(std::max<std::size_t>(1, blocks.size(0)) * red.elem);
-  reduce_scatter_shm(node, in, block.data(), blocks, red);
+  const Reduction sum = red.unfinished();
+  reduce_scatter_shm(node, in, block.data(), blocks, sum);
   if (mine * red.elem <= small_bytes) {
-    allreduce_recursive_doubling(across, block.data(), block.data(), mine, red);
+    allreduce_recursive_doubling(across, block.data(), block.data(), mine, sum);
   } else {
-    allreduce_ring(across, block.data(), block.data(), mine, red, tuning);
+    allreduce_ring(across, block.data(), block.data(), mine, sum, tuning);
   }
+  red.finish(block.data(), mine);
   allgather_shm(node, block.data(), out, blocks, red.elem);
 }
 

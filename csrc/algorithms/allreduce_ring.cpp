@@ -9,6 +9,8 @@ void allreduce_ring(MpiComm& comm, const void* in, void* out, std::size_t count,
                     const Reduction& red, const Tuning& tuning) {
   const Blocks blocks{count, comm.size()};
   reduce_scatter_ring(comm, in, out, blocks, red, tuning);
+  red.finish(static_cast<char*>(out) + blocks.offset(comm.rank()) * red.elem,
+             blocks.size(comm.rank()));
   allgather_ring(comm, out, blocks, red.elem, tuning);
 }
 

@@ -49,6 +49,7 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
     shm.wait_all(Counter::kPosted, step);
     for (int r = 0; r < L; ++r) peers[r] = shm.slot(r, k);
     kernels::reduce_many(dst, peers.data(), L, count, red.dtype, red.op);
+    red.finish(dst, count);
     shm.publish(Counter::kReleased, step);
     return;
   }
@@ -82,6 +83,7 @@ void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Red
     peers[0] = shm.slot(me, k) + s0 * elem;
     for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
     kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    red.finish(shm.slot(me, k) + s0 * elem, sn);
   }
   shm.publish(Counter::kReduced, step);
 }
@@ -130,6 +132,7 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
   if (sn > 0) {
     for (int i = 0; i < L; ++i) peers[i] = buf((me + i) % L) + s0 * elem;
     kernels::reduce_many(buf(me) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    red.finish(buf(me) + s0 * elem, sn);
   }
   shm.publish(Counter::kReduced, step);
   for (int i = 1; i < L; ++i) {
@@ -188,6 +191,7 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
       srcs[i] = dst;
     }
     kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
+    red.finish(y + o * elem, n);
   }
   shm.publish(Counter::kReduced, step);
 

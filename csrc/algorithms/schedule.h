@@ -32,12 +32,29 @@ using transport::Request;
 
 struct Reduction {
   DType dtype;
-  Op op;  // the step operator (never kAvg; callers finish averages)
+  Op op;  // the step operator (never kAvg)
   std::size_t elem;
   kernels::ReduceFn step;
+  // Nonzero: an average over this many ranks, which the schedule finishes
+  // itself (see finish()). Zero: the caller finishes averages, if any.
+  std::size_t average_over = 0;
 
   Reduction(DType d, Op o)
       : dtype(d), op(step_op(o)), elem(dtype_size(d)), step(kernels::lookup(d, step_op(o))) {}
+
+  // Schedules in which exactly one rank computes each element's final value
+  // call this on it (while it is still in cache) before handing it out, so an
+  // average costs a pass over 1/P of the buffer instead of all of it, and
+  // every rank still gets bitwise the same values.
+  void finish(void* p, std::size_t n) const {
+    if (average_over > 1 && n > 0) kernels::scale_avg(p, n, dtype, average_over);
+  }
+  // The same reduction with averages left to the caller.
+  Reduction unfinished() const {
+    Reduction r = *this;
+    r.average_over = 0;
+    return r;
+  }
 };
 
 struct Tuning {

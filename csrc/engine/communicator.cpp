@@ -731,6 +731,11 @@ void Communicator::dispatch(const Call& c, Algo algo) {
 
     case Kind::kAllreduce: {
       alg::Reduction red(c.dtype, c.op);
+      // Schedules where one rank finalises each element finish an average
+      // on their own slice; MPI's and recursive doubling's results are
+      // finished here.
+      const bool finishes = algo != Algo::kMpi && algo != Algo::kRecursiveDoubling;
+      if (c.op == Op::kAvg && finishes) red.average_over = static_cast<std::size_t>(P);
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
       else if (algo == Algo::kShm && c.window >= 0) {
@@ -746,7 +751,7 @@ void Communicator::dispatch(const Call& c, Algo algo) {
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);
       else alg::allreduce_recursive_doubling(comm, c.in, c.out, c.count, red);
-      if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
+      if (c.op == Op::kAvg && !finishes) kernels::scale_avg(c.out, c.count, c.dtype, P);
       return;
     }
 

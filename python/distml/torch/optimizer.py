@@ -157,6 +157,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                     f"the gradient of {self._names[id(p)]} was computed more than backward_passes_per_step="
                     f"{self._passes_per_step} times before step(); raise backward_passes_per_step to "
                     "accumulate gradients locally")
+            view = self._grad_views[i]
+            g = p.grad
+            if g is not None and g.data_ptr() != view.data_ptr():
+                # autograd made a fresh gradient (the first pass after a
+                # zero_grad(set_to_none=True)): move it into the buffer
+                view.copy_(g)
+                p.grad = view
             if self._passes[i] == self._passes_per_step:
                 self._missing[self._bucket_of[i]] -= 1
                 while self._next_bucket < len(self._buckets) and self._missing[self._next_bucket] == 0:
@@ -247,8 +254,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return self._distml_base.step(self, closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zeroes the gradients (in the shared buffer; ``set_to_none`` is
-        ignored, since the buffer views must stay in place).
+        """Clears the gradients. With ``set_to_none`` (the default, as in
+        torch), ``p.grad`` becomes None and the next backward's gradient is
+        moved into the flat buffer by its hook; otherwise the buffer is zeroed
+        and gradients accumulate into it.
 
         Raises:
             AssertionError: gradients of this step are being reduced (called
@@ -257,6 +266,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if any(x is not None for x in self._inflight) or any(self._passes):
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
                                  "optimizer.step() or optimizer.synchronize(); gradients are being reduced")
+        if set_to_none:
+            for p in self._params:
+                p.grad = None
+            return
         for b in self._buckets:
             b.view().zero_()
         for i, p in enumerate(self._params):

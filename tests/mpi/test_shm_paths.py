@@ -1,0 +1,94 @@
+"""The shared-memory allreduce's paths, each reached on purpose: one shot
+(small), staged chunks through the slots (several slots' worth), single copy
+(peers read each other's arrays), and arrays that live in node-shared memory
+(reduced where they lie, also at an offset inside a larger one).
+
+In all of them one rank computes each element's final value, averages
+included (it divides its own slice before the others copy it), so besides
+the numpy reference every rank's result must be bitwise equal to every
+other rank's."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from mpi_helpers import BF16, Checker, call, inputs, reduce_ref, require
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16, np.dtype(np.float64), np.dtype(np.int32)]
+OPS = ["sum", "avg", "max"]
+
+# Elements per path for 4-byte types: 1001 (4 KiB, under the one-shot limit),
+# and 2**19 + 5 (2 MiB and a bit: two slots plus a remainder when staged, and
+# above the single-copy threshold).
+SMALL, LARGE = 1001, 2 ** 19 + 5
+
+
+def _mode(dtype, op):
+    if op == "max":
+        return "exact"
+    return "tol" if dtype.kind in "fV" else "exact"
+
+
+def _kind(dtype, op):
+    return "full" if op == "max" or dtype.kind in "iu" else "small"
+
+
+class _SingleCopy:
+    """Within the block, large messages take the staged path (False) or
+    the single-copy one (True, the default where peers' memory is readable)."""
+
+    def __init__(self, comm, enabled: bool) -> None:
+        self.core, self.enabled = comm._core, enabled
+
+    def __enter__(self):
+        self.saved = self.core.shm_single_copy_bytes
+        if not self.enabled:
+            self.core.shm_single_copy_bytes = 1 << 62
+        return self
+
+    def __exit__(self, *exc):
+        self.core.shm_single_copy_bytes = self.saved
+
+
+def _digest(world, a) -> bool:
+    """Whether every rank holds the same bytes."""
+    if not isinstance(a, np.ndarray):
+        return False
+    crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).tobytes())
+    return len(set(world.allgather(crc))) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", ["one_shot", "staged", "single_copy", "shared_array", "shared_offset"])
+def test_allreduce_shm_paths(comm_default, world, dtype, path):
+    comm = comm_default
+    require(comm, "allreduce", "shm")
+    P, rank = comm.size, comm.rank
+    count = SMALL if path == "one_shot" else LARGE
+    check = Checker(P)
+    same = {}
+    for op in OPS:
+        xs = inputs(("shm_paths", str(dtype), op, count), dtype, (count,), _kind(dtype, op), P)
+        label = f"{path} op={op} count={count}"
+        if path in ("one_shot", "staged", "single_copy"):
+            with _SingleCopy(comm, path != "staged"):
+                got = call(lambda: comm.allreduce(xs[rank], op=op, algorithm="shm"))
+            check.expect(label, got, reduce_ref(xs, op), _mode(dtype, op), dtype=dtype)
+        else:
+            offset = 0 if path == "shared_array" else 37
+            big = comm.empty(count + 2 * offset + 1, dtype)
+            big[...] = 7
+            a = big[offset:offset + count]
+            a[...] = xs[rank]
+            got = call(lambda: comm.allreduce(a, op=op, out=a))
+            check.expect(label, got, reduce_ref(xs, op), _mode(dtype, op), dtype=dtype, same=a)
+            rest = np.concatenate([big[:offset], big[offset + count:]])
+            check.expect(label + " (rest of the shared array untouched)", rest,
+                         np.full(rest.shape, 7, dtype), "bits")
+        same[label] = _digest(world, got)
+    for label, agreed in same.items():
+        check.expect_true(label + ": every rank's result bitwise equal", agreed)
+    check.verify()
