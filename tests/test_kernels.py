@@ -146,24 +146,41 @@ def test_reduce(isa, dtype, op, n):
     assert_same(dst, ref_chain([a, a], dtype, op))
 
 
+@pytest.mark.parametrize("stream", (False, True), ids=("cached", "stream"))
 @pytest.mark.parametrize("nsrc", (1, 2, 3, 5))
 @pytest.mark.parametrize(("dtype", "op"), VALID_PAIRS)
-def test_reduce_many(isa, dtype, op, nsrc):
-    for n in LENGTHS:
+def test_reduce_many(isa, dtype, op, nsrc, stream):
+    # The streaming form writes whole aligned vectors from a scratch block
+    # of 8 KiB: lengths past a block, and unaligned starts, reach its head,
+    # body and tail.
+    for n in LENGTHS + ((5000,) if stream else ()):
         rng = np.random.default_rng([n, nsrc, DTYPE_CODES[dtype], OP_CODES[op]])
         srcs = [random_values(rng, dtype, n) for _ in range(nsrc)]
         want = ref_chain(srcs, dtype, op)
 
         dst = np.empty_like(srcs[0])
-        _core.kernel_reduce_many(dst, srcs, *codes(dtype, op))
+        _core.kernel_reduce_many(dst, srcs, *codes(dtype, op), stream)
         assert_same(dst, want)
 
         # Unaligned, and dst is the first source.
         moved = [unaligned_copy(s) for s in srcs]
-        _core.kernel_reduce_many(moved[0], moved, *codes(dtype, op))
+        _core.kernel_reduce_many(moved[0], moved, *codes(dtype, op), stream)
         assert_same(moved[0], want)
         for s, orig in zip(moved[1:], srcs[1:]):
             assert_same(s, orig)
+
+
+def test_copy_stream(isa):
+    rng = np.random.default_rng(7)
+    src_raw = rng.integers(0, 256, 20000, dtype=np.uint8)
+    for n in (0, 1, 63, 64, 65, 255, 256, 257, 1000, 4096 + 17, 19000):
+        for d_off, s_off in ((0, 0), (1, 0), (0, 3), (63, 17), (32, 32)):
+            dst_raw = np.zeros(n + 128, np.uint8)
+            dst = dst_raw[d_off:d_off + n]
+            src = src_raw[s_off:s_off + n]
+            _core.kernel_copy_stream(dst, src)
+            assert np.array_equal(dst, src), (n, d_off, s_off)
+            assert not dst_raw[:d_off].any() and not dst_raw[d_off + n:].any(), "wrote outside dst"
 
 
 def test_reduce_many_rounds_half_types_once(isa):

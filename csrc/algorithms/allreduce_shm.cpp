@@ -14,6 +14,9 @@
 // 1/P share from each rank, and one copy out: about 3x the traffic of a
 // memcpy, against 2(P-1)/P messages' worth through MPI plus MPI's own copies.
 //
+// With `stream` (large messages), step 3 writes the output with streaming
+// stores: nothing reads it back during the collective.
+//
 // Small messages take a one-shot step: copy in, post, then every rank reduces
 // the whole vector from all slots into its own output, in rank order (so the
 // results agree bitwise), and releases. Two synchronisations instead of three.
@@ -33,7 +36,7 @@ using transport::ShmGroup;
 using Counter = transport::ShmGroup::Counter;
 
 void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, std::size_t one_shot_bytes) {
+                   const Reduction& red, std::size_t one_shot_bytes, bool stream) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const auto* src = static_cast<const char*>(in);
@@ -59,7 +62,7 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
     const std::size_t len = std::min(chunk, count - first);
     const std::uint64_t step = shm.next_step();
     stage_and_reduce(shm, src + first * elem, len, red, step, peers);  // 1 and 2
-    gather_reduced(shm, dst + first * elem, len, elem, step);          // 3
+    gather_reduced(shm, dst + first * elem, len, elem, step, stream);  // 3
     shm.publish(Counter::kReleased, step);
   }
 }
@@ -89,7 +92,7 @@ void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Red
 }
 
 void gather_reduced(ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
-                    std::uint64_t step) {
+                    std::uint64_t step, bool stream) {
   const int L = shm.size(), me = shm.rank();
   const int k = static_cast<int>(step & 1);
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
@@ -98,7 +101,9 @@ void gather_reduced(ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
     if (r != me) shm.wait_one(r, Counter::kReduced, step);
     std::size_t r0, rn;
     chunk_slice(len, L, r, align, &r0, &rn);
-    if (rn) std::memcpy(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
+    if (rn == 0) continue;
+    if (stream) kernels::copy_stream(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
+    else std::memcpy(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
   }
 }
 
@@ -107,7 +112,8 @@ void gather_reduced(ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
 namespace distml::algorithms {
 
 // In-place allreduce of a buffer that lives in a node-shared window, at the
-// same offset on every rank: no copy in, no slots.
+// same offset on every rank: no copy in, no slots. With `stream`, the copies
+// of step 3 use streaming stores (my slice, which peers read, does not).
 //   1. post: my input is ready to be read
 //   2. when every peer has posted, reduce my slice straight from every
 //      peer's buffer into my own buffer's slice: reduced = step
@@ -117,7 +123,8 @@ namespace distml::algorithms {
 //   4. release, and wait for every peer's release before returning, so that
 //      nobody overwrites a buffer a peer is still copying from.
 void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& window,
-                          std::size_t offset, std::size_t count, const Reduction& red) {
+                          std::size_t offset, std::size_t count, const Reduction& red,
+                          bool stream) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
@@ -140,7 +147,9 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
     shm.wait_one(r, Counter::kReduced, step);
     std::size_t r0, rn;
     chunk_slice(count, L, r, align, &r0, &rn);
-    if (rn) std::memcpy(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
+    if (rn == 0) continue;
+    if (stream) kernels::copy_stream(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
+    else std::memcpy(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
   }
   shm.publish(Counter::kReleased, step);
   shm.wait_all(Counter::kReleased, step);
@@ -152,7 +161,9 @@ namespace distml::algorithms {
 
 // Single-copy allreduce for large messages on one node: ranks read each
 // other's private buffers directly (process_vm_readv), so nothing is copied
-// into shared memory first.
+// into shared memory first. With `stream`, my slice of the output is written
+// with streaming stores (every peer then reads it back from memory, so this
+// pays only for messages far larger than the cache).
 //   1. post the addresses of my input and output
 //   2. reduce my slice: for each piece of it, read that piece of every
 //      peer's input into a small cache-resident buffer, and reduce it with my
@@ -163,7 +174,7 @@ namespace distml::algorithms {
 // In place is safe: during step 2 a peer reads only my slice of its own
 // index, which I overwrite in step 3 only after that peer has reduced.
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
-                               std::size_t count, const Reduction& red) {
+                               std::size_t count, const Reduction& red, bool stream) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
@@ -178,6 +189,9 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
   std::size_t s0, sn;
   chunk_slice(count, L, me, align, &s0, &sn);
   AlignedBuffer staging(piece * elem * static_cast<std::size_t>(L - 1));
+  // Not when an average must still be finished in place: that would read the
+  // streamed slice back from memory.
+  const bool stream_out = stream && red.average_over <= 1;
   std::vector<const void*> srcs(L);
   const char* x = static_cast<const char*>(in);
   char* y = static_cast<char*>(out);
@@ -190,7 +204,8 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
       shm.read_peer(r, dst, shm.control(r).in_addr + o * elem, n * elem);
       srcs[i] = dst;
     }
-    kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
+    if (stream_out) kernels::reduce_many_stream(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
+    else kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
     red.finish(y + o * elem, n);
   }
   shm.publish(Counter::kReduced, step);

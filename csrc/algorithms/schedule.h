@@ -168,8 +168,10 @@ void barrier_dissemination(MpiComm& comm);
 // ---- Shared-memory schedules, among the ranks of one node -----------------
 
 // Messages of at most `one_shot_bytes` take the single-step path.
+// With `stream`, results nothing reads back during the collective are written
+// with streaming stores (for messages larger than the cache).
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, std::size_t one_shot_bytes);
+                   const Reduction& red, std::size_t one_shot_bytes, bool stream);
 // The staged chunk step the shared-memory allreduce and reduce share
 // (allreduce_shm.cpp): copy `len` elements of mine into my slot for `step`,
 // post, then reduce my slice of every rank's slot into my own and mark it
@@ -178,13 +180,14 @@ void stage_and_reduce(transport::ShmGroup& shm, const char* src, std::size_t len
                       const Reduction& red, std::uint64_t step, std::vector<const void*>& peers);
 // Copies every rank's reduced slice of the chunk of `step` into `dst`.
 void gather_reduced(transport::ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
-                    std::uint64_t step);
+                    std::uint64_t step, bool stream = false);
 // Large messages where peers can read each other's memory directly.
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
-                               std::size_t count, const Reduction& red);
+                               std::size_t count, const Reduction& red, bool stream);
 // In place, on a buffer at `offset` in `window` on every rank.
 void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& window,
-                          std::size_t offset, std::size_t count, const Reduction& red);
+                          std::size_t offset, std::size_t count, const Reduction& red,
+                          bool stream);
 // `out` receives block `rank` of `blocks` (reduced over the node).
 void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                         const Reduction& red);

@@ -227,6 +227,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "shm_single_copy_bytes", [](engine::Communicator& s) { return s.settings().shm_single_copy_bytes; },
           [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_bytes = v; })
+      .def_property(
+          "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
+          [](engine::Communicator& s, std::size_t v) { s.settings().shm_stream_bytes = v; })
       .def("set_thresholds",
            [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
               std::size_t reduce) {
@@ -271,6 +274,10 @@ PYBIND11_MODULE(_core, m) {
         d["allreduce_small_bytes"] = s.settings().allreduce_small_bytes;
         d["broadcast_small_bytes"] = s.settings().broadcast_small_bytes;
         d["reduce_small_bytes"] = s.settings().reduce_small_bytes;
+        d["shm_slot_bytes"] = s.settings().shm_slot_bytes;
+        d["shm_one_shot_bytes"] = s.settings().shm_one_shot_bytes;
+        d["shm_single_copy_bytes"] = s.settings().shm_single_copy_bytes;
+        d["shm_stream_bytes"] = s.settings().shm_stream_bytes;
         return d;
       });
 
@@ -303,7 +310,8 @@ PYBIND11_MODULE(_core, m) {
     kernels::reduce(d, s, static_cast<std::size_t>(dst.size()), static_cast<DType>(dtype),
                     static_cast<Op>(op));
   });
-  m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, int dtype, int op) {
+  m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, int dtype, int op,
+                                  bool stream) {
     DISTML_CHECK_ARG(!srcs.empty(), "reduce_many needs at least one source");
     DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(static_cast<DType>(dtype)),
                      "item size does not match dtype");
@@ -314,9 +322,16 @@ PYBIND11_MODULE(_core, m) {
     }
     void* d = writable(dst, "dst");
     py::gil_scoped_release nogil;
-    kernels::reduce_many(d, ptrs.data(), static_cast<int>(ptrs.size()),
-                         static_cast<std::size_t>(dst.size()), static_cast<DType>(dtype),
-                         static_cast<Op>(op));
+    (stream ? kernels::reduce_many_stream : kernels::reduce_many)(
+        d, ptrs.data(), static_cast<int>(ptrs.size()), static_cast<std::size_t>(dst.size()),
+        static_cast<DType>(dtype), static_cast<Op>(op));
+  }, py::arg("dst"), py::arg("srcs"), py::arg("dtype"), py::arg("op"), py::arg("stream") = false);
+  m.def("kernel_copy_stream", [=](py::array dst, py::array src) {
+    DISTML_CHECK_ARG(dst.nbytes() == src.nbytes(), "dst and src differ in size");
+    void* d = writable(dst, "dst");
+    const void* s = readable(src, "src");
+    py::gil_scoped_release nogil;
+    kernels::copy_stream(d, s, static_cast<std::size_t>(dst.nbytes()));
   });
   m.def("kernel_scale_avg", [=](py::array buf, int dtype, std::size_t divisor) {
     DISTML_CHECK_ARG(divisor > 0, "divisor must be positive");

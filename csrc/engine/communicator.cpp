@@ -217,6 +217,10 @@ void Communicator::setup_nodes() {
   int sizes[2] = {node_size, -node_size}, extremes[2] = {0, 0};
   int rc = MPI_Allreduce(sizes, extremes, 2, MPI_INT, MPI_MAX, comm_->raw());
   const int largest = extremes[0], smallest = -extremes[1];
+  // Measured with 4 ranks on one node (two cores): staging through the slots
+  // beats reading three peers' arrays directly up to about 8 MiB; with two
+  // ranks reading directly wins from 256 KiB.
+  if (largest > 2) settings_.shm_single_copy_bytes = std::max<std::size_t>(settings_.shm_single_copy_bytes, 8 << 20);
   try {
     DISTML_MPI(rc);
     if (largest == size_) {
@@ -736,17 +740,21 @@ void Communicator::dispatch(const Call& c, Algo algo) {
       // finished here.
       const bool finishes = algo != Algo::kMpi && algo != Algo::kRecursiveDoubling;
       if (c.op == Op::kAvg && finishes) red.average_over = static_cast<std::size_t>(P);
+      const bool stream = c.count * elem >= settings_.shm_stream_bytes;
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
       else if (algo == Algo::kShm && c.window >= 0) {
         std::size_t offset = 0;
         auto w = shm_->find(c.in, c.count * elem, &offset);
-        alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red);
+        alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red, stream);
       } else if (algo == Algo::kShm && shm_->single_copy() &&
                  c.count * elem >= settings_.shm_single_copy_bytes) {
-        alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red);
+        // Peers read back what this schedule streams: worth it from 4x on.
+        alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red,
+                                       c.count * elem >= 4 * settings_.shm_stream_bytes);
       } else if (algo == Algo::kShm)
-        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes);
+        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes,
+                           stream);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);

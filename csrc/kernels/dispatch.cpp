@@ -132,8 +132,9 @@ void reduce(void* dst, const void* src, std::size_t count, DType dtype, Op op) {
   fn(dst, src, count);
 }
 
-void reduce_many(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype,
-                 Op op) {
+namespace {
+
+void check_many(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype, Op op) {
   check_dtype_op(dtype, op);
   DISTML_CHECK_ARG(n >= 1, "reduce_many needs at least one source, got " << n);
   DISTML_CHECK_ARG(srcs != nullptr, "reduce_many: null source list");
@@ -146,9 +147,29 @@ void reduce_many(void* dst, const void* const* srcs, int n, std::size_t count, D
     DISTML_CHECK_ARG(k < 2 || srcs[k] != dst,
                      "reduce_many: source " << k << " is dst; only the first source may be");
   }
-  detail::ReduceManyFn fn =
-      active_table().reduce_many[static_cast<int>(dtype)][static_cast<int>(op)];
-  fn(dst, srcs, n, count);
+}
+
+}  // namespace
+
+void reduce_many(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype,
+                 Op op) {
+  check_many(dst, srcs, n, count, dtype, op);
+  if (count == 0) return;
+  active_table().reduce_many[static_cast<int>(dtype)][static_cast<int>(op)](dst, srcs, n, count);
+}
+
+void reduce_many_stream(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype,
+                        Op op) {
+  check_many(dst, srcs, n, count, dtype, op);
+  if (count == 0) return;
+  active_table().reduce_many_stream[static_cast<int>(dtype)][static_cast<int>(op)](dst, srcs, n,
+                                                                                    count);
+}
+
+void copy_stream(void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  DISTML_CHECK_ARG(dst != nullptr && src != nullptr, "copy_stream: null buffer");
+  active_table().copy_stream(dst, src, bytes);
 }
 
 void scale_avg(void* buf, std::size_t count, DType dtype, std::size_t divisor) {

@@ -47,6 +47,17 @@ void reduce(void* dst, const void* src, std::size_t count, DType dtype, Op op);
 void reduce_many(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype,
                  Op op);
 
+// reduce_many, with dst written by streaming (non-temporal) stores that
+// bypass the cache, and a store fence at the end. For results larger than
+// the cache that nothing reads back soon: it saves the read of every
+// destination line a normal store makes first. Slower than reduce_many when
+// dst would have stayed in cache.
+void reduce_many_stream(void* dst, const void* const* srcs, int n, std::size_t count, DType dtype,
+                        Op op);
+
+// memcpy with streaming stores and a store fence; the same trade-off.
+void copy_stream(void* dst, const void* src, std::size_t bytes);
+
 // buf[i] /= divisor: finishes an average. Floats divide (half types through
 // float32); integers use floor division, like numpy's `//`.
 void scale_avg(void* buf, std::size_t count, DType dtype, std::size_t divisor);

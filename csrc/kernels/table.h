@@ -27,6 +27,10 @@ struct KernelTable {
   ReduceFn reduce[kNumDTypes][kNumOps];
   ReduceManyFn reduce_many[kNumDTypes][kNumOps];
   ScaleFn scale_avg[kNumDTypes];
+  // The same as reduce_many, dst written with streaming stores (then fenced).
+  ReduceManyFn reduce_many_stream[kNumDTypes][kNumOps];
+  // memcpy with streaming stores, then a store fence.
+  void (*copy_stream)(void* dst, const void* src, std::size_t bytes);
 };
 
 const KernelTable& baseline_table();

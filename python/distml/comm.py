@@ -42,6 +42,15 @@ def _free_all() -> None:
 atexit.register(_free_all)
 
 
+# Size settings of the shared-memory schedules that the environment may set
+# (bytes): variable -> attribute of the core communicator.
+_SHM_SIZE_ENV = {
+    "DISTML_SHM_ONE_SHOT_BYTES": "shm_one_shot_bytes",
+    "DISTML_SHM_SINGLE_COPY_BYTES": "shm_single_copy_bytes",
+    "DISTML_SHM_STREAM_BYTES": "shm_stream_bytes",
+}
+
+
 def _env_float(name: str) -> Optional[float]:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -161,9 +170,12 @@ class Communicator:
             (default: ``DISTML_STALL_WARNING``, or half the timeout).
         shared_memory: use node-shared memory (the "shm" and "hierarchical"
             algorithms) where the ranks share nodes (default: on, unless
-            ``DISTML_SHM=0``). ``DISTML_SHM_SLOT_BYTES`` and
-            ``DISTML_SHM_ONE_SHOT_BYTES`` tune its chunk size and the size up
-            to which allreduce takes one step.
+            ``DISTML_SHM=0``). ``DISTML_SHM_SLOT_BYTES`` tunes its chunk
+            size, ``DISTML_SHM_ONE_SHOT_BYTES`` the size up to which
+            allreduce takes one step, ``DISTML_SHM_SINGLE_COPY_BYTES`` the
+            size from which allreduce reads peers' arrays directly, and
+            ``DISTML_SHM_STREAM_BYTES`` the size from which results are
+            written past the cache (streaming stores).
         tune: let ``algorithm="auto"`` follow the table measured by
             ``python -m distml.tune`` for this world size and topology, if
             there is one (see :mod:`distml.tune`).
@@ -212,9 +224,10 @@ class Communicator:
             comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
             bool(shared_memory), int(slot or 0),
         )
-        one_shot = _env_float("DISTML_SHM_ONE_SHOT_BYTES")
-        if one_shot is not None:
-            self._core.shm_one_shot_bytes = int(one_shot)
+        for env, attr in _SHM_SIZE_ENV.items():
+            value = _env_float(env)
+            if value is not None:
+                setattr(self._core, attr, int(value))
         if stall_warning is not None:
             self._core.stall_warning = float(stall_warning)
         global _created

@@ -1,7 +1,8 @@
 """The shared-memory allreduce's paths, each reached on purpose: one shot
 (small), staged chunks through the slots (several slots' worth), single copy
 (peers read each other's arrays), and arrays that live in node-shared memory
-(reduced where they lie, also at an offset inside a larger one).
+(reduced where they lie, also at an offset inside a larger one); each with
+results written through the cache and with streaming stores.
 
 In all of them one rank computes each element's final value, averages
 included (it divides its own slice before the others copy it), so besides
@@ -36,21 +37,25 @@ def _kind(dtype, op):
     return "full" if op == "max" or dtype.kind in "iu" else "small"
 
 
-class _SingleCopy:
-    """Within the block, large messages take the staged path (False) or
-    the single-copy one (True, the default where peers' memory is readable)."""
+class _Settings:
+    """Within the block, large messages take the staged path or the
+    single-copy one (where peers' memory is readable), and write their
+    results with streaming stores or not, whatever their size."""
 
-    def __init__(self, comm, enabled: bool) -> None:
-        self.core, self.enabled = comm._core, enabled
+    def __init__(self, comm, single_copy: bool, stream: bool) -> None:
+        self.core = comm._core
+        self.want = {"shm_single_copy_bytes": 0 if single_copy else 1 << 62,
+                     "shm_stream_bytes": 0 if stream else 1 << 62}
 
     def __enter__(self):
-        self.saved = self.core.shm_single_copy_bytes
-        if not self.enabled:
-            self.core.shm_single_copy_bytes = 1 << 62
+        self.saved = {k: getattr(self.core, k) for k in self.want}
+        for k, v in self.want.items():
+            setattr(self.core, k, v)
         return self
 
     def __exit__(self, *exc):
-        self.core.shm_single_copy_bytes = self.saved
+        for k, v in self.saved.items():
+            setattr(self.core, k, v)
 
 
 def _digest(world, a) -> bool:
@@ -61,9 +66,10 @@ def _digest(world, a) -> bool:
     return len(set(world.allgather(crc))) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "stream"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("path", ["one_shot", "staged", "single_copy", "shared_array", "shared_offset"])
-def test_allreduce_shm_paths(comm_default, world, dtype, path):
+def test_allreduce_shm_paths(comm_default, world, dtype, path, stream):
     comm = comm_default
     require(comm, "allreduce", "shm")
     P, rank = comm.size, comm.rank
@@ -74,7 +80,7 @@ def test_allreduce_shm_paths(comm_default, world, dtype, path):
         xs = inputs(("shm_paths", str(dtype), op, count), dtype, (count,), _kind(dtype, op), P)
         label = f"{path} op={op} count={count}"
         if path in ("one_shot", "staged", "single_copy"):
-            with _SingleCopy(comm, path != "staged"):
+            with _Settings(comm, single_copy=path == "single_copy", stream=stream):
                 got = call(lambda: comm.allreduce(xs[rank], op=op, algorithm="shm"))
             check.expect(label, got, reduce_ref(xs, op), _mode(dtype, op), dtype=dtype)
         else:
@@ -83,7 +89,8 @@ def test_allreduce_shm_paths(comm_default, world, dtype, path):
             big[...] = 7
             a = big[offset:offset + count]
             a[...] = xs[rank]
-            got = call(lambda: comm.allreduce(a, op=op, out=a))
+            with _Settings(comm, single_copy=True, stream=stream):
+                got = call(lambda: comm.allreduce(a, op=op, out=a))
             check.expect(label, got, reduce_ref(xs, op), _mode(dtype, op), dtype=dtype, same=a)
             rest = np.concatenate([big[:offset], big[offset + count:]])
             check.expect(label + " (rest of the shared array untouched)", rest,

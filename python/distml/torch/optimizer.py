@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import _core
 from . import mpi_ops
 from .compression import Compression
 from .mpi_ops import Average, _comm, _control, _K_STEP, _np, _parse_op, _register_optimizer
@@ -37,6 +38,20 @@ from .mpi_ops import Average, _comm, _control, _K_STEP, _np, _parse_op, _registe
 __all__ = ["DistributedOptimizer"]
 
 _DEFAULT_BUCKET_BYTES = 4 << 20
+# Gradients from this size on are copied into the buffer with streaming
+# stores, past the cache (faster for copies larger than the cache, slower
+# for ones that fit; measured crossover on a 2 MiB-L2 machine: ~4 MiB).
+_STREAM_BYTES = 4 << 20
+
+
+def _move_into(view: torch.Tensor, grad: torch.Tensor) -> None:
+    nbytes = grad.numel() * grad.element_size()
+    if nbytes >= _STREAM_BYTES and grad.is_contiguous() and grad.dtype == view.dtype \
+            and grad.shape == view.shape:
+        _core.kernel_copy_stream(view.view(-1).view(torch.uint8).numpy(),
+                                 grad.view(-1).view(torch.uint8).numpy())
+    else:
+        view.copy_(grad)
 
 
 class _Bucket:
@@ -162,7 +177,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             if g is not None and g.data_ptr() != view.data_ptr():
                 # autograd made a fresh gradient (the first pass after a
                 # zero_grad(set_to_none=True)): move it into the buffer
-                view.copy_(g)
+                _move_into(view, g)
                 p.grad = view
             if self._passes[i] == self._passes_per_step:
                 self._missing[self._bucket_of[i]] -= 1
