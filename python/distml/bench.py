@@ -566,6 +566,8 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             again["runs_GBps"] = memcpy["runs_GBps"]
             memcpy = again
 
+    if memcpy:
+        add_memory_bound(rows, memcpy["bandwidth_GBps"] * 1e9)
     result = None
     if rank == 0:
         result = {
@@ -594,6 +596,42 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     comm.free()
     mcomm.Free()
     return result
+
+
+def memory_bound_factor(implementation: str, P: int) -> Optional[float]:
+    """Bytes an allreduce must move per rank through memory, in memcpys of
+    the message (a memcpy of n bytes reads n and writes n).
+
+    Out of place, a schedule that copies the input into shared memory,
+    reduces a 1/P slice from every rank's copy and copies the result out
+    moves about 2.5 memcpys' worth. In place on node-shared arrays
+    (distml:shared-buffer) a rank reads its 1/P slice of every rank (n),
+    writes it (n/P), and copies the other slices in ((P-1)/P n each way):
+    (1 + 1/P + 2(P-1)/P) / 2 memcpys. None for MPI's in-place variant,
+    whose schedule is MPI's own.
+    """
+    if P < 2 or implementation == "mpi4py:in-place":
+        return None
+    if implementation == "distml:shared-buffer":
+        return (1 + 1 / P + 2 * (P - 1) / P) / 2
+    return 2.5
+
+
+def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float) -> None:
+    """For allreduce rows: the time the memory bound allows at the measured
+    memcpy rate (``memory_bound_s``) and the fraction of it reached
+    (``of_memory_bound``, above 1 where caches beat main memory). The
+    baseline's row also gets ``max_ratio_at_bound``: the ratio to MPI a
+    schedule running exactly at the 2.5-memcpy bound would show."""
+    for r in rows:
+        factor = memory_bound_factor(r["implementation"], r["P"]) if r["collective"] == "allreduce" else None
+        if factor is None:
+            continue
+        bound = factor * r["bytes"] / memcpy_Bps
+        r["memory_bound_s"] = bound
+        r["of_memory_bound"] = bound / r["time_s"]
+        if r["implementation"] == BASELINE:
+            r["max_ratio_at_bound"] = r["time_s"] / bound
 
 
 _HEADER = f"{'collective':<15}{'implementation':<28}{'bytes':>10}{'time(us)':>12}{'algbw GB/s':>12}" \
@@ -738,7 +776,8 @@ def plot_main(argv: Sequence[str]) -> int:
 def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_bytes: int = 0,
                    max_bytes: Optional[int] = None, field: str = "ratio") -> str:
     """A markdown table, one row per size, one column per (file, implementation):
-    ``field`` is "ratio" (baseline / distml time), "time_us" or "busbw"."""
+    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw" or
+    "bound" (allreduce: fraction of the memory-bandwidth bound reached)."""
     results = []
     for p in paths:
         with open(p) as f:
@@ -762,6 +801,8 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
                 v = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
             elif field == "time_us":
                 v = f"{r['time_s'] * 1e6:.1f}"
+            elif field == "bound":
+                v = f"{r['of_memory_bound']:.2f}" if "of_memory_bound" in r else "-"
             else:
                 v = f"{r['busbw_GBps']:.2f}"
             cells[(r["bytes"], impl, fi)] = v
@@ -777,7 +818,9 @@ def table_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="distml-bench table", description="Markdown table from sweep JSON files.")
     p.add_argument("files", nargs="+")
     p.add_argument("--collective", default="allreduce")
-    p.add_argument("--field", choices=("ratio", "time_us", "busbw"), default="ratio")
+    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound"), default="ratio",
+                   help="ratio to MPI, time, bus bandwidth, or (allreduce) the fraction of the "
+                        "memory-bandwidth bound reached")
     p.add_argument("--min-bytes", type=parse_size, default=1)
     p.add_argument("--max-bytes", type=parse_size, default=None)
     a = p.parse_args(argv)

@@ -1,0 +1,52 @@
+"""The benchmark's bookkeeping: the memory-bandwidth bound of allreduce and
+the tables made from sweep files (the sweep itself runs under mpiexec in
+bench/)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distml import bench
+
+
+def _row(impl, nbytes, time_s, P=2, collective="allreduce"):
+    return {"collective": collective, "implementation": impl, "algorithm": "", "bytes": nbytes,
+            "time_s": time_s, "P": P, "ratio": None, "busbw_GBps": 0.0}
+
+
+def test_memory_bound_factors():
+    assert bench.memory_bound_factor("distml:auto", 2) == 2.5
+    assert bench.memory_bound_factor(bench.BASELINE, 4) == 2.5
+    # In place on shared arrays: read n, write n/P, copy (P-1)/P n in.
+    assert bench.memory_bound_factor("distml:shared-buffer", 2) == pytest.approx(1.25)
+    assert bench.memory_bound_factor("distml:shared-buffer", 4) == pytest.approx(1.375)
+    assert bench.memory_bound_factor("mpi4py:in-place", 2) is None
+    assert bench.memory_bound_factor("distml:auto", 1) is None
+
+
+def test_add_memory_bound():
+    gb = 1e9
+    rows = [_row(bench.BASELINE, 10 ** 9, 5.0), _row("distml:auto", 10 ** 9, 2.0),
+            _row("distml:shared-buffer", 10 ** 9, 2.0), _row("mpi4py:in-place", 10 ** 9, 1.0),
+            _row(bench.BASELINE, 10 ** 9, 1.0, collective="broadcast")]
+    bench.add_memory_bound(rows, 1 * gb)  # 1 GB/s: a memcpy of the message takes 1 s
+    mpi, auto, shared, inplace, other = rows
+    assert mpi["memory_bound_s"] == pytest.approx(2.5)
+    assert mpi["of_memory_bound"] == pytest.approx(0.5)
+    assert mpi["max_ratio_at_bound"] == pytest.approx(2.0)
+    assert auto["of_memory_bound"] == pytest.approx(1.25)
+    assert "max_ratio_at_bound" not in auto
+    assert shared["memory_bound_s"] == pytest.approx(1.25)
+    assert "memory_bound_s" not in inplace and "memory_bound_s" not in other
+
+
+def test_bound_table(tmp_path):
+    rows = [_row(bench.BASELINE, 1 << 20, 4e-4), _row("distml:auto", 1 << 20, 2e-4)]
+    bench.add_memory_bound(rows, 1e10)
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"machine": {"P": 2}, "rows": rows}))
+    table = bench.markdown_table([str(path)], "allreduce", 1, None, "bound")
+    want_mpi = 2.5 * (1 << 20) / 1e10 / 4e-4
+    assert f"| 1 MiB | {want_mpi:.2f} | {2 * want_mpi:.2f} |" in table
