@@ -31,7 +31,7 @@ def test_add_memory_bound():
     rows = [_row(bench.BASELINE, 10 ** 9, 5.0), _row("distml:auto", 10 ** 9, 2.0),
             _row("distml:shared-buffer", 10 ** 9, 2.0), _row("mpi4py:in-place", 10 ** 9, 1.0),
             _row(bench.BASELINE, 10 ** 9, 1.0, collective="broadcast")]
-    bench.add_memory_bound(rows, 1 * gb)  # 1 GB/s: a memcpy of the message takes 1 s
+    bench.add_memory_bound(rows, 1 * gb, cores=2)  # 1 GB/s: a memcpy of the message takes 1 s
     mpi, auto, shared, inplace, other = rows
     assert mpi["memory_bound_s"] == pytest.approx(2.5)
     assert mpi["of_memory_bound"] == pytest.approx(0.5)
@@ -41,10 +41,15 @@ def test_add_memory_bound():
     assert shared["memory_bound_s"] == pytest.approx(1.25)
     assert "memory_bound_s" not in inplace and "memory_bound_s" not in other
 
+    # Four ranks on two cores: two ranks' copies share each core.
+    rows = [_row(bench.BASELINE, 10 ** 9, 10.0, P=4)]
+    bench.add_memory_bound(rows, 1 * gb, cores=2)
+    assert rows[0]["memory_bound_s"] == pytest.approx(5.0)
+
 
 def test_bound_table(tmp_path):
     rows = [_row(bench.BASELINE, 1 << 20, 4e-4), _row("distml:auto", 1 << 20, 2e-4)]
-    bench.add_memory_bound(rows, 1e10)
+    bench.add_memory_bound(rows, 1e10, cores=2)
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"machine": {"P": 2}, "rows": rows}))
     table = bench.markdown_table([str(path)], "allreduce", 1, None, "bound")

@@ -567,7 +567,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             memcpy = again
 
     if memcpy:
-        add_memory_bound(rows, memcpy["bandwidth_GBps"] * 1e9)
+        add_memory_bound(rows, memcpy["bandwidth_GBps"] * 1e9, os.cpu_count() or 1)
     result = None
     if rank == 0:
         result = {
@@ -617,17 +617,21 @@ def memory_bound_factor(implementation: str, P: int) -> Optional[float]:
     return 2.5
 
 
-def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float) -> None:
+def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) -> None:
     """For allreduce rows: the time the memory bound allows at the measured
     memcpy rate (``memory_bound_s``) and the fraction of it reached
     (``of_memory_bound``, above 1 where caches beat main memory). The
     baseline's row also gets ``max_ratio_at_bound``: the ratio to MPI a
-    schedule running exactly at the 2.5-memcpy bound would show."""
+    schedule running exactly at the 2.5-memcpy bound would show.
+
+    ``memcpy_Bps`` is one rank's rate; with more ranks than ``cores`` the
+    ranks sharing a core copy one after the other, so the bound stretches
+    by P / cores."""
     for r in rows:
         factor = memory_bound_factor(r["implementation"], r["P"]) if r["collective"] == "allreduce" else None
         if factor is None:
             continue
-        bound = factor * r["bytes"] / memcpy_Bps
+        bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
         r["memory_bound_s"] = bound
         r["of_memory_bound"] = bound / r["time_s"]
         if r["implementation"] == BASELINE:
