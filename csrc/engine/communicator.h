@@ -98,8 +98,8 @@ struct Settings {
   std::size_t shm_slot_bytes = 1 << 20;
   std::size_t shm_one_shot_bytes = 16 << 10;
   // From this size on, shm allreduce reads peers' buffers directly (where
-  // the OS allows it) instead of staging them in shared memory (at least
-  // 8 MiB on nodes of more than two ranks; see setup_nodes).
+  // the OS allows it) instead of staging them in shared memory (never on
+  // nodes of more than two ranks; see setup_nodes).
   std::size_t shm_single_copy_bytes = 256 << 10;
   // From this size on, shm schedules write results that nothing reads back
   // during the collective with streaming stores, past the cache.
