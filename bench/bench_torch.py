@@ -3,8 +3,8 @@
 Run under mpiexec (every rank runs both, in the same process, interleaved per
 round so that drifts of the machine hit both alike)::
 
-    mpiexec -n 2 python bench/bench_torch.py --out bench/results/torch_P2.json
-    python bench/bench_torch.py --markdown bench/results/torch_P*.json > bench/results/torch.md
+    mpiexec -n 2 python bench/bench_torch.py --out bench/results/torch_P2_run1.json  # three runs per P
+    python bench/bench_torch.py --markdown bench/results/torch_P*_run*.json > bench/results/torch.md
 
 The model is an MLP of about 25 M float32 parameters; each rank trains on its
 own batch. A step is forward, backward (with the gradient allreduce
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bucket-mib", type=int, default=25)
     ap.add_argument("--ddp-bucket-mib", type=int, default=25)
