@@ -366,46 +366,30 @@ void reduce_native(void* dst, const void* src, size_t count) {
 }
 
 // Block by block, so each source is streamed once and dst is written once.
-template <class T, class Op>
+// With Stream, each block is reduced in a cache-resident scratch block and
+// then written to dst with streaming stores (fenced at the end).
+template <class T, class Op, bool Stream>
 void reduce_many_native(void* dst, const void* const* srcs, int n, size_t count) {
   if (n == 1) {
-    if (dst != srcs[0]) std::memcpy(dst, srcs[0], count * sizeof(T));
+    if (dst == srcs[0]) return;
+    if constexpr (Stream) copy_stream_kernel(dst, srcs[0], count * sizeof(T));
+    else std::memcpy(dst, srcs[0], count * sizeof(T));
     return;
   }
   constexpr size_t kBlock = kBlockBytes / sizeof(T);
+  alignas(64) unsigned char scratch[Stream ? kBlockBytes : 1];
   for (size_t first = 0; first < count; first += kBlock) {
     const size_t len = min_size(kBlock, count - first);
     const size_t off = first * sizeof(T);
-    auto* out = static_cast<unsigned char*>(dst) + off;
+    unsigned char* out = Stream ? scratch : static_cast<unsigned char*>(dst) + off;
     combine<T, Op>(out, static_cast<const unsigned char*>(srcs[0]) + off,
                    static_cast<const unsigned char*>(srcs[1]) + off, len);
     for (int k = 2; k < n; ++k) {
       combine<T, Op>(out, out, static_cast<const unsigned char*>(srcs[k]) + off, len);
     }
+    if constexpr (Stream) stream_bytes(static_cast<unsigned char*>(dst) + off, scratch, len * sizeof(T));
   }
-}
-
-// The same, with dst written by streaming stores: each block is reduced in
-// a cache-resident scratch block and then streamed out.
-template <class T, class Op>
-void reduce_many_native_stream(void* dst, const void* const* srcs, int n, size_t count) {
-  if (n == 1) {
-    if (dst != srcs[0]) copy_stream_kernel(dst, srcs[0], count * sizeof(T));
-    return;
-  }
-  constexpr size_t kBlock = kBlockBytes / sizeof(T);
-  alignas(64) unsigned char block[kBlockBytes];
-  for (size_t first = 0; first < count; first += kBlock) {
-    const size_t len = min_size(kBlock, count - first);
-    const size_t off = first * sizeof(T);
-    combine<T, Op>(block, static_cast<const unsigned char*>(srcs[0]) + off,
-                   static_cast<const unsigned char*>(srcs[1]) + off, len);
-    for (int k = 2; k < n; ++k) {
-      combine<T, Op>(block, block, static_cast<const unsigned char*>(srcs[k]) + off, len);
-    }
-    stream_bytes(static_cast<unsigned char*>(dst) + off, block, len * sizeof(T));
-  }
-  store_fence();
+  if constexpr (Stream) store_fence();
 }
 
 // ---------------------------------------------------------------------------
@@ -432,14 +416,18 @@ void reduce_half(void* dst, const void* src, size_t count) {
 
 // The whole chain accumulates in float and is rounded once, so the result
 // does not depend on how many sources there are beyond float32 rounding.
-template <class H, class Op>
+// Stream as for reduce_many_native.
+template <class H, class Op, bool Stream>
 void reduce_many_half(void* dst, const void* const* srcs, int n, size_t count) {
   if (n == 1) {
-    if (dst != srcs[0]) std::memcpy(dst, srcs[0], count * 2);
+    if (dst == srcs[0]) return;
+    if constexpr (Stream) copy_stream_kernel(dst, srcs[0], count * 2);
+    else std::memcpy(dst, srcs[0], count * 2);
     return;
   }
   float acc[kHalfBlock];
   float in[kHalfBlock];
+  alignas(64) unsigned char narrowed[Stream ? 2 * kHalfBlock : 1];
   for (size_t first = 0; first < count; first += kHalfBlock) {
     const size_t len = min_size(kHalfBlock, count - first);
     const size_t off = 2 * first;
@@ -448,31 +436,14 @@ void reduce_many_half(void* dst, const void* const* srcs, int n, size_t count) {
       H::widen(static_cast<const unsigned char*>(srcs[k]) + off, in, len);
       apply_floats<Op>(acc, in, len);
     }
-    H::narrow(acc, static_cast<unsigned char*>(dst) + off, len);
-  }
-}
-
-template <class H, class Op>
-void reduce_many_half_stream(void* dst, const void* const* srcs, int n, size_t count) {
-  if (n == 1) {
-    if (dst != srcs[0]) copy_stream_kernel(dst, srcs[0], count * 2);
-    return;
-  }
-  float acc[kHalfBlock];
-  float in[kHalfBlock];
-  alignas(64) unsigned char narrowed[2 * kHalfBlock];
-  for (size_t first = 0; first < count; first += kHalfBlock) {
-    const size_t len = min_size(kHalfBlock, count - first);
-    const size_t off = 2 * first;
-    H::widen(static_cast<const unsigned char*>(srcs[0]) + off, acc, len);
-    for (int k = 1; k < n; ++k) {
-      H::widen(static_cast<const unsigned char*>(srcs[k]) + off, in, len);
-      apply_floats<Op>(acc, in, len);
+    if constexpr (Stream) {
+      H::narrow(acc, narrowed, len);
+      stream_bytes(static_cast<unsigned char*>(dst) + off, narrowed, 2 * len);
+    } else {
+      H::narrow(acc, static_cast<unsigned char*>(dst) + off, len);
     }
-    H::narrow(acc, narrowed, len);
-    stream_bytes(static_cast<unsigned char*>(dst) + off, narrowed, 2 * len);
   }
-  store_fence();
+  if constexpr (Stream) store_fence();
 }
 
 // ---------------------------------------------------------------------------
@@ -550,21 +521,12 @@ constexpr ReduceFn reduce_entry() {
   }
 }
 
-template <class E, class Op>
+template <class E, class Op, bool Stream>
 constexpr detail::ReduceManyFn reduce_many_entry() {
   if constexpr (kIsHalf<E>) {
-    return &reduce_many_half<E, Op>;
+    return &reduce_many_half<E, Op, Stream>;
   } else {
-    return &reduce_many_native<E, Op>;
-  }
-}
-
-template <class E, class Op>
-constexpr detail::ReduceManyFn reduce_many_stream_entry() {
-  if constexpr (kIsHalf<E>) {
-    return &reduce_many_half_stream<E, Op>;
-  } else {
-    return &reduce_many_native_stream<E, Op>;
+    return &reduce_many_native<E, Op, Stream>;
   }
 }
 
@@ -573,8 +535,8 @@ constexpr void set_entry(detail::KernelTable& t, DType dtype, Op op) {
   const int d = static_cast<int>(dtype);
   const int o = static_cast<int>(op);
   t.reduce[d][o] = reduce_entry<E, StepOp>();
-  t.reduce_many[d][o] = reduce_many_entry<E, StepOp>();
-  t.reduce_many_stream[d][o] = reduce_many_stream_entry<E, StepOp>();
+  t.reduce_many[d][o] = reduce_many_entry<E, StepOp, false>();
+  t.reduce_many_stream[d][o] = reduce_many_entry<E, StepOp, true>();
 }
 
 template <class E>
