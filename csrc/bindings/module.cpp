@@ -228,6 +228,10 @@ PYBIND11_MODULE(_core, m) {
           "shm_single_copy_bytes", [](engine::Communicator& s) { return s.settings().shm_single_copy_bytes; },
           [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_bytes = v; })
       .def_property(
+          "shm_single_copy_max_bytes",
+          [](engine::Communicator& s) { return s.settings().shm_single_copy_max_bytes; },
+          [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_max_bytes = v; })
+      .def_property(
           "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
           [](engine::Communicator& s, std::size_t v) { s.settings().shm_stream_bytes = v; })
       .def("set_thresholds",
@@ -277,6 +281,7 @@ PYBIND11_MODULE(_core, m) {
         d["shm_slot_bytes"] = s.settings().shm_slot_bytes;
         d["shm_one_shot_bytes"] = s.settings().shm_one_shot_bytes;
         d["shm_single_copy_bytes"] = s.settings().shm_single_copy_bytes;
+        d["shm_single_copy_max_bytes"] = s.settings().shm_single_copy_max_bytes;
         d["shm_stream_bytes"] = s.settings().shm_stream_bytes;
         return d;
       });

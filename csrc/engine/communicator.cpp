@@ -749,7 +749,8 @@ void Communicator::dispatch(const Call& c, Algo algo) {
         auto w = shm_->find(c.in, c.count * elem, &offset);
         alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red, stream);
       } else if (algo == Algo::kShm && shm_->single_copy() &&
-                 c.count * elem >= settings_.shm_single_copy_bytes) {
+                 c.count * elem >= settings_.shm_single_copy_bytes &&
+                 c.count * elem < settings_.shm_single_copy_max_bytes) {
         // Peers read back what this schedule streams: worth it from 4x on.
         alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red,
                                        c.count * elem >= 4 * settings_.shm_stream_bytes);

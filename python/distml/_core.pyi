@@ -26,6 +26,7 @@ class Communicator:
     segment_bytes: int
     shm_one_shot_bytes: int
     shm_single_copy_bytes: int
+    shm_single_copy_max_bytes: int
     shm_stream_bytes: int
     one_node: bool
     hierarchical: bool

@@ -47,6 +47,7 @@ atexit.register(_free_all)
 _SHM_SIZE_ENV = {
     "DISTML_SHM_ONE_SHOT_BYTES": "shm_one_shot_bytes",
     "DISTML_SHM_SINGLE_COPY_BYTES": "shm_single_copy_bytes",
+    "DISTML_SHM_SINGLE_COPY_MAX_BYTES": "shm_single_copy_max_bytes",
     "DISTML_SHM_STREAM_BYTES": "shm_stream_bytes",
 }
 
@@ -172,8 +173,9 @@ class Communicator:
             algorithms) where the ranks share nodes (default: on, unless
             ``DISTML_SHM=0``). ``DISTML_SHM_SLOT_BYTES`` tunes its chunk
             size, ``DISTML_SHM_ONE_SHOT_BYTES`` the size up to which
-            allreduce takes one step, ``DISTML_SHM_SINGLE_COPY_BYTES`` the
-            size from which allreduce reads peers' arrays directly, and
+            allreduce takes one step, ``DISTML_SHM_SINGLE_COPY_BYTES`` and
+            ``DISTML_SHM_SINGLE_COPY_MAX_BYTES`` the sizes between which
+            allreduce reads peers' arrays directly, and
             ``DISTML_SHM_STREAM_BYTES`` the size from which results are
             written past the cache (streaming stores).
         tune: let ``algorithm="auto"`` follow the table measured by

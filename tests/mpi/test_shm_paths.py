@@ -45,6 +45,7 @@ class _Settings:
     def __init__(self, comm, single_copy: bool, stream: bool) -> None:
         self.core = comm._core
         self.want = {"shm_single_copy_bytes": 0 if single_copy else 1 << 62,
+                     "shm_single_copy_max_bytes": 1 << 62,
                      "shm_stream_bytes": 0 if stream else 1 << 62}
 
     def __enter__(self):
