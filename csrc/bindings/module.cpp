@@ -278,6 +278,8 @@ PYBIND11_MODULE(_core, m) {
         d["allreduce_small_bytes"] = s.settings().allreduce_small_bytes;
         d["broadcast_small_bytes"] = s.settings().broadcast_small_bytes;
         d["reduce_small_bytes"] = s.settings().reduce_small_bytes;
+        d["pair_ring_min_bytes"] = s.settings().pair_ring_min_bytes;
+        d["pair_ring_max_bytes"] = s.settings().pair_ring_max_bytes;
         d["shm_slot_bytes"] = s.settings().shm_slot_bytes;
         d["shm_one_shot_bytes"] = s.settings().shm_one_shot_bytes;
         d["shm_single_copy_bytes"] = s.settings().shm_single_copy_bytes;

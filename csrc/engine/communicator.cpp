@@ -354,6 +354,10 @@ Algo Communicator::resolve(const Call& call) const {
   }
   switch (call.kind) {
     case Kind::kAllreduce:
+      if (one_node_ && size_ == 2 && call.window < 0 && bytes >= settings_.pair_ring_min_bytes &&
+          bytes < settings_.pair_ring_max_bytes) {
+        return Algo::kRing;
+      }
       if (one_node_) return Algo::kShm;
       if (across_) return Algo::kHierarchical;
       return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
@@ -755,8 +759,10 @@ void Communicator::dispatch(const Call& c, Algo algo) {
         alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red,
                                        c.count * elem >= 4 * settings_.shm_stream_bytes);
       } else if (algo == Algo::kShm)
+        // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
+        // sequences of collectives: from 8 MiB it lost to caching stores).
         alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes,
-                           stream);
+                           c.count * elem >= 4 * settings_.shm_stream_bytes);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);

@@ -94,6 +94,14 @@ struct Settings {
   std::size_t allreduce_small_bytes = 64 << 10;
   std::size_t broadcast_small_bytes = 256 << 10;
   std::size_t reduce_small_bytes = 64 << 10;
+  // On a node of just two ranks, out-of-place allreduce from the min to
+  // below the max takes the ring over MPI: MPICH moves large messages
+  // between two processes with one copy, and the ring beat the shared-memory
+  // schedules there (1.6-2.5x MPI_Allreduce against 1.4-2.0x, measured in
+  // mixed sequences of collectives). Arrays in a shared window stay on the
+  // shared-memory path.
+  std::size_t pair_ring_min_bytes = 2 << 20;
+  std::size_t pair_ring_max_bytes = 64 << 20;
   // Shared memory: each rank's two slots, and the one-shot allreduce limit.
   std::size_t shm_slot_bytes = 1 << 20;
   std::size_t shm_one_shot_bytes = 16 << 10;

@@ -17,9 +17,9 @@ is bounded by.
 Timing protocol (the same for distml and the baseline):
 
 - the implementations of one (collective, size) run interleaved, one call
-  of each per round in an order that rotates from round to round, so
-  background load on a shared machine affects them alike and their ratios
-  stay meaningful;
+  of each per round in an order drawn anew each round (the same on every
+  rank), so background load on a shared machine and the after-effects of
+  the previous call affect them alike and their ratios stay meaningful;
 - every call starts after a barrier and is timed with ``time.perf_counter``
   on every rank; a call's time is the maximum over ranks (one MPI MAX
   reduction of all the times at the end, so no extra traffic inside the
@@ -224,10 +224,10 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     """Times several implementations of one collective, interleaved.
 
     Round ``i`` runs every implementation once, each after a barrier on
-    ``mcomm``, in an order that rotates from round to round, so all of them
-    see the same background load: on a shared machine a slow phase then
-    shifts every implementation alike instead of whichever happened to be
-    running. ``runs[k](j)`` performs one call of
+    ``mcomm``, in an order drawn anew for each round, so all of them see the
+    same background load and the same predecessors: on a shared machine a
+    slow phase then shifts every implementation alike instead of whichever
+    happened to be running. ``runs[k](j)`` performs one call of
     implementation ``k``; ``j`` counts calls across implementations, so
     consecutive calls use different buffer sets.
 
@@ -243,12 +243,15 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     times = np.empty((n, iters), dtype=np.float64)
     perf = time.perf_counter
     barrier = mcomm.Barrier
+    # A new order every round, the same on every rank (fixed seed), so that
+    # each implementation follows every other one about equally often: the
+    # after-effects of a call (caches, a peer still finishing) would
+    # otherwise always land on the same successor, as they do when the order
+    # only rotates.
+    orders = np.random.default_rng(12345).permuted(np.tile(np.arange(n), (iters, 1)), axis=1)
     for i in range(iters):
-        # The order rotates each round, so no implementation always follows
-        # the same other one (whose after-effects, e.g. a peer still busy
-        # polling, would otherwise always land on it).
         for j in range(n):
-            k = (i + j) % n
+            k = int(orders[i, j])
             barrier()
             t0 = perf()
             runs[k](i * n + j)
@@ -543,7 +546,9 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 algbw = case.nbytes / med
                 measured.append({
                     "collective": name, "implementation": impl, "algorithm": alg,
-                    "resolved": comm.algorithm_for(name, case.nbytes) if alg == "auto" else alg,
+                    # Arrays in a shared window always take the shared-memory path.
+                    "resolved": ("shm" if impl == "distml:shared-buffer"
+                                 else comm.algorithm_for(name, case.nbytes) if alg == "auto" else alg),
                     "bytes": case.nbytes, "count": case.count, "dtype": str(dtype), "P": nranks,
                     "iters": iters, "warmup": warmup, "buffer_sets": nsets,
                     "time_s": med, "min_time_s": float(times.min()),
@@ -581,7 +586,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "byte_budget": args.byte_budget, "rotate": args.rotate, "buffer_budget": args.buffer_budget,
                 "check": comm.check, "segment_bytes": args.segment_bytes,
                 "baseline": "mpi4py buffer collective on COMM_WORLD.Dup()",
-                "timing": "implementations interleaved, order rotating per round; barrier before every call; "
+                "timing": "implementations interleaved, random order per round; barrier before every call; "
                           "per-call max over ranks; median over iterations",
                 "busbw_factors": {n: COLLECTIVES[n][1](nranks) for n in args.collectives},
             },

@@ -100,3 +100,37 @@ def test_allreduce_shm_paths(comm_default, world, dtype, path, stream):
     for label, agreed in same.items():
         check.expect_true(label + ": every rank's result bitwise equal", agreed)
     check.verify()
+
+
+def test_auto_allreduce_choices_on_one_node(comm_default, world):
+    """What "auto" runs for allreduce on one node, read back from the trace:
+    on a node of two ranks, ordinary arrays of 2 MiB to 64 MiB take the ring
+    over MPI and everything else the shared-memory path; arrays in a shared
+    window always reduce where they lie."""
+    comm = comm_default
+    require(comm, "allreduce", "shm")
+    P = comm.size
+    mib = 1 << 20
+    cases = [(mib // 2, "shm"), (4 * mib, "ring" if P == 2 else "shm"), (64 * mib, "shm")]
+    check = Checker(P)
+    core = comm._core
+    core.set_trace(True)
+    try:
+        core.drain_trace()
+        for nbytes, _ in cases:
+            comm.allreduce(np.ones(nbytes // 4, np.float32))
+        shared = comm.empty(mib, np.float32)  # 4 MiB in a shared window
+        shared[...] = 1
+        got_shared = call(lambda: comm.allreduce(shared, out=shared))
+        events = core.drain_trace()
+    finally:
+        core.set_trace(False)
+    ran = [e["algorithm"] for e in events if e["collective"] == "allreduce"]
+    check.expect_true(f"traced {len(ran)} allreduces, expected {len(cases) + 1}", len(ran) == len(cases) + 1)
+    for (nbytes, want), algo in zip(cases, ran):
+        check.expect_true(f"{nbytes} bytes ran {algo}, expected {want}", algo == want)
+        check.expect_true(f"algorithm_for({nbytes}) agrees", comm.algorithm_for("allreduce", nbytes) == want)
+    if len(ran) == len(cases) + 1:
+        check.expect_true(f"shared window ran {ran[-1]}, expected shm", ran[-1] == "shm")
+    check.expect("shared window result", got_shared, np.full(mib, P, np.float32), same=shared)
+    check.verify()
