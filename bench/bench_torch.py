@@ -1,7 +1,8 @@
 """Training step time: distml.torch.DistributedOptimizer vs torch DistributedDataParallel (gloo).
 
 Run under mpiexec (every rank runs both, in the same process, interleaved per
-round so that drifts of the machine hit both alike)::
+round in a random order so that drifts of the machine and the after-effects
+of one variant hit the others alike)::
 
     mpiexec -n 2 python bench/bench_torch.py --out bench/results/torch_P2_run1.json  # three runs per P
     python bench/bench_torch.py --markdown bench/results/torch_P*_run*.json > bench/results/torch.md
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -88,8 +90,11 @@ def run(args) -> None:
             world.Barrier()
             fn()
     names = list(impls)
+    # A new order every round, the same on every rank (fixed seed), so each
+    # variant follows each other one about equally often.
+    rng = random.Random(12345)
     for i in range(args.rounds):
-        order = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
+        order = rng.sample(names, len(names))
         for name in order:
             world.Barrier()
             t0 = time.perf_counter()
