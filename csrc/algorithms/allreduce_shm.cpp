@@ -111,9 +111,7 @@ void gather_reduced(ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
     if (r != me) shm.wait_one(r, Counter::kReduced, step);
     std::size_t r0, rn;
     chunk_slice(len, L, r, align, &r0, &rn);
-    if (rn == 0) continue;
-    if (stream) kernels::copy_stream(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
-    else std::memcpy(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem);
+    if (rn) copy_result(dst + r0 * elem, shm.slot(r, k) + r0 * elem, rn * elem, stream);
   }
 }
 
@@ -157,9 +155,7 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
     shm.wait_one(r, Counter::kReduced, step);
     std::size_t r0, rn;
     chunk_slice(count, L, r, align, &r0, &rn);
-    if (rn == 0) continue;
-    if (stream) kernels::copy_stream(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
-    else std::memcpy(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem);
+    if (rn) copy_result(buf(me) + r0 * elem, buf(r) + r0 * elem, rn * elem, stream);
   }
   shm.publish(Counter::kReleased, step);
   shm.wait_all(Counter::kReleased, step);

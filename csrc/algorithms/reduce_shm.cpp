@@ -1,7 +1,8 @@
 // Shared-memory reduce to a root for the ranks of one node. Each chunk: every
-// rank copies its chunk into its slot and posts; each rank reduces its slice
-// of the chunk from every slot into its own slot (so the reduction work is
-// spread over all ranks) and marks it reduced; the root copies every reduced
+// rank copies the other ranks' slices of its chunk into its slot and posts;
+// each rank reduces its slice of the chunk from its own input and every
+// peer's slot into its own slot (so the reduction work is spread over all
+// ranks) and marks it reduced; the root copies every reduced
 // slice into its output. Ranks other than the root release as soon as their
 // slice is reduced; the root releases after its copy-out, which is what the
 // slot-reuse wait of step + 2 depends on.

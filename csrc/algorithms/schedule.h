@@ -98,6 +98,12 @@ enum Tag : int {
 
 inline int mod(int a, int p) { return ((a % p) + p) % p; }
 
+// Copies a finished result; with `stream`, past the cache (streaming stores).
+inline void copy_result(void* dst, const void* src, std::size_t bytes, bool stream) {
+  if (stream) kernels::copy_stream(dst, src, bytes);
+  else std::memcpy(dst, src, bytes);
+}
+
 // Number of segments a block of `elems` elements is cut into.
 inline std::size_t segments_of(std::size_t elems, std::size_t seg_elems) {
   return elems == 0 ? 0 : (elems + seg_elems - 1) / seg_elems;
@@ -173,9 +179,9 @@ void barrier_dissemination(MpiComm& comm);
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                    const Reduction& red, std::size_t one_shot_bytes, bool stream);
 // The staged chunk step the shared-memory allreduce and reduce share
-// (allreduce_shm.cpp): copy `len` elements of mine into my slot for `step`,
-// post, then reduce my slice of every rank's slot into my own and mark it
-// reduced. `peers` is scratch.
+// (allreduce_shm.cpp): copy the other ranks' slices of my `len` elements into
+// my slot for `step`, post, then reduce my slice (my own input and every
+// peer's slot) into my slot and mark it reduced. `peers` is scratch.
 void stage_and_reduce(transport::ShmGroup& shm, const char* src, std::size_t len,
                       const Reduction& red, std::uint64_t step, std::vector<const void*>& peers);
 // Copies every rank's reduced slice of the chunk of `step` into `dst`.
