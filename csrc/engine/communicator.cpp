@@ -451,12 +451,13 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     std::lock_guard<std::mutex> lk(trace_mu_);
     events_.push_back(ev);
   };
+  const bool with_arrival = eager(call, algo);
   try {
-    coordinate(call);
+    coordinate(call, with_arrival);
     arrived = true;
     if (tracing) ev.arrived = now_us();
     if (call.invalid) DISTML_THROW(InvalidArgument, "invalid arguments on rank " << rank_);
-    dispatch(call, algo);
+    dispatch(call, algo, with_arrival);
     record(true);
   } catch (const Timeout& e) {
     record(false);
@@ -478,10 +479,17 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   clear_deadline();
 }
 
-void Communicator::coordinate(const Call& call) {
+bool Communicator::eager(const Call& call, Algo algo) const {
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
+  return size_ > 1 && one_node_ && (comm_->has_deadline() || settings_.check) && algo == Algo::kShm &&
+         !call.invalid && bytes > 0 && bytes <= tp::ShmControl::kEagerBytes &&
+         (call.kind == Kind::kAllreduce || call.kind == Kind::kBroadcast);
+}
+
+void Communicator::coordinate(const Call& call, bool eager) {
   if (size_ == 1) return;
   if (one_node_ && (comm_->has_deadline() || settings_.check)) {
-    arrive_through_shm(call);
+    arrive_through_shm(call, eager);
   } else if (comm_->has_deadline()) {
     arrive_through_root(call);
   } else if (settings_.check) {
@@ -537,12 +545,17 @@ constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 // message. At the deadline, the ranks whose arrival counter is behind are
 // exactly the ones that never arrived. The lowest-numbered rank that has
 // arrived warns about stragglers first.
-void Communicator::arrive_through_shm(const Call& call) {
+void Communicator::arrive_through_shm(const Call& call, bool eager) {
   static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
   auto& shm = *shm_;
   const std::uint64_t seq = seq_;
   Signature mine = signature_of(call);
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
+  // A small allreduce posts its input with the note, a small broadcast the
+  // root's data (see dispatch).
+  if (eager && (call.kind == Kind::kAllreduce || rank_ == call.root)) {
+    std::memcpy(shm.control(shm.rank()).eager[seq & 1], call.in, call.count * dtype_size(call.dtype));
+  }
   shm.publish(tp::ShmGroup::Counter::kArrived, seq);
   if (comm_->has_deadline()) {
     const double timeout = settings_.timeout;
@@ -725,11 +738,28 @@ void Communicator::arrive_through_root(const Call& call) {
 
 tp::ShmGroup& Communicator::shm_group() { return *shm_; }
 
-void Communicator::dispatch(const Call& c, Algo algo) {
+void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
   auto& comm = *comm_;
   const auto& tuning = settings_.tuning;
   const std::size_t elem = dtype_size(c.dtype);
   const int P = size_, r = rank_;
+
+  if (eager) {
+    // Every rank has arrived, so every rank's data of this call is in its
+    // control block (arrive_through_shm). Each rank reduces all of them in
+    // rank order, so all get bitwise the same result.
+    auto& shm = *shm_;
+    const int parity = static_cast<int>(seq_ & 1);
+    if (c.kind == Kind::kBroadcast) {
+      if (r != c.root) std::memcpy(c.out, shm.control(c.root).eager[parity], c.count * elem);
+      return;
+    }
+    std::vector<const void*> srcs(P);
+    for (int i = 0; i < P; ++i) srcs[i] = shm.control(i).eager[parity];
+    kernels::reduce_many(c.out, srcs.data(), P, c.count, c.dtype, step_op(c.op));
+    if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
+    return;
+  }
 
   switch (c.kind) {
     case Kind::kBarrier:

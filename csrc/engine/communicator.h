@@ -193,11 +193,15 @@ class Communicator {
  private:
   void setup_nodes();
   void execute(const Call& in_call, double queued = -1, bool async = false);
-  void coordinate(const Call& call);
+  void coordinate(const Call& call, bool eager);
   void check_fingerprints(const Call& call);
   void arrive_through_root(const Call& call);
-  void arrive_through_shm(const Call& call);
-  void dispatch(const Call& call, Algo algo);
+  void arrive_through_shm(const Call& call, bool eager);
+  // Whether `call` moves its data with the arrival on one node (small
+  // allreduce and broadcast; see ShmControl::eager): the same answer on every
+  // rank whose call agrees.
+  bool eager(const Call& call, Algo algo) const;
+  void dispatch(const Call& call, Algo algo, bool eager);
   void worker_loop();
   transport::ShmGroup& shm_group();
   // Throws InvalidArgument when `algo` cannot run on this communicator.

@@ -45,6 +45,12 @@ struct alignas(64) ShmControl {
   // waiting for `arrived`, and a peer cannot reach collective v + 2 (and
   // overwrite the note) before I have arrived at v + 1.
   char note[2][128];
+  // The data of a small collective v, written with the note (eager[v & 1]):
+  // once every rank has arrived, peers read it straight from here, with no
+  // further synchronisation. The same argument as for the note keeps it
+  // stable until every peer has read it.
+  static constexpr std::size_t kEagerBytes = 8192;
+  alignas(64) char eager[2][kEagerBytes];
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "shared-memory flags need lock-free 64-bit atomics");
