@@ -481,9 +481,11 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
 
 bool Communicator::eager(const Call& call, Algo algo) const {
   const std::size_t bytes = call.count * dtype_size(call.dtype);
+  // `count` is what each rank contributes, for allgather, and the whole
+  // input otherwise: the bytes each rank writes into its control block.
   return size_ > 1 && one_node_ && (comm_->has_deadline() || settings_.check) && algo == Algo::kShm &&
          !call.invalid && bytes > 0 && bytes <= tp::ShmControl::kEagerBytes &&
-         (call.kind == Kind::kAllreduce || call.kind == Kind::kBroadcast);
+         call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall;
 }
 
 void Communicator::coordinate(const Call& call, bool eager) {
@@ -551,9 +553,9 @@ void Communicator::arrive_through_shm(const Call& call, bool eager) {
   const std::uint64_t seq = seq_;
   Signature mine = signature_of(call);
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
-  // A small allreduce posts its input with the note, a small broadcast the
-  // root's data (see dispatch).
-  if (eager && (call.kind == Kind::kAllreduce || rank_ == call.root)) {
+  // A small collective posts its input with the note (a broadcast: the
+  // root's data); see dispatch_eager.
+  if (eager && (call.kind != Kind::kBroadcast || rank_ == call.root)) {
     std::memcpy(shm.control(shm.rank()).eager[seq & 1], call.in, call.count * dtype_size(call.dtype));
   }
   shm.publish(tp::ShmGroup::Counter::kArrived, seq);
@@ -738,6 +740,45 @@ void Communicator::arrive_through_root(const Call& call) {
 
 tp::ShmGroup& Communicator::shm_group() { return *shm_; }
 
+// Every rank has arrived, so every rank's data of this call is in its
+// control block (arrive_through_shm): read it straight from there. Reductions
+// combine all ranks' data in rank order, so every rank that computes an
+// element gets bitwise the same value.
+void Communicator::dispatch_eager(const Call& c) {
+  auto& shm = *shm_;
+  const int P = size_, r = rank_, parity = static_cast<int>(seq_ & 1);
+  const std::size_t elem = dtype_size(c.dtype);
+  std::vector<const char*> data(P);
+  for (int i = 0; i < P; ++i) data[i] = shm.control(i).eager[parity];
+  auto reduce_from_all = [&](void* out, std::size_t first, std::size_t n) {
+    std::vector<const void*> srcs(P);
+    for (int i = 0; i < P; ++i) srcs[i] = data[i] + first * elem;
+    kernels::reduce_many(out, srcs.data(), P, n, c.dtype, step_op(c.op));
+    if (c.op == Op::kAvg) kernels::scale_avg(out, n, c.dtype, P);
+  };
+  switch (c.kind) {
+    case Kind::kAllreduce:
+      reduce_from_all(c.out, 0, c.count);
+      return;
+    case Kind::kReduce:
+      if (r == c.root) reduce_from_all(c.out, 0, c.count);
+      return;
+    case Kind::kBroadcast:
+      if (r != c.root) std::memcpy(c.out, data[c.root], c.count * elem);
+      return;
+    case Kind::kAllgather:
+      for (int i = 0; i < P; ++i) std::memcpy(static_cast<char*>(c.out) + i * c.count * elem, data[i], c.count * elem);
+      return;
+    case Kind::kReduceScatter: {
+      const alg::Blocks blocks{c.count, P, c.unit};
+      if (blocks.size(r) > 0) reduce_from_all(c.out, blocks.offset(r), blocks.size(r));
+      return;
+    }
+    default:
+      DISTML_THROW(Error, "no eager path for " << kind_name(c.kind));
+  }
+}
+
 void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
   auto& comm = *comm_;
   const auto& tuning = settings_.tuning;
@@ -745,19 +786,7 @@ void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
   const int P = size_, r = rank_;
 
   if (eager) {
-    // Every rank has arrived, so every rank's data of this call is in its
-    // control block (arrive_through_shm). Each rank reduces all of them in
-    // rank order, so all get bitwise the same result.
-    auto& shm = *shm_;
-    const int parity = static_cast<int>(seq_ & 1);
-    if (c.kind == Kind::kBroadcast) {
-      if (r != c.root) std::memcpy(c.out, shm.control(c.root).eager[parity], c.count * elem);
-      return;
-    }
-    std::vector<const void*> srcs(P);
-    for (int i = 0; i < P; ++i) srcs[i] = shm.control(i).eager[parity];
-    kernels::reduce_many(c.out, srcs.data(), P, c.count, c.dtype, step_op(c.op));
-    if (c.op == Op::kAvg) kernels::scale_avg(c.out, c.count, c.dtype, P);
+    dispatch_eager(c);
     return;
   }
 

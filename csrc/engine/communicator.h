@@ -198,10 +198,11 @@ class Communicator {
   void arrive_through_root(const Call& call);
   void arrive_through_shm(const Call& call, bool eager);
   // Whether `call` moves its data with the arrival on one node (small
-  // allreduce and broadcast; see ShmControl::eager): the same answer on every
-  // rank whose call agrees.
+  // collectives other than alltoall; see ShmControl::eager): the same answer
+  // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
   void dispatch(const Call& call, Algo algo, bool eager);
+  void dispatch_eager(const Call& call);
   void worker_loop();
   transport::ShmGroup& shm_group();
   // Throws InvalidArgument when `algo` cannot run on this communicator.
