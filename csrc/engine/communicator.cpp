@@ -748,11 +748,10 @@ void Communicator::dispatch_eager(const Call& c) {
   auto& shm = *shm_;
   const int P = size_, r = rank_, parity = static_cast<int>(seq_ & 1);
   const std::size_t elem = dtype_size(c.dtype);
-  std::vector<const char*> data(P);
-  for (int i = 0; i < P; ++i) data[i] = shm.control(i).eager[parity];
+  auto data = [&](int i) -> const char* { return shm.control(i).eager[parity]; };
   auto reduce_from_all = [&](void* out, std::size_t first, std::size_t n) {
     std::vector<const void*> srcs(P);
-    for (int i = 0; i < P; ++i) srcs[i] = data[i] + first * elem;
+    for (int i = 0; i < P; ++i) srcs[i] = data(i) + first * elem;
     kernels::reduce_many(out, srcs.data(), P, n, c.dtype, step_op(c.op));
     if (c.op == Op::kAvg) kernels::scale_avg(out, n, c.dtype, P);
   };
@@ -764,10 +763,10 @@ void Communicator::dispatch_eager(const Call& c) {
       if (r == c.root) reduce_from_all(c.out, 0, c.count);
       return;
     case Kind::kBroadcast:
-      if (r != c.root) std::memcpy(c.out, data[c.root], c.count * elem);
+      if (r != c.root) std::memcpy(c.out, data(c.root), c.count * elem);
       return;
     case Kind::kAllgather:
-      for (int i = 0; i < P; ++i) std::memcpy(static_cast<char*>(c.out) + i * c.count * elem, data[i], c.count * elem);
+      for (int i = 0; i < P; ++i) std::memcpy(static_cast<char*>(c.out) + i * c.count * elem, data(i), c.count * elem);
       return;
     case Kind::kReduceScatter: {
       const alg::Blocks blocks{c.count, P, c.unit};
