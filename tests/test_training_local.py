@@ -175,16 +175,17 @@ def test_crash_before_commit_leaves_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("simulated crash before the manifest is written")
 
     monkeypatch.setattr(checkpoint, "_write_manifest", crash)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(checkpoint.CheckpointError, match="simulated") as failed:
         checkpoint.save(str(tmp_path), params=params, optimizer=opt)
     monkeypatch.undo()
-    # the new generation's shard is on disk, the manifest still names the old one
-    assert len([f for f in os.listdir(tmp_path) if f.startswith("shard-")]) == 2
+    assert isinstance(failed.value.__cause__, OSError)
+    # the failed save removed its own shard; the manifest still names the old one
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("shard-")]) == 1
     restored = [np.zeros_like(p) for p in params]
     checkpoint.load(str(tmp_path), params=restored)
     for a, b in zip(saved, restored):
         np.testing.assert_array_equal(a, b)
-    # the next successful save removes the orphan
+    # the next save replaces it
     checkpoint.save(str(tmp_path), params=params, optimizer=opt)
     assert len([f for f in os.listdir(tmp_path) if f.startswith("shard-")]) == 1
 

@@ -9,37 +9,51 @@ What is saved lives in one *flat element space*: the parameters concatenated
 in order (``numel`` elements), and for each element-wise optimizer state key
 (``exp_avg``, ...) a vector of the same length. Rank r of a save writes the
 elements ``[start, stop)`` it is responsible for: the shard it owns for a
-:class:`distml.ShardedOptimizer`, otherwise ``numpy.array_split`` part r of
-the range. No data is gathered to any rank. Step counts and
-hyperparameters are small and go into the manifest.
+:class:`distml.ShardedOptimizer`, otherwise part r of ``numpy.array_split``
+of the range (computed arithmetically: nothing of size ``numel`` is ever
+allocated for bookkeeping). No data is gathered to any rank, and a shard is
+streamed into its file, so a save needs memory of the order of one shard.
+Step counts and hyperparameters are small and go into the manifest.
 
 Atomicity. A save writes files of a fresh *generation* (a random token rank 0
-draws and broadcasts), so it never touches the files the current manifest
-names. Each file is written to a temporary name, fsync'ed and renamed into
-place. Ranks then exchange their files' sha256 digests; only after every
-rank has finished does rank 0 write ``manifest.json`` the same way (temporary
-file, fsync, ``os.replace``, fsync of the directory). The rename of the
-manifest is the commit point: a crash at any moment before it leaves the
-previous manifest and the files it names intact, so the previous checkpoint
-still loads. Files of older generations are removed after the commit.
+draws), so it never touches the files the current manifest names. Each file
+is written to a temporary name, fsync'ed and renamed into place. Only after
+every rank has finished its file does rank 0 write ``manifest.json`` the same
+way (temporary file, fsync, ``os.replace``, fsync of the directory). The
+rename of the manifest is the commit point: a crash at any moment before it
+leaves the previous manifest and the files it names intact, so the previous
+checkpoint still loads. Files of older generations are removed after the
+commit.
+
+Failing together. A save or load on a communicator runs in phases, and each
+phase ends with an *agreement round*: one small allgather in which every
+rank reports whether its part of the phase succeeded, with its error message
+if not. A rank that fails (disk full, no permission, a file it cannot read)
+therefore never leaves the others waiting for it: every rank learns of the
+failure in the same round and raises :class:`CheckpointError` naming the
+failed ranks and their errors. The phases of a save are: preparing the
+shard (and drawing the generation), writing the shard files, and rank 0's
+commit; a failed save removes the new generation's files and leaves the
+previous checkpoint as it was. The phases of a load are: reading the
+manifest and verifying every file (nothing is modified before all ranks
+have verified), and copying the data in.
 
 Loading reads the manifest, checks every file's size and sha256 (a missing
 or corrupted file raises :class:`CheckpointError` naming it), and takes from
 the files whatever ranges this rank needs: all of the parameters, and the
 optimizer state of its own shard (sharded) or all of it (replicated). That
-is how a checkpoint saved by P ranks loads at Q ranks, 1 included. Every
-rank reads every file, so every rank reaches the same verdict without
-communicating.
+is how a checkpoint saved by P ranks loads at Q ranks, 1 included. Data is
+copied from each file straight into its destination, one shard at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import zipfile
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,11 +65,14 @@ MANIFEST = "manifest.json"
 FORMAT = "distml-checkpoint"
 VERSION = 1
 _SHARD_RE = re.compile(r"^shard-([0-9a-f]+)-\d+-of-\d+\.npz$")
+_READ_CHUNK = 1 << 20  # bytes read at a time when verifying a file
+_MESSAGE_BYTES = 1000  # room for one rank's error message in an agreement round
 
 
 class CheckpointError(DistmlError):
-    """A checkpoint is missing, incomplete, corrupted or does not fit the
-    parameters and optimizer it is loaded into."""
+    """A checkpoint could not be written or read (on this rank or another), or
+    it is missing, incomplete, corrupted or does not fit the parameters and
+    optimizer it is loaded into."""
 
 
 # ---- views of the things being saved ------------------------------------------------
@@ -74,19 +91,47 @@ class _Flat:
         self.offsets = [int(o) for o in np.cumsum([0] + self.sizes[:-1])] if self.params else []
         self.numel = sum(self.sizes)
 
-    def read(self, arrays: Sequence[np.ndarray], lo: int, hi: int) -> np.ndarray:
-        """Elements [lo, hi) of the concatenation of ``arrays`` (shaped like params)."""
-        out = np.empty(hi - lo, dtype=self.dtype)
-        for a, o, n in zip(arrays, self.offsets, self.sizes):
+    def _overlaps(self, lo: int, hi: int) -> Iterator[Tuple[int, int, int]]:
+        """(index, a0, a1): array ``index`` holds elements [a0, a1) of [lo, hi)."""
+        for i, (o, n) in enumerate(zip(self.offsets, self.sizes)):
             a0, a1 = max(lo, o), min(hi, o + n)
             if a0 < a1:
-                out[a0 - lo:a1 - lo] = a.reshape(-1)[a0 - o:a1 - o]
+                yield i, a0, a1
+
+    def read(self, arrays: Sequence[np.ndarray], lo: int, hi: int) -> np.ndarray:
+        """Elements [lo, hi) of the concatenation of ``arrays`` (shaped like
+        params): a view when they lie in one contiguous array of the common
+        dtype, otherwise a copy."""
+        parts = list(self._overlaps(lo, hi))
+        if len(parts) == 1:
+            i, a0, a1 = parts[0]
+            a = arrays[i]
+            if a.flags.c_contiguous and a.dtype == self.dtype:
+                return a.reshape(-1)[a0 - self.offsets[i]:a1 - self.offsets[i]]
+        out = np.empty(hi - lo, dtype=self.dtype)
+        for i, a0, a1 in parts:
+            o = self.offsets[i]
+            out[a0 - lo:a1 - lo] = arrays[i].reshape(-1)[a0 - o:a1 - o]
         return out
 
-    def write(self, arrays: Sequence[np.ndarray], flat: np.ndarray) -> None:
-        """Scatters a full flat vector into ``arrays``."""
-        for a, o, n in zip(arrays, self.offsets, self.sizes):
-            np.copyto(a, flat[o:o + n].reshape(a.shape))
+    def scatter(self, arrays: Sequence[np.ndarray], lo: int, values: np.ndarray) -> None:
+        """Writes ``values``, elements [lo, lo + len(values)) of the flat
+        space, into ``arrays`` (shaped like params), in place."""
+        for i, a0, a1 in self._overlaps(lo, lo + len(values)):
+            a, o = arrays[i], self.offsets[i]
+            part = values[a0 - lo:a1 - lo]
+            if a.flags.c_contiguous:
+                np.copyto(a.reshape(-1)[a0 - o:a1 - o], part, casting="same_kind")
+            else:
+                a.flat[a0 - o:a1 - o] = part
+
+
+def _split_range(numel: int, size: int, rank: int) -> Tuple[int, int]:
+    """Part ``rank`` of ``numpy.array_split`` of ``range(numel)`` into ``size``
+    parts: the first ``numel % size`` parts hold one element more."""
+    base, extra = divmod(numel, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def _unwrap(optimizer: Any) -> Tuple[str, Any]:
@@ -125,6 +170,56 @@ def _from_json_hyper(hyper: Dict[str, Any]) -> Dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()}
 
 
+# ---- agreement -------------------------------------------------------------------------
+
+
+def _agree(comm: Any, error: Optional[BaseException], payload: bytes = b"",
+           payload_bytes: int = 0) -> List[Tuple[Optional[str], bytes]]:
+    """Every rank's outcome of a phase: (error message or None, payload), by rank.
+
+    One allgather of a fixed-size record (a status byte, the message, then
+    ``payload_bytes`` of payload, which a failed rank leaves zero), so every
+    rank must call it with the same ``payload_bytes``. Must be called on all
+    ranks of ``comm``; with no communicator, returns this process's outcome.
+    """
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    if comm is None:
+        return [(message, payload)]
+    text = (message or "").encode("utf-8", "replace")[:_MESSAGE_BYTES]
+    record = np.zeros(3 + _MESSAGE_BYTES + payload_bytes, dtype=np.uint8)
+    record[0] = error is not None
+    record[1:3] = np.frombuffer(len(text).to_bytes(2, "little"), dtype=np.uint8)
+    record[3:3 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+    if error is None and payload:
+        record[3 + _MESSAGE_BYTES:3 + _MESSAGE_BYTES + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    records = comm.allgather(record).reshape(comm.size, -1)
+    outcomes = []
+    for rec in records:
+        raw = rec.tobytes()
+        n = int.from_bytes(raw[1:3], "little")
+        failed = raw[0] != 0
+        outcomes.append((raw[3:3 + n].decode("utf-8", "replace") if failed else None, raw[3 + _MESSAGE_BYTES:]))
+    return outcomes
+
+
+def _raise_failures(outcomes: List[Tuple[Optional[str], bytes]], what: str, error: Optional[BaseException],
+                    own_type: bool = False) -> None:
+    """Raises on every rank if the phase failed on any: CheckpointError naming
+    the failed ranks (chained to this rank's own error), or, with
+    ``own_type``, a rank's own error as it was raised (argument errors)."""
+    failed = [(r, m) for r, (m, _) in enumerate(outcomes) if m is not None]
+    if not failed:
+        return
+    if error is not None and (own_type or (len(outcomes) == 1 and isinstance(error, CheckpointError))):
+        raise error
+    if len(outcomes) == 1:
+        raise CheckpointError(f"{what} failed: {failed[0][1]}") from error
+    ranks = [r for r, _ in failed]
+    details = "; ".join(f"rank {r}: {m}" for r, m in failed)
+    raise CheckpointError(f"{what} failed on rank{'s' if len(ranks) > 1 else ''} "
+                          f"{', '.join(map(str, ranks))} of {len(outcomes)}: {details}") from error
+
+
 # ---- files -----------------------------------------------------------------------------
 
 
@@ -141,23 +236,141 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def _remove(path: Optional[str]) -> None:
+    if path is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _write_atomically(path: str, write: Any) -> Any:
+    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and
+    renames it to ``path``; returns what ``write`` returned. On any error the
+    temporary file is removed and ``path`` is untouched."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            result = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     _fsync_dir(os.path.dirname(path) or ".")
+    return result
 
 
-def _npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+class _HashingWriter:
+    """A write-only stream over a file that hashes what passes through it.
+
+    It has no ``seek``, so zipfile writes the archive
+    strictly front to back, and the digest is that of the file's bytes."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self._f.write(data)
+        self.sha256.update(data)
+        self.nbytes += n
+        return n
+
+    def tell(self) -> int:
+        return self.nbytes
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _write_shard(path: str, arrays: Dict[str, np.ndarray]) -> Tuple[bytes, int]:
+    """Streams ``arrays`` into the .npz file ``path`` (atomically); returns its
+    sha256 digest and size."""
+
+    def write(f: Any) -> Tuple[bytes, int]:
+        w = _HashingWriter(f)
+        # What numpy.savez writes, member by member.
+        with zipfile.ZipFile(w, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key, a in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+        return w.sha256.digest(), w.nbytes
+
+    return _write_atomically(path, write)
+
+
+def _write_manifest(path: str, manifest: Dict[str, Any]) -> None:
+    data = json.dumps(manifest, indent=1).encode()
+    _write_atomically(os.path.join(path, MANIFEST), lambda f: f.write(data))
+
+
+def _shard_name(generation: str, rank: int, size: int) -> str:
+    return f"shard-{generation}-{rank:05d}-of-{size:05d}.npz"
+
+
+def _remove_stale(path: str, generation: str) -> None:
+    for entry in os.listdir(path):
+        m = _SHARD_RE.match(entry)
+        stale_tmp = ".npz.tmp-" in entry or entry.startswith(MANIFEST + ".tmp-")
+        if (m and m.group(1) != generation) or stale_tmp:
+            _remove(os.path.join(path, entry))
 
 
 # ---- save ------------------------------------------------------------------------------
+
+
+def _save_contents(params: Optional[Sequence[np.ndarray]], kind: Optional[str], opt: Any, rank: int,
+                   size: int) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """This rank's arrays (views where possible) and the manifest fields that
+    describe what is saved. Does not communicate."""
+    if kind == "sharded" and params is None:
+        params = opt.params
+    flat = _Flat(params if params is not None else [])
+    if kind == "sharded" and flat.numel != opt.numel:
+        raise ValueError(f"params hold {flat.numel} elements, the sharded optimizer {opt.numel}")
+    if kind == "replicated" and params is not None and flat.numel != _Flat(opt.params).numel:
+        raise ValueError("params and the optimizer's parameters differ in size")
+    numel = flat.numel if params is not None else _Flat(opt.params).numel
+
+    # This rank's range of the flat element space.
+    if kind == "sharded":
+        lo, hi = min(opt.start, numel), min(opt.stop, numel)
+    else:
+        lo, hi = _split_range(numel, size, rank)
+
+    arrays: Dict[str, np.ndarray] = {}
+    if params is not None:
+        arrays["params"] = flat.read(flat.params, lo, hi)
+    optimizer_meta = None
+    if opt is not None:
+        if kind == "sharded":
+            inner = opt.optimizer
+            for k in inner.state_keys:
+                arrays[f"state.{k}"] = inner.state[0][k][:hi - lo]
+            steps = [inner.steps[0]] * len(opt.params)
+        else:
+            of = _Flat(opt.params)
+            for k in opt.state_keys:
+                arrays[f"state.{k}"] = of.read([s[k] for s in opt.state], lo, hi)
+            steps = list(opt.steps)
+            inner = opt
+        optimizer_meta = {
+            "class": type(inner).__name__,
+            "hyperparameters": _jsonable(inner.defaults),
+            "state_keys": list(inner.state_keys),
+            "steps": [int(s) for s in steps],
+        }
+    fields = {
+        "numel": numel, "start": lo, "stop": hi,
+        "dtype": flat.dtype.str if params is not None else _Flat(opt.params).dtype.str,
+        "param_shapes": [list(p.shape) for p in flat.params] if params is not None else None,
+        "optimizer": optimizer_meta,
+    }
+    return arrays, fields
 
 
 def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: Any = None, comm: Any = None,
@@ -178,8 +391,13 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
 
     Raises:
         ValueError: parameters of mixed dtypes, or neither params nor
-            optimizer given.
-        OSError: writing failed (the previous checkpoint stays loadable).
+            optimizer given (on the ranks where that holds; the others raise
+            CheckpointError).
+        TypeError: an optimizer of another kind.
+        CheckpointError: writing failed on this or any other rank (disk
+            full, no permission, ...), on every rank alike; the message names
+            the ranks that failed and their errors. The new files are removed
+            and the previous checkpoint stays loadable.
 
     Must be called on all ranks of the communicator.
     """
@@ -188,95 +406,61 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
     kind, opt = _unwrap(optimizer) if optimizer is not None else (None, None)
     comm = _comm_of(optimizer, comm)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
-    if kind == "sharded" and params is None:
-        params = opt.params
-    flat = _Flat(params if params is not None else [])
-    if kind == "sharded" and flat.numel != opt.numel:
-        raise ValueError(f"params hold {flat.numel} elements, the sharded optimizer {opt.numel}")
-    if kind == "replicated" and params is not None and flat.numel != _Flat(opt.params).numel:
-        raise ValueError("params and the optimizer's parameters differ in size")
-    numel = flat.numel if params is not None else _Flat(opt.params).numel
 
-    # This rank's range of the flat element space.
-    if kind == "sharded":
-        lo, hi = min(opt.start, numel), min(opt.stop, numel)
-    else:
-        bounds = [int(b) for b in np.cumsum([0] + [len(c) for c in np.array_split(np.arange(numel), size)])]
-        lo, hi = bounds[rank], bounds[rank + 1]
-
+    # Phase 1: what to write; rank 0's random token names the generation.
+    error: Optional[BaseException] = None
     arrays: Dict[str, np.ndarray] = {}
-    if params is not None:
-        arrays["params"] = flat.read(flat.params, lo, hi)
-    optimizer_meta = None
-    if opt is not None:
-        if kind == "sharded":
-            inner = opt.optimizer
-            for k in inner.state_keys:
-                arrays[f"state.{k}"] = inner.state[0][k][:hi - lo].copy()
-            steps = [inner.steps[0]] * len(opt.params)
-        else:
-            of = _Flat(opt.params)
-            for k in opt.state_keys:
-                arrays[f"state.{k}"] = of.read([s[k] for s in opt.state], lo, hi)
-            steps = list(opt.steps)
-            inner = opt
-        optimizer_meta = {
-            "class": type(inner).__name__,
-            "hyperparameters": _jsonable(inner.defaults),
-            "state_keys": list(inner.state_keys),
-            "steps": [int(s) for s in steps],
-        }
+    fields: Dict[str, Any] = {}
+    try:
+        arrays, fields = _save_contents(params, kind, opt, rank, size)
+    except Exception as exc:  # noqa: BLE001 - agreed below, then raised on every rank
+        error = exc
+    outcomes = _agree(comm, error, os.urandom(8), payload_bytes=8)
+    _raise_failures(outcomes, "checkpoint.save", error, own_type=True)
+    generation = outcomes[0][1].hex()
 
-    os.makedirs(path, exist_ok=True)
-    generation = _generation(comm)
-    name = f"shard-{generation}-{rank:05d}-of-{size:05d}.npz"
-    data = _npz_bytes(arrays)
-    _atomic_write(os.path.join(path, name), data)
-    digest = hashlib.sha256(data).digest()
-    record = np.frombuffer(digest + np.array([lo, hi, len(data)], dtype=np.int64).tobytes(), dtype=np.uint8)
-    records = comm.allgather(record) if comm is not None else record
-    records = records.reshape(size, -1)
+    # Phase 2: every rank writes its shard file.
+    mine: Optional[str] = None
+    record = b""
+    try:
+        os.makedirs(path, exist_ok=True)
+        target = os.path.join(path, _shard_name(generation, rank, size))
+        digest, nbytes = _write_shard(target, arrays)
+        mine = target
+        record = digest + np.array([fields["start"], fields["stop"], nbytes], dtype=np.int64).tobytes()
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    outcomes = _agree(comm, error, record, payload_bytes=32 + 3 * 8)
+    try:
+        _raise_failures(outcomes, f"checkpoint.save of {path!r}", error)
+    except CheckpointError:
+        _remove(mine)
+        raise
 
+    # Phase 3: rank 0 commits; nobody returns before the commit.
     if rank == 0:
-        shards = []
-        for r in range(size):
-            rec = records[r].tobytes()
-            s_lo, s_hi, nbytes = (int(v) for v in np.frombuffer(rec[32:], dtype=np.int64))
-            shards.append({"file": f"shard-{generation}-{r:05d}-of-{size:05d}.npz", "start": s_lo,
-                           "stop": s_hi, "bytes": nbytes, "sha256": rec[:32].hex()})
-        manifest = {
-            "format": FORMAT, "version": VERSION, "generation": generation, "world_size": size,
-            "numel": numel, "dtype": flat.dtype.str if params is not None else _Flat(opt.params).dtype.str,
-            "param_shapes": [list(p.shape) for p in flat.params] if params is not None else None,
-            "optimizer": optimizer_meta, "extra": extra, "shards": shards,
-        }
-        _write_manifest(path, manifest)
-    if comm is not None:
-        comm.barrier()  # nobody returns before the commit
+        try:
+            shards = []
+            for r, (_, rec) in enumerate(outcomes):
+                s_lo, s_hi, s_bytes = (int(v) for v in np.frombuffer(rec[32:56], dtype=np.int64))
+                shards.append({"file": _shard_name(generation, r, size), "start": s_lo, "stop": s_hi,
+                               "bytes": s_bytes, "sha256": rec[:32].hex()})
+            manifest = {
+                "format": FORMAT, "version": VERSION, "generation": generation, "world_size": size,
+                "numel": fields["numel"], "dtype": fields["dtype"], "param_shapes": fields["param_shapes"],
+                "optimizer": fields["optimizer"], "extra": extra, "shards": shards,
+            }
+            _write_manifest(path, manifest)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    outcomes = _agree(comm, error)
+    try:
+        _raise_failures(outcomes, f"checkpoint.save of {path!r} (commit)", error)
+    except CheckpointError:
+        _remove(mine)
+        raise
     if rank == 0:
         _remove_stale(path, generation)
-
-
-def _generation(comm: Any) -> str:
-    token = np.frombuffer(os.urandom(8), dtype=np.uint8).copy()
-    if comm is not None:
-        comm.broadcast(token, root=0)
-    return token.tobytes().hex()
-
-
-def _write_manifest(path: str, manifest: Dict[str, Any]) -> None:
-    _atomic_write(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
-
-
-def _remove_stale(path: str, generation: str) -> None:
-    for entry in os.listdir(path):
-        m = _SHARD_RE.match(entry)
-        stale_tmp = ".npz.tmp-" in entry or entry.startswith(MANIFEST + ".tmp-")
-        if (m and m.group(1) != generation) or stale_tmp:
-            try:
-                os.remove(os.path.join(path, entry))
-            except OSError:
-                pass
 
 
 # ---- load ------------------------------------------------------------------------------
@@ -296,22 +480,154 @@ def _read_manifest(path: str) -> Dict[str, Any]:
     return manifest
 
 
-def _read_shard(path: str, shard: Dict[str, Any]) -> Dict[str, np.ndarray]:
+def _verify_shard(path: str, shard: Dict[str, Any], keys: Sequence[str]) -> None:
+    """Checks a shard file's size and sha256 against the manifest (reading it
+    a chunk at a time) and that it holds ``keys``."""
     fpath = os.path.join(path, shard["file"])
+    digest = hashlib.sha256()
+    nbytes = 0
+    chunk = bytearray(_READ_CHUNK)
     try:
-        with open(fpath, "rb") as f:
-            data = f.read()
+        with open(fpath, "rb", buffering=0) as f:
+            while True:
+                n = f.readinto(chunk)
+                if not n:
+                    break
+                digest.update(memoryview(chunk)[:n])
+                nbytes += n
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint shard {fpath} is missing") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint shard {fpath}: {exc}") from exc
-    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+    if nbytes != shard["bytes"] or digest.hexdigest() != shard["sha256"]:
         raise CheckpointError(f"checkpoint shard {fpath} is corrupted (size or sha256 differs from the manifest)")
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    if shard["stop"] > shard["start"]:
+        with np.load(fpath, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+        if missing:
+            raise CheckpointError(f"checkpoint shard {fpath} has no {missing[0]!r}")
 
 
-def load(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: Any = None) -> Dict[str, Any]:
+def _copy_range(path: str, shards: Sequence[Dict[str, Any]], key: str, lo: int, hi: int,
+                put: Callable[[int, np.ndarray], None]) -> None:
+    """Calls ``put(start, values)`` for the parts of elements [lo, hi) of
+    ``key``, read from the shard files that hold them, one file at a time
+    (only one file's array is alive at once)."""
+    for s in shards:
+        a0, a1 = max(lo, s["start"]), min(hi, s["stop"])
+        if a0 >= a1:
+            continue
+        fpath = os.path.join(path, s["file"])
+        try:
+            with np.load(fpath, allow_pickle=False) as z:
+                values = z[key]
+        except Exception as exc:  # noqa: BLE001 - the file changed since it was verified
+            raise CheckpointError(f"cannot read {key!r} from checkpoint shard {fpath}: {exc}") from exc
+        if values.shape != (s["stop"] - s["start"],):
+            raise CheckpointError(f"checkpoint shard {fpath} holds {values.shape} elements of {key!r}, "
+                                  f"the manifest says {s['stop'] - s['start']}")
+        put(a0, values[a0 - s["start"]:a1 - s["start"]])
+        del values
+
+
+def _check_fits(path: str, manifest: Dict[str, Any], params: Optional[Sequence[np.ndarray]],
+                kind: Optional[str], opt: Any) -> None:
+    """Raises CheckpointError if the checkpoint does not fit the targets."""
+    numel = int(manifest["numel"])
+    if params is not None:
+        flat = _Flat(params)
+        shapes = manifest.get("param_shapes")
+        if shapes is None:
+            raise CheckpointError(f"checkpoint {path!r} holds no parameters")
+        if [list(p.shape) for p in flat.params] != shapes:
+            raise CheckpointError(f"checkpoint {path!r} has parameter shapes {shapes}, "
+                                  f"got {[list(p.shape) for p in flat.params]}")
+    if opt is None:
+        return
+    meta = manifest.get("optimizer")
+    if meta is None:
+        raise CheckpointError(f"checkpoint {path!r} holds no optimizer state")
+    inner = opt.optimizer if kind == "sharded" else opt
+    if meta["class"] != type(inner).__name__ or list(meta["state_keys"]) != list(inner.state_keys):
+        raise CheckpointError(f"checkpoint {path!r} holds state of {meta['class']} with keys "
+                              f"{meta['state_keys']}, not of {type(inner).__name__} with {list(inner.state_keys)}")
+    steps = [int(s) for s in meta["steps"]]
+    if kind == "sharded":
+        if opt.numel != numel:
+            raise CheckpointError(f"checkpoint {path!r} has {numel} elements, the optimizer {opt.numel}")
+        if len(set(steps)) > 1:
+            raise CheckpointError(f"checkpoint {path!r} has unequal step counts per parameter {steps}; "
+                                  "a sharded optimizer keeps one")
+    elif _Flat(opt.params).numel != numel or len(steps) != len(opt.params):
+        raise CheckpointError(f"checkpoint {path!r} does not fit the optimizer's parameters")
+
+
+def _verify(path: str, params: Optional[Sequence[np.ndarray]], kind: Optional[str], opt: Any
+            ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The manifest and its shards (by start), once everything this load will
+    read is verified and fits the targets. Modifies nothing."""
+    manifest = _read_manifest(path)
+    numel = int(manifest["numel"])
+    shards = sorted(manifest["shards"], key=lambda s: s["start"])
+    covered = 0
+    for s in shards:
+        if s["start"] != covered and s["stop"] > s["start"]:
+            raise CheckpointError(f"checkpoint {path!r}: shards leave a gap at element {covered}")
+        covered = max(covered, s["stop"])
+    if covered != numel:
+        raise CheckpointError(f"checkpoint {path!r}: shards cover {covered} of {numel} elements")
+    _check_fits(path, manifest, params, kind, opt)
+    keys = (["params"] if params is not None else []) + \
+        ([f"state.{k}" for k in manifest["optimizer"]["state_keys"]] if opt is not None else [])
+    for s in shards:
+        _verify_shard(path, s, keys)
+    return manifest, shards
+
+
+def _apply(path: str, manifest: Dict[str, Any], shards: List[Dict[str, Any]],
+           params: Optional[Sequence[np.ndarray]], kind: Optional[str], opt: Any) -> None:
+    """Copies the verified checkpoint into ``params`` and ``opt``."""
+    numel = int(manifest["numel"])
+    load_state = None
+    if opt is not None:
+        meta = manifest["optimizer"]
+        steps = [int(s) for s in meta["steps"]]
+        hyper = _from_json_hyper(meta["hyperparameters"])
+        if kind == "sharded":
+            inner = opt.optimizer
+            lo, hi = min(opt.start, numel), min(opt.stop, numel)
+            state = {}
+            for k in inner.state_keys:
+                a = np.zeros(opt.shard_size, dtype=inner.state[0][k].dtype)
+
+                def put(a0: int, values: np.ndarray, a: np.ndarray = a) -> None:
+                    a[a0 - lo:a0 - lo + len(values)] = values
+
+                _copy_range(path, shards, f"state.{k}", lo, hi, put)
+                state[k] = a
+            load_state = (inner, {"hyperparameters": hyper, "steps": steps[:1] or [0], "state": [state]})
+        else:
+            of = _Flat(opt.params)
+            per_param: List[Dict[str, np.ndarray]] = [{} for _ in opt.params]
+            for k in opt.state_keys:
+                arrays = [np.empty(p.shape, dtype=s[k].dtype) for p, s in zip(opt.params, opt.state)]
+                _copy_range(path, shards, f"state.{k}", 0, numel,
+                            lambda a0, values, arrays=arrays: of.scatter(arrays, a0, values))
+                for d, a in zip(per_param, arrays):
+                    d[k] = a
+            load_state = (opt, {"hyperparameters": hyper, "steps": steps, "state": per_param})
+    if params is not None:
+        flat = _Flat(params)
+        _copy_range(path, shards, "params", 0, numel, lambda a0, values: flat.scatter(flat.params, a0, values))
+        if kind == "sharded":
+            opt.load_parameters()
+    if load_state is not None:
+        target, state_dict = load_state
+        target.load_state_dict(state_dict)
+
+
+def load(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: Any = None,
+         comm: Any = None) -> Dict[str, Any]:
     """Loads a checkpoint written by :func:`save`, at any number of ranks.
 
     Args:
@@ -322,88 +638,43 @@ def load(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
             number of ranks (a ShardedOptimizer takes its own shard). For a
             ShardedOptimizer whose ``params`` are not passed, its parameters
             are loaded too.
+        comm: the ranks that load together (default: the optimizer's, for a
+            DistributedOptimizer or ShardedOptimizer; otherwise none, and
+            this process loads alone).
 
     Returns:
         The manifest (``manifest["extra"]`` holds what ``save`` got as
         ``extra``).
 
     Raises:
-        CheckpointError: missing manifest or shard file, a checksum
-            mismatch (the message names the file), or a checkpoint that does
-            not fit ``params``/``optimizer``.
+        CheckpointError: on every rank of the communicator alike, if on any
+            of them the manifest or a shard file is missing or unreadable, a
+            checksum does not match (the message names the file), or the
+            checkpoint does not fit ``params``/``optimizer``. Nothing is
+            modified on any rank unless every rank has verified the files;
+            only a file that changes after that can leave the targets
+            partly loaded (and still raises everywhere).
+        ValueError: ``params`` of mixed dtypes.
 
-    Does not communicate; call it on every rank that needs the state.
+    With a communicator, must be called on all of its ranks (each reads the
+    files itself; the ranks only agree on the outcome).
     """
-    manifest = _read_manifest(path)
-    numel = int(manifest["numel"])
-    dtype = np.dtype(manifest["dtype"])
-    shards = sorted(manifest["shards"], key=lambda s: s["start"])
-    contents = [_read_shard(path, s) for s in shards]  # verifies every file first
-    covered = 0
-    for s in shards:
-        if s["start"] != covered and s["stop"] > s["start"]:
-            raise CheckpointError(f"checkpoint {path!r}: shards leave a gap at element {covered}")
-        covered = max(covered, s["stop"])
-    if covered != numel:
-        raise CheckpointError(f"checkpoint {path!r}: shards cover {covered} of {numel} elements")
-
-    def gather(key: str, lo: int, hi: int) -> np.ndarray:
-        out = np.empty(hi - lo, dtype=dtype)
-        for s, c in zip(shards, contents):
-            a0, a1 = max(lo, s["start"]), min(hi, s["stop"])
-            if a0 < a1:
-                if key not in c:
-                    raise CheckpointError(f"checkpoint shard {os.path.join(path, s['file'])} has no {key!r}")
-                out[a0 - lo:a1 - lo] = c[key][a0 - s["start"]:a1 - s["start"]]
-        return out
-
     kind, opt = _unwrap(optimizer) if optimizer is not None else (None, None)
+    comm = _comm_of(optimizer, comm)
     if kind == "sharded" and params is None:
         params = opt.params
-    if params is not None:
-        flat = _Flat(params)
-        shapes = manifest.get("param_shapes")
-        if shapes is None:
-            raise CheckpointError(f"checkpoint {path!r} holds no parameters")
-        if [list(p.shape) for p in flat.params] != shapes:
-            raise CheckpointError(f"checkpoint {path!r} has parameter shapes {shapes}, "
-                                  f"got {[list(p.shape) for p in flat.params]}")
-        flat.write(flat.params, gather("params", 0, numel))
-        if kind == "sharded":
-            opt.load_parameters()
-
-    if opt is not None:
-        meta = manifest.get("optimizer")
-        if meta is None:
-            raise CheckpointError(f"checkpoint {path!r} holds no optimizer state")
-        inner = opt.optimizer if kind == "sharded" else opt
-        if meta["class"] != type(inner).__name__ or list(meta["state_keys"]) != list(inner.state_keys):
-            raise CheckpointError(f"checkpoint {path!r} holds state of {meta['class']} with keys "
-                                  f"{meta['state_keys']}, not of {type(inner).__name__} with {list(inner.state_keys)}")
-        steps = [int(s) for s in meta["steps"]]
-        hyper = _from_json_hyper(meta["hyperparameters"])
-        if kind == "sharded":
-            if opt.numel != numel:
-                raise CheckpointError(f"checkpoint {path!r} has {numel} elements, the optimizer {opt.numel}")
-            if len(set(steps)) > 1:
-                raise CheckpointError(f"checkpoint {path!r} has unequal step counts per parameter {steps}; "
-                                      "a sharded optimizer keeps one")
-            lo, hi = min(opt.start, numel), min(opt.stop, numel)
-            state = []
-            for k in inner.state_keys:
-                a = np.zeros(opt.shard_size, dtype=inner.state[0][k].dtype)
-                a[:hi - lo] = gather(f"state.{k}", lo, hi)
-                state.append((k, a))
-            inner.load_state_dict({"hyperparameters": hyper, "steps": steps[:1] or [0],
-                                   "state": [dict(state)]})
-        else:
-            of = _Flat(opt.params)
-            if of.numel != numel or len(steps) != len(opt.params):
-                raise CheckpointError(f"checkpoint {path!r} does not fit the optimizer's parameters")
-            per_param: List[Dict[str, np.ndarray]] = [{} for _ in opt.params]
-            for k in inner.state_keys:
-                full = gather(f"state.{k}", 0, numel)
-                for d, p, o, n in zip(per_param, opt.params, of.offsets, of.sizes):
-                    d[k] = full[o:o + n].reshape(p.shape)
-            inner.load_state_dict({"hyperparameters": hyper, "steps": steps, "state": per_param})
+    error: Optional[BaseException] = None
+    manifest: Dict[str, Any] = {}
+    shards: List[Dict[str, Any]] = []
+    try:
+        manifest, shards = _verify(path, params, kind, opt)
+    except Exception as exc:  # noqa: BLE001 - agreed below, then raised on every rank
+        error = exc
+    _raise_failures(_agree(comm, error), f"checkpoint.load of {path!r}", error,
+                    own_type=isinstance(error, (ValueError, TypeError)))
+    try:
+        _apply(path, manifest, shards, params, kind, opt)
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    _raise_failures(_agree(comm, error), f"checkpoint.load of {path!r}", error)
     return manifest
