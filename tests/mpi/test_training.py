@@ -179,6 +179,34 @@ def test_broadcast_parameters_and_state(comm_default):
     assert all(np.all(a == comm.size - 1) for s in opt.optimizer.state for a in s.values())
 
 
+def test_optimizers_share_communicators(world):
+    """No comm=, or the mpi4py communicator distml.init wraps, means the
+    default communicator; another mpi4py communicator gets one distml
+    communicator however often it is passed (no duplicates pile up)."""
+    from distml import comm as comm_module
+
+    def live():
+        return sum(not c._freed for c in comm_module._live)
+
+    default = distml.init(timeout=COMM_TIMEOUT)
+    before = live()
+    params = [np.ones(6)]
+    plain = [distml.DistributedOptimizer(optim.SGD(params, lr=0.5)) for _ in range(2)]
+    plain.append(distml.DistributedOptimizer(optim.SGD(params, lr=0.5), comm=world))
+    sub = world.Split(world.rank % 2, world.rank)
+    on_sub = [distml.DistributedOptimizer(optim.SGD(params, lr=0.5), comm=sub) for _ in range(2)]
+    on_sub.append(distml.ShardedOptimizer(optim.SGD, params, comm=sub, lr=0.5))
+    stepped = call(lambda: [o.step([np.full(6, float(world.rank))]) for o in plain + on_sub])
+    after = live()
+    sub_size = sub.size
+    on_sub[0].comm.free()
+    sub.Free()
+    assert not isinstance(stepped, BaseException), stepped
+    assert all(o.comm is default for o in plain), [o.comm for o in plain]
+    assert all(o.comm is on_sub[0].comm for o in on_sub) and on_sub[0].comm.size == sub_size
+    assert after - before == 1, f"{after - before} communicators made for one sub-communicator"
+
+
 # ---- ShardedOptimizer ---------------------------------------------------------------
 
 

@@ -31,14 +31,43 @@ __all__ = ["GradientBuffer", "DistributedOptimizer", "broadcast_parameters"]
 ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
 
 
+# MPI attribute key under which an mpi4py communicator keeps the distml
+# Communicator made for it (created on first use).
+_COMM_KEYVAL: Optional[int] = None
+
+
 def _default_comm(comm: Any) -> Any:
+    """The :class:`distml.Communicator` a ``comm=`` argument stands for.
+
+    None, or the mpi4py communicator :func:`distml.init` wraps
+    (``MPI.COMM_WORLD`` unless it was given another), means the default
+    communicator, created by :func:`distml.init` if there is none yet. Any
+    other mpi4py communicator gets one distml Communicator, made on first use
+    and kept as an MPI attribute of that communicator, so that every later
+    call with it returns the same one instead of duplicating the
+    communicator again. Creating one is collective: every rank of ``comm``
+    passes it in the same order, as for any constructor taking ``comm``.
+    """
+    global _COMM_KEYVAL
     import distml
+    from mpi4py import MPI
 
     if comm is None:
-        return distml.get_default()
+        return distml.init()
     if isinstance(comm, distml.Communicator):
         return comm
-    return distml.Communicator(comm)  # an mpi4py communicator
+    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+        return distml.Communicator(comm)  # raises the constructor's error
+    wrapped = distml.get_default().mpi_comm if distml.is_initialized() else MPI.COMM_WORLD
+    if MPI.Comm.Compare(comm, wrapped) == MPI.IDENT:
+        return distml.init(comm)
+    if _COMM_KEYVAL is None:
+        _COMM_KEYVAL = MPI.Comm.Create_keyval()
+    made = comm.Get_attr(_COMM_KEYVAL)
+    if made is None or made._freed:
+        made = distml.Communicator(comm)
+        comm.Set_attr(_COMM_KEYVAL, made)
+    return made
 
 
 def aligned_empty(count: int, dtype: Any, alignment: int = ALIGNMENT) -> np.ndarray:
