@@ -210,13 +210,15 @@ def test_optimizers_share_communicators(world):
 # ---- ShardedOptimizer ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage,bucket_bytes", [(1, None), (2, None), (2, 64)],
+                         ids=["stage1", "stage2", "stage2_small_buckets"])
 @pytest.mark.parametrize("name", ["sgd_momentum", "adam", "adamw"])
-def test_sharded_matches_oracle(comm_default, stage, name):
+def test_sharded_matches_oracle(comm_default, stage, bucket_bytes, name):
     cls, kw = OPTIMIZERS[name]
     comm = comm_default
     model = _model()
-    opt = distml.ShardedOptimizer(cls, model.parameters(), comm=comm, stage=stage, **kw)
+    buckets = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
+    opt = distml.ShardedOptimizer(cls, model.parameters(), comm=comm, stage=stage, **buckets, **kw)
     got = call(lambda: _train(model, lambda: opt.step(model.grads()), comm.rank, comm.size))
     want, want_opt = _oracle(lambda ps: cls(ps, **kw))
     assert got is None, got
@@ -238,6 +240,48 @@ def test_sharded_state_bytes_fall_as_one_over_p(comm_default):
     assert replicated.state_nbytes() == 2 * 4 * numel
     assert per_rank == 2 * 4 * (-(-numel // comm.size))
     assert per_rank * comm.size - replicated.state_nbytes() < 2 * 4 * comm.size
+
+
+@pytest.mark.parametrize("bucket_bytes", [4 << 10, 64 << 10])
+def test_sharded_stage2_keeps_a_gradient_shard(comm_default, bucket_bytes):
+    """Stage 2 holds its gradient shard and one bucket, stage 1 the whole
+    gradient: the memory each keeps after a step (measured by tracemalloc)
+    differs by that, and both train to the same parameters."""
+    import tracemalloc
+
+    comm = comm_default
+    P = comm.size
+    rng = np.random.default_rng(3)
+    shapes = [(300, 37), (37,), (37, 5), (1,)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) * (comm.rank + 1) for s in shapes] for _ in range(3)]
+    numel = sum(p.size for p in start)
+    shard_bytes = -(-numel // P) * 4
+    kept, nbytes, params = {}, {}, {}
+
+    def run(stage):
+        ps = [p.copy() for p in start]
+        before = tracemalloc.get_traced_memory()[0]
+        opt = distml.ShardedOptimizer(optim.SGD, ps, comm=comm, stage=stage, bucket_bytes=bucket_bytes,
+                                      lr=0.1, momentum=0.9)
+        for g in grads:
+            opt.step(g)
+        kept[stage] = tracemalloc.get_traced_memory()[0] - before
+        nbytes[stage] = opt.grad_nbytes()
+        params[stage] = ps
+
+    tracemalloc.start()
+    try:
+        got = call(lambda: (run(1), run(2)))
+    finally:
+        tracemalloc.stop()
+    assert got is not None and not isinstance(got, BaseException), got
+    assert nbytes[1] >= numel * 4
+    # the shard, and one bucket of at most bucket_bytes (whole elements per rank)
+    assert shard_bytes <= nbytes[2] <= shard_bytes + max(bucket_bytes, 4 * P), (nbytes, shard_bytes)
+    # what tracemalloc sees kept differs by the gradient bytes (alignment slack aside)
+    assert abs((kept[1] - kept[2]) - (nbytes[1] - nbytes[2])) <= 4 << 10, (kept, nbytes)
+    assert _close(params[1], params[2], tol=1e-5), _max_diff(params[1], params[2])
 
 
 # ---- checkpoints ---------------------------------------------------------------------

@@ -14,20 +14,29 @@ one flat parameter, this rank's shard.
 
 One step:
 
-1. gradients -> flat padded gradient buffer (``self.grads`` are views of it,
-   so writing them there avoids the copy);
-2. stage 1: allreduce(avg) of the whole buffer, the shard's part is used
-   (every rank keeps the full averaged gradient, as in ZeRO-1);
-   stage 2: reduce_scatter(avg) into a shard-sized buffer (only the shard of
-   the averaged gradient exists anywhere);
-3. the wrapped optimizer updates the shard of the flat parameters, with
+1. stage 1: gradients -> flat padded gradient buffer (``self.grads`` are
+   views of it, so writing them there avoids the copy), then allreduce(avg)
+   of the whole buffer, of which the shard's part is used (every rank keeps
+   the full averaged gradient, as in ZeRO-1);
+   stage 2: the gradients are reduced bucket by bucket straight into this
+   rank's gradient shard, and no buffer of the full size is kept (ZeRO-2).
+   A *bucket* is a window of ``width`` elements at the same offset of every
+   rank's shard: bucket k holds elements ``[j * shard_size + k * width, ...)``
+   of the flat gradient for each rank j, ``P * width`` elements in all
+   (about ``bucket_bytes``). Those pieces are copied from the gradients into
+   the one bucket buffer, rank j's piece at position j, so that a
+   reduce_scatter(avg) of the bucket hands each rank the average of its own
+   piece, which is written into its shard at ``k * width``. A rank thus holds
+   its averaged gradient shard and one bucket;
+2. the wrapped optimizer updates the shard of the flat parameters, with
    state for the shard only;
-4. allgather of the shards rebuilds the flat parameters on every rank, and
+3. allgather of the shards rebuilds the flat parameters on every rank, and
    they are copied back into the caller's parameter arrays.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -35,6 +44,8 @@ import numpy as np
 from .data_parallel import _default_comm, aligned_empty
 
 __all__ = ["ShardedOptimizer"]
+
+_DEFAULT_BUCKET_BYTES = 4 << 20
 
 
 class ShardedOptimizer:
@@ -49,19 +60,31 @@ class ShardedOptimizer:
         comm: a :class:`distml.Communicator` or mpi4py communicator (default:
             :func:`distml.init`'s).
         stage: 1 or 2, see the module docstring.
+        bucket_bytes: stage 2: bytes of the bucket the gradients are reduced
+            through (default 4 MiB; at least one element per rank).
         **optimizer_kwargs: passed to ``optimizer_cls``.
 
     Attributes:
         numel: elements in all parameters; shard_size: elements per rank;
         start, stop: this rank's shard of the flat vector (``stop`` may
         exceed ``numel`` on the last ranks: that part is padding).
+        grads: one gradient array per parameter to write gradients into
+            before calling ``step()`` without arguments. Stage 1: views of
+            the flat gradient buffer. Stage 2: allocated on first access
+            (they are then the caller's full-size gradients, held by this
+            optimizer); to keep only the shard and one bucket, pass the
+            model's own gradient arrays to :meth:`step` instead.
+
+    Raises:
+        ValueError: stage not 1 or 2, no parameters, mixed dtypes, or
+            ``bucket_bytes`` < 1.
 
     The constructor, :meth:`step` and :meth:`broadcast_parameters` must be
     called on all ranks.
     """
 
     def __init__(self, optimizer_cls: Any, params: Sequence[np.ndarray], comm: Any = None, stage: int = 1,
-                 **optimizer_kwargs: Any) -> None:
+                 *, bucket_bytes: int = _DEFAULT_BUCKET_BYTES, **optimizer_kwargs: Any) -> None:
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, not {stage!r}")
         params = list(params)
@@ -70,14 +93,17 @@ class ShardedOptimizer:
         dtypes = {np.dtype(p.dtype) for p in params}
         if len(dtypes) != 1:
             raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        if int(bucket_bytes) < 1:
+            raise ValueError(f"bucket_bytes must be >= 1, not {bucket_bytes}")
         self.comm = _default_comm(comm)
         self.stage = stage
         self.params = params
         self.dtype = dtypes.pop()
         P, r = self.comm.size, self.comm.rank
-        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
-        self.offsets = list(np.cumsum([0] + sizes[:-1]).astype(int))
-        self.numel = int(sum(sizes))
+        self._sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
+        self.offsets = [int(o) for o in np.cumsum([0] + self._sizes[:-1])]
+        self._ends = [o + n for o, n in zip(self.offsets, self._sizes)]
+        self.numel = int(sum(self._sizes))
         self.shard_size = -(-self.numel // P)
         padded = self.shard_size * P
         self.start, self.stop = r * self.shard_size, (r + 1) * self.shard_size
@@ -85,17 +111,44 @@ class ShardedOptimizer:
         self._flat_params = aligned_empty(padded, self.dtype)
         self._flat_params[self.numel:] = 0
         self._param_views = [self._flat_params[o:o + n].reshape(p.shape)
-                             for o, n, p in zip(self.offsets, sizes, params)]
+                             for o, n, p in zip(self.offsets, self._sizes, params)]
         for v, p in zip(self._param_views, params):
             np.copyto(v, p)
-        self._flat_grads = aligned_empty(padded, self.dtype)
-        self._flat_grads.fill(0)
-        self.grads: List[np.ndarray] = [self._flat_grads[o:o + n].reshape(p.shape)
-                                        for o, n, p in zip(self.offsets, sizes, params)]
-        self._grad_shard = aligned_empty(self.shard_size, self.dtype) if stage == 2 else None
+        self._flat_grads: Optional[np.ndarray] = None
+        self._grads: Optional[List[np.ndarray]] = None
+        if stage == 1:
+            self._allocate_grads()
+            self._grad_shard = None
+            self._bucket = None
+        else:
+            self._grad_shard = aligned_empty(self.shard_size, self.dtype)
+            # elements per rank per bucket: P * width elements in a bucket
+            self.bucket_width = min(self.shard_size, max(1, int(bucket_bytes) // (P * self.dtype.itemsize)))
+            self._bucket = aligned_empty(P * self.bucket_width, self.dtype)
         self._send = aligned_empty(self.shard_size, self.dtype)
         self.shard = self._flat_params[self.start:self.stop]
         self.optimizer = optimizer_cls([self.shard], **optimizer_kwargs)
+
+    def _allocate_grads(self) -> None:
+        self._flat_grads = aligned_empty(self.shard_size * self.comm.size, self.dtype)
+        self._flat_grads.fill(0)
+        self._grads = [self._flat_grads[o:o + n].reshape(p.shape)
+                       for o, n, p in zip(self.offsets, self._sizes, self.params)]
+
+    @property
+    def grads(self) -> List[np.ndarray]:
+        if self._grads is None:
+            self._allocate_grads()
+        return self._grads  # type: ignore[return-value]
+
+    def grad_nbytes(self) -> int:
+        """Bytes of gradient storage this rank holds: stage 1 the padded flat
+        gradient buffer (all of the gradient); stage 2 its averaged gradient
+        shard and one bucket (about ``numel / P`` elements plus
+        ``bucket_bytes``), plus the arrays of :attr:`grads` if they were
+        asked for."""
+        held = [self._flat_grads, self._grad_shard, self._bucket]
+        return sum(a.nbytes for a in held if a is not None)
 
     # ---- stepping ------------------------------------------------------------
 
@@ -104,29 +157,67 @@ class ShardedOptimizer:
         gathers the updated parameters into ``params`` on every rank.
 
         Args:
-            grads: this rank's gradients, one per parameter (copied into the
-                flat buffer unless they are ``self.grads``); None: already in
-                ``self.grads``.
+            grads: this rank's gradients, one per parameter, of the
+                parameters' shapes. Stage 1 copies them into its flat buffer
+                (unless they are ``self.grads``); stage 2 reads them bucket by
+                bucket. None: the gradients are in ``self.grads``.
+
+        Raises:
+            ValueError: the wrong number or shapes of gradients, or (stage 2)
+                none given and ``self.grads`` never asked for.
 
         Must be called on all ranks.
         """
-        if grads is not None:
+        if grads is None:
+            if self._grads is None:
+                raise ValueError("step() got no gradients: pass them, or write them into self.grads first")
+            grads = self._grads
+        else:
             grads = list(grads)
             if len(grads) != len(self.params):
                 raise ValueError(f"step got {len(grads)} gradients for {len(self.params)} parameters")
-            for i, (g, v) in enumerate(zip(grads, self.grads)):
-                if g is not v:
-                    if np.shape(g) != v.shape:
-                        raise ValueError(f"gradient {i} has shape {np.shape(g)}, expected {v.shape}")
-                    np.copyto(v, g, casting="same_kind")
+            for i, (g, p) in enumerate(zip(grads, self.params)):
+                if np.shape(g) != p.shape:
+                    raise ValueError(f"gradient {i} has shape {np.shape(g)}, expected {p.shape}")
         if self.stage == 1:
+            for g, v in zip(grads, self._grads):  # type: ignore[arg-type]
+                if g is not v:
+                    np.copyto(v, g, casting="same_kind")
             self.comm.allreduce(self._flat_grads, op="avg", out=self._flat_grads)
-            grad_shard = self._flat_grads[self.start:self.stop]
+            grad_shard = self._flat_grads[self.start:self.stop]  # type: ignore[index]
         else:
-            self.comm.reduce_scatter(self._flat_grads, op="avg", out=self._grad_shard)
+            self._reduce_scatter_buckets(grads)
             grad_shard = self._grad_shard
         self.optimizer.step([grad_shard])
         self._gather()
+
+    def _reduce_scatter_buckets(self, grads: Sequence[np.ndarray]) -> None:
+        """Stage 2: the averaged gradient shard, one bucket at a time (see the
+        module docstring). Every rank runs the same buckets in the same order:
+        their number and widths depend only on the partition."""
+        flats = [np.ascontiguousarray(g).reshape(-1) for g in grads]
+        P, S, width = self.comm.size, self.shard_size, self.bucket_width
+        for lo in range(0, S, width):
+            w = min(width, S - lo)
+            bucket = self._bucket[:P * w]  # type: ignore[index]
+            for j in range(P):
+                self._copy_flat(flats, j * S + lo, bucket[j * w:(j + 1) * w])
+            self.comm.reduce_scatter(bucket, op="avg", out=self._grad_shard[lo:lo + w])  # type: ignore[index]
+
+    def _copy_flat(self, flats: Sequence[np.ndarray], lo: int, out: np.ndarray) -> None:
+        """Copies elements [lo, lo + len(out)) of the concatenated gradients
+        into ``out``; the padding past ``numel`` reads as zeros."""
+        hi = lo + len(out)
+        pos = lo
+        i = bisect.bisect_right(self._ends, lo)  # the first parameter ending after lo
+        while pos < hi and i < len(flats):
+            o = self.offsets[i]
+            end = min(hi, self._ends[i])
+            np.copyto(out[pos - lo:end - lo], flats[i][pos - o:end - o], casting="same_kind")
+            pos = end
+            i += 1
+        if pos < hi:
+            out[pos - lo:] = 0
 
     def _gather(self) -> None:
         # The shard is part of the allgather's output, so it goes out from a
@@ -138,7 +229,9 @@ class ShardedOptimizer:
                 np.copyto(p, v)
 
     def zero_grad(self) -> None:
-        self._flat_grads.fill(0)
+        """Zeroes :attr:`grads` (stage 2 keeps nothing else between steps)."""
+        if self._flat_grads is not None:
+            self._flat_grads.fill(0)
 
     def broadcast_parameters(self, root: int = 0) -> None:
         """Copies the parameters from ``root`` to every rank (into ``params``
