@@ -113,15 +113,37 @@ def test_allreduce_non_contiguous_and_default_average():
     torch.testing.assert_close(x, ref_sum)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("compression", ["fp16", "bf16"])
-def test_allreduce_compression(compression):
+def test_allreduce_compression(compression, dtype):
     P, r = hvd.size(), hvd.rank()
-    x = torch.randn(1000, generator=_gen("cmp", r), dtype=torch.float32)
+    x = torch.randn(1000, generator=_gen("cmp", r), dtype=dtype)
     got = hvd.allreduce(x, compression=getattr(hvd.Compression, compression))
-    ref = sum(torch.randn(1000, generator=_gen("cmp", s), dtype=torch.float32) for s in range(P)) / P
-    assert got.dtype == torch.float32
+    ref = sum(torch.randn(1000, generator=_gen("cmp", s), dtype=dtype) for s in range(P)) / P
+    assert got.dtype == dtype
     tol = 2e-3 if compression == "fp16" else 1.6e-2
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_distributed_optimizer_compresses_float64(compression):
+    """float64 gradients travel in the half format and come back float64,
+    averaged to within the format's precision."""
+    P, r = hvd.size(), hvd.rank()
+    params = [torch.zeros(37, dtype=torch.float64, requires_grad=True),
+              torch.zeros(5, 3, dtype=torch.float64, requires_grad=True)]
+    coeffs = [[torch.randn(p.shape, generator=_gen(f"c64/{i}", s), dtype=torch.float64) for s in range(P)]
+              for i, p in enumerate(params)]
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(params, lr=1.0), bucket_bytes=128,
+                                   compression=getattr(hvd.Compression, compression))
+    sum((p * c[r]).sum() for p, c in zip(params, coeffs)).backward()  # p.grad = this rank's coefficients
+    opt.synchronize()
+    tol = 2 ** -10 if compression == "fp16" else 2 ** -7
+    for p, c in zip(params, coeffs):
+        assert p.grad.dtype == torch.float64
+        want = sum(c) / P
+        assert not torch.equal(p.grad, want)  # it did travel in the half format
+        torch.testing.assert_close(p.grad, want, rtol=tol, atol=tol)
 
 
 def test_allreduce_pre_post_scale():

@@ -131,19 +131,23 @@ def test_distributed_overlap_with_backward(comm_default, name):
 COMPRESSION_TOL = {"fp16": 1e-3, "bf16": 1e-2}
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("compression", ["fp16", "bf16"])
-def test_compression(comm_default, compression):
+def test_compression(comm_default, compression, dtype):
+    """Any floating gradients travel compressed and come back in their dtype."""
     cls, kw = OPTIMIZERS["sgd_momentum"]
     comm = comm_default
-    model = _model(np.float32)
-    opt = distml.DistributedOptimizer(cls(model.parameters(), **kw), comm=comm, bucket_bytes=256,
-                                      compression=compression)
+    model = _model(dtype)
+    opt = call(lambda: distml.DistributedOptimizer(cls(model.parameters(), **kw), comm=comm, bucket_bytes=256,
+                                                   compression=compression))
+    assert not isinstance(opt, BaseException), opt
     model.bind_grads(opt.grads)
-    got = call(lambda: _train(model, opt.step, comm.rank, comm.size, dtype=np.float32, on_grads=opt.mark_ready))
-    want, _ = _oracle(lambda ps: cls(ps, **kw), dtype=np.float32)
+    got = call(lambda: _train(model, opt.step, comm.rank, comm.size, dtype=dtype, on_grads=opt.mark_ready))
+    want, _ = _oracle(lambda ps: cls(ps, **kw), dtype=dtype)
     assert got is None, got
     diff = _max_diff(model.parameters(), want.parameters())
     assert diff < COMPRESSION_TOL[compression], diff
+    assert all(g.dtype == dtype for g in opt.grads) and all(p.dtype == dtype for p in model.parameters())
     assert opt._wire[0].dtype == (np.float16 if compression == "fp16" else distml.bfloat16)
 
 

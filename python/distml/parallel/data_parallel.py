@@ -179,6 +179,12 @@ class GradientBuffer:
 _WIRE_DTYPES = {None: None, "fp16": np.dtype(np.float16), "float16": np.dtype(np.float16)}
 
 
+def _float_dtypes() -> set:
+    import distml
+
+    return {np.dtype(np.float16), np.dtype(distml.bfloat16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
 def _wire_dtype(compression: Optional[str]) -> Optional[np.dtype]:
     import distml
 
@@ -209,11 +215,14 @@ class DistributedOptimizer:
         comm: a :class:`distml.Communicator` or mpi4py communicator (default:
             :func:`distml.init`'s).
         bucket_bytes: bucket size in bytes of the (uncompressed) gradients.
-        compression: None, ``"fp16"`` or ``"bf16"``: the gradients are sent
-            in that format (half the bytes) and the reduction accumulates in
-            float32 inside the core; the result is widened back. Expect a
-            relative error of the averaged gradient of about the format's
-            epsilon (2**-11 for fp16, 2**-8 for bf16) per element.
+        compression: None, ``"fp16"`` or ``"bf16"``: the gradients (of any
+            floating dtype: float32, float64, or the other half type) are
+            sent in that format, and the reduction accumulates in float32
+            inside the core; the result is widened back to the gradients'
+            dtype. Expect a relative error of the averaged gradient of about
+            the format's epsilon (2**-11 for fp16, 2**-8 for bf16) per
+            element. Gradients already in the wire format are sent as they
+            are.
 
     The constructor, :meth:`step`, :meth:`synchronize`,
     :meth:`broadcast_parameters` and :meth:`broadcast_optimizer_state`
@@ -227,13 +236,17 @@ class DistributedOptimizer:
         self.comm = _default_comm(comm)
         self.compression = compression
         wire = _wire_dtype(compression)
+        if wire is not None:
+            dtype = {np.dtype(p.dtype) for p in optimizer.params}
+            if not dtype <= _float_dtypes():
+                raise ValueError(f"compression needs floating-point gradients, not {sorted(map(str, dtype))}")
+            if dtype == {wire}:
+                wire = None  # already in the wire format
         # On one node, the buffers that are reduced in place live in
         # node-shared memory, which saves the allreduce a copy.
         shared = self.comm.shared_memory == "one node"
         self.grad_buffer = GradientBuffer(optimizer.params, bucket_bytes,
                                           comm=self.comm if shared and wire is None else None)
-        if wire is not None and self.grad_buffer.dtype != np.float32:
-            raise ValueError(f"compression needs float32 gradients, not {self.grad_buffer.dtype}")
         self._wire = [
             None if wire is None else (self.comm.empty(b.size, wire) if shared else np.empty(b.size, dtype=wire))
             for b in self.grad_buffer.buckets
