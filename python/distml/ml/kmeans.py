@@ -59,17 +59,22 @@ __all__ = ["KMeans"]
 _CANDIDATE_ITERATIONS = 30
 
 
+# Rows per block in the distance computations: a block of 8192 rows of a few
+# dozen features stays in a 2 MiB L2 cache between its two matrix products.
+_BLOCK = 8192
+
+
 def _nearest(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(index of the nearest center, squared distance to it) for every row.
 
     Distances as ``|c|^2 - 2 x.c`` (plus ``|x|^2`` for the reported value,
-    clipped at 0): one matrix product per chunk of rows.
+    clipped at 0): one matrix product per block of rows.
     """
     n = X.shape[0]
     labels = np.empty(n, dtype=np.int64)
     dist = np.empty(n, dtype=np.float64)
     c_sq = np.einsum("ij,ij->i", centers, centers)
-    for part in shared.chunks(n):
+    for part in shared.chunks(n, _BLOCK):
         block = X[part]
         d = block @ centers.T
         d *= -2.0
@@ -81,13 +86,32 @@ def _nearest(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray
     return labels, dist
 
 
-def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """(k, d) sums of the (weighted) rows of each cluster."""
+def _assign(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(index of the nearest center for every row, (k, d) sums of the rows
+    of each cluster): Lloyd's assignment and the sums for its update in one
+    pass, each block summed by a one-hot matrix product while in cache."""
+    n, k = X.shape[0], centers.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", centers, centers)
+    one_hot = np.eye(k)
+    for part in shared.chunks(n, _BLOCK):
+        block = X[part]
+        d = block @ centers.T
+        d *= -2.0
+        d += c_sq
+        lab = np.argmin(d, axis=1)
+        labels[part] = lab
+        sums += one_hot[lab].T @ block
+    return labels, sums
+
+
+def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int, weights: np.ndarray) -> np.ndarray:
+    """(k, d) sums of the weighted rows of each cluster."""
     d = X.shape[1]
     sums = np.empty((k, d), dtype=np.float64)
     for j in range(d):
-        col = X[:, j] if weights is None else X[:, j] * weights
-        sums[:, j] = np.bincount(labels, weights=col, minlength=k)
+        sums[:, j] = np.bincount(labels, weights=X[:, j] * weights, minlength=k)
     return sums
 
 
@@ -278,7 +302,7 @@ class KMeans:
 
         centers, labels, n_iter, strict = self._lloyd(comm, X, first, centers, tol)
         if not strict:
-            labels, _ = _nearest(X, centers)
+            labels, _ = _assign(X, centers)
         inertia = shared.sum_all(comm, [_exact_inertia(X, centers, labels)])[0]
 
         self.cluster_centers_ = centers
@@ -343,8 +367,8 @@ class KMeans:
         buf = np.empty(k * d + k + 1, dtype=np.float64)
         n_iter, strict = 0, False
         for n_iter in range(1, int(self.max_iter) + 1):
-            new_labels, _ = _nearest(X, centers)
-            buf[: k * d] = _cluster_sums(X, new_labels, k).reshape(-1)
+            new_labels, sums = _assign(X, centers)
+            buf[: k * d] = sums.reshape(-1)
             buf[k * d: k * d + k] = np.bincount(new_labels, minlength=k)
             buf[-1] = np.count_nonzero(new_labels != labels)
             comm.allreduce(buf, out=buf)
