@@ -19,16 +19,16 @@ void allreduce_hierarchical(transport::ShmGroup& node, MpiComm& across, const vo
                             std::size_t small_bytes) {
   const Blocks blocks{count, node.size()};
   const std::size_t mine = blocks.size(node.rank());
-  AlignedBuffer block(std::max<std::size_t>(1, blocks.size(0)) * red.elem);
+  char* block = node.scratch().take(std::max<std::size_t>(1, blocks.size(0)) * red.elem);
   const Reduction sum = red.unfinished();
-  reduce_scatter_shm(node, in, block.data(), blocks, sum);
+  reduce_scatter_shm(node, in, block, blocks, sum);
   if (mine * red.elem <= small_bytes) {
-    allreduce_recursive_doubling(across, block.data(), block.data(), mine, sum);
+    allreduce_recursive_doubling(across, block, block, mine, sum);
   } else {
-    allreduce_ring(across, block.data(), block.data(), mine, sum, tuning);
+    allreduce_ring(across, block, block, mine, sum, tuning);
   }
-  red.finish(block.data(), mine);
-  allgather_shm(node, block.data(), out, blocks, red.elem);
+  red.finish(block, mine);
+  allgather_shm(node, block, out, blocks, red.elem);
 }
 
 }  // namespace distml::algorithms

@@ -19,8 +19,7 @@ void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std:
   auto* acc = static_cast<char*>(out);
   if (in != out && bytes) std::memcpy(acc, in, bytes);
   if (P == 1) return;
-  AlignedBuffer scratch(bytes);
-  char* tmp = scratch.data();
+  char* tmp = comm.scratch().take(bytes);
 
   int p2 = 1;
   while (p2 * 2 <= P) p2 *= 2;

@@ -194,7 +194,7 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
 
   std::size_t s0, sn;
   chunk_slice(count, L, me, align, &s0, &sn);
-  AlignedBuffer staging(piece * elem * static_cast<std::size_t>(L - 1));
+  char* staging = shm.scratch().take(piece * elem * static_cast<std::size_t>(L - 1));
   // Not when an average must still be finished in place: that would read the
   // streamed slice back from memory.
   const bool stream_out = stream && red.average_over <= 1;
@@ -206,7 +206,7 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
     srcs[0] = x + o * elem;
     for (int i = 1; i < L; ++i) {
       const int r = (me + i) % L;
-      char* dst = staging.data() + (i - 1) * piece * elem;
+      char* dst = staging + (i - 1) * piece * elem;
       shm.read_peer(r, dst, shm.control(r).in_addr + o * elem, n * elem);
       srcs[i] = dst;
     }

@@ -10,12 +10,11 @@ void alltoall_pairwise(MpiComm& comm, const void* in, void* out, std::size_t blo
   const int P = comm.size(), r = comm.rank();
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  AlignedBuffer copy;
   if (src == dst && P > 1) {
     // In place: keep the outgoing blocks safe from the incoming ones.
-    copy.resize(block_bytes * P);
-    std::memcpy(copy.data(), src, block_bytes * P);
-    src = copy.data();
+    char* copy = comm.scratch().take(block_bytes * P);
+    std::memcpy(copy, src, block_bytes * P);
+    src = copy;
   }
   if (src != dst) std::memcpy(dst + r * block_bytes, src + r * block_bytes, block_bytes);
   for (int i = 1; i < P; ++i) {

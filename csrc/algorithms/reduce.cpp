@@ -15,24 +15,17 @@ void reduce_binomial(MpiComm& comm, const void* in, void* out, std::size_t count
   const int P = comm.size(), r = comm.rank();
   const int vr = mod(r - root, P);
   const std::size_t bytes = count * red.elem;
-  AlignedBuffer own_acc, scratch;
-  char* acc;
-  if (r == root) {
-    acc = static_cast<char*>(out);
-  } else {
-    own_acc.resize(bytes);
-    acc = own_acc.data();
-  }
+  char* acc = r == root ? static_cast<char*>(out) : comm.scratch().take(bytes);
   if (acc != in && bytes) std::memcpy(acc, in, bytes);
-  scratch.resize(bytes);
+  char* scratch = comm.scratch().take(bytes);
   for (int mask = 1; mask < P; mask <<= 1) {
     if (vr & mask) {
       comm.send(acc, bytes, mod(vr - mask + root, P), kTagReduce);
       return;
     }
     if (vr + mask < P) {
-      comm.recv(scratch.data(), bytes, mod(vr + mask + root, P), kTagReduce);
-      red.step(acc, scratch.data(), count);
+      comm.recv(scratch, bytes, mod(vr + mask + root, P), kTagReduce);
+      red.step(acc, scratch, count);
     }
   }
 }
@@ -42,14 +35,7 @@ void reduce_scatter_gather(MpiComm& comm, const void* in, void* out, std::size_t
   const int P = comm.size(), r = comm.rank();
   const Blocks blocks{count, P};
   const std::size_t elem = red.elem;
-  AlignedBuffer own_work;
-  char* work;
-  if (r == root) {
-    work = static_cast<char*>(out);
-  } else {
-    own_work.resize(count * elem);
-    work = own_work.data();
-  }
+  char* work = r == root ? static_cast<char*>(out) : comm.scratch().take(count * elem);
   reduce_scatter_ring(comm, in, work, blocks, red, tuning);
   if (r == root) {
     std::vector<Request> recvs;

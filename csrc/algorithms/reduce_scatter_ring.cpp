@@ -26,8 +26,7 @@ void reduce_scatter_ring(MpiComm& comm, const void* in, void* work, const Blocks
     return;
   }
   const bool in_place = (x == w);
-  AlignedBuffer scratch;
-  if (in_place) scratch.resize(blocks.size(0) * elem);
+  char* scratch = in_place ? comm.scratch().take(blocks.size(0) * elem) : nullptr;
 
   for (int s = 0; s < P - 1; ++s) {
     const int sb = mod(r - s - 1, P);  // block sent this step
@@ -35,7 +34,7 @@ void reduce_scatter_ring(MpiComm& comm, const void* in, void* work, const Blocks
     const char* send = (s == 0 ? x : w) + blocks.offset(sb) * elem;
     char* own = w + blocks.offset(rb) * elem;
     const char* mine = x + blocks.offset(rb) * elem;
-    char* landing = in_place ? scratch.data() : own;
+    char* landing = in_place ? scratch : own;
     ring_exchange(comm, send, blocks.size(sb), landing, blocks.size(rb), elem, tuning,
                   kTagReduceScatter, [&](std::size_t first, std::size_t n) {
                     if (in_place) {

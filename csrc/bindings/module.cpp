@@ -65,6 +65,23 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
   return c;
 }
 
+// What a queued collective's buffers belong to, for the engine to keep until
+// the collective is over; released under the GIL by the engine's thread.
+std::shared_ptr<void> keep_alive(const py::object& in, const py::object& out) {
+  auto* held = new py::object(py::make_tuple(in, out));
+  return std::shared_ptr<void>(held, [](void* p) {
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
+}
+
+// A settings change, applied once the collectives queued before it have run
+// (the GIL is released while they do: they may need it to finish).
+void change(engine::Communicator& c, const std::function<void(engine::Settings&)>& fn) {
+  py::gil_scoped_release nogil;
+  c.update_settings(fn);
+}
+
 std::string compiled_mpi() {
 #if defined(MPICH_VERSION)
   return std::string("MPICH ") + MPICH_VERSION;
@@ -108,6 +125,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetObject(cls.ptr(), exc.ptr());
     } catch (const Timeout& e) {
       raise_as("CommTimeoutError", e);
+    } catch (const NoMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const Mismatch& e) {
       raise_as("MismatchError", e);
     } catch (const Unusable& e) {
@@ -177,7 +196,7 @@ PYBIND11_MODULE(_core, m) {
           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
              const std::string& algo) {
             auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
-            call.invalid = true;
+            call.invalid = engine::kInvalidArguments;
             py::gil_scoped_release nogil;
             self.run(call);
           },
@@ -188,8 +207,9 @@ PYBIND11_MODULE(_core, m) {
               std::size_t unit, int root, const std::string& algo,
               const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
+             auto keep = keep_alive(in, out);
              py::gil_scoped_release nogil;
-             return self.submit(call);
+             return self.submit(call, std::move(keep));
            })
       .def("resolve",
            [](engine::Communicator& self, int kind, int dtype, std::size_t count,
@@ -202,45 +222,48 @@ PYBIND11_MODULE(_core, m) {
              return std::string(engine::algo_name(self.resolve(c)));
            })
       .def("free", &engine::Communicator::free, py::call_guard<py::gil_scoped_release>())
+      .def("abandon", &engine::Communicator::abandon, py::call_guard<py::gil_scoped_release>())
       .def("allocate_shared", &engine::Communicator::allocate_shared,
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("one_node", &engine::Communicator::one_node)
       .def_property_readonly("hierarchical", &engine::Communicator::hierarchical)
       .def_property(
           "timeout", [](engine::Communicator& s) { return s.settings().timeout; },
-          [](engine::Communicator& s, double t) { s.settings().timeout = t; })
+          [](engine::Communicator& s, double t) { change(s, [&](engine::Settings& x) { x.timeout = t; }); })
       .def_property(
           "stall_warning", [](engine::Communicator& s) { return s.settings().stall_warning; },
-          [](engine::Communicator& s, double t) { s.settings().stall_warning = t; })
-      .def_property(
-          "check", [](engine::Communicator& s) { return s.settings().check; },
-          [](engine::Communicator& s, bool v) { s.settings().check = v; })
+          [](engine::Communicator& s, double t) { change(s, [&](engine::Settings& x) { x.stall_warning = t; }); })
+      .def_property_readonly("check", [](engine::Communicator& s) { return s.settings().check; })
       .def_property(
           "segment_bytes", [](engine::Communicator& s) { return s.settings().tuning.segment_bytes; },
           [](engine::Communicator& s, std::size_t v) {
             DISTML_CHECK_ARG(v > 0, "segment_bytes must be positive");
-            s.settings().tuning.segment_bytes = v;
+            change(s, [&](engine::Settings& x) { x.tuning.segment_bytes = v; });
           })
       .def_property(
           "shm_one_shot_bytes", [](engine::Communicator& s) { return s.settings().shm_one_shot_bytes; },
-          [](engine::Communicator& s, std::size_t v) { s.settings().shm_one_shot_bytes = v; })
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_one_shot_bytes = v; }); })
       .def_property(
           "shm_single_copy_bytes", [](engine::Communicator& s) { return s.settings().shm_single_copy_bytes; },
-          [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_bytes = v; })
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_single_copy_bytes = v; }); })
       .def_property(
           "shm_single_copy_max_bytes",
           [](engine::Communicator& s) { return s.settings().shm_single_copy_max_bytes; },
-          [](engine::Communicator& s, std::size_t v) { s.settings().shm_single_copy_max_bytes = v; })
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_single_copy_max_bytes = v; }); })
       .def_property(
           "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
-          [](engine::Communicator& s, std::size_t v) { s.settings().shm_stream_bytes = v; })
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_stream_bytes = v; }); })
       .def("set_thresholds",
            [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
               std::size_t reduce) {
-             s.settings().allreduce_small_bytes = allreduce;
-             s.settings().broadcast_small_bytes = broadcast;
-             s.settings().reduce_small_bytes = reduce;
+             change(s, [&](engine::Settings& x) {
+               x.allreduce_small_bytes = allreduce;
+               x.broadcast_small_bytes = broadcast;
+               x.reduce_small_bytes = reduce;
+             });
            })
+      .def("agree_settings", &engine::Communicator::agree_settings, py::call_guard<py::gil_scoped_release>(),
+           "Raises MismatchError on every rank if ranks' settings differ (collective).")
       .def("set_trace", &engine::Communicator::set_trace)
       .def("drain_trace",
            [](engine::Communicator& s) {
@@ -271,7 +294,7 @@ PYBIND11_MODULE(_core, m) {
                DISTML_CHECK_ARG(a != engine::Algo::kAuto, "a table row cannot name 'auto'");
                table.emplace_back(bytes, a);
              }
-             s.settings().table[kind] = std::move(table);
+             change(s, [&](engine::Settings& x) { x.table[kind] = table; });
            })
       .def("thresholds", [](engine::Communicator& s) {
         py::dict d;

@@ -47,6 +47,12 @@ class Timeout : public Error {
   using Error::Error;
 };
 
+// Memory a collective needs could not be allocated (Python: MemoryError).
+class NoMemory : public Error {
+ public:
+  using Error::Error;
+};
+
 // Ranks called a collective with arguments that disagree.
 class Mismatch : public Error {
  public:

@@ -72,39 +72,51 @@ bool is_reduction(Kind kind) {
   return kind == Kind::kAllreduce || kind == Kind::kReduce || kind == Kind::kReduceScatter;
 }
 
+}  // namespace
+
 // What ranks compare before a collective moves data. Fixed layout, so that
-// ranks can exchange it as bytes.
+// ranks can exchange it as bytes (128 bytes: it fits a control block's note).
 struct Signature {
   std::uint8_t kind, dtype, op, algo;
-  std::int32_t root;
+  // The plan: what `algo` resolved to and the variant of its schedule.
+  std::uint8_t resolved, variant;
+  std::uint8_t invalid;  // Call::invalid
+  std::uint8_t ndim;
+  std::int32_t root, window;
   std::uint64_t count, unit;
-  std::int32_t ndim, window;
   std::uint64_t window_offset;
-  std::uint64_t invalid;
   std::int64_t shape[kMaxDims];
+  // A fingerprint of the settings that select and shape schedules.
+  std::uint64_t settings;
   // Which communicator and which of its collectives this is, so that a
   // message left over from a broken communicator (whose MPI context a new
   // one may reuse) is never taken for a current one.
   std::uint64_t comm_id, seq;
 };
+static_assert(sizeof(Signature) == 128, "Signature must stay 128 bytes");
 
-Signature signature_of(const Call& c) {
+Signature signature_of(const Call& c, const Plan& plan, std::uint64_t settings) {
   Signature s;
   std::memset(&s, 0, sizeof s);
   s.kind = static_cast<std::uint8_t>(c.kind);
   s.dtype = static_cast<std::uint8_t>(c.dtype);
   s.op = is_reduction(c.kind) ? static_cast<std::uint8_t>(c.op) : 0;
   s.algo = static_cast<std::uint8_t>(c.algo);
+  s.resolved = static_cast<std::uint8_t>(plan.algo);
+  s.variant = plan.variant;
   s.root = (c.kind == Kind::kReduce || c.kind == Kind::kBroadcast) ? c.root : 0;
   s.count = c.count;
   s.unit = c.unit;
-  s.ndim = c.ndim;
+  s.ndim = static_cast<std::uint8_t>(c.ndim);
   s.window = c.window;
   s.window_offset = c.window_offset;
-  s.invalid = c.invalid ? 1 : 0;
+  s.invalid = c.invalid;
   for (int i = 0; i < c.ndim && i < kMaxDims; ++i) s.shape[i] = c.shape[i];
+  s.settings = settings;
   return s;
 }
+
+namespace {
 
 std::uint64_t fnv1a(const void* data, std::size_t n) {
   std::uint64_t h = 1469598103934665603ull;
@@ -144,6 +156,15 @@ std::string describe_field(const std::vector<Signature>& sigs, F&& value_of) {
 
 }  // namespace
 
+std::string variant_name(Algo algo, std::uint8_t variant) {
+  std::string name = algo_name(algo);
+  if (variant & kEager) name += " (data with the arrival)";
+  if (variant & kCrossMemory) name += " (cross-memory reads of peers' arrays)";
+  if (variant & kInWindow) name += " (in place in a shared window)";
+  if (variant & kStream) name += " (streaming stores)";
+  return name;
+}
+
 Algo parse_algo(Kind kind, const std::string& name) {
   for (Algo a : accepted(kind)) {
     if (name == algo_name(a)) return a;
@@ -171,10 +192,17 @@ double now_us() {
 Work::Work(const Call& call) : call_(call), queued_(now_us()) {}
 
 void Work::finish(std::exception_ptr err) {
-  std::lock_guard<std::mutex> lk(mu_);
-  err_ = err;
-  done_ = true;
-  cv_.notify_all();
+  std::shared_ptr<void> keep;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    err_ = err;
+    done_ = true;
+    keep.swap(keep_);
+    cv_.notify_all();
+  }
+  // Released here, on the thread that ran the call, outside the lock: the
+  // buffers' owner may need locks of its own (Python's GIL) to let go.
+  keep.reset();
 }
 
 void Work::wait() {
@@ -204,53 +232,66 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   DISTML_MPI(MPI_Bcast(&comm_id_, 1, MPI_UINT64_T, 0, comm_->raw()));
 
   if (settings_.shm && size_ > 1) setup_nodes();
+  if (size_ == 1) arrival_ = Arrival::kNone;
+  else if (one_node_) arrival_ = Arrival::kShm;  // a flag per rank: free enough to do always
+  else if (settings_.timeout > 0) arrival_ = Arrival::kRoot;
+  else if (settings_.check) arrival_ = Arrival::kFingerprint;
+  else arrival_ = Arrival::kNone;
+  rehash_settings();
+  if (const char* fault = std::getenv("DISTML_INJECT_FAULT")) {
+    // "RANK:N": this rank fails collective number N right after every rank
+    // agreed to run it, as an MPI error or a vanished peer would (testing).
+    int r = -1;
+    unsigned long long n = 0;
+    if (std::sscanf(fault, "%d:%llu", &r, &n) == 2 && r == rank_) inject_at_ = n;
+  }
 }
 
 // Finds this rank's node (MPI_COMM_TYPE_SHARED) and decides, identically on
 // every rank, between one node with shared memory for everything, several
 // equal nodes with a hierarchical allreduce, or plain MPI.
 void Communicator::setup_nodes() {
-  MPI_Comm node = MPI_COMM_NULL;
-  DISTML_MPI(MPI_Comm_split_type(comm_->raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  tp::UniqueComm node;
+  DISTML_MPI(MPI_Comm_split_type(comm_->raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, node.out()));
   int node_size = 0, node_rank = 0;
-  MPI_Comm_size(node, &node_size);
-  MPI_Comm_rank(node, &node_rank);
+  DISTML_MPI(MPI_Comm_size(node.get(), &node_size));
+  DISTML_MPI(MPI_Comm_rank(node.get(), &node_rank));
   int sizes[2] = {node_size, -node_size}, extremes[2] = {0, 0};
-  int rc = MPI_Allreduce(sizes, extremes, 2, MPI_INT, MPI_MAX, comm_->raw());
+  DISTML_MPI(MPI_Allreduce(sizes, extremes, 2, MPI_INT, MPI_MAX, comm_->raw()));
   const int largest = extremes[0], smallest = -extremes[1];
   // Measured with 4 ranks on one node (two cores): staging through the slots
   // beats reading three peers' arrays directly at every size (by 1.2-1.3x
   // from 8 to 64 MiB); with two ranks reading directly wins from 256 KiB.
   if (largest > 2) settings_.shm_single_copy_bytes = std::numeric_limits<std::size_t>::max();
-  try {
-    DISTML_MPI(rc);
-    if (largest == size_) {
-      one_node_ = true;
-      shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
-    } else if (smallest == largest && largest > 1) {
-      shm_ = std::make_unique<tp::ShmGroup>(node, settings_.shm_slot_bytes, comm_.get());
-      MPI_Comm across = MPI_COMM_NULL;
-      DISTML_MPI(MPI_Comm_split(comm_->raw(), node_rank, rank_, &across));
-      try {
-        across_ = std::make_unique<tp::MpiComm>(across);
-      } catch (...) {
-        MPI_Comm_free(&across);
-        throw;
-      }
-      MPI_Comm_free(&across);
-    }
-  } catch (...) {
-    MPI_Comm_free(&node);
-    throw;
+  if (largest == size_) {
+    one_node_ = true;
+    shm_ = std::make_unique<tp::ShmGroup>(node.get(), settings_.shm_slot_bytes, comm_.get());
+  } else if (smallest == largest && largest > 1) {
+    shm_ = std::make_unique<tp::ShmGroup>(node.get(), settings_.shm_slot_bytes, comm_.get());
+    tp::UniqueComm across;
+    DISTML_MPI(MPI_Comm_split(comm_->raw(), node_rank, rank_, across.out()));
+    across_ = std::make_unique<tp::MpiComm>(across.get());
   }
-  MPI_Comm_free(&node);
 }
 
-Communicator::~Communicator() {
-  try {
-    free();
-  } catch (...) {
+// Not a collective: when a destructor runs depends on each rank's garbage
+// collector. A communicator that was not freed stops its thread (after the
+// work queued on it) and leaves its MPI objects to MPI_Finalize.
+Communicator::~Communicator() { abandon(); }
+
+void Communicator::abandon() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    cv_.notify_all();
   }
+  if (worker_.joinable()) worker_.join();
+  std::lock_guard<std::mutex> lk(mu_);
+  if (freed_) return;
+  freed_ = true;
+  if (shm_) shm_->abandon();
+  if (across_) across_->abandon();
+  if (comm_) comm_->abandon();
 }
 
 void Communicator::ensure_usable() const {
@@ -281,8 +322,9 @@ void Communicator::run(const Call& call) {
   submit(call)->wait();
 }
 
-std::shared_ptr<Work> Communicator::submit(const Call& call) {
+std::shared_ptr<Work> Communicator::submit(const Call& call, std::shared_ptr<void> keep) {
   auto work = std::make_shared<Work>(call);
+  work->keep_ = std::move(keep);
   if (!threaded_) {
     std::exception_ptr err;
     try {
@@ -293,8 +335,14 @@ std::shared_ptr<Work> Communicator::submit(const Call& call) {
     work->finish(err);
     return work;
   }
-  std::lock_guard<std::mutex> lk(mu_);
-  ensure_usable();
+  std::unique_lock<std::mutex> lk(mu_);
+  try {
+    ensure_usable();
+  } catch (...) {
+    lk.unlock();
+    work->finish(nullptr);  // hands back what it kept
+    throw;
+  }
   if (!worker_.joinable()) worker_ = std::thread([this] { worker_loop(); });
   queue_.push_back(work);
   cv_.notify_all();
@@ -335,6 +383,7 @@ void Communicator::free() {
   if (worker_.joinable()) worker_.join();
   std::lock_guard<std::mutex> lk(mu_);
   freed_ = true;
+  if (shm_) shm_->close();
   shm_.reset();
   across_.reset();
   comm_.reset();
@@ -376,6 +425,155 @@ Algo Communicator::resolve(const Call& call) const {
       return one_node_ ? Algo::kShm : Algo::kDissemination;
   }
   return Algo::kMpi;
+}
+
+// The scratch each schedule takes (see the schedules' take() calls), plus
+// the agreement's own round. Every piece is rounded as Scratch::take rounds.
+Plan Communicator::plan(const Call& c) const {
+  Plan p;
+  p.algo = resolve(c);
+  check_available(p.algo);
+  const std::size_t elem = dtype_size(c.dtype), bytes = c.count * elem;
+  const int P = size_;
+  const bool in_place = c.in == c.out;
+  auto R = [](std::size_t n) { return Scratch::rounded(n); };
+  std::size_t s = R(2 * sizeof(std::uint64_t));  // check_fingerprints
+  if (eager(c, p.algo)) {
+    p.variant |= kEager;
+    p.scratch = s;
+    return p;
+  }
+  const std::size_t block0 = alg::Blocks{c.count, P, c.unit}.size(0) * elem;
+  switch (c.kind) {
+    case Kind::kAllreduce:
+      if (p.algo == Algo::kRecursiveDoubling && P > 1) {
+        s += R(bytes);
+      } else if (p.algo == Algo::kRing && in_place) {
+        s += R(block0);
+      } else if (p.algo == Algo::kShm && c.window >= 0) {
+        p.variant |= kInWindow;
+        if (bytes >= settings_.shm_stream_bytes) p.variant |= kStream;
+      } else if (p.algo == Algo::kShm && shm_->single_copy() && bytes >= settings_.shm_single_copy_bytes &&
+                 bytes < settings_.shm_single_copy_max_bytes) {
+        // Peers read back what this schedule streams: worth it from 4x on.
+        p.variant |= kCrossMemory;
+        if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
+        const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+        const std::size_t piece = std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
+        s += R(piece * elem * static_cast<std::size_t>(shm_->size() - 1));
+      } else if (p.algo == Algo::kShm) {
+        // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
+        // sequences of collectives: from 8 MiB it lost to caching stores).
+        if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
+      } else if (p.algo == Algo::kHierarchical) {
+        const std::size_t node_block = std::max<std::size_t>(1, alg::Blocks{c.count, shm_->size()}.size(0)) * elem;
+        s += R(node_block);
+        p.scratch_across = R(node_block);  // recursive doubling, or an in-place ring (less)
+      }
+      break;
+    case Kind::kReduce:
+      if (p.algo == Algo::kTree) s += 2 * R(bytes);
+      else if (p.algo == Algo::kRing) s += R(bytes) + R(block0);
+      break;
+    case Kind::kReduceScatter:
+      if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
+      break;
+    case Kind::kAlltoall:
+      if (p.algo == Algo::kPairwise && in_place && P > 1) s += R(bytes);
+      break;
+    default:
+      break;
+  }
+  p.scratch = s;
+  return p;
+}
+
+void Communicator::rehash_settings() {
+  // Everything that selects or shapes a schedule; not the timeout's value or
+  // the stall warning, which only decide when a rank gives up or speaks.
+  std::ostringstream os;
+  const Settings& s = settings_;
+  os << s.check << ' ' << (s.timeout > 0) << ' ' << s.tuning.segment_bytes << ' ' << s.tuning.window << ' '
+     << s.allreduce_small_bytes << ' ' << s.broadcast_small_bytes << ' ' << s.reduce_small_bytes << ' '
+     << s.pair_ring_min_bytes << ' ' << s.pair_ring_max_bytes << ' ' << s.shm_slot_bytes << ' '
+     << s.shm_one_shot_bytes << ' ' << s.shm_single_copy_bytes << ' ' << s.shm_single_copy_max_bytes << ' '
+     << s.shm_stream_bytes << ' ' << s.shm;
+  for (const auto& rows : s.table) {
+    os << " |";
+    for (const auto& [bytes, algo] : rows) os << ' ' << bytes << ':' << static_cast<int>(algo);
+  }
+  const std::string text = os.str();
+  settings_hash_ = fnv1a(text.data(), text.size());
+}
+
+void Communicator::update_settings(const std::function<void(Settings&)>& change) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !running_; });
+  Settings next = settings_;
+  change(next);
+  settings_ = std::move(next);
+  rehash_settings();
+}
+
+namespace {
+// The settings agree_settings compares, by name, for its message.
+std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Settings& s, std::uint64_t hash) {
+  std::vector<std::pair<const char*, std::uint64_t>> f = {
+      {"check", s.check},
+      {"timeout set", s.timeout > 0},
+      {"segment_bytes", s.tuning.segment_bytes},
+      {"allreduce_small_bytes", s.allreduce_small_bytes},
+      {"broadcast_small_bytes", s.broadcast_small_bytes},
+      {"reduce_small_bytes", s.reduce_small_bytes},
+      {"shared memory (DISTML_SHM)", s.shm},
+      {"shm_slot_bytes (DISTML_SHM_SLOT_BYTES)", s.shm_slot_bytes},
+      {"shm_one_shot_bytes (DISTML_SHM_ONE_SHOT_BYTES)", s.shm_one_shot_bytes},
+      {"shm_single_copy_bytes (DISTML_SHM_SINGLE_COPY_BYTES)", s.shm_single_copy_bytes},
+      {"shm_single_copy_max_bytes (DISTML_SHM_SINGLE_COPY_MAX_BYTES)", s.shm_single_copy_max_bytes},
+      {"shm_stream_bytes (DISTML_SHM_STREAM_BYTES)", s.shm_stream_bytes},
+  };
+  // What the named fields do not cover (the tune table, the window, ...).
+  f.push_back({"tune table or other settings", hash});
+  return f;
+}
+}  // namespace
+
+void Communicator::agree_settings() {
+  std::lock_guard<std::mutex> lk(mu_);
+  ensure_usable();
+  if (running_ || !queue_.empty()) DISTML_THROW(InvalidArgument, "agree on settings only while no collective is pending");
+  if (size_ == 1) return;
+  auto fields = settings_fields(settings_, 0);
+  std::uint64_t pair[2] = {settings_hash_, ~settings_hash_};
+  DISTML_MPI(MPI_Allreduce(MPI_IN_PLACE, pair, 2, MPI_UINT64_T, MPI_MAX, comm_->raw()));
+  if (pair[0] == ~pair[1]) return;
+  // They differ: gather every rank's values to say which, and where.
+  const std::size_t n = fields.size();
+  std::vector<std::uint64_t> mine(n), all(n * static_cast<std::size_t>(size_));
+  for (std::size_t i = 0; i < n; ++i) mine[i] = fields[i].second;
+  mine[n - 1] = settings_hash_;
+  DISTML_MPI(MPI_Allgather(mine.data(), static_cast<int>(n), MPI_UINT64_T, all.data(), static_cast<int>(n),
+                           MPI_UINT64_T, comm_->raw()));
+  std::ostringstream os;
+  os << "ranks created a communicator with settings that select different schedules:";
+  bool named = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::map<std::uint64_t, std::vector<int>> groups;
+    for (int r = 0; r < size_; ++r) groups[all[r * n + i]].push_back(r);
+    if (groups.size() <= 1) continue;
+    if (i == n - 1 && named) break;  // the fingerprint differs because a named field does
+    named = true;
+    os << " " << fields[i].first << ":";
+    bool first = true;
+    for (auto& [value, ranks] : groups) {
+      os << (first ? " " : "; ") << (i == n - 1 ? "fingerprint " : "") << value << " on rank" << (ranks.size() > 1 ? "s " : " ");
+      for (std::size_t k = 0; k < ranks.size(); ++k) os << (k ? ", " : "") << ranks[k];
+      first = false;
+    }
+    os << ".";
+  }
+  os << " Set them alike on every rank (environment variables, Communicator arguments, tune tables).";
+  DISTML_THROW(Mismatch, os.str());
 }
 
 void Communicator::check_available(Algo algo) const {
@@ -433,9 +631,20 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
       call.window_offset = offset;
     }
   }
-  const Algo algo = resolve(call);
-  check_available(algo);  // refuses before any communication
+  const Plan plan = this->plan(call);  // refuses before any communication
   const std::uint64_t seq = ++seq_;
+  comm_->set_epoch(seq);
+  if (across_) across_->set_epoch(seq);
+  // Whatever can fail on this rank alone is acquired before the agreement,
+  // so that a failure here reaches every rank through it.
+  const std::size_t agreement_scratch = Scratch::rounded(2 * sizeof(std::uint64_t));
+  try {
+    comm_->scratch().reserve(call.invalid ? agreement_scratch : plan.scratch);
+    if (across_) across_->scratch().reserve(call.invalid ? 0 : plan.scratch_across);
+  } catch (const std::bad_alloc&) {
+    call.invalid = kNoMemory;
+    comm_->scratch().reserve(agreement_scratch);
+  }
   start_deadline();
   bool arrived = false;
   auto record = [&](bool ok) {
@@ -443,7 +652,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     ev.seq = seq;
     ev.kind = call.kind;
     ev.dtype = call.dtype;
-    ev.algo = algo;
+    ev.algo = plan.algo;
     ev.bytes = call.count * dtype_size(call.dtype);
     ev.ok = ok;
     ev.end = now_us();
@@ -451,14 +660,14 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     std::lock_guard<std::mutex> lk(trace_mu_);
     events_.push_back(ev);
   };
-  const bool with_arrival = eager(call, algo);
   try {
-    coordinate(call, with_arrival);
+    coordinate(call, plan);
     arrived = true;
     if (tracing) ev.arrived = now_us();
-    if (call.invalid) DISTML_THROW(InvalidArgument, "invalid arguments on rank " << rank_);
-    dispatch(call, algo, with_arrival);
-    record(true);
+    if (!call.invalid) {
+      if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
+      dispatch(call, plan);
+    }
   } catch (const Timeout& e) {
     record(false);
     clear_deadline();
@@ -471,31 +680,78 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     broken_ = true;
     broken_reason_ = os.str();
     throw Timeout(os.str());
-  } catch (...) {
+  } catch (const Mismatch&) {
+    // Every rank reached this verdict before any data moved.
     record(false);
     clear_deadline();
+    if (call.invalid == kNoMemory) raise_no_memory(call, plan);
+    throw;
+  } catch (const std::exception& e) {
+    record(false);
+    clear_deadline();
+    if (size_ > 1) fail_after_agreement(call, seq, e.what());
     throw;
   }
+  record(!call.invalid);
   clear_deadline();
+  comm_->scratch().trim();
+  if (across_) across_->scratch().trim();
+  if (call.invalid == kNoMemory) raise_no_memory(call, plan);
+  if (call.invalid) DISTML_THROW(InvalidArgument, "invalid arguments on rank " << rank_);
+}
+
+void Communicator::raise_no_memory(const Call& call, const Plan& plan) const {
+  DISTML_THROW(NoMemory, kind_name(call.kind) << " needs " << plan.scratch + plan.scratch_across
+                                             << " bytes of scratch memory, which rank " << rank_
+                                             << " could not allocate (the other ranks raise too)");
+}
+
+// The peers of this rank have agreed to run `call` and may be waiting for it
+// inside the schedule, where nothing but a deadline releases them. With a
+// timeout they raise CommTimeoutError when it passes (the communicator is
+// broken on every rank). Without one they would wait forever, so the job is
+// ended, as MPI's default error handler and Horovod do, with the reason on
+// stderr. Messages of an abandoned collective carry its number in their tags
+// (MpiComm::set_epoch), so none can be taken for a later one.
+void Communicator::fail_after_agreement(const Call& call, std::uint64_t seq, const char* what) {
+  std::ostringstream os;
+  os << kind_name(call.kind) << " (collective #" << seq << " on this communicator) failed on rank " << rank_
+     << " after every rank had agreed to run it: " << what;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    broken_ = true;
+    broken_reason_ = os.str();
+  }
+  if (settings_.timeout <= 0) {
+    std::fprintf(stderr,
+                 "distml: fatal: %s\n"
+                 "distml: no timeout is set, so the other ranks would wait for rank %d forever: aborting the job "
+                 "(set a timeout, e.g. distml.init(timeout=60) or DISTML_TIMEOUT=60, to have every rank raise "
+                 "instead)\n",
+                 os.str().c_str(), rank_);
+    std::fflush(stderr);
+    MPI_Abort(comm_->raw(), 1);
+  }
+  throw;
 }
 
 bool Communicator::eager(const Call& call, Algo algo) const {
   const std::size_t bytes = call.count * dtype_size(call.dtype);
   // `count` is what each rank contributes, for allgather, and the whole
   // input otherwise: the bytes each rank writes into its control block.
-  return size_ > 1 && one_node_ && (comm_->has_deadline() || settings_.check) && algo == Algo::kShm &&
-         !call.invalid && bytes > 0 && bytes <= tp::ShmControl::kEagerBytes &&
-         call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall;
+  return arrival_ == Arrival::kShm && algo == Algo::kShm && !call.invalid && bytes > 0 &&
+         bytes <= tp::ShmControl::kEagerBytes && call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall;
 }
 
-void Communicator::coordinate(const Call& call, bool eager) {
-  if (size_ == 1) return;
-  if (one_node_ && (comm_->has_deadline() || settings_.check)) {
-    arrive_through_shm(call, eager);
-  } else if (comm_->has_deadline()) {
-    arrive_through_root(call);
-  } else if (settings_.check) {
-    check_fingerprints(call);
+void Communicator::coordinate(const Call& call, const Plan& plan) {
+  Signature mine = signature_of(call, plan, settings_hash_);
+  mine.comm_id = comm_id_;
+  mine.seq = seq_;
+  switch (arrival_) {
+    case Arrival::kShm: arrive_through_shm(call, mine, plan.has(kEager)); break;
+    case Arrival::kRoot: arrive_through_root(call, mine); break;
+    case Arrival::kFingerprint: check_fingerprints(call, mine); break;
+    case Arrival::kNone: break;
   }
 }
 
@@ -508,6 +764,7 @@ std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
     if (!d.empty()) os << " " << field << ": " << d << ".";
   };
   add("arguments", describe_field(sigs, [](const Signature& s) {
+    if (s.invalid == kNoMemory) return std::string("out of memory for the collective's scratch");
     return std::string(s.invalid ? "invalid (see the error raised there)" : "valid");
   }));
   add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));
@@ -517,6 +774,14 @@ std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
   add("op", describe_field(sigs, [](const Signature& s) { return std::string(op_name(static_cast<Op>(s.op))); }));
   add("root", describe_field(sigs, [](const Signature& s) { return std::to_string(s.root); }));
   add("algorithm", describe_field(sigs, [](const Signature& s) { return std::string(algo_name(static_cast<Algo>(s.algo))); }));
+  add("schedule chosen by the settings", describe_field(sigs, [](const Signature& s) {
+    return variant_name(static_cast<Algo>(s.resolved), s.variant);
+  }));
+  add("settings", describe_field(sigs, [](const Signature& s) {
+    std::ostringstream os;
+    os << "fingerprint " << std::hex << s.settings;
+    return os.str() + " (thresholds, DISTML_SHM_* sizes, segment size or tune table differ)";
+  }));
   add("shared buffer", describe_field(sigs, [](const Signature& s) {
     return s.window < 0 ? std::string("an ordinary array")
                         : "shared buffer " + std::to_string(s.window) + " at offset " + std::to_string(s.window_offset);
@@ -547,11 +812,10 @@ constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 // message. At the deadline, the ranks whose arrival counter is behind are
 // exactly the ones that never arrived. The lowest-numbered rank that has
 // arrived warns about stragglers first.
-void Communicator::arrive_through_shm(const Call& call, bool eager) {
+void Communicator::arrive_through_shm(const Call& call, const Signature& mine, bool eager) {
   static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
   auto& shm = *shm_;
   const std::uint64_t seq = seq_;
-  Signature mine = signature_of(call);
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
   // A small collective posts its input with the note (a broadcast: the
   // root's data); see dispatch_eager.
@@ -588,12 +852,12 @@ void Communicator::arrive_through_shm(const Call& call, bool eager) {
   } else {
     shm.wait_all(tp::ShmGroup::Counter::kArrived, seq);
   }
-  if (!settings_.check) return;
   std::vector<Signature> sigs(size_);
   bool agreed = true;
   for (int r = 0; r < size_; ++r) {
     std::memcpy(&sigs[r], shm.control(r).note[seq & 1], sizeof(Signature));
-    agreed = agreed && same_signature(sigs[r], mine);
+    // Without the check, a rank that cannot run the call still stops all.
+    agreed = agreed && (settings_.check ? same_signature(sigs[r], mine) : !sigs[r].invalid);
   }
   if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
@@ -603,8 +867,7 @@ void Communicator::arrive_through_shm(const Call& call, bool eager) {
 // agree. Only when they do not are the signatures themselves gathered, to say
 // what differs on which ranks. Either way every rank reaches the same
 // verdict, and no payload has moved, so the communicator stays usable.
-void Communicator::check_fingerprints(const Call& call) {
-  Signature mine = signature_of(call);
+void Communicator::check_fingerprints(const Call& call, const Signature& mine) {
   std::uint64_t h = fnv1a(&mine, sizeof mine);
   std::uint64_t pair[2] = {h, ~h};
   alg::Reduction max_u64(DType::kUInt64, Op::kMax);
@@ -625,13 +888,11 @@ void Communicator::check_fingerprints(const Call& call) {
 // raises naming them. Otherwise it answers with the verdict of the mismatch
 // check. Non-root ranks wait a short grace period past their own deadline
 // for that answer; hearing nothing means rank 0 itself never arrived.
-void Communicator::arrive_through_root(const Call& call) {
+void Communicator::arrive_through_root(const Call& call, const Signature& mine) {
   auto& comm = *comm_;
   const int P = size_;
   const double timeout = settings_.timeout;
-  Signature mine = signature_of(call);
-  mine.comm_id = comm_id_;
-  mine.seq = seq_;
+  const bool deadline = comm.has_deadline();  // none if the timeout was unset after creation
   // The size of what follows a verdict, so that a stale one can be skipped.
   auto payload_bytes = [&](const Verdict& v) -> std::size_t {
     if (v.status == kMismatch) return sizeof(Signature) * static_cast<std::size_t>(v.count);
@@ -647,7 +908,7 @@ void Communicator::arrive_through_root(const Call& call) {
       Request answer = comm.irecv(&v, sizeof v, 0, alg::kTagVerdict);
       for (long polls = 0; !comm.test(answer); ++polls) {
         transport::MpiComm::pause(polls);
-        if ((polls & 63) == 0 && comm.elapsed() > grace) {
+        if (deadline && (polls & 63) == 0 && comm.elapsed() > grace) {
           DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
         }
       }
@@ -698,6 +959,7 @@ void Communicator::arrive_through_root(const Call& call) {
     transport::MpiComm::pause(polls);
     if ((polls & 63) != 0) continue;
     const double waited = comm.elapsed();
+    if (!deadline) continue;
     if (!warned && waited > warn_after) {
       warned = true;
       std::fprintf(stderr,
@@ -725,9 +987,10 @@ void Communicator::arrive_through_root(const Call& call) {
   }
 
   bool agreed = true;
-  if (settings_.check) {
-    for (int r = 1; r < P; ++r) agreed = agreed && same_signature(sigs[r], sigs[0]);
+  for (int r = 1; r < P; ++r) {
+    agreed = agreed && (settings_.check ? same_signature(sigs[r], sigs[0]) : !sigs[r].invalid);
   }
+  agreed = agreed && !sigs[0].invalid;
   Verdict v{agreed ? kAgreed : kMismatch, agreed ? 0 : P, comm_id_, seq_};
   std::vector<Request> sends;
   for (int r = 1; r < P; ++r) {
@@ -778,13 +1041,15 @@ void Communicator::dispatch_eager(const Call& c) {
   }
 }
 
-void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
+void Communicator::dispatch(const Call& c, const Plan& plan) {
   auto& comm = *comm_;
   const auto& tuning = settings_.tuning;
   const std::size_t elem = dtype_size(c.dtype);
   const int P = size_, r = rank_;
+  const Algo algo = plan.algo;
+  const bool stream = plan.has(kStream);
 
-  if (eager) {
+  if (plan.has(kEager)) {
     dispatch_eager(c);
     return;
   }
@@ -803,24 +1068,17 @@ void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
       // finished here.
       const bool finishes = algo != Algo::kMpi && algo != Algo::kRecursiveDoubling;
       if (c.op == Op::kAvg && finishes) red.average_over = static_cast<std::size_t>(P);
-      const bool stream = c.count * elem >= settings_.shm_stream_bytes;
+      // plan() chose the variant of the shared-memory schedule.
       if (algo == Algo::kMpi) tp::mpi_allreduce(comm, c.in, c.out, c.count, c.dtype, red.op);
       else if (algo == Algo::kRing) alg::allreduce_ring(comm, c.in, c.out, c.count, red, tuning);
-      else if (algo == Algo::kShm && c.window >= 0) {
+      else if (algo == Algo::kShm && plan.has(kInWindow)) {
         std::size_t offset = 0;
         auto w = shm_->find(c.in, c.count * elem, &offset);
         alg::allreduce_shm_window(shm_group(), *w, offset, c.count, red, stream);
-      } else if (algo == Algo::kShm && shm_->single_copy() &&
-                 c.count * elem >= settings_.shm_single_copy_bytes &&
-                 c.count * elem < settings_.shm_single_copy_max_bytes) {
-        // Peers read back what this schedule streams: worth it from 4x on.
-        alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red,
-                                       c.count * elem >= 4 * settings_.shm_stream_bytes);
-      } else if (algo == Algo::kShm)
-        // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
-        // sequences of collectives: from 8 MiB it lost to caching stores).
-        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes,
-                           c.count * elem >= 4 * settings_.shm_stream_bytes);
+      } else if (algo == Algo::kShm && plan.has(kCrossMemory))
+        alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red, stream);
+      else if (algo == Algo::kShm)
+        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes, stream);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);
@@ -872,9 +1130,9 @@ void Communicator::dispatch(const Call& c, Algo algo, bool eager) {
       } else if (algo == Algo::kShm) {
         alg::reduce_scatter_shm(shm_group(), c.in, c.out, blocks, red);
       } else {
-        AlignedBuffer work(c.count * elem);
-        alg::reduce_scatter_ring(comm, c.in, work.data(), blocks, red, tuning);
-        std::memcpy(c.out, work.data() + blocks.offset(r) * elem, blocks.size(r) * elem);
+        char* work = comm.scratch().take(c.count * elem);
+        alg::reduce_scatter_ring(comm, c.in, work, blocks, red, tuning);
+        std::memcpy(c.out, work + blocks.offset(r) * elem, blocks.size(r) * elem);
       }
       if (c.op == Op::kAvg) kernels::scale_avg(c.out, blocks.size(r), c.dtype, P);
       return;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -57,6 +58,8 @@ Algo parse_algo(Kind kind, const std::string& name);
 
 constexpr int kMaxDims = 8;
 
+struct Signature;  // what ranks compare before a collective (communicator.cpp)
+
 // One collective call, as the Python layer describes it. Counts are in
 // elements. For allgather `count` is one rank's contribution; for
 // reduce_scatter and alltoall `count` is the whole input and `unit` the size
@@ -77,11 +80,29 @@ struct Call {
   // only), or -1, and the offset in it. Part of what ranks compare.
   int window = -1;
   std::uint64_t window_offset = 0;
-  // This rank found its arguments invalid (a check only it can make, like
-  // the root's out=): it joins the agreement so that every rank raises, and
-  // then raises InvalidArgument itself.
-  bool invalid = false;
+  // Set when this rank cannot run the call (kInvalidArguments: a check only
+  // it can make, like the root's out=; kNoMemory: its scratch memory could
+  // not be allocated). It joins the agreement anyway, so that every rank
+  // raises, and then raises itself.
+  std::uint8_t invalid = 0;
 };
+constexpr std::uint8_t kInvalidArguments = 1, kNoMemory = 2;
+
+// How a call will run, decided before the ranks agree and compared by them:
+// the algorithm `auto` resolved to, the variant of its schedule that the
+// size settings select, and the scratch memory it needs.
+struct Plan {
+  Algo algo = Algo::kAuto;
+  std::uint8_t variant = 0;  // Variant bits
+  std::size_t scratch = 0;         // bytes, on the communicator
+  std::size_t scratch_across = 0;  // bytes, on the inter-node communicator
+  bool has(std::uint8_t v) const { return (variant & v) != 0; }
+};
+// Variant bits: the data travels with the arrival (shared memory, small
+// calls); peers' memory is read directly (cross-memory attach); in place in a
+// node-shared window; results written with streaming stores.
+constexpr std::uint8_t kEager = 1, kCrossMemory = 2, kInWindow = 4, kStream = 8;
+std::string variant_name(Algo algo, std::uint8_t variant);
 
 struct Settings {
   double timeout = 0;  // seconds; <= 0: none
@@ -156,6 +177,7 @@ class Work {
   std::condition_variable cv_;
   bool done_ = false;
   std::exception_ptr err_;
+  std::shared_ptr<void> keep_;
 };
 
 class Communicator {
@@ -167,17 +189,31 @@ class Communicator {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  Settings& settings() { return settings_; }
+  const Settings& settings() const { return settings_; }
 
   // Runs `call` to completion on the calling thread (after queued work).
   void run(const Call& call);
-  // Queues `call` for the background thread and returns its handle.
-  std::shared_ptr<Work> submit(const Call& call);
+  // Queues `call` for the background thread and returns its handle. `keep`
+  // holds what the call's buffers belong to: the engine keeps it until the
+  // call has completed or failed, and drops it on the thread that ran it.
+  std::shared_ptr<Work> submit(const Call& call, std::shared_ptr<void> keep = nullptr);
   // The algorithm `auto` resolves to for `call` (for diagnostics and tests).
   Algo resolve(const Call& call) const;
+  // Changes settings once the collectives queued before have run, so that
+  // no collective sees half a change. Settings that select schedules must
+  // be changed on every rank between the same collectives: each collective
+  // compares a fingerprint of them.
+  void update_settings(const std::function<void(Settings&)>& change);
+  // Compares every rank's settings and raises Mismatch on every rank, naming
+  // the settings that differ (collective; once, after creation).
+  void agree_settings();
   // Waits for queued work, stops the background thread, frees the MPI
   // communicator. Later calls raise Unusable. Idempotent.
   void free();
+  // Stops the background thread (after the work queued on it) and leaves the
+  // MPI objects to MPI_Finalize. Not collective: for communicators nobody
+  // freed, at exit or when destroyed. Later calls raise Unusable.
+  void abandon();
   bool broken() const { return broken_; }
   bool one_node() const { return one_node_; }
   // Timeline recording: off by default; when on, each collective appends a
@@ -193,15 +229,21 @@ class Communicator {
  private:
   void setup_nodes();
   void execute(const Call& in_call, double queued = -1, bool async = false);
-  void coordinate(const Call& call, bool eager);
-  void check_fingerprints(const Call& call);
-  void arrive_through_root(const Call& call);
-  void arrive_through_shm(const Call& call, bool eager);
+  Plan plan(const Call& call) const;
+  [[noreturn]] void raise_no_memory(const Call& call, const Plan& plan) const;
+  // A failure after every rank agreed to run a call: the peers may be
+  // waiting for this rank inside the schedule. Marks the communicator
+  // broken; without a timeout, ends the job (see the definition).
+  [[noreturn]] void fail_after_agreement(const Call& call, std::uint64_t seq, const char* what);
+  void coordinate(const Call& call, const Plan& plan);
+  void check_fingerprints(const Call& call, const Signature& mine);
+  void arrive_through_root(const Call& call, const Signature& mine);
+  void arrive_through_shm(const Call& call, const Signature& mine, bool eager);
   // Whether `call` moves its data with the arrival on one node (small
   // collectives other than alltoall; see ShmControl::eager): the same answer
   // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
-  void dispatch(const Call& call, Algo algo, bool eager);
+  void dispatch(const Call& call, const Plan& plan);
   void dispatch_eager(const Call& call);
   void worker_loop();
   transport::ShmGroup& shm_group();
@@ -223,6 +265,12 @@ class Communicator {
   int size_ = 1;
   Settings settings_;
   bool threaded_ = true;
+  // How ranks arrive at each collective, fixed at creation from agreed
+  // settings (a per-rank choice would have ranks speak different protocols).
+  enum class Arrival { kNone, kShm, kRoot, kFingerprint } arrival_ = Arrival::kNone;
+  std::uint64_t settings_hash_ = 0;
+  std::uint64_t inject_at_ = 0;  // DISTML_INJECT_FAULT: the collective this rank fails
+  void rehash_settings();
 
   std::mutex mu_;
   std::condition_variable cv_;

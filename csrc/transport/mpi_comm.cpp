@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <climits>
 #include <sstream>
 
@@ -74,15 +75,17 @@ void Request::release() noexcept {
 
 MpiComm::MpiComm(MPI_Comm user) {
   if (!mpi_alive()) DISTML_THROW(Unusable, "MPI is not initialised, or already finalised");
-  DISTML_MPI(MPI_Comm_dup(user, &comm_));
-  DISTML_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-  DISTML_MPI(MPI_Comm_rank(comm_, &rank_));
-  DISTML_MPI(MPI_Comm_size(comm_, &size_));
+  DISTML_MPI(MPI_Comm_dup(user, comm_.out()));
+  DISTML_MPI(MPI_Comm_set_errhandler(comm_.get(), MPI_ERRORS_RETURN));
+  DISTML_MPI(MPI_Comm_rank(comm_.get(), &rank_));
+  DISTML_MPI(MPI_Comm_size(comm_.get(), &size_));
+  int* tag_ub = nullptr;
+  int found = 0;
+  DISTML_MPI(MPI_Comm_get_attr(comm_.get(), MPI_TAG_UB, &tag_ub, &found));
+  // MPI guarantees at least 32767, so at least 255 epochs.
+  if (found && tag_ub) epochs_ = std::max(1, (*tag_ub + 1) / kTagSpan);
 }
 
-MpiComm::~MpiComm() {
-  if (comm_ != MPI_COMM_NULL && mpi_alive()) MPI_Comm_free(&comm_);
-}
 
 Request MpiComm::isend(const void* buf, std::size_t bytes, int peer, int tag) {
   Request req;
@@ -91,7 +94,7 @@ Request MpiComm::isend(const void* buf, std::size_t bytes, int peer, int tag) {
   do {
     std::size_t n = bytes < kPieceBytes ? bytes : kPieceBytes;
     MPI_Request r;
-    DISTML_MPI(MPI_Isend(p, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r));
+    DISTML_MPI(MPI_Isend(p, static_cast<int>(n), MPI_BYTE, peer, tag_base_ + tag, comm_.get(), &r));
     req.reqs_.push_back(r);
     p += n;
     bytes -= n;
@@ -107,7 +110,7 @@ Request MpiComm::irecv(void* buf, std::size_t bytes, int peer, int tag) {
   do {
     std::size_t n = bytes < kPieceBytes ? bytes : kPieceBytes;
     MPI_Request r;
-    DISTML_MPI(MPI_Irecv(p, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r));
+    DISTML_MPI(MPI_Irecv(p, static_cast<int>(n), MPI_BYTE, peer, tag_base_ + tag, comm_.get(), &r));
     req.reqs_.push_back(r);
     p += n;
     bytes -= n;

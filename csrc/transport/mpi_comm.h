@@ -12,8 +12,12 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "common/aligned_buffer.h"
+#include "transport/mpi_handles.h"
 
 namespace distml::transport {
 
@@ -45,14 +49,17 @@ class Request {
 class MpiComm {
  public:
   // Duplicates `user` (MPI_Comm_dup) and sets MPI_ERRORS_RETURN on the copy.
+  // Destroying it frees the duplicate (collective); see abandon().
   explicit MpiComm(MPI_Comm user);
-  ~MpiComm();
   MpiComm(const MpiComm&) = delete;
   MpiComm& operator=(const MpiComm&) = delete;
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  MPI_Comm raw() const { return comm_; }
+  MPI_Comm raw() const { return comm_.get(); }
+  // Leaves the duplicate to MPI_Finalize instead of freeing it (for a
+  // communicator that is destroyed at a time its peers did not agree on).
+  void abandon() { comm_.abandon(); }
 
   Request isend(const void* buf, std::size_t bytes, int peer, int tag);
   Request irecv(void* buf, std::size_t bytes, int peer, int tag);
@@ -88,19 +95,33 @@ class MpiComm {
   // What the collective in progress was waiting for when it timed out.
   const std::string& last_stall() const { return last_stall_; }
 
+  // Scratch memory of the collective in progress, reserved by the engine
+  // before the ranks agree to run it (see Scratch).
+  Scratch& scratch() { return scratch_; }
+
+  // Numbers the messages of collective `seq`: from here on every tag is
+  // offset by a value derived from it, so that a message left behind by an
+  // abandoned collective can never match one of a later collective.
+  // Schedules' own tags must stay below kTagSpan.
+  static constexpr int kTagSpan = 128;
+  void set_epoch(std::uint64_t seq) {
+    tag_base_ = static_cast<int>(seq % static_cast<std::uint64_t>(epochs_)) * kTagSpan;
+  }
+
  private:
   void poll_until_done(std::vector<MPI_Request>& reqs, const char* what, int peer);
 
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  UniqueComm comm_;
   int rank_ = 0;
   int size_ = 1;
   bool has_deadline_ = false;
   std::chrono::steady_clock::time_point deadline_{};
   std::chrono::steady_clock::time_point started_{};
   std::string last_stall_;
+  Scratch scratch_;
+  int epochs_ = 1;     // distinct tag offsets MPI_TAG_UB allows
+  int tag_base_ = 0;   // the offset of the collective in progress
 };
 
-// Is MPI still usable (initialised and not finalised)?
-bool mpi_alive();
 
 }  // namespace distml::transport

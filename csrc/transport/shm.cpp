@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <mutex>
 #include <cstring>
 #include <sstream>
 
@@ -12,28 +14,30 @@
 
 namespace distml::transport {
 
+namespace {
+bool allow_peer_reads(pid_t peer);
+}
+
 ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
     : parent_(parent), slot_bytes_((slot_bytes + 63) / 64 * 64) {
-  DISTML_MPI(MPI_Comm_dup(node, &node_));
-  DISTML_MPI(MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN));
-  DISTML_MPI(MPI_Comm_rank(node_, &rank_));
-  DISTML_MPI(MPI_Comm_size(node_, &size_));
+  DISTML_MPI(MPI_Comm_dup(node, node_.out()));
+  DISTML_MPI(MPI_Comm_set_errhandler(node_.get(), MPI_ERRORS_RETURN));
+  DISTML_MPI(MPI_Comm_rank(node_.get(), &rank_));
+  DISTML_MPI(MPI_Comm_size(node_.get(), &size_));
   const std::size_t region = kControlBytes + 2 * slot_bytes_;
-  MPI_Info info;
-  DISTML_MPI(MPI_Info_create(&info));
+  UniqueInfo info;
+  DISTML_MPI(MPI_Info_create(info.out()));
   // Each rank's region on its own pages, so that first touch places it
   // near its owner.
-  MPI_Info_set(info, "alloc_shared_noncontig", "true");
+  DISTML_MPI(MPI_Info_set(info.get(), "alloc_shared_noncontig", "true"));
   char* mine = nullptr;
-  int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(region), 64, info, node_, &mine, &win_);
-  MPI_Info_free(&info);
-  DISTML_MPI(rc);
+  DISTML_MPI(MPI_Win_allocate_shared(static_cast<MPI_Aint>(region), 64, info.get(), node_.get(), &mine, win_.out()));
   regions_.resize(size_);
   for (int r = 0; r < size_; ++r) {
     MPI_Aint bytes = 0;
     int disp = 0;
     char* base = nullptr;
-    DISTML_MPI(MPI_Win_shared_query(win_, r, &bytes, &disp, &base));
+    DISTML_MPI(MPI_Win_shared_query(win_.get(), r, &bytes, &disp, &base));
     regions_[r] = base;
   }
   auto& c = control(rank_);
@@ -46,17 +50,15 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   c.pid = static_cast<std::uint64_t>(getpid());
   c.in_addr = reinterpret_cast<std::uint64_t>(&c.pid);
   c.out_addr = 0;
-#ifdef PR_SET_PTRACER
-  // Where Yama restricts ptrace to descendants, let peers read this process
-  // (process_vm_readv). Harmless elsewhere.
-  prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
-#endif
-  // Nobody reads a peer's counters before the peer has zeroed them.
-  DISTML_MPI(MPI_Barrier(node_));
+  // Nobody reads a peer's counters (or its pid) before the peer has set them.
+  DISTML_MPI(MPI_Barrier(node_.get()));
+  // Reading peers' memory directly serves only nodes of two ranks (see the
+  // engine's setup_nodes); elsewhere it is not even tried.
+  int ok = size_ == 2 && allow_peer_reads(static_cast<pid_t>(control(1 - rank_).pid)) ? 1 : 0;
+  DISTML_MPI(MPI_Barrier(node_.get()));  // every rank has allowed its peer
 
   // Single copy works if every rank can read every peer's pid field
   // through process_vm_readv (it can fail under seccomp or ptrace rules).
-  int ok = 1;
   for (int r = 0; r < size_ && ok; ++r) {
     if (r == rank_) continue;
     std::uint64_t got = 0;
@@ -66,7 +68,7 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
              got == control(r).pid;
   }
   int all_ok = 0;
-  DISTML_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node_));
+  DISTML_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node_.get()));
   single_copy_ = all_ok != 0;
 }
 
@@ -89,28 +91,59 @@ void ShmGroup::read_peer(int r, void* local, std::uint64_t remote, std::size_t b
   }
 }
 
-ShmGroup::~ShmGroup() {
-  if (!mpi_alive()) return;
+void ShmGroup::close() {
+  if (!mpi_alive()) return abandon();
+  // Free together the windows that no rank's arrays still use; the others
+  // stay mapped until the process ends.
+  std::vector<int> used(windows_.size()), any(windows_.size());
+  for (std::size_t i = 0; i < windows_.size(); ++i) used[i] = windows_[i].use_count() > 1;
   if (!windows_.empty()) {
-    // Free together the windows that no rank's arrays still use; keep the
-    // others mapped until the process ends.
-    std::vector<int> used(windows_.size()), any(windows_.size());
-    for (std::size_t i = 0; i < windows_.size(); ++i) used[i] = windows_[i].use_count() > 1;
-    if (MPI_Allreduce(used.data(), any.data(), static_cast<int>(used.size()), MPI_INT, MPI_MAX,
-                      node_) == MPI_SUCCESS) {
-      static std::vector<std::shared_ptr<ShmWindow>> kept_until_exit;
-      for (std::size_t i = 0; i < windows_.size(); ++i) {
-        if (any[i]) kept_until_exit.push_back(windows_[i]);
-      }
-      windows_.clear();
-    } else {
-      for (auto& w : windows_) new std::shared_ptr<ShmWindow>(w);  // unusable MPI: leak
-      windows_.clear();
-    }
+    DISTML_MPI(MPI_Allreduce(used.data(), any.data(), static_cast<int>(used.size()), MPI_INT, MPI_MAX,
+                             node_.get()));
   }
-  if (win_ != MPI_WIN_NULL) MPI_Win_free(&win_);
-  if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+  for (std::size_t i = 0; i < windows_.size(); ++i) {
+    if (!any[i]) windows_[i]->free();
+  }
+  windows_.clear();
+  win_.reset();
+  node_.reset();
 }
+
+void ShmGroup::abandon() {
+  windows_.clear();  // each window forgets its handle when its last user goes
+  win_.abandon();
+  node_.abandon();
+}
+
+namespace {
+// Where Yama restricts ptrace to a process's descendants (ptrace_scope 1),
+// process_vm_readv needs the target's consent: it is given to the one peer
+// that reads this process, never to every process of the user. A process
+// can name only one such peer; a second node group that needs another one
+// goes without direct reads. Elsewhere (scope 0) nothing needs allowing; at
+// scope 2 or 3 nothing can be.
+bool allow_peer_reads(pid_t peer) {
+  int scope = 0;
+  if (FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r")) {
+    if (std::fscanf(f, "%d", &scope) != 1) scope = 0;
+    std::fclose(f);
+  }
+  if (scope == 0) return true;
+  if (scope != 1) return false;
+#ifdef PR_SET_PTRACER
+  static std::mutex mu;
+  static pid_t allowed = 0;
+  std::lock_guard<std::mutex> lk(mu);
+  if (allowed == peer) return true;
+  if (allowed != 0) return false;
+  if (prctl(PR_SET_PTRACER, static_cast<unsigned long>(peer), 0, 0, 0) != 0) return false;
+  allowed = peer;
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
 
 std::atomic<std::uint64_t>& ShmGroup::counter(int r, Counter c) {
   auto& ctl = control(r);
@@ -165,28 +198,27 @@ ShmWindow::ShmWindow(MPI_Comm node, std::size_t bytes, int id) : bytes_(bytes), 
   int size = 0;
   DISTML_MPI(MPI_Comm_size(node, &size));
   DISTML_MPI(MPI_Comm_rank(node, &rank_));
-  MPI_Info info;
-  DISTML_MPI(MPI_Info_create(&info));
-  MPI_Info_set(info, "alloc_shared_noncontig", "true");
+  UniqueInfo info;
+  DISTML_MPI(MPI_Info_create(info.out()));
+  DISTML_MPI(MPI_Info_set(info.get(), "alloc_shared_noncontig", "true"));
   char* mine = nullptr;
   const std::size_t rounded = std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
-  int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(rounded), 1, info, node, &mine, &win_);
-  MPI_Info_free(&info);
-  DISTML_MPI(rc);
-  bases_.resize(size);
-  for (int r = 0; r < size; ++r) {
-    MPI_Aint got = 0;
-    int disp = 0;
-    DISTML_MPI(MPI_Win_shared_query(win_, r, &got, &disp, &bases_[r]));
+  DISTML_MPI(MPI_Win_allocate_shared(static_cast<MPI_Aint>(rounded), 1, info.get(), node, &mine, win_.out()));
+  try {
+    bases_.resize(size);
+    for (int r = 0; r < size; ++r) {
+      MPI_Aint got = 0;
+      int disp = 0;
+      DISTML_MPI(MPI_Win_shared_query(win_.get(), r, &got, &disp, &bases_[r]));
+    }
+  } catch (...) {
+    win_.reset();  // the destructor would not: it never frees
+    throw;
   }
 }
 
-ShmWindow::~ShmWindow() {
-  if (win_ != MPI_WIN_NULL && mpi_alive()) MPI_Win_free(&win_);
-}
-
 std::shared_ptr<ShmWindow> ShmGroup::allocate(std::size_t bytes) {
-  auto w = std::make_shared<ShmWindow>(node_, bytes, next_window_id_++);
+  auto w = std::make_shared<ShmWindow>(node_.get(), bytes, next_window_id_++);
   windows_.push_back(w);
   return w;
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "transport/mpi_comm.h"
+#include "transport/mpi_handles.h"
 
 namespace distml::transport {
 
@@ -58,12 +59,13 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
 // A node-shared allocation for user data (persistent buffers): each rank
 // owns `bytes` bytes that every peer can read. Created collectively, and
 // freed collectively (MPI_Win_free synchronises), so never from a garbage
-// collector: the group frees its windows when it is destroyed, except those
-// some rank's arrays still point into, which stay mapped until exit.
+// collector: the group's close() frees the windows no rank's arrays still
+// point into; the others stay mapped until exit.
 class ShmWindow {
  public:
   ShmWindow(MPI_Comm node, std::size_t bytes, int id);
-  ~ShmWindow();
+  ~ShmWindow() { win_.abandon(); }  // see the class comment
+  void free() { win_.reset(); }     // collective
   ShmWindow(const ShmWindow&) = delete;
   ShmWindow& operator=(const ShmWindow&) = delete;
   char* base(int r) const { return bases_[r]; }
@@ -72,7 +74,7 @@ class ShmWindow {
   int id() const { return id_; }
 
  private:
-  MPI_Win win_ = MPI_WIN_NULL;
+  UniqueWin win_;
   std::size_t bytes_;
   int id_;
   int rank_ = 0;
@@ -85,7 +87,11 @@ class ShmGroup {
   // the size of each of a rank's two data slots. `parent` supplies the
   // deadline of the collective in progress.
   ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent);
-  ~ShmGroup();
+  // Frees the group's MPI objects (collective); see also abandon().
+  void close();
+  // Leaves them to MPI_Finalize: for a group destroyed at a time its peers
+  // did not agree on.
+  void abandon();
   ShmGroup(const ShmGroup&) = delete;
   ShmGroup& operator=(const ShmGroup&) = delete;
 
@@ -112,6 +118,9 @@ class ShmGroup {
   // Ranks whose counter `c` is still below `step`.
   std::vector<int> behind(Counter c, std::uint64_t step);
 
+  // Scratch memory of the collective in progress (the parent's; see Scratch).
+  Scratch& scratch() { return parent_->scratch(); }
+
   // Steps are numbered across all shared-memory collectives of the group;
   // every rank calls next_step() the same number of times.
   std::uint64_t next_step() { return ++step_; }
@@ -126,8 +135,8 @@ class ShmGroup {
   static constexpr std::size_t kControlBytes = sizeof(ShmControl);
   std::atomic<std::uint64_t>& counter(int r, Counter c);
 
-  MPI_Comm node_ = MPI_COMM_NULL;
-  MPI_Win win_ = MPI_WIN_NULL;
+  UniqueComm node_;
+  UniqueWin win_;
   MpiComm* parent_;
   int rank_ = 0;
   int size_ = 1;

@@ -61,6 +61,7 @@ def init(comm: Any = None, timeout: Optional[float] = None) -> Communicator:
             _default.timeout = timeout
         return _default
     _default = Communicator(comm, timeout=timeout)
+    _default._created_at = None  # distml's own: left to MPI_Finalize without a word
     return _default
 
 

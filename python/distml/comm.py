@@ -30,16 +30,28 @@ _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 _created = 0  # communicators created by this process so far
 
 
-def _free_all() -> None:
+def _abandon_all() -> None:
     # Registered after mpi4py's own exit handler, so it runs before
-    # MPI_Finalize: background threads stop and duplicates are freed first.
-    # Freeing is collective, so every rank frees in the same order: the
-    # reverse of creation, which MPI programs already keep consistent.
+    # MPI_Finalize: background threads stop (after the work queued on them).
+    # Nothing is freed here: freeing is collective, and whether every rank
+    # reaches this point together is not known (one may be leaving on an
+    # exception). MPI_Finalize releases what is left. Communicators the
+    # program made itself and never freed are named on stderr, as leaks.
+    import sys
+
     for comm in sorted(_live, key=lambda c: c._order, reverse=True):
-        comm.free()
+        if comm._freed:
+            continue
+        comm._freed = True
+        comm._core.abandon()
+        if comm._created_at is not None:
+            sys.stderr.write(
+                f"distml: warning: the communicator created at {comm._created_at} was never freed; it is "
+                "left to MPI_Finalize (call free() on all ranks, or use it in a with block)\n"
+            )
 
 
-atexit.register(_free_all)
+atexit.register(_abandon_all)
 
 
 # Size settings of the shared-memory schedules that the environment may set
@@ -50,6 +62,17 @@ _SHM_SIZE_ENV = {
     "DISTML_SHM_SINGLE_COPY_MAX_BYTES": "shm_single_copy_max_bytes",
     "DISTML_SHM_STREAM_BYTES": "shm_stream_bytes",
 }
+
+
+def _caller() -> str:
+    """Where user code created a communicator (file:line), for leak reports."""
+    import sys
+
+    frame = sys._getframe(1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame = frame.f_back
+    return "an unknown place" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _env_float(name: str) -> Optional[float]:
@@ -236,11 +259,20 @@ class Communicator:
         _created += 1
         self._order = _created
         self._freed = False
+        self._created_at = _caller()
         _live.add(self)
-        if tune:
-            from . import tune as _tune
+        try:
+            if tune:
+                from . import tune as _tune
 
-            _tune.apply_table(self, _tune.load_table(self))
+                _tune.apply_table(self, _tune.load_table(self))
+            # Settings that select schedules (DISTML_SHM_*, the tune table,
+            # check, ...) must be the same on every rank.
+            self._core.agree_settings()
+        except BaseException:
+            self._freed = True
+            self._core.abandon()
+            raise
         from . import timeline as _timeline
 
         _timeline._attach(self)  # DISTML_TIMELINE, or a timeline.start() running
@@ -271,12 +303,9 @@ class Communicator:
 
     @property
     def check(self) -> bool:
-        """Whether arguments are compared across ranks before each collective."""
+        """Whether arguments are compared across ranks before each collective
+        (chosen at creation: ``Communicator(check=...)`` or ``DISTML_CHECK``)."""
         return self._core.check
-
-    @check.setter
-    def check(self, enabled: bool) -> None:
-        self._core.check = bool(enabled)
 
     def free(self) -> None:
         """Waits for async work, then releases the communicator. Later calls raise
