@@ -194,14 +194,16 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "refuse",
           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
-             const std::string& algo) {
+             const std::string& algo, bool no_memory) {
             auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
-            call.invalid = engine::kInvalidArguments;
+            call.invalid = no_memory ? engine::kNoMemory : engine::kInvalidArguments;
             py::gil_scoped_release nogil;
             self.run(call);
           },
-          "Takes part in a collective's agreement with arguments this rank found invalid, so "
-          "that every rank raises; then raises ValueError here.")
+          py::arg("kind"), py::arg("dtype"), py::arg("op"), py::arg("count"), py::arg("root"), py::arg("algo"),
+          py::arg("no_memory") = false,
+          "Takes part in a collective's agreement as unable to run it (invalid arguments, or no "
+          "memory for its buffers), so that every rank raises; then raises here.")
       .def("submit",
            [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,

@@ -364,12 +364,12 @@ void Communicator::worker_loop() {
     } catch (...) {
       err = std::current_exception();
     }
+    // Done before the engine counts as idle: whoever waits for idleness
+    // (a settings change, a blocking call) sees every earlier call done.
+    work->finish(err);
     lk.lock();
     running_ = false;
     cv_.notify_all();
-    lk.unlock();
-    work->finish(err);
-    lk.lock();
   }
 }
 
@@ -764,7 +764,7 @@ std::string describe_mismatch(Kind kind, const std::vector<Signature>& sigs) {
     if (!d.empty()) os << " " << field << ": " << d << ".";
   };
   add("arguments", describe_field(sigs, [](const Signature& s) {
-    if (s.invalid == kNoMemory) return std::string("out of memory for the collective's scratch");
+    if (s.invalid == kNoMemory) return std::string("out of memory for the collective's buffers");
     return std::string(s.invalid ? "invalid (see the error raised there)" : "valid");
   }));
   add("collective", describe_field(sigs, [](const Signature& s) { return std::string(kind_name(static_cast<Kind>(s.kind))); }));

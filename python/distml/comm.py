@@ -270,8 +270,10 @@ class Communicator:
             # check, ...) must be the same on every rank.
             self._core.agree_settings()
         except BaseException:
+            # Every rank raises here together (the agreement is collective),
+            # so freeing together is safe.
             self._freed = True
-            self._core.abandon()
+            self._core.free()
             raise
         from . import timeline as _timeline
 
@@ -376,15 +378,24 @@ class Communicator:
 
     def _refuse(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str, error: Exception):
         """Raises ``error``, a problem only this rank can see (the root's
-        ``out=``), after taking part in the collective's agreement as
-        invalid, so that the other ranks raise MismatchError instead of
-        waiting. Without the mismatch check, the others are left waiting."""
-        if self.size > 1 and self.check:
+        ``out=``, memory for a result), after taking part in the collective's
+        agreement as unable to run it, so that the other ranks raise
+        MismatchError instead of waiting."""
+        if self.size > 1:
             try:
-                self._core.refuse(kind, dtype, op, int(count), root, algorithm)
-            except (DistmlError, ValueError):
+                self._core.refuse(kind, dtype, op, int(count), root, algorithm, isinstance(error, MemoryError))
+            except (DistmlError, ValueError, MemoryError):
                 pass
         raise error
+
+    def _local(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str,
+               prepare: Callable[[], Any]) -> Any:
+        """``prepare()`` (copies and result arrays, work only this rank
+        does), refused through the agreement if it runs out of memory."""
+        try:
+            return prepare()
+        except MemoryError as e:
+            self._refuse(kind, dtype, op, count, root, algorithm, e)
 
     @staticmethod
     def _contiguous_in(x: np.ndarray) -> np.ndarray:
@@ -442,7 +453,7 @@ class Communicator:
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
             if code is not None and opc is not None and x.flags.c_contiguous:
                 if out is None:
-                    dst = np.empty(x.shape, x.dtype)
+                    dst = self._local(_ALLREDUCE, code, opc, x.size, 0, algorithm, lambda: np.empty(x.shape, x.dtype))
                     self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, (), x, dst)
                     return dst
                 if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
@@ -455,13 +466,14 @@ class Communicator:
         algorithm = self._algorithm(algorithm)
         if out is not None and _same_buffer(out, arr):
             _check_out(out, arr.shape, arr.dtype)
-            buf = self._contiguous_in(arr)
+            buf = self._local(_ALLREDUCE, code, opc, arr.size, 0, algorithm, lambda: self._contiguous_in(arr))
             src, dst, ret = buf, buf, out
         else:
             if out is not None and np.may_share_memory(out, arr):
                 raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
-            src = self._contiguous_in(arr)
-            dst, ret = self._result_buffer(arr, out, arr.shape)
+            src, (dst, ret) = self._local(
+                _ALLREDUCE, code, opc, arr.size, 0, algorithm,
+                lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, arr.shape)))
 
         finish = _delivery(dst, ret)
         return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size,
@@ -497,7 +509,7 @@ class Communicator:
         opc = op_code(op, arr.dtype)
         root = self._root(root)
         algorithm = self._algorithm(algorithm)
-        src = self._contiguous_in(arr)
+        src = self._local(_REDUCE, code, opc, arr.size, root, algorithm, lambda: self._contiguous_in(arr))
         dst = ret = None
         if self.rank == root:
             try:
@@ -508,7 +520,7 @@ class Communicator:
                     if out is not None and np.may_share_memory(out, arr):
                         raise ValueError("out overlaps x without being x; pass out=x for an in-place reduction")
                     dst, ret = self._result_buffer(arr, out, arr.shape)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, MemoryError) as e:
                 self._refuse(_REDUCE, code, opc, arr.size, root, algorithm, e)
 
         finish = _delivery(dst, ret)
@@ -544,7 +556,7 @@ class Communicator:
         if self.rank != root and not arr.flags.writeable:
             self._refuse(_BROADCAST, code, 0, arr.size, root, algorithm,
                          ValueError("x is read-only; broadcast writes into x on every rank but the root"))
-        buf = self._contiguous_in(arr)
+        buf = self._local(_BROADCAST, code, 0, arr.size, root, algorithm, lambda: self._contiguous_in(arr))
 
         finish = _delivery(buf, arr)
         return self._launch(_BROADCAST, buf, buf, dtype=code, count=arr.size, root=root,
@@ -575,8 +587,8 @@ class Communicator:
         shape = (self.size * arr.shape[0],) + arr.shape[1:]
         if out is not None and np.may_share_memory(out, arr):
             raise ValueError("out overlaps x; allgather needs separate input and output")
-        src = self._contiguous_in(arr)
-        dst, ret = self._result_buffer(arr, out, shape)
+        src, (dst, ret) = self._local(_ALLGATHER, code, 0, arr.size, 0, algorithm,
+                                      lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, shape)))
 
         finish = _delivery(dst, ret)
         return self._launch(_ALLGATHER, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
@@ -616,8 +628,8 @@ class Communicator:
         shape = (mine,) + arr.shape[1:]
         if out is not None and np.may_share_memory(out, arr):
             raise ValueError("out overlaps x; reduce_scatter needs separate input and output")
-        src = self._contiguous_in(arr)
-        dst, ret = self._result_buffer(arr, out, shape)
+        src, (dst, ret) = self._local(_REDUCE_SCATTER, code, opc, arr.size, 0, algorithm,
+                                      lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, shape)))
         unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
 
         finish = _delivery(dst, ret)
@@ -656,13 +668,14 @@ class Communicator:
             )
         if out is not None and _same_buffer(out, arr):
             _check_out(out, arr.shape, arr.dtype)
-            src = self._contiguous_in(arr)
+            src = self._local(_ALLTOALL, code, 0, arr.size, 0, algorithm, lambda: self._contiguous_in(arr))
             dst, ret = src, out
         else:
             if out is not None and np.may_share_memory(out, arr):
                 raise ValueError("out overlaps x without being x; pass out=x for an in-place alltoall")
-            src = self._contiguous_in(arr)
-            dst, ret = self._result_buffer(arr, out, arr.shape)
+            src, (dst, ret) = self._local(
+                _ALLTOALL, code, 0, arr.size, 0, algorithm,
+                lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, arr.shape)))
 
         finish = _delivery(dst, ret)
         return self._launch(_ALLTOALL, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
