@@ -22,10 +22,12 @@ Workloads:
   objective mean(log-loss) + ||w||^2 / (2 C n), evaluated by this script in
   the same way for both models.
 
-Timed: the fit alone, as the median of --runs fits. Not timed: Spark's
-session start, reading and caching the DataFrame (counted once before the
-first fit), distml's reading of the files (read_shards; reported
-separately). distml times are those of the slowest rank, between two
+Timed: the fit alone, as the median of --runs fits, after --warmup untimed
+fits on both sides (Spark's first fits run partly interpreted until the JVM
+has compiled its code; all timings, warm-up included, are in the JSON). Not
+timed: Spark's session start, reading and caching the DataFrame (counted
+once before the first fit), distml's reading of the files (read_shards;
+reported separately). distml times are those of the slowest rank, between two
 barriers. The load average is recorded before and after.
 """
 
@@ -98,7 +100,7 @@ def _log_loss_sum(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> floa
 # ---- distml ----------------------------------------------------------------------
 
 
-def run_distml(data: str, runs: int, out: str) -> None:
+def run_distml(data: str, runs: int, warmup: int, out: str) -> None:
     import distml
     from distml.data import read_shards
     from distml.ml import KMeans, LogisticRegression
@@ -117,19 +119,20 @@ def run_distml(data: str, runs: int, out: str) -> None:
     (table, read_s) = timed(lambda: read_shards(os.path.join(data, "kmeans", "*.parquet"), comm=comm))
     X, _ = _numpy(table, KMEANS["features"])
     fits, model = [], None
-    for _ in range(runs):
+    for _ in range(warmup + runs):
         model, s = timed(lambda: KMeans(KMEANS["clusters"], init="k-means||", max_iter=KMEANS["max_iter"],
                                         tol=KMEANS["tol"], seed=KMEANS["seed"], init_steps=KMEANS["init_steps"],
                                         comm=comm).fit(X))
         fits.append(s)
-    kmeans = {"fit_seconds": fits, "median_seconds": statistics.median(fits), "read_seconds": read_s,
+    kmeans = {"fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+              "median_seconds": statistics.median(fits[warmup:]), "read_seconds": read_s,
               "inertia": model.inertia_, "n_iter": model.n_iter_}
     del X, table
 
     (table, read_s) = timed(lambda: read_shards(os.path.join(data, "logreg", "*.parquet"), comm=comm))
     X, y = _numpy(table, LOGREG["features"])
     fits = []
-    for _ in range(runs):
+    for _ in range(warmup + runs):
         model, s = timed(lambda: LogisticRegression(C=LOGREG["C"], max_iter=LOGREG["max_iter"], tol=LOGREG["tol"],
                                                     comm=comm).fit(X, y))
         fits.append(s)
@@ -137,7 +140,8 @@ def run_distml(data: str, runs: int, out: str) -> None:
     n = comm.allreduce(np.array([float(len(y))]))[0]
     loss = comm.allreduce(np.array([_log_loss_sum(X, y, model.coef_[0], float(model.intercept_[0]))]))[0]
     objective = loss / n + float(model.coef_[0] @ model.coef_[0]) / (2 * LOGREG["C"] * n)
-    logreg = {"fit_seconds": fits, "median_seconds": statistics.median(fits), "read_seconds": read_s,
+    logreg = {"fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+              "median_seconds": statistics.median(fits[warmup:]), "read_seconds": read_s,
               "accuracy": accuracy, "objective": objective, "n_iter": model.n_iter_}
 
     if comm.rank == 0:
@@ -151,7 +155,7 @@ def run_distml(data: str, runs: int, out: str) -> None:
 # ---- Spark -----------------------------------------------------------------------
 
 
-def run_spark(data: str, cores: int, runs: int, out: str) -> None:
+def run_spark(data: str, cores: int, runs: int, warmup: int, out: str) -> None:
     from pyspark.ml.classification import LogisticRegression as SparkLR
     from pyspark.ml.clustering import KMeans as SparkKMeans
     from pyspark.ml.feature import VectorAssembler
@@ -176,20 +180,21 @@ def run_spark(data: str, cores: int, runs: int, out: str) -> None:
 
     df = frame("kmeans", KMEANS["features"], False)
     fits, model = [], None
-    for _ in range(runs):
+    for _ in range(warmup + runs):
         km = SparkKMeans(k=KMEANS["clusters"], initMode="k-means||", initSteps=KMEANS["init_steps"],
                          maxIter=KMEANS["max_iter"], tol=KMEANS["tol"], seed=KMEANS["seed"])
         t = time.perf_counter()
         model = km.fit(df)
         fits.append(time.perf_counter() - t)
-    kmeans = {"fit_seconds": fits, "median_seconds": statistics.median(fits),
+    kmeans = {"fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+              "median_seconds": statistics.median(fits[warmup:]),
               "inertia": model.summary.trainingCost, "n_iter": model.summary.numIter}
     df.unpersist()
 
     df = frame("logreg", LOGREG["features"], True)
     n = LOGREG["rows"]
     fits = []
-    for _ in range(runs):
+    for _ in range(warmup + runs):
         lr = SparkLR(regParam=1.0 / (LOGREG["C"] * n), elasticNetParam=0.0, standardization=False,
                      maxIter=LOGREG["max_iter"], tol=LOGREG["tol"], fitIntercept=True, family="binomial")
         t = time.perf_counter()
@@ -199,7 +204,8 @@ def run_spark(data: str, cores: int, runs: int, out: str) -> None:
     X, y = _numpy(pq.read_table(os.path.join(data, "logreg")), LOGREG["features"])
     w = model.coefficients.toArray()
     objective = _log_loss_sum(X, y, w, model.intercept) / n + float(w @ w) / (2 * LOGREG["C"] * n)
-    logreg = {"fit_seconds": fits, "median_seconds": statistics.median(fits), "accuracy": summary.accuracy,
+    logreg = {"fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+              "median_seconds": statistics.median(fits[warmup:]), "accuracy": summary.accuracy,
               "objective": objective, "n_iter": summary.totalIterations}
     spark.stop()
     record = {"tool": "spark", "cores": cores, "kmeans": kmeans, "logreg": logreg,
@@ -224,8 +230,9 @@ def report(results: str, out: str) -> None:
     spark = {r["cores"]: r for r in map(_load, sorted(glob.glob(os.path.join(results, "ml_spark_local*.json"))))}
     lines = ["# distml.ml against Spark MLlib (local mode), same data and hyper-parameters", ""]
     lines += ["Generated by `python bench/bench_ml.py report`; the workloads and what is timed are described in",
-              "bench/bench_ml.py's docstring. Fit times are medians of the runs listed in the JSON files",
-              "(distml: slowest rank). Ratio = Spark time / distml time (above 1: distml faster).", ""]
+              "bench/bench_ml.py's docstring. Fit times are medians of the timed runs listed in the JSON files,",
+              "after one untimed warm-up fit (distml: slowest rank). Ratio = Spark time / distml time (above 1:",
+              "distml faster). The machine has 2 cores: at P = 4 / local[4] the ranks or threads share them.", ""]
     lines += ["## KMeans (1,000,000 x 20, k = 10, k-means||, at most 20 iterations)", "",
               "| ranks / cores | distml fit | Spark fit | ratio | distml iterations | Spark iterations | distml inertia | Spark inertia |",
               "|---|---|---|---|---|---|---|---|"]
@@ -289,11 +296,13 @@ def main() -> None:
     d = sub.add_parser("distml")
     d.add_argument("--data", required=True)
     d.add_argument("--runs", type=int, default=3)
+    d.add_argument("--warmup", type=int, default=1)
     d.add_argument("--out", required=True)
     s = sub.add_parser("spark")
     s.add_argument("--data", required=True)
     s.add_argument("--cores", type=int, required=True)
     s.add_argument("--runs", type=int, default=3)
+    s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -302,9 +311,9 @@ def main() -> None:
     if args.command == "generate":
         generate(args.data)
     elif args.command == "distml":
-        run_distml(args.data, args.runs, args.out)
+        run_distml(args.data, args.runs, args.warmup, args.out)
     elif args.command == "spark":
-        run_spark(args.data, args.cores, args.runs, args.out)
+        run_spark(args.data, args.cores, args.runs, args.warmup, args.out)
     else:
         report(args.results, args.out)
 

@@ -39,8 +39,8 @@ all rows, and ``l = oversampling * n_clusters``; the drawn rows (gathered on
 every rank) join the candidates. Each candidate is weighted by the number of
 rows nearest to it, and every rank reduces the candidates to
 ``n_clusters`` centers with weighted k-means++ (greedy, 2 + log k trials per
-center) followed by up to 30 weighted Lloyd iterations, all seeded by
-``seed``. If the rounds drew fewer than ``n_clusters`` candidates, distinct
+center) followed by up to 30 weighted Lloyd iterations, keeping the best of
+up to 10 such reductions (fewer for large k and d), all seeded by ``seed``. If the rounds drew fewer than ``n_clusters`` candidates, distinct
 rows drawn uniformly at random fill the gap.
 """
 
@@ -57,6 +57,13 @@ __all__ = ["KMeans"]
 
 # Weighted Lloyd iterations on the k-means|| candidates (as Spark MLlib).
 _CANDIDATE_ITERATIONS = 30
+# The candidates are reduced to k centers up to this many times from
+# different seeds, keeping the lowest weighted cost, within a budget of
+# about _REDUCTION_FLOPS multiply-adds for all of them (so large k and d get
+# fewer restarts). A single reduction can leave two centers in one blob and
+# none in another even when every blob holds candidates.
+_REDUCTION_RESTARTS = 10
+_REDUCTION_FLOPS = 10 ** 8
 
 
 # Rows per block in the distance computations: a block of 8192 rows of a few
@@ -124,15 +131,29 @@ def _exact_inertia(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> fl
 
 
 def _weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k centers for weighted ``points``: greedy k-means++ seeding, then up to
-    _CANDIDATE_ITERATIONS weighted Lloyd iterations. No communication; the
+    """k centers for weighted ``points``: the best, by weighted cost, of a
+    few reductions (greedy k-means++ seeding, then up to
+    _CANDIDATE_ITERATIONS weighted Lloyd iterations). No communication; the
     same on every rank for the same arguments."""
-    m = points.shape[0]
+    m, d = points.shape
     if m <= k:
         return points.copy()
-    rng = np.random.default_rng([int(seed), 7])
-    trials = 2 + int(math.log(k))
     w = weights.astype(np.float64)
+    per_run = _CANDIDATE_ITERATIONS * m * k * max(d, 1)
+    restarts = max(1, min(_REDUCTION_RESTARTS, _REDUCTION_FLOPS // per_run))
+    best, best_cost = None, np.inf
+    for run in range(restarts):
+        centers = _reduce_once(points, w, k, np.random.default_rng([int(seed), 7, run]))
+        _, dist = _nearest(points, centers)
+        cost = float(w @ dist)
+        if cost < best_cost:
+            best, best_cost = centers, cost
+    return best
+
+
+def _reduce_once(points: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    m = points.shape[0]
+    trials = 2 + int(math.log(k))
     total_w = w.sum()
     first = int(rng.choice(m, p=w / total_w)) if total_w > 0 else 0
     chosen = [first]
@@ -151,10 +172,10 @@ def _weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int)
         dist = ((points[None, :, :] - points[ids][:, None, :]) ** 2).sum(axis=2)
         np.minimum(dist, closest, out=dist)
         pots = (dist * w).sum(axis=1)
-        best = int(np.argmin(pots))
-        chosen.append(int(ids[best]))
-        closest = dist[best]
-        potential = float(pots[best])
+        pick = int(np.argmin(pots))
+        chosen.append(int(ids[pick]))
+        closest = dist[pick]
+        potential = float(pots[pick])
     centers = points[chosen].copy()
     for _ in range(_CANDIDATE_ITERATIONS):
         labels, _ = _nearest(points, centers)
@@ -232,6 +253,8 @@ class KMeans:
             raise shared.InputProblem(f"max_iter must be a positive int, got {self.max_iter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise shared.InputProblem(f"tol must be a number >= 0, got {self.tol!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise shared.InputProblem(f"seed must be an int >= 0, got {self.seed!r}")
         if not isinstance(self.init_steps, (int, np.integer)) or self.init_steps < 0:
             raise shared.InputProblem(f"init_steps must be an int >= 0, got {self.init_steps!r}")
         if not (isinstance(self.oversampling, (int, float)) and self.oversampling > 0):
