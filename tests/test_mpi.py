@@ -57,6 +57,15 @@ CASES += [
      ["-k", "allreduce or communicators"], TWO_NODES),
 ]
 
+# The same groups in the library's default configuration (no communicator
+# timeout, see tests/mpi/conftest.py), on one node and on two pretend nodes,
+# where arguments are compared by the fingerprint check.
+DEFAULT_CONFIG = {"DISTML_TEST_DEFAULT_CONFIG": "1"}
+CASES += [(P, f"default_config-{name}", GROUPS[name], [], DEFAULT_CONFIG)
+          for P in (2, 4) for name in ("reductions", "api")]
+CASES += [(P, "default_config-two_nodes", GROUPS["reductions"] + GROUPS["api"], [], {**DEFAULT_CONFIG, **TWO_NODES})
+          for P in (2, 4)]
+
 # Seconds one launch may take at P = 4 (fewer ranks: less, see _timeout).
 TIMEOUT_P4 = 300
 
@@ -82,6 +91,9 @@ def test_mpi(P, files, args, extra_env):
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_CURRENT_TEST", None)
     env.setdefault("PYTHONFAULTHANDLER", "1")
+    if "DISTML_TEST_DEFAULT_CONFIG" in extra_env:
+        for name in ("DISTML_TIMEOUT", "DISTML_CHECK", "DISTML_STALL_WARNING"):
+            env.pop(name, None)
     env.update(extra_env)
     shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "") + " ".join(cmd)
     start = time.monotonic()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import distml
+from conftest import COMM_TIMEOUT
 from mpi_helpers import (
     Checker, all_algorithms, allgather_ref, alltoall_ref, available, call, inputs, reduce_ref, reduce_scatter_ref,
 )
@@ -66,7 +67,7 @@ def test_reversed_world(world, segment_bytes):
     check = Checker(world.size)
     sub = world.Split(0, world.size - 1 - world.rank)
     members = sub.allgather(world.rank)
-    with distml.Communicator(sub, segment_bytes=segment_bytes, timeout=120) as comm:
+    with distml.Communicator(sub, segment_bytes=segment_bytes, timeout=COMM_TIMEOUT) as comm:
         check.expect_true("rank follows the split key", comm.rank == world.size - 1 - world.rank)
         _sweep(comm, members, "reversed", check)
     sub.Free()
@@ -79,7 +80,7 @@ def test_split_halves(world):
     check = Checker(world.size)
     sub = world.Split(world.rank % 2, -world.rank)
     members = sub.allgather(world.rank)
-    with distml.Communicator(sub, timeout=120) as comm:
+    with distml.Communicator(sub, timeout=COMM_TIMEOUT) as comm:
         # Both halves probe the same algorithms in the same order, so their
         # (independent) sequences of collectives stay aligned with the world.
         _sweep(comm, members, f"half{world.rank % 2}", check)
@@ -93,7 +94,8 @@ def test_two_communicators_interleaved(world):
     P, rank = world.size, world.rank
     check = Checker(P)
     dtype = np.dtype(np.float64)
-    with distml.Communicator(world, timeout=120) as a, distml.Communicator(world, segment_bytes=64, timeout=120) as b:
+    with distml.Communicator(world, timeout=COMM_TIMEOUT) as a, \
+            distml.Communicator(world, segment_bytes=64, timeout=COMM_TIMEOUT) as b:
         xa = inputs(("two", "a"), dtype, (1001,), "small", P)
         xb = inputs(("two", "b"), dtype, (999,), "small", P)
         handles = []
@@ -114,7 +116,7 @@ def test_two_communicators_interleaved(world):
 def test_without_argument_check(world):
     """check=False changes only what is verified, not the results."""
     check = Checker(world.size)
-    with distml.Communicator(world, check=False, timeout=120) as comm:
+    with distml.Communicator(world, check=False, timeout=COMM_TIMEOUT) as comm:
         check.expect_true("check property", comm.check is False)
         _sweep(comm, list(range(world.size)), "nocheck", check)
     check.verify()
@@ -143,7 +145,7 @@ def test_timeout_when_a_rank_never_joins(world, argument_check):
                             distml.CommunicatorError)
     world.Barrier()
     comm.free()
-    with distml.Communicator(world, timeout=120) as fresh:
+    with distml.Communicator(world, timeout=COMM_TIMEOUT) as fresh:
         check.expect("a fresh communicator works", call(lambda: fresh.allreduce(x)), x * P)
     check.verify()
 
@@ -155,7 +157,7 @@ def test_free_waits_for_pending_work(world):
     check = Checker(P)
     dtype = np.dtype(np.int64)
     mine = world.Dup()
-    comm = distml.Communicator(mine, timeout=120)
+    comm = distml.Communicator(mine, timeout=COMM_TIMEOUT)
     mine.Free()
     xs = inputs(("free-pending",), dtype, (5000,), "small", P)
     handles = [call(lambda: comm.allreduce(xs[rank], op=op, async_op=True)) for op in ("sum", "max", "min")]

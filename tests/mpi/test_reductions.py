@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import COMM_TIMEOUT
 from mpi_helpers import (
     Checker, call, comm_algorithm_dtypes, counts_for, inputs, reduce_ref, reduce_scatter_ref, reduction_cases,
     require,
@@ -82,7 +83,7 @@ def test_tiny_segments(world, segment_bytes):
 
     P, rank = world.size, world.rank
     check = Checker(P)
-    with distml.Communicator(world, segment_bytes=segment_bytes, timeout=120) as c:
+    with distml.Communicator(world, segment_bytes=segment_bytes, timeout=COMM_TIMEOUT) as c:
         for dtype in [np.dtype(np.float64), np.dtype(np.float16), np.dtype(np.int8)]:
             for count in [0, 1, 2, 3, 5, 8, 13, 37]:
                 xs = inputs(("tiny", segment_bytes, str(dtype), count), dtype, (count,), "small", P)
