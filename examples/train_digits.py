@@ -94,7 +94,9 @@ def main(argv=None) -> float:
         kw["momentum"] = 0.9
     if args.sharded:
         opt = distml.ShardedOptimizer(cls, model.parameters(), comm=comm, stage=args.sharded, **kw)
-        model.bind_grads(opt.grads)
+        if args.sharded == 1:
+            model.bind_grads(opt.grads)  # stage 1 keeps a full gradient buffer anyway
+        # stage 2 holds only its gradient shard: step() reads the model's own gradients
         opt.broadcast_parameters(root=0)
         on_grads = None
     else:
@@ -128,7 +130,7 @@ def main(argv=None) -> float:
             logits = model(xb)
             loss = loss_fn(logits, yb)
             model.backward(loss_fn.backward(), on_grads=on_grads)
-            opt.step()
+            opt.step(model.grads())
             totals += (loss * len(idx), float((logits.argmax(1) == yb).sum()), len(idx))
             if s % 2 == 0:
                 bar.update(s + 1, f"loss {loss:.4f}")
