@@ -66,7 +66,9 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
 }
 
 // What a queued collective's buffers belong to, for the engine to keep until
-// the collective is over; released under the GIL by the engine's thread.
+// the collective is over. Let go under the GIL: by the caller's next call
+// into the engine (Communicator::drain), or by whoever drops the last
+// reference otherwise.
 std::shared_ptr<void> keep_alive(const py::object& in, const py::object& out) {
   auto* held = new py::object(py::make_tuple(in, out));
   return std::shared_ptr<void>(held, [](void* p) {
@@ -152,8 +154,19 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<engine::Work, std::shared_ptr<engine::Work>>(m, "Work")
-      .def("wait", &engine::Work::wait, py::call_guard<py::gil_scoped_release>())
-      .def("test", &engine::Work::test, py::call_guard<py::gil_scoped_release>());
+      .def("wait",
+           [](engine::Work& w) {
+             {
+               py::gil_scoped_release nogil;
+               w.wait();
+             }
+             w.graveyard().drain();
+           })
+      .def("test", [](engine::Work& w) {
+        bool done = w.test();
+        if (done) w.graveyard().drain();
+        return done;
+      });
 
   // This rank's part of a node-shared window, as a writable byte buffer.
   py::class_<transport::ShmWindow, std::shared_ptr<transport::ShmWindow>>(m, "SharedBuffer",
@@ -188,6 +201,7 @@ PYBIND11_MODULE(_core, m) {
              std::size_t unit, int root, const std::string& algo,
              const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
+            self.drain();
             py::gil_scoped_release nogil;
             self.run(call);
           })
@@ -210,6 +224,7 @@ PYBIND11_MODULE(_core, m) {
               const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
              auto keep = keep_alive(in, out);
+             self.drain();
              py::gil_scoped_release nogil;
              return self.submit(call, std::move(keep));
            })
@@ -223,8 +238,22 @@ PYBIND11_MODULE(_core, m) {
              c.algo = engine::parse_algo(c.kind, algo);
              return std::string(engine::algo_name(self.resolve(c)));
            })
-      .def("free", &engine::Communicator::free, py::call_guard<py::gil_scoped_release>())
-      .def("abandon", &engine::Communicator::abandon, py::call_guard<py::gil_scoped_release>())
+      .def("free",
+           [](engine::Communicator& self) {
+             {
+               py::gil_scoped_release nogil;
+               self.free();
+             }
+             self.drain();
+           })
+      .def("abandon",
+           [](engine::Communicator& self) {
+             {
+               py::gil_scoped_release nogil;
+               self.abandon();
+             }
+             self.drain();
+           })
       .def("allocate_shared", &engine::Communicator::allocate_shared,
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("one_node", &engine::Communicator::one_node)

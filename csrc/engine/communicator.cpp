@@ -200,9 +200,9 @@ void Work::finish(std::exception_ptr err) {
     keep.swap(keep_);
     cv_.notify_all();
   }
-  // Released here, on the thread that ran the call, outside the lock: the
-  // buffers' owner may need locks of its own (Python's GIL) to let go.
-  keep.reset();
+  // Not released here: the buffers' owner may need locks of its own
+  // (Python's GIL) to let go, and this thread has the next call to run.
+  if (graveyard_) graveyard_->bury(std::move(keep));
 }
 
 void Work::wait() {
@@ -325,6 +325,7 @@ void Communicator::run(const Call& call) {
 std::shared_ptr<Work> Communicator::submit(const Call& call, std::shared_ptr<void> keep) {
   auto work = std::make_shared<Work>(call);
   work->keep_ = std::move(keep);
+  work->graveyard_ = graveyard_;
   if (!threaded_) {
     std::exception_ptr err;
     try {
@@ -539,9 +540,9 @@ std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Setting
 }  // namespace
 
 void Communicator::agree_settings() {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !running_; });
   ensure_usable();
-  if (running_ || !queue_.empty()) DISTML_THROW(InvalidArgument, "agree on settings only while no collective is pending");
   if (size_ == 1) return;
   auto fields = settings_fields(settings_, 0);
   std::uint64_t pair[2] = {settings_hash_, ~settings_hash_};
@@ -597,9 +598,10 @@ void Communicator::clear_deadline() {
 }
 
 std::shared_ptr<tp::ShmWindow> Communicator::allocate_shared(std::size_t bytes) {
-  std::lock_guard<std::mutex> lk(mu_);
+  // Collective, so in order with the collectives queued before it.
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !running_; });
   ensure_usable();
-  if (running_ || !queue_.empty()) DISTML_THROW(InvalidArgument, "allocate shared buffers only while no collective is pending");
   if (!one_node_) DISTML_THROW(InvalidArgument, "shared buffers need every rank on one node (and more than one rank)");
   return shm_->allocate(bytes);
 }

@@ -159,6 +159,31 @@ struct TraceEvent {
   double end;      // done
 };
 
+// What finished calls kept alive (Communicator::submit's `keep`), waiting to
+// be let go by a thread that may: the engine's thread never waits for the
+// owner's locks (Python's GIL) between two collectives; the caller's next
+// call into the engine drains it.
+class Graveyard {
+ public:
+  void bury(std::shared_ptr<void> keep) {
+    if (!keep) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    buried_.push_back(std::move(keep));
+  }
+  // Releases everything buried so far, on the calling thread.
+  void drain() {
+    std::vector<std::shared_ptr<void>> gone;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      gone.swap(buried_);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::shared_ptr<void>> buried_;
+};
+
 // An async collective's state, shared by the queue and the caller's handle.
 class Work {
  public:
@@ -167,6 +192,8 @@ class Work {
   void wait();
   bool test();
   const Call& call() const { return call_; }
+  // Where this call's kept objects go once it is done.
+  Graveyard& graveyard() { return *graveyard_; }
 
  private:
   friend class Communicator;
@@ -178,6 +205,7 @@ class Work {
   bool done_ = false;
   std::exception_ptr err_;
   std::shared_ptr<void> keep_;
+  std::shared_ptr<Graveyard> graveyard_;
 };
 
 class Communicator {
@@ -214,6 +242,9 @@ class Communicator {
   // MPI objects to MPI_Finalize. Not collective: for communicators nobody
   // freed, at exit or when destroyed. Later calls raise Unusable.
   void abandon();
+  // Lets go of what finished calls kept (see Graveyard); call it from a
+  // thread that may release the callers' objects.
+  void drain() { graveyard_->drain(); }
   bool broken() const { return broken_; }
   bool one_node() const { return one_node_; }
   // Timeline recording: off by default; when on, each collective appends a
@@ -269,7 +300,8 @@ class Communicator {
   // settings (a per-rank choice would have ranks speak different protocols).
   enum class Arrival { kNone, kShm, kRoot, kFingerprint } arrival_ = Arrival::kNone;
   std::uint64_t settings_hash_ = 0;
-  std::uint64_t inject_at_ = 0;  // DISTML_INJECT_FAULT: the collective this rank fails
+  std::uint64_t inject_at_ = 0;
+  std::shared_ptr<Graveyard> graveyard_ = std::make_shared<Graveyard>();  // DISTML_INJECT_FAULT: the collective this rank fails
   void rehash_settings();
 
   std::mutex mu_;
