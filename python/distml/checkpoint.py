@@ -31,7 +31,7 @@ rank reports whether its part of the phase succeeded, with its error message
 if not. A rank that fails (disk full, no permission, a file it cannot read)
 therefore never leaves the others waiting for it: every rank learns of the
 failure in the same round and raises :class:`CheckpointError` naming the
-failed ranks and their errors. The phases of a save are: preparing the
+first failed rank and its error. The phases of a save are: preparing the
 shard (and drawing the generation), writing the shard files, and rank 0's
 commit; a failed save removes the new generation's files and leaves the
 previous checkpoint as it was. The phases of a load are: reading the
@@ -57,6 +57,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from ._agree import agree
 from ._errors import DistmlError
 
 __all__ = ["save", "load", "CheckpointError", "MANIFEST"]
@@ -66,7 +67,6 @@ FORMAT = "distml-checkpoint"
 VERSION = 1
 _SHARD_RE = re.compile(r"^shard-([0-9a-f]+)-\d+-of-\d+\.npz$")
 _READ_CHUNK = 1 << 20  # bytes read at a time when verifying a file
-_MESSAGE_BYTES = 1000  # room for one rank's error message in an agreement round
 
 
 class CheckpointError(DistmlError):
@@ -173,51 +173,47 @@ def _from_json_hyper(hyper: Dict[str, Any]) -> Dict[str, Any]:
 # ---- agreement -------------------------------------------------------------------------
 
 
-def _agree(comm: Any, error: Optional[BaseException], payload: bytes = b"",
-           payload_bytes: int = 0) -> List[Tuple[Optional[str], bytes]]:
-    """Every rank's outcome of a phase: (error message or None, payload), by rank.
+def _end_phase(comm: Any, error: Optional[BaseException], what: str, numbers: Sequence[int] = (),
+               keep_type: bool = False) -> np.ndarray:
+    """Ends a phase of a save or load on every rank alike.
 
-    One allgather of a fixed-size record (a status byte, the message, then
-    ``payload_bytes`` of payload, which a failed rank leaves zero), so every
-    rank must call it with the same ``payload_bytes``. Must be called on all
-    ranks of ``comm``; with no communicator, returns this process's outcome.
+    One agreement round (:func:`distml._agree.agree`, an allgather of a
+    fixed-size record) tells every rank whether the phase failed anywhere
+    and hands it every rank's ``numbers`` (the same count on every rank).
+
+    Returns:
+        int64 array of shape (ranks, len(numbers)).
+
+    Raises:
+        CheckpointError: the phase failed on some rank (this one included),
+            naming the first failed rank and its error; or, with
+            ``keep_type``, the failed rank's ValueError/TypeError as such
+            (argument errors).
+
+    Must be called on all ranks of ``comm`` (none: this process alone).
     """
-    message = None if error is None else f"{type(error).__name__}: {error}"
     if comm is None:
-        return [(message, payload)]
-    text = (message or "").encode("utf-8", "replace")[:_MESSAGE_BYTES]
-    record = np.zeros(3 + _MESSAGE_BYTES + payload_bytes, dtype=np.uint8)
-    record[0] = error is not None
-    record[1:3] = np.frombuffer(len(text).to_bytes(2, "little"), dtype=np.uint8)
-    record[3:3 + len(text)] = np.frombuffer(text, dtype=np.uint8)
-    if error is None and payload:
-        record[3 + _MESSAGE_BYTES:3 + _MESSAGE_BYTES + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-    records = comm.allgather(record).reshape(comm.size, -1)
-    outcomes = []
-    for rec in records:
-        raw = rec.tobytes()
-        n = int.from_bytes(raw[1:3], "little")
-        failed = raw[0] != 0
-        outcomes.append((raw[3:3 + n].decode("utf-8", "replace") if failed else None, raw[3 + _MESSAGE_BYTES:]))
-    return outcomes
+        if error is None:
+            return np.array([list(numbers)], dtype=np.int64).reshape(1, len(numbers))
+        if (keep_type and isinstance(error, (ValueError, TypeError))) or isinstance(error, CheckpointError):
+            raise error
+        raise CheckpointError(f"{what} failed: {type(error).__name__}: {error}") from error
+    try:
+        return agree(comm, error, numbers)
+    except (ValueError, TypeError) as exc:
+        if keep_type:
+            raise
+        raise CheckpointError(f"{what} failed: {exc}") from (error or exc)
+    except Exception as exc:  # noqa: BLE001 - carried by agree() as its kind
+        raise CheckpointError(f"{what} failed: {exc}") from (error or exc)
 
 
-def _raise_failures(outcomes: List[Tuple[Optional[str], bytes]], what: str, error: Optional[BaseException],
-                    own_type: bool = False) -> None:
-    """Raises on every rank if the phase failed on any: CheckpointError naming
-    the failed ranks (chained to this rank's own error), or, with
-    ``own_type``, a rank's own error as it was raised (argument errors)."""
-    failed = [(r, m) for r, (m, _) in enumerate(outcomes) if m is not None]
-    if not failed:
-        return
-    if error is not None and (own_type or (len(outcomes) == 1 and isinstance(error, CheckpointError))):
-        raise error
-    if len(outcomes) == 1:
-        raise CheckpointError(f"{what} failed: {failed[0][1]}") from error
-    ranks = [r for r, _ in failed]
-    details = "; ".join(f"rank {r}: {m}" for r, m in failed)
-    raise CheckpointError(f"{what} failed on rank{'s' if len(ranks) > 1 else ''} "
-                          f"{', '.join(map(str, ranks))} of {len(outcomes)}: {details}") from error
+def _int64s(data: bytes) -> List[int]:
+    return [int(v) for v in np.frombuffer(data, dtype=np.int64)]
+
+
+def _bytes_of(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, dtype=np.int64).tobytes()
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -391,12 +387,11 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
 
     Raises:
         ValueError: parameters of mixed dtypes, or neither params nor
-            optimizer given (on the ranks where that holds; the others raise
-            CheckpointError).
+            optimizer given (raised on every rank if it holds on any).
         TypeError: an optimizer of another kind.
         CheckpointError: writing failed on this or any other rank (disk
             full, no permission, ...), on every rank alike; the message names
-            the ranks that failed and their errors. The new files are removed
+            the first rank that failed and its error. The new files are removed
             and the previous checkpoint stays loadable.
 
     Must be called on all ranks of the communicator.
@@ -415,24 +410,23 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
         arrays, fields = _save_contents(params, kind, opt, rank, size)
     except Exception as exc:  # noqa: BLE001 - agreed below, then raised on every rank
         error = exc
-    outcomes = _agree(comm, error, os.urandom(8), payload_bytes=8)
-    _raise_failures(outcomes, "checkpoint.save", error, own_type=True)
-    generation = outcomes[0][1].hex()
+    token = _end_phase(comm, error, "checkpoint.save", _int64s(os.urandom(8)), keep_type=True)
+    generation = _bytes_of(token[0]).hex()
 
     # Phase 2: every rank writes its shard file.
+    what = f"checkpoint.save of {path!r}"
     mine: Optional[str] = None
-    record = b""
+    record: List[int] = [0] * 7
     try:
         os.makedirs(path, exist_ok=True)
         target = os.path.join(path, _shard_name(generation, rank, size))
         digest, nbytes = _write_shard(target, arrays)
         mine = target
-        record = digest + np.array([fields["start"], fields["stop"], nbytes], dtype=np.int64).tobytes()
+        record = _int64s(digest) + [fields["start"], fields["stop"], nbytes]
     except Exception as exc:  # noqa: BLE001
         error = exc
-    outcomes = _agree(comm, error, record, payload_bytes=32 + 3 * 8)
     try:
-        _raise_failures(outcomes, f"checkpoint.save of {path!r}", error)
+        records = _end_phase(comm, error, what, record)
     except CheckpointError:
         _remove(mine)
         raise
@@ -440,11 +434,8 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
     # Phase 3: rank 0 commits; nobody returns before the commit.
     if rank == 0:
         try:
-            shards = []
-            for r, (_, rec) in enumerate(outcomes):
-                s_lo, s_hi, s_bytes = (int(v) for v in np.frombuffer(rec[32:56], dtype=np.int64))
-                shards.append({"file": _shard_name(generation, r, size), "start": s_lo, "stop": s_hi,
-                               "bytes": s_bytes, "sha256": rec[:32].hex()})
+            shards = [{"file": _shard_name(generation, r, size), "start": int(rec[4]), "stop": int(rec[5]),
+                       "bytes": int(rec[6]), "sha256": _bytes_of(rec[:4]).hex()} for r, rec in enumerate(records)]
             manifest = {
                 "format": FORMAT, "version": VERSION, "generation": generation, "world_size": size,
                 "numel": fields["numel"], "dtype": fields["dtype"], "param_shapes": fields["param_shapes"],
@@ -453,9 +444,8 @@ def save(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
             _write_manifest(path, manifest)
         except Exception as exc:  # noqa: BLE001
             error = exc
-    outcomes = _agree(comm, error)
     try:
-        _raise_failures(outcomes, f"checkpoint.save of {path!r} (commit)", error)
+        _end_phase(comm, error, f"{what} (commit)")
     except CheckpointError:
         _remove(mine)
         raise
@@ -670,11 +660,10 @@ def load(path: str, params: Optional[Sequence[np.ndarray]] = None, optimizer: An
         manifest, shards = _verify(path, params, kind, opt)
     except Exception as exc:  # noqa: BLE001 - agreed below, then raised on every rank
         error = exc
-    _raise_failures(_agree(comm, error), f"checkpoint.load of {path!r}", error,
-                    own_type=isinstance(error, (ValueError, TypeError)))
+    _end_phase(comm, error, f"checkpoint.load of {path!r}", keep_type=True)
     try:
         _apply(path, manifest, shards, params, kind, opt)
     except Exception as exc:  # noqa: BLE001
         error = exc
-    _raise_failures(_agree(comm, error), f"checkpoint.load of {path!r}", error)
+    _end_phase(comm, error, f"checkpoint.load of {path!r}")
     return manifest
