@@ -49,8 +49,10 @@ def test_out_of_memory_on_one_rank(P, variant):
             else:
                 assert r["saw"] == "MismatchError", r
                 assert re.search(rf"out of memory[^;.]* on rank {r['starved']}(?!\d)", r["msg"]), r
-            # Refused at the agreement, not after waiting for a timeout.
-            assert r["seconds"] < 1.0, r
+            # Refused at the agreement (the type says so: a rank left waiting
+            # would raise CommTimeoutError, or hang); the time only bounds it
+            # on a loaded machine.
+            assert r["seconds"] < 10.0, r
             assert r["after"] == "ok", r
         table_row(f"one rank out of memory ({group})", P, seen(mine),
                   f"{max(r['seconds'] for r in mine) * 1e3:.0f} ms", "next collective: ok")
@@ -65,7 +67,7 @@ def test_failure_after_agreement_with_timeout(P):
     for r in recs:
         if r["rank"] == 1:
             assert r["saw"] == "DistmlError" and "injected fault" in r["msg"], r
-            assert r["seconds"] < 1.0, r
+            assert r["seconds"] < 5.0, r
         else:
             # Waiting for rank 1 inside the schedule: released by the deadline.
             assert r["saw"] == "CommTimeoutError", r
@@ -110,7 +112,7 @@ def test_settings_must_agree(P):
             else:
                 assert "settings:" in r["msg"] and re.search(rf"on rank {r['odd']}(?!\d)", r["msg"]), r
                 assert r["after"] == "ok", r
-            assert r["seconds"] < 2.0, r
+            assert r["seconds"] < 10.0, r
         table_row(f"differing settings ({variant})", P, seen(group),
                   f"{max(r['seconds'] for r in group) * 1e3:.0f} ms", "")
 
@@ -121,9 +123,9 @@ def test_garbage_collected_communicator_does_not_wait_for_peers():
     assert not result.hung and result.returncode == 0, result.describe()
     dropper = result.where(case="gcdrop", role="dropper")
     assert len(dropper) == 1 and dropper[0]["collected"], result.describe()
-    # The keepers sleep 3 s before anything: a collective in the destructor
+    # The keepers sleep 5 s before anything: a collective in the destructor
     # would have waited for them.
-    assert dropper[0]["seconds"] < 1.0, dropper
+    assert dropper[0]["seconds"] < 3.0, dropper
     # The communicator the keepers never freed is named at exit.
     assert "was never freed" in result.stderr and "containment.py" in result.stderr, result.describe()
     table_row("a communicator dropped by one rank's garbage collector", P,

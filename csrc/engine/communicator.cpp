@@ -444,7 +444,8 @@ Plan Communicator::plan(const Call& c) const {
     p.scratch = s;
     return p;
   }
-  const std::size_t block0 = alg::Blocks{c.count, P, c.unit}.size(0) * elem;
+  // (A row of zero elements: reduce_scatter of an array with an empty axis.)
+  const std::size_t block0 = c.unit == 0 ? 0 : alg::Blocks{c.count, P, c.unit}.size(0) * elem;
   switch (c.kind) {
     case Kind::kAllreduce:
       if (p.algo == Algo::kRecursiveDoubling && P > 1) {

@@ -140,7 +140,7 @@ def case_gcdrop(variants) -> None:
         gc.collect()
         report("gcdrop", role="dropper", seconds=time.monotonic() - start, collected=ref() is None)
     else:
-        time.sleep(3.0)  # a destructor that waits for the others waits this long
+        time.sleep(5.0)  # a destructor that waits for the others waits this long
         report("gcdrop", role="keeper", seconds=0.0)
         KEPT.append(comm)  # alive until exit: left to MPI_Finalize, named on stderr
     WORLD.Barrier()
