@@ -215,7 +215,17 @@ def test_any_size_without_communication(world, shared_dir):
     os.makedirs(folder)
     for i, a in enumerate(arrays):
         np.save(os.path.join(folder, f"f{i}.npy"), a)
+    # Four files of equal size: at 2, 4 and 8 ranks file midpoints fall exactly
+    # on range boundaries, where a unit must still go to one rank only.
+    equal = os.path.join(shared_dir, f"equal-{world.rank}")
+    os.makedirs(equal)
+    for i in range(4):
+        np.save(os.path.join(equal, f"e{i}.npy"), np.full((6, 3), float(i)))
     check = Checker(world.size)
+    for size in (2, 4, 8):
+        parts = [read_shards(os.path.join(equal, "*.npy"), rank=r, size=size, split="files") for r in range(size)]
+        check.expect(f"equal files, size {size}", np.concatenate(parts),
+                     np.repeat(np.arange(4.0), 6)[:, None] * np.ones(3), mode="bits")
     everything = np.concatenate(arrays)
     for split in ("files", "rows", "auto"):
         for size in range(1, 10):
