@@ -234,7 +234,8 @@ def report(results: str, out: str) -> None:
               "after one untimed warm-up fit (distml: slowest rank). Ratio = Spark time / distml time (above 1:",
               "distml faster). The machine has 2 cores: at P = 4 / local[4] the ranks or threads share them.", ""]
     lines += ["## KMeans (1,000,000 x 20, k = 10, k-means||, at most 20 iterations)", "",
-              "| ranks / cores | distml fit | Spark fit | ratio | distml iterations | Spark iterations | distml inertia | Spark inertia |",
+              "| ranks / cores | distml fit | Spark fit | ratio | distml iterations | Spark iterations "
+              "| distml inertia | Spark inertia |",
               "|---|---|---|---|---|---|---|---|"]
     for P in sorted(set(distml) | set(spark)):
         a, b = distml.get(P), spark.get(P)
@@ -242,7 +243,8 @@ def report(results: str, out: str) -> None:
             P, _s(a, "kmeans"), _s(b, "kmeans"), _ratio(a, b, "kmeans"), _v(a, "kmeans", "n_iter"),
             _v(b, "kmeans", "n_iter"), _v(a, "kmeans", "inertia", "{:.6g}"), _v(b, "kmeans", "inertia", "{:.6g}")))
     lines += ["", "## LogisticRegression (500,000 x 50, two classes, C = 1, at most 100 iterations)", "",
-              "| ranks / cores | distml fit | Spark fit | ratio | distml iterations | Spark iterations | distml accuracy | Spark accuracy | distml objective | Spark objective |",
+              "| ranks / cores | distml fit | Spark fit | ratio | distml iterations | Spark iterations "
+              "| distml accuracy | Spark accuracy | distml objective | Spark objective |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for P in sorted(set(distml) | set(spark)):
         a, b = distml.get(P), spark.get(P)

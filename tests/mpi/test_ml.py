@@ -155,7 +155,8 @@ def test_kmeans_seed_changes_draws(comm_default):
     check = Checker(comm.size)
     check.expect_true("both fit", not isinstance(a, BaseException) and not isinstance(b, BaseException))
     if not isinstance(a, BaseException) and not isinstance(b, BaseException):
-        check.expect_true("different seeds, different centers", not np.array_equal(a.cluster_centers_, b.cluster_centers_))
+        check.expect_true("different seeds, different centers",
+                          not np.array_equal(a.cluster_centers_, b.cluster_centers_))
     check.verify()
 
 
@@ -240,7 +241,8 @@ def test_linear_regression_matches_sklearn(comm_default, fit_intercept, alpha, t
     comm = comm_default
     X, y = _regression(targets=targets)
     # Rank 0 holds no rows when there are several ranks: empty shards count too.
-    split = [np.arange(0)] + list(np.array_split(np.arange(len(X)), comm.size - 1)) if comm.size > 1 else [np.arange(len(X))]
+    rows = np.arange(len(X))
+    split = [rows[:0]] + np.array_split(rows, comm.size - 1) if comm.size > 1 else [rows]
     idx = np.asarray(split[comm.rank], dtype=np.int64)
     ours = call(lambda: LinearRegression(fit_intercept=fit_intercept, alpha=alpha, comm=comm).fit(X[idx], y[idx]))
     score = call(lambda: ours.score(X[idx], y[idx]))

@@ -40,8 +40,9 @@ every rank) join the candidates. Each candidate is weighted by the number of
 rows nearest to it, and every rank reduces the candidates to
 ``n_clusters`` centers with weighted k-means++ (greedy, 2 + log k trials per
 center) followed by up to 30 weighted Lloyd iterations, keeping the best of
-up to 10 such reductions (fewer for large k and d), all seeded by ``seed``. If the rounds drew fewer than ``n_clusters`` candidates, distinct
-rows drawn uniformly at random fill the gap.
+up to 10 such reductions (fewer for large k and d), all seeded by ``seed``.
+If the rounds drew fewer than ``n_clusters`` candidates, distinct rows drawn
+uniformly at random fill the gap.
 """
 
 from __future__ import annotations
