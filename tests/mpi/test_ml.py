@@ -27,6 +27,8 @@ All collectives of a test run before any assertion (see conftest.py).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -364,4 +366,18 @@ def test_logistic_regression_string_labels(comm_default):
         check.expect("coef_", text.coef_, numeric.coef_, mode="bits")
         check.expect("intercept_", text.intercept_, numeric.intercept_, mode="bits")
         check.expect_true("predict", list(text.predict(X)) == ["digit-%d" % v for v in numeric.predict(X)])
+    check.verify()
+
+
+def test_missing_scipy_on_one_rank_raises_everywhere(comm_default, monkeypatch):
+    comm = comm_default
+    X, _ = _blobs(n=40, d=3, k=2)
+    y = (X[:, 0] > 0).astype(int)
+    if comm.rank == comm.size - 1:
+        monkeypatch.setitem(sys.modules, "scipy", None)
+    got = call(lambda: LogisticRegression(comm=comm).fit(_mine(X, comm), _mine(y, comm)))
+    monkeypatch.undo()
+    check = Checker(comm.size)
+    check.expect_raises("ImportError on every rank", got, ImportError)
+    check.expect_true(f"names the extra ({got})", "distml[ml]" in str(got))
     check.verify()

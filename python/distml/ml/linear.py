@@ -306,14 +306,18 @@ class LogisticRegression:
             distml.MismatchError: on every rank, if ranks passed different
                 numbers of features, labels of different kinds, or different
                 parameters.
-            ImportError: scipy is missing (the same on every rank).
+            ImportError: on every rank, if scipy is missing on any rank.
 
         Must be called on all ranks.
         """
-        optimize = _scipy_optimize()
         comm = shared.resolve_comm(self.comm)
         problem, rows, labels, kind, width = None, np.empty((0, 0)), np.empty(0), 0, 0
+        optimize = None
         try:
+            try:
+                optimize = _scipy_optimize()
+            except ImportError as e:
+                raise shared.InputProblem(str(e), ImportError) from None
             self._check_params()
             rows = shared.as_rows(X)
             labels = shared.label_array(y, rows.shape[0])
