@@ -337,7 +337,20 @@ class KMeans:
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        """:meth:`fit`, then this rank's ``labels_``. Must be called on all ranks."""
+        """:meth:`fit`, then this rank's ``labels_``.
+
+        Args:
+            X: this rank's rows, as for :meth:`fit`.
+            y: ignored.
+
+        Returns:
+            int32 cluster index of each of this rank's rows.
+
+        Raises:
+            As :meth:`fit`.
+
+        Must be called on all ranks.
+        """
         return self.fit(X).labels_
 
     def _tolerance(self, comm: Any, X: np.ndarray, n_total: int) -> float:
@@ -446,10 +459,17 @@ class KMeans:
     # ---- use ---------------------------------------------------------------------
 
     def predict(self, X: Any) -> np.ndarray:
-        """The nearest center's index for each row of ``X`` (this rank's; no communication).
+        """The nearest center's index for each row of ``X``. Local: no communication.
+
+        Args:
+            X: rows of shape (n, n_features).
+
+        Returns:
+            int32 array of n cluster indices.
 
         Raises:
-            ValueError: X is not 2-D, holds NaN/inf, or has the wrong number of features.
+            ValueError: X is not 2-D, holds NaN/inf, or has the wrong number of
+                features, or the model is not fitted.
         """
         centers = self._fitted()
         try:

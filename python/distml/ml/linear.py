@@ -153,10 +153,17 @@ class LinearRegression:
         return self
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predictions for this rank's rows ``X`` (no communication).
+        """Predictions for the rows ``X``. Local: no communication.
+
+        Args:
+            X: rows of shape (n, n_features).
+
+        Returns:
+            (n,) for a model fitted on 1-D y, else (n, n_targets).
 
         Raises:
-            ValueError: X is malformed or has the wrong number of features.
+            ValueError: X is malformed or has the wrong number of features, or
+                the model is not fitted.
         """
         coef = self._fitted()
         rows = _local_rows(X, self.n_features_in_)
@@ -166,6 +173,13 @@ class LinearRegression:
         """R^2 of the predictions over all ranks' rows (averaged uniformly over
         targets; a constant target scores 1 if predicted exactly, else 0, as
         scikit-learn).
+
+        Args:
+            X: this rank's rows, shape (n_rows, n_features) (n_rows may be 0).
+            y: this rank's targets, shaped as for :meth:`fit`.
+
+        Returns:
+            The R^2 score, the same on every rank.
 
         Raises:
             ValueError, TypeError, distml.MismatchError: as :meth:`fit`, on
@@ -400,16 +414,35 @@ class LogisticRegression:
     # ---- use ---------------------------------------------------------------------
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Scores ``X W^T + b`` for this rank's rows: (n,) for two classes,
-        else (n, n_classes). No communication."""
+        """Scores ``X W^T + b``. Local: no communication.
+
+        Args:
+            X: rows of shape (n, n_features).
+
+        Returns:
+            (n,) for two classes (positive: ``classes_[1]``), else (n, n_classes).
+
+        Raises:
+            ValueError: X is malformed or has the wrong number of features, or
+                the model is not fitted.
+        """
         coef = self._fitted()
         rows = _local_rows(X, self.n_features_in_)
         scores = rows @ coef.T + self.intercept_
         return scores[:, 0] if coef.shape[0] == 1 else scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape (n, n_classes), columns in ``classes_``
-        order. No communication."""
+        """Class probabilities. Local: no communication.
+
+        Args:
+            X: rows of shape (n, n_features).
+
+        Returns:
+            (n, n_classes), columns in ``classes_`` order.
+
+        Raises:
+            ValueError: as :meth:`decision_function`.
+        """
         scores = self.decision_function(X)
         if scores.ndim == 1:
             p = _expit(scores)
@@ -419,13 +452,30 @@ class LogisticRegression:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each of this rank's rows. No communication."""
+        """The most probable class of each row. Local: no communication.
+
+        Args:
+            X: rows of shape (n, n_features).
+
+        Returns:
+            (n,) labels taken from ``classes_``.
+
+        Raises:
+            ValueError: as :meth:`decision_function`.
+        """
         scores = self.decision_function(X)
         index = (scores > 0).astype(np.int64) if scores.ndim == 1 else np.argmax(scores, axis=1)
         return self.classes_[index]
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of :meth:`predict` over all ranks' rows.
+
+        Args:
+            X: this rank's rows, shape (n_rows, n_features) (n_rows may be 0).
+            y: this rank's labels, shape (n_rows,).
+
+        Returns:
+            The fraction of rows predicted right, the same on every rank.
 
         Raises:
             ValueError, TypeError: on every rank, if any rank's X or y is
