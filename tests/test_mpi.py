@@ -31,7 +31,7 @@ INNER = os.path.join(HERE, "mpi")
 GROUPS = {
     "reductions": ["test_reductions.py"],
     "data_movement": ["test_data_movement.py", "test_large.py"],
-    "api": ["test_api.py", "test_errors.py", "test_communicators.py"],
+    "api": ["test_api.py", "test_errors.py", "test_communicators.py", "test_containment.py"],
 }
 
 
