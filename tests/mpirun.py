@@ -98,3 +98,8 @@ def table_row(*cells) -> None:
     if path:
         with open(path, "a") as f:
             f.write("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
+
+
+def seen(records, key="saw") -> str:
+    """'r0: X; r1: Y': what each rank reported, for a fault table row."""
+    return "; ".join(f"r{r['rank']}: {r[key]}" for r in sorted(records, key=lambda r: r["rank"]))

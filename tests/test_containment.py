@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from mpirun import launch, table_row
+from mpirun import launch, seen, table_row
 
 SCRIPT = os.path.join("tests", "fault_scripts", "containment.py")
 SIZES = [2, 3, 4]
@@ -24,10 +24,6 @@ pytestmark = pytest.mark.mpi
 
 def run(P, case, *variants, limit, **kw):
     return launch(P, [SCRIPT, case, *variants], timeout=limit, **kw)
-
-
-def seen(records, key="saw"):
-    return "; ".join(f"r{r['rank']}: {r[key]}" for r in sorted(records, key=lambda r: r["rank"]))
 
 
 @pytest.mark.parametrize("variant", ["timeout", "notimeout"])

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import pytest
 
-from mpirun import launch, table_row
+from mpirun import launch, seen, table_row
 
 SCRIPT = os.path.join("tests", "fault_scripts", "faults.py")
 SIZES = [2, 3, 4]
@@ -35,10 +35,6 @@ def by_variant(records):
         groups[r.get("variant")].append(r)
     return groups
 
-
-def seen(records, key="saw"):
-    """'rank 0: X; rank 1: Y' for the table."""
-    return "; ".join(f"r{r['rank']}: {r[key]}" for r in sorted(records, key=lambda r: r["rank"]))
 
 
 # ---- (a) mismatches ------------------------------------------------------------

@@ -72,22 +72,26 @@ _REDUCTION_FLOPS = 10 ** 8
 _BLOCK = 8192
 
 
-def _nearest(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(index of the nearest center, squared distance to it) for every row.
-
-    Distances as ``|c|^2 - 2 x.c`` (plus ``|x|^2`` for the reported value,
-    clipped at 0): one matrix product per block of rows.
-    """
-    n = X.shape[0]
-    labels = np.empty(n, dtype=np.int64)
-    dist = np.empty(n, dtype=np.float64)
+def _blocks_nearest(X: np.ndarray, centers: np.ndarray):
+    """For each block of rows: (its slice, the rows, the index of each row's
+    nearest center, ``|c|^2 - 2 x.c`` for all centers). One matrix product
+    per block; ``|x|^2`` is left to callers that need true distances."""
     c_sq = np.einsum("ij,ij->i", centers, centers)
-    for part in shared.chunks(n, _BLOCK):
+    for part in shared.chunks(X.shape[0], _BLOCK):
         block = X[part]
         d = block @ centers.T
         d *= -2.0
         d += c_sq
-        lab = np.argmin(d, axis=1)
+        yield part, block, np.argmin(d, axis=1), d
+
+
+def _nearest(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(index of the nearest center, squared distance to it) for every row,
+    the distance clipped at 0."""
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    dist = np.empty(n, dtype=np.float64)
+    for part, block, lab, d in _blocks_nearest(X, centers):
         labels[part] = lab
         best = d[np.arange(lab.size), lab] + np.einsum("ij,ij->i", block, block)
         dist[part] = np.maximum(best, 0.0)
@@ -101,14 +105,8 @@ def _assign(X: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
     n, k = X.shape[0], centers.shape[0]
     labels = np.empty(n, dtype=np.int64)
     sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-    c_sq = np.einsum("ij,ij->i", centers, centers)
     one_hot = np.eye(k)
-    for part in shared.chunks(n, _BLOCK):
-        block = X[part]
-        d = block @ centers.T
-        d *= -2.0
-        d += c_sq
-        lab = np.argmin(d, axis=1)
+    for part, block, lab, _ in _blocks_nearest(X, centers):
         labels[part] = lab
         sums += one_hot[lab].T @ block
     return labels, sums
