@@ -23,6 +23,7 @@ __all__ = ["Communicator", "Handle"]
 
 # Codes match csrc/engine/communicator.h (Kind).
 _ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIER = range(7)
+_ALLTOALLV, _ALLGATHERV = 7, 8
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
@@ -447,18 +448,23 @@ class Communicator:
         # The common case, kept short because small allreduces are latency
         # bound: contiguous arrays, blocking, out absent or a matching
         # contiguous array. (Partial overlap of x and out is refused by the
-        # core.) Everything else takes the general path below.
+        # core.) Everything else takes the general path below. Both pass the
+        # shape, which ranks compare: equal counts in different shapes are a
+        # mismatch.
         if type(x) is np.ndarray and not async_op and type(algorithm) is str:
             code = _DTYPE_CODES.get(x.dtype)
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
             if code is not None and opc is not None and x.flags.c_contiguous:
                 if out is None:
-                    dst = self._local(_ALLREDUCE, code, opc, x.size, 0, algorithm, lambda: np.empty(x.shape, x.dtype))
-                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, (), x, dst)
+                    try:
+                        dst = np.empty(x.shape, x.dtype)
+                    except MemoryError as e:
+                        self._refuse(_ALLREDUCE, code, opc, x.size, 0, algorithm, e)
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, x.shape, x, dst)
                     return dst
                 if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
                         and out.flags.c_contiguous and out.flags.writeable):
-                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, (), x, out)
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, x.shape, x, out)
                     return out
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
@@ -477,7 +483,7 @@ class Communicator:
 
         finish = _delivery(dst, ret)
         return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size,
-                            algorithm=algorithm, async_op=async_op, finish=finish)
+                            algorithm=algorithm, shape=arr.shape, async_op=async_op, finish=finish)
 
     def reduce(
         self,
@@ -680,6 +686,149 @@ class Communicator:
         finish = _delivery(dst, ret)
         return self._launch(_ALLTOALL, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
                             shape=arr.shape, async_op=async_op, finish=finish)
+
+    def _sizes_round(self, kind: int, code: int, shape: tuple, algorithm: str, mine: np.ndarray) -> np.ndarray:
+        """The first round of alltoallv and allgatherv: one int64 from every
+        rank to every rank (``mine[d]`` goes to rank d). Ranks compare the
+        collective, dtype, row shape and algorithm here, before any row moves."""
+        got = np.empty(self.size, dtype=np.int64)
+        self._core.run(kind, code, 0, self.size, 1, 0, algorithm, _shape_list(shape), mine, got)
+        return got
+
+    def _rows_round(self, kind: int, code: int, arr: np.ndarray, unit: int, algorithm: str, rows: np.ndarray,
+                    out: Optional[np.ndarray], shape: tuple, async_op: bool, result: Callable[[Any], Any]) -> Any:
+        """The second round: this rank's result array (checked ``out``, or a new
+        one; a failure here is refused through the agreement), then the rows."""
+        def prepare():
+            if out is not None and np.may_share_memory(out, arr):
+                raise ValueError("out overlaps x; this collective needs separate input and output")
+            return self._contiguous_in(arr), self._result_buffer(arr, out, shape)
+
+        try:
+            src, (dst, ret) = prepare()
+        except (TypeError, ValueError, MemoryError) as e:
+            self._refuse(kind, code, 0, arr.size, 1, algorithm, e)
+        finish = _delivery(dst, ret)
+        args = (kind, code, int(arr.size), int(unit), algorithm, _shape_list(arr.shape), src, dst,
+                [int(n) for n in rows])
+        if async_op:
+            return Handle(self._core.run_rows(*args, True), lambda: result(finish()), (src, dst))
+        self._core.run_rows(*args, False)
+        return result(finish())
+
+    def alltoallv(
+        self,
+        x: Any,
+        send_counts: Any,
+        out: Optional[np.ndarray] = None,
+        algorithm: str = "auto",
+        async_op: bool = False,
+    ) -> Any:
+        """Exchanges parts of ``x`` of any size between all ranks.
+
+        The first ``send_counts[0]`` rows of ``x`` (along axis 0) go to rank 0,
+        the next ``send_counts[1]`` to rank 1, and so on. Each rank receives
+        the rows every rank sent it, concatenated in source-rank order.
+
+        It runs as two rounds: the ranks first exchange their counts (one
+        int64 per pair, always blocking; the ranks compare the collective,
+        dtype, row shape and algorithm there), then the rows (asynchronously
+        with ``async_op``).
+
+        Args:
+            x: array-like with at least one dimension; the shape beyond axis
+                0 and the dtype must be the same on every rank, the number
+                of rows may differ.
+            send_counts: ``size`` non-negative integers adding up to
+                ``x.shape[0]``.
+            out: array for the received rows, of shape
+                ``(recv_counts.sum(),) + x.shape[1:]`` (known only after the
+                counts round; a wrong one makes every rank raise). It must
+                not overlap ``x``.
+            algorithm: "auto", "pairwise" or "mpi".
+            async_op: return a :class:`Handle` whose ``wait()`` returns the
+                pair below.
+
+        Returns:
+            ``(received, recv_counts)``: the received rows (``out`` if given)
+            and an int64 array of how many came from each rank.
+
+        Raises:
+            TypeError: unsupported dtype, ``out`` of another dtype.
+            ValueError: ``send_counts`` of the wrong length, negative, or
+                not adding up to ``x.shape[0]``; a bad ``out``; unknown
+                algorithm. The other ranks raise MismatchError.
+            distml.MismatchError: ranks passed different dtypes, row shapes
+                or algorithms (or another rank's arguments were invalid).
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        if arr.ndim == 0:
+            raise ValueError("alltoallv needs x with at least one dimension")
+        code = dtype_code(arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        size = self.size
+        try:
+            counts = np.asarray(send_counts)
+            if counts.shape != (size,):
+                raise ValueError(f"send_counts must hold one count per rank ({size}), got shape {counts.shape}")
+            if counts.dtype.kind not in "iu" and not (counts.dtype.kind == "f" and np.all(counts == np.floor(counts))):
+                raise ValueError(f"send_counts must be integers, got dtype {counts.dtype}")
+            counts = counts.astype(np.int64)
+            if np.any(counts < 0):
+                raise ValueError(f"send_counts must be non-negative, got {counts.tolist()}")
+            if int(counts.sum()) != arr.shape[0]:
+                raise ValueError(f"send_counts add up to {int(counts.sum())}, but x has {arr.shape[0]} rows")
+        except ValueError as e:
+            self._refuse(_ALLTOALLV, code, 0, size, 0, algorithm, e)
+        recv_counts = self._sizes_round(_ALLTOALLV, code, arr.shape, algorithm, counts)
+        unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
+        shape = (int(recv_counts.sum()),) + arr.shape[1:]
+        rows = np.concatenate([counts, recv_counts])
+        return self._rows_round(_ALLTOALLV, code, arr, unit, algorithm, rows, out, shape, async_op,
+                                lambda got: (got, recv_counts))
+
+    def allgatherv(
+        self, x: Any, out: Optional[np.ndarray] = None, algorithm: str = "auto", async_op: bool = False
+    ) -> Any:
+        """Concatenates every rank's ``x`` along axis 0, in rank order; the
+        number of rows may differ between ranks.
+
+        Like :meth:`alltoallv` it runs as a counts round (blocking; the ranks
+        compare dtype, row shape and algorithm there) and a rows round.
+
+        Args:
+            x: array-like with at least one dimension (a 0-d array counts as
+                shape ``(1,)``); the shape beyond axis 0 and the dtype must be
+                the same on every rank.
+            out: array of shape ``(total rows,) + x.shape[1:]``, not
+                overlapping ``x``.
+            algorithm: "auto", "pairwise" or "mpi".
+            async_op: return a :class:`Handle`.
+
+        Returns:
+            The gathered array (``out`` if given), or a Handle.
+
+        Raises:
+            TypeError: unsupported dtype.
+            ValueError: a bad ``out`` (the other ranks raise MismatchError).
+            distml.MismatchError: ranks passed different dtypes, row shapes
+                or algorithms.
+
+        Must be called on all ranks.
+        """
+        arr = _as_array(x)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        code = dtype_code(arr.dtype)
+        algorithm = self._algorithm(algorithm)
+        counts = self._sizes_round(_ALLGATHERV, code, arr.shape, algorithm,
+                                   np.full(self.size, arr.shape[0], dtype=np.int64))
+        unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
+        shape = (int(counts.sum()),) + arr.shape[1:]
+        return self._rows_round(_ALLGATHERV, code, arr, unit, algorithm, counts, out, shape, async_op,
+                                lambda got: got)
 
     def barrier(self, algorithm: str = "auto", async_op: bool = False) -> Any:
         """Returns once every rank has entered the barrier. Must be called on all ranks."""
