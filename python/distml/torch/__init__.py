@@ -14,19 +14,22 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("distml.torch needs PyTorch: pip install 'distml[torch]'") from exc
 
+from . import elastic
 from .compression import Compression, Compressor
 from .functions import broadcast_optimizer_state, broadcast_parameters
 from .mpi_ops import (
-    Adasum, Average, Max, Min, Product, Sum,
+    Adasum, Average, HorovodInternalError, Max, Min, Product, Sum,
     allgather, allgather_async, allgather_object, allreduce, allreduce_, allreduce_async, allreduce_async_,
     alltoall, alltoall_async, barrier, broadcast, broadcast_, broadcast_async, broadcast_async_,
     broadcast_object, ccl_built, cross_rank, cross_size, cuda_built, ddl_built, get_communicator,
-    gloo_built, gloo_enabled, grouped_allreduce, grouped_allreduce_, grouped_allreduce_async,
-    grouped_allreduce_async_, init, is_initialized, join, local_rank, local_size, mpi_built, mpi_enabled,
+    gloo_built, gloo_enabled, grouped_allgather, grouped_allgather_async, grouped_allreduce,
+    grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_, grouped_reducescatter,
+    grouped_reducescatter_async, init, is_initialized, join, local_rank, local_size, mpi_built, mpi_enabled,
     mpi_threads_supported, nccl_built, poll, rank, reducescatter, reducescatter_async, rocm_built,
-    shutdown, size, synchronize,
+    shutdown, size, sparse_allreduce_async, start_timeline, stop_timeline, synchronize,
 )
 from .optimizer import DistributedOptimizer
+from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [
     "Adasum", "Average", "Max", "Min", "Product", "Sum", "Compression", "Compressor",
@@ -39,4 +42,7 @@ __all__ = [
     "broadcast_async_", "broadcast_object", "alltoall", "alltoall_async", "reducescatter",
     "reducescatter_async", "barrier", "join", "poll", "synchronize",
     "broadcast_parameters", "broadcast_optimizer_state", "DistributedOptimizer",
+    "grouped_allgather", "grouped_allgather_async", "grouped_reducescatter", "grouped_reducescatter_async",
+    "sparse_allreduce_async", "start_timeline", "stop_timeline", "HorovodInternalError", "SyncBatchNorm",
+    "elastic",
 ]

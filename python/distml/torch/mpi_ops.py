@@ -8,27 +8,35 @@ to a contiguous buffer first (and back, for the in-place calls).
 Join protocol (what makes :func:`join` work with uneven batches). Horovod
 negotiates every operation through a coordinator, so a rank that has joined
 learns what the others are reducing and contributes zeros. distml has no
-coordinator, so each allreduce, broadcast, barrier and DistributedOptimizer
-step issued through this module is preceded, on the same in-order async
-queue, by a *control round*: an int64 max-allreduce of ``size + 4`` numbers,
-``flags[r] = 1`` from every rank r still training, then a *descriptor* of the
-operation that follows (kind, dtype, count, op or root). A rank inside
-``join()`` contributes zeros to control rounds and, from the descriptor it
-receives, replays the operation with neutral contributions (0 for sum and
-average, the dtype's extremes for min and max, 1 for product). Active ranks
-learn from the same round how many ranks contributed. When a control round
-sees no active rank, every rank is inside ``join()`` and it returns.
+coordinator, so each operation issued through this module is preceded, on
+the same in-order async queue, by a *control round*: an int64 max-allreduce
+of ``size + 13`` numbers, ``flags[r] = 1`` from every rank r still training,
+then a *descriptor* of the operation that follows (kind, three numbers such
+as dtype, count and op or root, and the shape, up to 8 dimensions). A rank
+inside ``join()`` contributes zeros to control rounds and, from the
+descriptor it receives, replays the operation with neutral contributions
+(0 for sum and average, the dtype's extremes for min and max, 1 for
+product). Active ranks learn from the same round how many ranks contributed.
+When a control round sees no active rank, every rank is inside ``join()``
+and it returns.
 
 The control round is tiny and queued asynchronously ahead of the real
-operation, so an active rank does not wait for it, except before the
-collectives a joined rank cannot stand in for (allgather, alltoall,
-reducescatter), which raise on the active ranks if some rank has joined.
+operation; no call waits for it. For the collectives a joined rank cannot
+stand in for (allgather, alltoall, reducescatter, a broadcast whose root has
+joined) the joined rank still replays what the active ranks queued (their
+size exchange, the reduce-scatter with zeros, the broadcast), so nobody is
+left waiting, and the active ranks raise RuntimeError from the result.
 ``DISTML_TORCH_JOIN=0`` turns control rounds off (join() then only works
 when every rank calls it with nothing else in flight).
+
+Names: as in Horovod, an operation's ``name`` must not be in flight already
+(ValueError on the calling rank, before anything is queued). Operations are
+still matched by the order in which ranks issue them.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import pickle
@@ -51,6 +59,8 @@ __all__ = [
     "allgather", "allgather_async", "broadcast", "broadcast_", "broadcast_async", "broadcast_async_",
     "alltoall", "alltoall_async", "reducescatter", "reducescatter_async",
     "barrier", "join", "poll", "synchronize", "get_communicator",
+    "grouped_allgather", "grouped_allgather_async", "grouped_reducescatter", "grouped_reducescatter_async",
+    "sparse_allreduce_async", "start_timeline", "stop_timeline", "HorovodInternalError",
 ]
 
 # Reduction operators, as Horovod names them. They are plain strings, which
@@ -64,6 +74,14 @@ Product = "product"
 
 _OPS = {Average: Op.AVG, Sum: Op.SUM, Min: Op.MIN, Max: Op.MAX, Product: Op.PROD}
 _CODE_OPS = {code: op for op, code in _OP_CODES.items()}
+
+class HorovodInternalError(RuntimeError):
+    """Horovod's error for a failed collective, which user code catches
+    (e.g. to restart). distml.torch raises distml's own errors
+    (:class:`distml.MismatchError`, :class:`distml.CommTimeoutError`, ...),
+    which are RuntimeErrors too; this class is defined so that such code
+    imports, and is raised by nothing."""
+
 
 # ---- state ---------------------------------------------------------------------
 
@@ -112,6 +130,8 @@ def shutdown() -> None:
             synchronize(h)
         except Exception:  # noqa: BLE001 - shutting down regardless
             pass
+    _quiesce()
+    _names.clear()
     for c in (_state.local, _state.cross):
         if c is not None:
             c.Free()
@@ -258,21 +278,122 @@ def _contiguous(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # ---- handles ------------------------------------------------------------------------
+#
+# An operation whose buffers depend on what the other ranks pass (allgather's
+# rows, alltoall's splits) runs in two *stages*: the size exchange, and the
+# data movement, which can only be queued once the sizes are known. Every
+# rank must queue collectives in the same order, and an async call must not
+# wait for its peers, so:
+#
+# - a call queues its collectives through ``_issue``: straight onto the
+#   communicator's async engine while nothing is waiting to be queued (the
+#   common case, no thread involved);
+# - a second stage, and everything issued after it, goes into the *backlog*
+#   instead, and the caller gets a ``_Later`` (waited for like a distml
+#   handle). One issuer thread takes the backlog in order: it waits for a
+#   second stage's size exchange, then queues its data movement, then the
+#   calls behind it.
+#
+# So collectives reach the engine in the order they were issued, on every
+# rank, and no call blocks on its peers. A size exchange that fails (a
+# mismatch) fails on every rank, and every rank then skips the data movement.
 
 _handles: Dict[int, "_Pending"] = {}
 _counter = itertools.count(1)
+# name -> sequence number of the operation in flight under that name
+_names: Dict[str, int] = {}
+_sequence = itertools.count(1)
+
+_issue_cv = threading.Condition()
+_backlog: "collections.deque[_Later]" = collections.deque()
+_issuer: Optional[threading.Thread] = None
+
+
+class _Later:
+    """A collective in the backlog: ``run()`` queues it (returning its
+    handle) once ``after`` (size exchanges) are done. Waited for like a
+    distml handle."""
+
+    __slots__ = ("run", "after", "handle", "error", "issued")
+
+    def __init__(self, run: Callable[[], Any], after: Sequence[Any]) -> None:
+        self.run = run
+        self.after = list(after)
+        self.handle: Any = None
+        self.error: Optional[BaseException] = None
+        self.issued = threading.Event()
+
+    def test(self) -> bool:
+        return self.issued.is_set() and (self.handle is None or self.handle.test())
+
+    def wait(self) -> Any:
+        self.issued.wait()
+        if self.error is not None:
+            raise self.error
+        return None if self.handle is None else self.handle.wait()
+
+
+def _issue_loop() -> None:
+    while True:
+        with _issue_cv:
+            while not _backlog:
+                _issue_cv.wait()
+            later = _backlog[0]
+        for h in later.after:
+            try:
+                h.wait()
+            except BaseException as exc:  # noqa: BLE001 - the stage that needed it fails with it
+                later.error = later.error or exc
+        later.after = []
+        with _issue_cv:
+            if later.error is None:
+                try:
+                    later.handle = later.run()
+                except BaseException as exc:  # noqa: BLE001 - raised by its wait()
+                    later.error = exc
+            _backlog.popleft()
+            later.issued.set()
+            _issue_cv.notify_all()
+
+
+def _issue(run: Callable[[], Any], after: Sequence[Any] = ()) -> Any:
+    """Queues a collective (``run()`` starts it and returns its handle) in
+    issue order, after ``after`` have completed; returns its handle or a
+    :class:`_Later` (see above). Never waits for other ranks."""
+    global _issuer
+    with _issue_cv:
+        if not _backlog and not after:
+            return run()
+        later = _Later(run, after)
+        _backlog.append(later)
+        if _issuer is None or not _issuer.is_alive():
+            _issuer = threading.Thread(target=_issue_loop, name="distml.torch issuer", daemon=True)
+            _issuer.start()
+        _issue_cv.notify_all()
+        return later
+
+
+def _quiesce() -> None:
+    """Waits until the backlog is empty (before calls that use the
+    communicator directly)."""
+    with _issue_cv:
+        while _backlog:
+            _issue_cv.wait()
 
 
 class _Pending:
-    """An operation in flight: distml handles to wait for, then ``finish``."""
+    """An operation in flight: handles to wait for, then ``finish``."""
 
-    __slots__ = ("waits", "finish", "done", "result")
+    __slots__ = ("waits", "finish", "done", "result", "seq", "name", "info")
 
     def __init__(self, waits: Sequence[Any], finish: Callable[[], Any]) -> None:
         self.waits = list(waits)
         self.finish = finish
         self.done = False
         self.result: Any = None
+        self.seq = next(_sequence)
+        self.name: Optional[str] = None
+        self.info: Any = None
 
     def test(self) -> bool:
         return self.done or all(w.test() for w in self.waits)
@@ -287,13 +408,40 @@ class _Pending:
                     error = error or exc
             self.done = True
             self.waits = []
+            _release_names(self.seq)
             if error is not None:
                 raise error
             self.result = self.finish()
         return self.result
 
 
-def _register(pending: _Pending) -> int:
+def _check_name(name: Optional[str]) -> None:
+    """Horovod keys operations by name: a name already in flight is refused
+    here, on this rank, before anything is queued."""
+    if name is not None and name in _names:
+        raise ValueError(f"an operation named {name!r} is already in flight; synchronize it first "
+                         "(names of operations in flight must be unique)")
+
+
+def _release_names(seq: int) -> None:
+    # Operations complete in the order they were queued, so once one has been
+    # waited for, every operation queued before it is complete too. Releasing
+    # by that rule (not by polling) frees names at the same point of the
+    # program on every rank.
+    for name in [n for n, s in _names.items() if s <= seq]:
+        del _names[name]
+
+
+def _named(pending: _Pending, name: Optional[str]) -> _Pending:
+    if name is not None:
+        _check_name(name)
+        pending.name = name
+        _names[name] = pending.seq
+    return pending
+
+
+def _register(pending: _Pending, name: Optional[str] = None) -> int:
+    _named(pending, name)
     handle = next(_counter)
     with _lock:
         _handles[handle] = pending
@@ -325,7 +473,10 @@ def synchronize(handle: int) -> Any:
     """Waits for the async operation ``handle`` and returns its result (the
     output tensor; for alltoall, the output and the received splits).
 
-    Raises the operation's error (e.g. :class:`distml.MismatchError`) if it failed.
+    Raises:
+        ValueError: ``handle`` is unknown (or already synchronized).
+        distml.MismatchError: ranks passed incompatible arguments (on every rank).
+        The operation's other errors (e.g. :class:`distml.CommTimeoutError`).
     """
     return _take(handle).wait()
 
@@ -333,21 +484,25 @@ def synchronize(handle: int) -> Any:
 # ---- join control -------------------------------------------------------------------
 
 # Descriptor kinds of a control round.
-_K_ALLREDUCE, _K_BROADCAST, _K_BARRIER, _K_STEP, _K_OTHER = 1, 2, 3, 4, 5
+_K_ALLREDUCE, _K_BROADCAST, _K_BARRIER, _K_STEP, _K_EXCHANGE, _K_REDUCESCATTER = 1, 2, 3, 4, 5, 6
+_MAX_DIMS = 8  # dimensions a descriptor carries (the core compares up to 8)
 
 
 class _Control:
-    """One control round in flight (see the module docstring)."""
+    """One control round in flight (see the module docstring). The vector is
+    ``flags[size], kind, a, b, c, ndim, shape[8]``."""
 
     __slots__ = ("vec", "handle", "size")
 
-    def __init__(self, comm: distml.Communicator, kind: int, a: int = 0, b: int = 0, c: int = 0) -> None:
+    def __init__(self, comm: distml.Communicator, kind: int, a: int = 0, b: int = 0, c: int = 0,
+                 shape: Sequence[int] = ()) -> None:
         P = comm.size
         self.size = P
-        self.vec = np.zeros(P + 4, dtype=np.int64)
+        self.vec = np.zeros(P + 5 + _MAX_DIMS, dtype=np.int64)
         self.vec[comm.rank] = 1
-        self.vec[P:] = (kind, a, b, c)
-        self.handle = comm.allreduce(self.vec, op="max", out=self.vec, async_op=True)
+        self.vec[P:P + 5] = (kind, a, b, c, len(shape))
+        self.vec[P + 5:P + 5 + len(shape)] = shape
+        self.handle = _issue(lambda: comm.allreduce(self.vec, op="max", out=self.vec, async_op=True))
 
     def active(self) -> np.ndarray:
         """Ranks still training (waits for the round)."""
@@ -358,11 +513,11 @@ class _Control:
         return len(self.active())
 
 
-def _control(kind: int, a: int = 0, b: int = 0, c: int = 0) -> Optional[_Control]:
+def _control(kind: int, a: int = 0, b: int = 0, c: int = 0, shape: Sequence[int] = ()) -> Optional[_Control]:
     comm = _comm()
     if comm.size == 1 or not _state.join_control:
         return None
-    return _Control(comm, kind, a, b, c)
+    return _Control(comm, kind, a, b, c, shape)
 
 
 def _require_all_active(ctl: Optional[_Control], what: str) -> None:
@@ -422,6 +577,7 @@ def join(device: int = -1) -> int:
     Must be called on all ranks (each when its data runs out).
     """
     comm = _comm()
+    _quiesce()
     if comm.size == 1:
         return comm.rank
     if not _state.join_control:
@@ -431,26 +587,33 @@ def join(device: int = -1) -> int:
     first = True
     last_round = False
     while True:
-        vec = np.zeros(P + 4, dtype=np.int64)
+        vec = np.zeros(P + 5 + _MAX_DIMS, dtype=np.int64)
         comm.allreduce(vec, op="max", out=vec)
         if not vec[:P].any():
             last_round = first
             break
         first = False
-        kind, a, b, c = (int(v) for v in vec[P:])
+        kind, a, b, c, ndim = (int(v) for v in vec[P:P + 5])
+        shape = tuple(int(d) for d in vec[P + 5:P + 5 + ndim])
         if kind == _K_ALLREDUCE:
             dtype, op = _CODE_DTYPES[a], _CODE_OPS[c]
-            scratch = _neutral(op, dtype, b)
+            scratch = _neutral(op, dtype, b).reshape(shape)
             comm.allreduce(scratch, op=op, out=scratch)
         elif kind == _K_BROADCAST:
-            if vec[c]:  # the root is active: receive and discard
-                scratch = np.empty(b, _CODE_DTYPES[a])
-                comm.broadcast(scratch, root=c)
+            # Also when the root has joined (it sends its scratch): the
+            # active ranks have queued the broadcast, and raise afterwards.
+            scratch = np.zeros(b, _CODE_DTYPES[a])
+            comm.broadcast(scratch, root=c)
         elif kind == _K_BARRIER:
             comm.barrier()
         elif kind == _K_STEP:
             _optimizers[a]._stand_in()
-        # _K_OTHER: the active ranks raise; nothing to replay.
+        elif kind == _K_EXCHANGE:
+            # The active ranks' size exchange (a int64s each); they raise after it.
+            comm.allgather(np.zeros(a, np.int64))
+        elif kind == _K_REDUCESCATTER:
+            # Queued by the active ranks right after the control round; they raise after it.
+            comm.reduce_scatter(np.zeros(shape, _CODE_DTYPES[a]), op=_CODE_OPS[c])
     mine = np.array([comm.rank if last_round else -1], dtype=np.int64)
     comm.allreduce(mine, op="max", out=mine)
     return int(mine[0])
@@ -481,24 +644,47 @@ def _check_process_set(process_set: Any) -> None:
                          "on an mpi4py sub-communicator instead")
 
 
-def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op) -> Tuple[Any, Optional[_Control]]:
+def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    """``tensor * factor`` in ``tensor``'s dtype; integers are scaled in
+    float64 and truncated back, as Horovod does."""
+    if tensor.is_floating_point():
+        return tensor * factor
+    return (tensor.double() * factor).to(tensor.dtype)
+
+
+def _scale_(tensor: torch.Tensor, factor: float) -> None:
+    """In-place :func:`_scaled`."""
+    if tensor.is_floating_point():
+        tensor.mul_(factor)
+    else:
+        tensor.copy_((tensor.double() * factor).to(tensor.dtype))
+
+
+def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op) -> Tuple[Any, Optional[_Control], Op]:
     """Starts an allreduce of contiguous ``src`` into ``dst`` (which may be
-    ``src``), preceded by its control round."""
+    ``src``), preceded by its control round. Returns the handle, the round,
+    and the op the core runs: an integer average under join control is a sum,
+    floor-divided by the ranks that contributed once they are known."""
+    if src.ndim > _MAX_DIMS:
+        src, dst = src.reshape(-1), dst.reshape(-1)
+    if op == Op.AVG and src.dtype.kind in "iu" and _state.join_control and _comm().size > 1:
+        op_run = Op.SUM
+    else:
+        op_run = op
+    ctl = _control(_K_ALLREDUCE, dtype_code(src.dtype), src.size, _OP_CODES[op_run], src.shape)
     comm = _comm()
-    ctl = _control(_K_ALLREDUCE, dtype_code(src.dtype), src.size, _OP_CODES[op])
-    return comm.allreduce(src, op=op, out=dst, async_op=True), ctl
+    return _issue(lambda: comm.allreduce(src, op=op_run, out=dst, async_op=True)), ctl, op_run
 
 
-def _rescale(tensor: torch.Tensor, op: Op, ctl: Optional[_Control]) -> None:
+def _rescale(tensor: torch.Tensor, op: Op, ctl: Optional[_Control], op_run: Op) -> None:
     """Turns an average over size() into one over the ranks that contributed."""
     if ctl is None or op != Op.AVG:
         return
     n = ctl.n_active()
-    if n != ctl.size:
-        if tensor.is_floating_point():
-            tensor.mul_(ctl.size / n)
-        else:
-            tensor.copy_(torch.div(tensor * ctl.size, n, rounding_mode="floor"))
+    if op_run == Op.SUM:  # integers: the core summed
+        tensor.copy_(torch.div(tensor, n, rounding_mode="floor"))
+    elif n != ctl.size:
+        tensor.mul_(ctl.size / n)
 
 
 def _start_allreduce(tensor: torch.Tensor, output: torch.Tensor, op: Op, compression: Any,
@@ -512,20 +698,20 @@ def _start_allreduce(tensor: torch.Tensor, output: torch.Tensor, op: Op, compres
     t = tensor.detach()
     wire, ctx = compression.compress(t)
     if prescale_factor != 1.0:
-        wire = wire * prescale_factor
+        wire = _scaled(wire, prescale_factor)
     in_place = output.data_ptr() == t.data_ptr()
     if wire is t:
         src = t if t.is_contiguous() else t.contiguous()
         dst = src if in_place else output.detach()  # a new output is contiguous
     else:
         src = dst = wire.contiguous()
-    handle, ctl = _allreduce_np(_np(src), _np(dst), op)
+    handle, ctl, op_run = _allreduce_np(_np(src), _np(dst), op)
 
     def finish() -> torch.Tensor:
         result = dst if wire is t else compression.decompress(dst, ctx)
-        _rescale(result, op, ctl)
+        _rescale(result, op, ctl, op_run)
         if postscale_factor != 1.0:
-            result.mul_(postscale_factor)
+            _scale_(result, postscale_factor)
         if result.data_ptr() != output.data_ptr() or result.stride() != output.stride():
             output.detach().copy_(result)
         return output
@@ -538,14 +724,21 @@ def allreduce_async(tensor: torch.Tensor, average: Optional[bool] = None, name: 
                     op: Any = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                     process_set: Any = None, compression: Any = None) -> int:
     """Starts reducing ``tensor`` over all ranks into a new tensor; returns a
-    handle for :func:`poll` and :func:`synchronize`. ``tensor`` must not be
-    modified until then. ``name`` is accepted and ignored. Must be called on
-    all ranks."""
+    handle for :func:`poll` and :func:`synchronize` at once. ``tensor`` must
+    not be modified until then.
+
+    Raises:
+        ValueError: an operation named ``name`` is in flight (on this rank).
+
+    Must be called on all ranks.
+    """
     _check_process_set(process_set)
+    _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _register(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor))
+    return _register(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor),
+                     name)
 
 
 def allreduce_async_(tensor: torch.Tensor, average: Optional[bool] = None, name: Optional[str] = None,
@@ -553,30 +746,37 @@ def allreduce_async_(tensor: torch.Tensor, average: Optional[bool] = None, name:
                      process_set: Any = None) -> int:
     """Starts reducing ``tensor`` in place; returns a handle. Must be called on all ranks."""
     _check_process_set(process_set)
+    _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
-    return _register(_start_allreduce(tensor, tensor, parsed, None, prescale_factor, postscale_factor))
+    return _register(_start_allreduce(tensor, tensor, parsed, None, prescale_factor, postscale_factor), name)
+
+
+def _scale_factor(op: Op, prescale_factor: float, postscale_factor: float) -> float:
+    if op not in (Op.SUM, Op.AVG):
+        raise RuntimeError(f"a reduction with op {op.value!r} has no gradient in distml.torch")
+    return prescale_factor * postscale_factor
 
 
 class _AllreduceFunction(torch.autograd.Function):
     """Allreduce with a gradient: the gradient of each rank's input is the
-    same reduction of the output gradients (sum or average)."""
+    same reduction of the output gradients (sum or average), scaled alike."""
 
     @staticmethod
-    def forward(ctx, tensor, op, compression, prescale_factor, postscale_factor):  # type: ignore[override]
+    def forward(ctx, tensor, op, compression, prescale_factor, postscale_factor, name):  # type: ignore[override]
         ctx.op = op
         ctx.scale = prescale_factor * postscale_factor
         output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-        return _start_allreduce(tensor, output, op, compression, prescale_factor, postscale_factor).wait()
+        return _named(_start_allreduce(tensor, output, op, compression, prescale_factor, postscale_factor),
+                      name).wait()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        if ctx.op not in (Op.SUM, Op.AVG):
-            raise RuntimeError(f"allreduce with op {ctx.op.value!r} has no gradient in distml.torch")
+        scale = _scale_factor(ctx.op, ctx.scale, 1.0)
         grad = grad_output.contiguous()
         out = torch.empty_like(grad)
-        _start_allreduce(grad, out, ctx.op, None, ctx.scale, 1.0).wait()
-        return out, None, None, None, None
+        _start_allreduce(grad, out, ctx.op, None, scale, 1.0).wait()
+        return out, None, None, None, None, None
 
 
 def allreduce(tensor: torch.Tensor, average: Optional[bool] = None, name: Optional[str] = None,
@@ -587,30 +787,33 @@ def allreduce(tensor: torch.Tensor, average: Optional[bool] = None, name: Option
     Args:
         tensor: a CPU tensor of the same shape and dtype on every rank.
         average: deprecated Horovod flag (True: Average, False: Sum).
-        name: accepted for compatibility, unused.
+        name: the operation's name; it must not be in flight already.
         compression: :class:`distml.torch.Compression` ``.none``, ``.fp16``
             or ``.bf16`` (wire format of floating tensors).
         op: Average, Sum, Min, Max or Product (Adasum raises ValueError).
         prescale_factor, postscale_factor: multiply the input before and
-            the result after the reduction.
+            the result after the reduction (integers in float64, truncated
+            back to their dtype).
 
     Returns:
         A new tensor with the result. Differentiable for Sum and Average.
 
     Raises:
         TypeError: a GPU, sparse or unsupported-dtype tensor.
-        ValueError: Adasum or an unknown op.
+        ValueError: Adasum or an unknown op; ``name`` in flight.
         distml.MismatchError: ranks passed different shapes or dtypes (on every rank).
 
     Must be called on all ranks.
     """
     _check_process_set(process_set)
+    _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _AllreduceFunction.apply(tensor, parsed, compression, prescale_factor, postscale_factor)
+        return _AllreduceFunction.apply(tensor, parsed, compression, prescale_factor, postscale_factor, name)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor).wait()
+    return _named(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor),
+                  name).wait()
 
 
 def allreduce_(tensor: torch.Tensor, average: Optional[bool] = None, name: Optional[str] = None,
@@ -634,16 +837,16 @@ def _start_grouped(tensors: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
     for dtype, idx in groups.items():
         flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
         if prescale_factor != 1.0:
-            flat.mul_(prescale_factor)
+            _scale_(flat, prescale_factor)
         arr = _np(flat)
-        handle, ctl = _allreduce_np(arr, arr, op)
-        parts.append((idx, flat, handle, ctl))
+        handle, ctl, op_run = _allreduce_np(arr, arr, op)
+        parts.append((idx, flat, handle, ctl, op_run))
 
     def finish() -> List[torch.Tensor]:
-        for idx, flat, _, ctl in parts:
-            _rescale(flat, op, ctl)
+        for idx, flat, _, ctl, op_run in parts:
+            _rescale(flat, op, ctl, op_run)
             if postscale_factor != 1.0:
-                flat.mul_(postscale_factor)
+                _scale_(flat, postscale_factor)
             offset = 0
             for i in idx:
                 n = tensors[i].numel()
@@ -651,8 +854,27 @@ def _start_grouped(tensors: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
                 offset += n
         return list(outputs)
 
-    waits = [h for _, _, h, _ in parts] + [c.handle for *_, c in parts if c is not None]
+    waits = [p[2] for p in parts] + [p[3].handle for p in parts if p[3] is not None]
     return _Pending(waits, finish)
+
+
+class _GroupedAllreduceFunction(torch.autograd.Function):
+    """Grouped allreduce with a gradient: the output gradients reduced alike."""
+
+    @staticmethod
+    def forward(ctx, op, prescale_factor, postscale_factor, name, *tensors):  # type: ignore[override]
+        ctx.op = op
+        ctx.scale = prescale_factor * postscale_factor
+        outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+        return tuple(_named(_start_grouped(tensors, outputs, op, prescale_factor, postscale_factor), name).wait())
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        scale = _scale_factor(ctx.op, ctx.scale, 1.0)
+        grads = [g.contiguous() for g in grads]
+        outs = [torch.empty_like(g) for g in grads]
+        _start_grouped(grads, outs, ctx.op, scale, 1.0).wait()
+        return (None, None, None, None, *outs)
 
 
 def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
@@ -661,9 +883,10 @@ def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: Optional[b
     """Starts reducing a list of tensors as one fused operation per dtype;
     :func:`synchronize` returns a list of new tensors. Must be called on all ranks."""
     _check_process_set(process_set)
+    _check_name(name)
     parsed = _parse_op(op, average)
     outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-    return _register(_start_grouped(tensors, outputs, parsed, prescale_factor, postscale_factor))
+    return _register(_start_grouped(tensors, outputs, parsed, prescale_factor, postscale_factor), name)
 
 
 def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
@@ -671,8 +894,9 @@ def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: Optional[
                              postscale_factor: float = 1.0, process_set: Any = None) -> int:
     """In-place :func:`grouped_allreduce_async`. Must be called on all ranks."""
     _check_process_set(process_set)
+    _check_name(name)
     parsed = _parse_op(op, average)
-    return _register(_start_grouped(tensors, list(tensors), parsed, prescale_factor, postscale_factor))
+    return _register(_start_grouped(tensors, list(tensors), parsed, prescale_factor, postscale_factor), name)
 
 
 def grouped_allreduce(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
@@ -680,8 +904,15 @@ def grouped_allreduce(tensors: Sequence[torch.Tensor], average: Optional[bool] =
                       prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                       process_set: Any = None) -> List[torch.Tensor]:
     """Reduces a list of tensors (one fused allreduce per dtype) into new
-    tensors. ``compression`` is accepted and ignored. Must be called on all ranks."""
-    return synchronize(grouped_allreduce_async(tensors, average, name, op, prescale_factor,
+    tensors. Differentiable for Sum and Average. ``compression`` is accepted
+    and ignored. Must be called on all ranks."""
+    _check_process_set(process_set)
+    _check_name(name)
+    parsed = _parse_op(op, average)
+    tensors = list(tensors)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return list(_GroupedAllreduceFunction.apply(parsed, prescale_factor, postscale_factor, name, *tensors))
+    return synchronize(grouped_allreduce_async(tensors, None, name, parsed, prescale_factor,
                                                postscale_factor, process_set))
 
 
@@ -698,69 +929,91 @@ def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: Optional[bool] 
 
 def _start_allgather(tensor: torch.Tensor) -> _Pending:
     """Horovod's allgather: first dimensions may differ between ranks. The
-    first dimensions are gathered first; unequal ones are padded to the
-    largest and trimmed after."""
+    first stage gathers the first dimensions; the second pads unequal ones to
+    the largest, gathers, and the result is trimmed."""
     _check_tensor(tensor, allow_bool=True)
-    comm = _comm()
-    _require_all_active(_control(_K_OTHER), "allgather")
     src = _contiguous(tensor)
     if src.dim() == 0:
         src = src.reshape(1)
+    ctl = _control(_K_EXCHANGE, 1)
+    comm = _comm()
+    all_rows = np.zeros(comm.size, dtype=np.int64)
     rows = np.array([src.shape[0]], dtype=np.int64)
-    all_rows = comm.allgather(rows)
-    top = int(all_rows.max())
-    if top != src.shape[0]:
-        padded = torch.zeros((top,) + tuple(src.shape[1:]), dtype=src.dtype)
-        padded[:src.shape[0]] = src
-        src = padded
-    gathered = torch.empty((comm.size * top,) + tuple(src.shape[1:]), dtype=src.dtype)
-    handle = comm.allgather(_np(src), out=_np(gathered), async_op=True)
+    rows_handle = _issue(lambda: comm.allgather(rows, out=all_rows, async_op=True))
+    box: Dict[str, Any] = {}
+
+    def second_stage() -> Any:
+        _require_all_active(ctl, "allgather")
+        top = int(all_rows.max())
+        padded = src
+        if top != src.shape[0]:
+            padded = torch.zeros((top,) + tuple(src.shape[1:]), dtype=src.dtype)
+            padded[:src.shape[0]] = src
+        box["gathered"] = gathered = torch.empty((comm.size * top,) + tuple(src.shape[1:]), dtype=src.dtype)
+        box["top"] = top
+        return comm.allgather(_np(padded), out=_np(gathered), async_op=True)
+
+    data_handle = _issue(second_stage, [rows_handle] + ([ctl.handle] if ctl is not None else []))
 
     def finish() -> torch.Tensor:
+        gathered, top = box["gathered"], box["top"]
         if (all_rows == top).all():
             return gathered
         return torch.cat([gathered[r * top:r * top + int(n)] for r, n in enumerate(all_rows)])
 
-    return _Pending([handle], finish)
+    pending = _Pending([data_handle], finish)
+    pending.info = all_rows  # every rank's rows, once done (for the gradient)
+    return pending
 
 
 class _AllgatherFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):  # type: ignore[override]
+    def forward(ctx, tensor, name):  # type: ignore[override]
         ctx.rows = tensor.shape[0] if tensor.dim() else 1
         ctx.shape = tensor.shape
-        return _start_allgather(tensor).wait()
+        pending = _named(_start_allgather(tensor), name)
+        out = pending.wait()
+        all_rows = pending.info
+        ctx.start = int(all_rows[:_comm().rank].sum())
+        return out
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        # d(out)/d(mine): the slice of every rank's output gradient that came
-        # from this rank, summed over ranks.
-        grad = allreduce(grad_output.contiguous(), op=Sum)
-        comm = _comm()
-        rows = comm.allgather(np.array([ctx.rows], dtype=np.int64))
-        start = int(rows[:comm.rank].sum())
-        return grad[start:start + ctx.rows].reshape(ctx.shape)
+        # As Horovod: the output gradients averaged over ranks, and this
+        # rank's rows of the average.
+        grad = allreduce(grad_output.contiguous(), op=Average)
+        return grad[ctx.start:ctx.start + ctx.rows].reshape(ctx.shape), None
 
 
 def allgather_async(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any = None) -> int:
-    """Starts :func:`allgather`; returns a handle. Must be called on all ranks."""
+    """Starts :func:`allgather`; returns a handle at once (the exchange of
+    first dimensions and the data movement run in the background). Must be
+    called on all ranks."""
     _check_process_set(process_set)
-    return _register(_start_allgather(tensor))
+    _check_name(name)
+    return _register(_start_allgather(tensor), name)
 
 
 def allgather(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any = None) -> torch.Tensor:
     """Concatenates every rank's ``tensor`` along dimension 0, in rank order.
 
     The first dimension may differ between ranks; the others must agree
-    (distml.MismatchError on every rank otherwise). Differentiable.
+    (distml.MismatchError on every rank otherwise). Differentiable: the
+    gradient is this rank's rows of the output gradients averaged over ranks
+    (as in Horovod).
+
+    Raises:
+        ValueError: ``name`` in flight.
+        distml.MismatchError: other dimensions or dtypes differ (on every rank).
 
     Must be called on all ranks.
     """
     _check_process_set(process_set)
+    _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _AllgatherFunction.apply(tensor)
-    return _start_allgather(tensor).wait()
+        return _AllgatherFunction.apply(tensor, name)
+    return _named(_start_allgather(tensor), name).wait()
 
 
 def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int) -> _Pending:
@@ -776,59 +1029,71 @@ def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int)
         buf = tensor.detach().contiguous().clone()
     arr = _np(buf)
     ctl = _control(_K_BROADCAST, dtype_code(arr.dtype), arr.size, root)
-    if ctl is not None and root not in ctl.active():
-        raise RuntimeError(f"broadcast from root {root}, which is inside join()")
-    handle = comm.broadcast(arr, root=root, async_op=True)
+    handle = _issue(lambda: comm.broadcast(arr, root=root, async_op=True))
 
     def finish() -> torch.Tensor:
+        if ctl is not None and root not in ctl.active():
+            raise RuntimeError(f"broadcast from root {root}, which is inside join()")
         if buf.data_ptr() != output.data_ptr():
             output.detach().copy_(buf)
         return output
 
-    return _Pending([handle], finish)
+    return _Pending([handle] + ([ctl.handle] if ctl is not None else []), finish)
 
 
 class _BroadcastFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, root_rank):  # type: ignore[override]
+    def forward(ctx, tensor, root_rank, name):  # type: ignore[override]
         ctx.root = root_rank
         output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-        return _start_broadcast(tensor, output, root_rank).wait()
+        return _named(_start_broadcast(tensor, output, root_rank), name).wait()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        grad = allreduce(grad_output.contiguous(), op=Sum)
+        # As Horovod: the root gets the output gradients averaged over ranks.
+        grad = allreduce(grad_output.contiguous(), op=Average)
         if _comm().rank != ctx.root:
             grad.zero_()
-        return grad, None
+        return grad, None, None
 
 
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
                     process_set: Any = None) -> int:
     """Starts broadcasting ``tensor`` from ``root_rank`` into a new tensor;
-    returns a handle. Must be called on all ranks."""
+    returns a handle at once. Must be called on all ranks."""
     _check_process_set(process_set)
+    _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _register(_start_broadcast(tensor, output, root_rank))
+    return _register(_start_broadcast(tensor, output, root_rank), name)
 
 
 def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
                      process_set: Any = None) -> int:
     """Starts broadcasting ``tensor`` from ``root_rank`` in place; returns a
-    handle. Must be called on all ranks."""
+    handle at once. Must be called on all ranks."""
     _check_process_set(process_set)
-    return _register(_start_broadcast(tensor, tensor, root_rank))
+    _check_name(name)
+    return _register(_start_broadcast(tensor, tensor, root_rank), name)
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
               process_set: Any = None) -> torch.Tensor:
     """Returns a new tensor holding ``root_rank``'s ``tensor`` (same shape and
-    dtype on every rank). Differentiable. Must be called on all ranks."""
+    dtype on every rank). Differentiable: the root's gradient is the output
+    gradients averaged over ranks, the others' zero (as in Horovod).
+
+    Raises:
+        ValueError: ``name`` in flight; root out of range.
+        distml.MismatchError: sizes, dtypes or roots differ (on every rank).
+
+    Must be called on all ranks.
+    """
     _check_process_set(process_set)
+    _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _BroadcastFunction.apply(tensor, root_rank)
+        return _BroadcastFunction.apply(tensor, root_rank, name)
     return synchronize(broadcast_async(tensor, root_rank, name))
 
 
@@ -839,110 +1104,201 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
     return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
 
 
+def _parse_splits(splits: Any, rows: int, P: int) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(rows for each rank, None) or (None, what is wrong with ``splits``)."""
+    if splits is None:
+        if rows % P:
+            return None, f"alltoall without splits needs tensor.shape[0] divisible by {P}, got {rows}"
+        return np.full(P, rows // P, dtype=np.int64), None
+    if isinstance(splits, torch.Tensor):
+        if splits.is_floating_point() or splits.is_complex() or splits.dtype == torch.bool:
+            return None, f"splits must hold integers, not {splits.dtype}"
+        values = splits.reshape(-1).tolist()
+    else:
+        values = list(np.asarray(splits).reshape(-1).tolist())
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        return None, f"splits must hold integers, got {values}"
+    send = np.asarray(values, dtype=np.int64)
+    if send.shape != (P,) or (send < 0).any() or send.sum() != rows:
+        return None, (f"splits must be {P} non-negative counts summing to tensor.shape[0] ({rows}), "
+                      f"got {send.tolist()}")
+    return send, None
+
+
 def _start_alltoall(tensor: torch.Tensor, splits: Optional[Any]) -> _Pending:
     """Rank r sends rows ``[sum(splits[:d]), sum(splits[:d+1]))`` to rank d.
 
-    The core's alltoall moves equal parts, so the split table is exchanged
-    first (one small allgather) and every part is padded to the largest."""
+    The core's alltoall moves equal parts, so the first stage exchanges the
+    split table (one small allgather) and the second pads every part to the
+    largest. A rank whose splits are invalid still takes part in the first
+    stage, with a row of -1, and raises ValueError; the other ranks raise
+    ValueError from the second stage."""
     _check_tensor(tensor, allow_bool=True)
-    comm = _comm()
-    P = comm.size
-    _require_all_active(_control(_K_OTHER), "alltoall")
     src = _contiguous(tensor)
     if src.dim() == 0:
         raise ValueError("alltoall needs a tensor with at least one dimension")
-    if splits is None:
-        if src.shape[0] % P:
-            raise ValueError(f"alltoall without splits needs tensor.shape[0] divisible by {P}, "
-                             f"got {src.shape[0]}")
-        send = np.full(P, src.shape[0] // P, dtype=np.int64)
-    else:
-        send = np.asarray(splits.tolist() if isinstance(splits, torch.Tensor) else splits, dtype=np.int64)
-        if send.shape != (P,) or (send < 0).any() or send.sum() != src.shape[0]:
-            raise ValueError(f"splits must be {P} non-negative counts summing to tensor.shape[0] "
-                             f"({src.shape[0]}), got {send.tolist()}")
-    table = comm.allgather(send).reshape(P, P)  # table[s, d]: rows s sends to d
-    recv = table[:, comm.rank].copy()
-    top = int(table.max())
+    P = _comm().size
+    send, problem = _parse_splits(splits, src.shape[0], P)
+    ctl = _control(_K_EXCHANGE, P)
+    comm = _comm()
+    table = np.zeros(P * P, dtype=np.int64)
+    mine = send if send is not None else np.full(P, -1, dtype=np.int64)
+    table_handle = _issue(lambda: comm.allgather(mine, out=table, async_op=True))
+    if problem is not None:
+        raise ValueError(problem)
     inner = tuple(src.shape[1:])
-    offsets = np.concatenate([[0], np.cumsum(send)])
-    if (table == top).all():
-        out = torch.empty((P * top,) + inner, dtype=src.dtype)
-        handle = comm.alltoall(_np(src), out=_np(out), async_op=True)
+    box: Dict[str, Any] = {}
 
-        def finish_even() -> Tuple[torch.Tensor, torch.Tensor]:
-            return out, torch.from_numpy(recv)
-
-        return _Pending([handle], finish_even)
-    padded = torch.zeros((P * top,) + inner, dtype=src.dtype)
-    for d in range(P):
-        padded[d * top:d * top + int(send[d])] = src[int(offsets[d]):int(offsets[d + 1])]
-    out = torch.empty_like(padded)
-    handle = comm.alltoall(_np(padded), out=_np(out), async_op=True)
+    def second_stage() -> Any:
+        grid = table.reshape(P, P)  # grid[s, d]: rows s sends to d
+        bad = [s for s in range(P) if (grid[s] < 0).any()]
+        if bad:
+            raise ValueError(f"alltoall: rank(s) {bad} passed invalid splits")
+        _require_all_active(ctl, "alltoall")
+        recv = grid[:, comm.rank].copy()
+        top = int(grid.max())
+        box["recv"], box["top"] = recv, top
+        if (grid == top).all():
+            box["out"] = out = torch.empty((P * top,) + inner, dtype=src.dtype)
+            return comm.alltoall(_np(src), out=_np(out), async_op=True)
+        offsets = np.concatenate([[0], np.cumsum(send)])
+        padded = torch.zeros((P * top,) + inner, dtype=src.dtype)
+        for d in range(P):
+            padded[d * top:d * top + int(send[d])] = src[int(offsets[d]):int(offsets[d + 1])]
+        box["out"] = out = torch.empty_like(padded)
+        return comm.alltoall(_np(padded), out=_np(out), async_op=True)
 
     def finish() -> Tuple[torch.Tensor, torch.Tensor]:
-        result = torch.cat([out[s * top:s * top + int(recv[s])] for s in range(P)])
-        return result, torch.from_numpy(recv)
+        out, recv, top = box["out"], box["recv"], box["top"]
+        if not (recv == top).all() or out.shape[0] != int(recv.sum()):
+            out = torch.cat([out[s * top:s * top + int(recv[s])] for s in range(P)])
+        return out, torch.from_numpy(recv.astype(np.int32))
 
-    return _Pending([handle], finish)
+    data_handle = _issue(second_stage, [table_handle] + ([ctl.handle] if ctl is not None else []))
+    return _Pending([data_handle], finish)
+
+
+class _AlltoallFunction(torch.autograd.Function):
+    """Alltoall with a gradient: the output gradient sent back along the
+    received splits."""
+
+    @staticmethod
+    def forward(ctx, tensor, splits, name):  # type: ignore[override]
+        out, recv = _named(_start_alltoall(tensor, splits), name).wait()
+        ctx.recv = recv
+        ctx.mark_non_differentiable(recv)
+        return out, recv
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_splits):  # type: ignore[override]
+        grad, _ = _start_alltoall(grad_output.contiguous(), ctx.recv).wait()
+        return grad, None, None
 
 
 def alltoall_async(tensor: torch.Tensor, splits: Optional[Any] = None, name: Optional[str] = None,
                    process_set: Any = None) -> int:
-    """Starts :func:`alltoall`; :func:`synchronize` returns (output,
-    received_splits). Must be called on all ranks."""
+    """Starts :func:`alltoall`; returns a handle at once. :func:`synchronize`
+    returns (output, received_splits).
+
+    Raises:
+        ValueError: invalid ``splits`` (float values, wrong length or sum),
+            raised here on this rank and from :func:`synchronize` on the
+            others; ``name`` in flight.
+
+    Must be called on all ranks.
+    """
     _check_process_set(process_set)
-    return _register(_start_alltoall(tensor, splits))
+    _check_name(name)
+    return _register(_start_alltoall(tensor, splits), name)
 
 
 def alltoall(tensor: torch.Tensor, splits: Optional[Any] = None, name: Optional[str] = None,
-             process_set: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+             process_set: Any = None) -> Any:
     """Scatters slices of ``tensor`` (along dimension 0) to every rank and
     gathers the slices they send here.
 
     Args:
         tensor: rows to send; the other dimensions must agree across ranks.
-        splits: rows for each rank (list or 1-D tensor of ``size()`` ints,
-            summing to ``tensor.shape[0]``); default equal parts.
+        splits: rows for each rank (list or 1-D tensor of ``size()``
+            integers, summing to ``tensor.shape[0]``); default equal parts.
 
     Returns:
-        (received rows concatenated in rank order, int64 tensor of the rows
-        received from each rank).
+        Without ``splits``, the received rows concatenated in rank order;
+        with ``splits``, that and an int32 tensor of the rows received from
+        each rank (as Horovod). Differentiable.
+
+    Raises:
+        ValueError: invalid ``splits`` on any rank (on every rank); ``name`` in flight.
+        distml.MismatchError: other dimensions or dtypes differ (on every rank).
 
     Must be called on all ranks.
     """
-    return synchronize(alltoall_async(tensor, splits, name, process_set))
+    _check_process_set(process_set)
+    _check_name(name)
+    _check_tensor(tensor, allow_bool=True)
+    if tensor.requires_grad and torch.is_grad_enabled():
+        out, recv = _AlltoallFunction.apply(tensor, splits, name)
+    else:
+        out, recv = _named(_start_alltoall(tensor, splits), name).wait()
+    return out if splits is None else (out, recv)
 
 
 def _start_reducescatter(tensor: torch.Tensor, op: Op, prescale_factor: float,
                          postscale_factor: float) -> _Pending:
     _check_tensor(tensor)
-    comm = _comm()
-    _require_all_active(_control(_K_OTHER), "reducescatter")
     src = _contiguous(tensor)
-    if prescale_factor != 1.0:
-        src = src * prescale_factor
     if src.dim() == 0:
         raise ValueError("reducescatter needs a tensor with at least one dimension")
+    if prescale_factor != 1.0:
+        src = _scaled(src, prescale_factor)
+    arr = _np(src)
+    if arr.ndim > _MAX_DIMS:
+        arr = arr.reshape(arr.shape[0], -1)
+    # A joined rank replays the reduction with zeros of the same shape; the
+    # active ranks raise once it is done.
+    ctl = _control(_K_REDUCESCATTER, dtype_code(arr.dtype), arr.size, _OP_CODES[op], arr.shape)
+    comm = _comm()
     rows = src.shape[0]
     mine = rows // comm.size + (1 if comm.rank < rows % comm.size else 0)
     out = torch.empty((mine,) + tuple(src.shape[1:]), dtype=src.dtype)
-    handle = comm.reduce_scatter(_np(src), op=op, out=_np(out), async_op=True)
+    result = _np(out).reshape((mine,) + arr.shape[1:])
+    handle = _issue(lambda: comm.reduce_scatter(arr, op=op, out=result, async_op=True))
 
     def finish() -> torch.Tensor:
+        _require_all_active(ctl, "reducescatter")
         if postscale_factor != 1.0:
-            out.mul_(postscale_factor)
+            _scale_(out, postscale_factor)
         return out
 
-    return _Pending([handle], finish)
+    return _Pending([handle] + ([ctl.handle] if ctl is not None else []), finish)
+
+
+class _ReducescatterFunction(torch.autograd.Function):
+    """Reducescatter with Horovod's gradient: the output gradients gathered,
+    times size() for Sum, times the scale factors."""
+
+    @staticmethod
+    def forward(ctx, tensor, op, prescale_factor, postscale_factor, name):  # type: ignore[override]
+        ctx.op = op
+        ctx.scale = prescale_factor * postscale_factor
+        return _named(_start_reducescatter(tensor, op, prescale_factor, postscale_factor), name).wait()
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        scale = _scale_factor(ctx.op, ctx.scale, 1.0) * (_comm().size if ctx.op == Op.SUM else 1)
+        grad = grad_output.contiguous()
+        if scale != 1.0:
+            grad = grad * scale
+        return _start_allgather(grad).wait(), None, None, None, None
 
 
 def reducescatter_async(tensor: torch.Tensor, name: Optional[str] = None, compression: Any = None,
                         op: Any = Average, process_set: Any = None, prescale_factor: float = 1.0,
                         postscale_factor: float = 1.0) -> int:
-    """Starts :func:`reducescatter`; returns a handle. Must be called on all ranks."""
+    """Starts :func:`reducescatter`; returns a handle at once. Must be called on all ranks."""
     _check_process_set(process_set)
-    return _register(_start_reducescatter(tensor, _parse_op(op, None), prescale_factor, postscale_factor))
+    _check_name(name)
+    return _register(_start_reducescatter(tensor, _parse_op(op, None), prescale_factor, postscale_factor), name)
 
 
 def reducescatter(tensor: torch.Tensor, name: Optional[str] = None, compression: Any = None,
@@ -951,9 +1307,65 @@ def reducescatter(tensor: torch.Tensor, name: Optional[str] = None, compression:
     """Reduces ``tensor`` over all ranks (default: average) and returns this
     rank's slice of dimension 0: rank r gets ``torch.tensor_split(result,
     size())[r]`` (the first ``rows % size`` ranks get one row more).
-    ``compression`` is accepted and ignored. Must be called on all ranks."""
-    return synchronize(reducescatter_async(tensor, name, compression, op, process_set,
-                                           prescale_factor, postscale_factor))
+
+    The result keeps ``tensor``'s dtype (integers are scaled in float64 and
+    truncated back). ``compression`` is accepted and ignored. Differentiable
+    for Sum and Average.
+
+    Raises:
+        ValueError: a 0-d tensor, an unknown op, ``name`` in flight.
+        distml.MismatchError: shapes or dtypes differ (on every rank).
+
+    Must be called on all ranks.
+    """
+    _check_process_set(process_set)
+    _check_name(name)
+    parsed = _parse_op(op, None)
+    _check_tensor(tensor)
+    if tensor.requires_grad and torch.is_grad_enabled():
+        return _ReducescatterFunction.apply(tensor, parsed, prescale_factor, postscale_factor, name)
+    return _named(_start_reducescatter(tensor, parsed, prescale_factor, postscale_factor), name).wait()
+
+
+def _start_group(parts: List[_Pending]) -> _Pending:
+    """One operation made of several (each a :class:`_Pending`, waited for
+    like a distml handle), finished together."""
+    return _Pending(parts, lambda: [p.result for p in parts])
+
+
+def grouped_allgather_async(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
+                            process_set: Any = None) -> int:
+    """Starts :func:`grouped_allgather`; returns a handle at once. Must be called on all ranks."""
+    _check_process_set(process_set)
+    _check_name(name)
+    return _register(_start_group([_start_allgather(t) for t in tensors]), name)
+
+
+def grouped_allgather(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
+                      process_set: Any = None) -> List[torch.Tensor]:
+    """:func:`allgather` of each tensor of a list; returns the list of
+    results. Must be called on all ranks, with lists of the same length."""
+    return synchronize(grouped_allgather_async(tensors, name, process_set))
+
+
+def grouped_reducescatter_async(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
+                                compression: Any = None, op: Any = Average, process_set: Any = None,
+                                prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> int:
+    """Starts :func:`grouped_reducescatter`; returns a handle at once. Must be called on all ranks."""
+    _check_process_set(process_set)
+    _check_name(name)
+    parsed = _parse_op(op, None)
+    return _register(_start_group([_start_reducescatter(t, parsed, prescale_factor, postscale_factor)
+                                   for t in tensors]), name)
+
+
+def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
+                          compression: Any = None, op: Any = Average, process_set: Any = None,
+                          prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> List[torch.Tensor]:
+    """:func:`reducescatter` of each tensor of a list; returns the list of
+    this rank's slices. Must be called on all ranks, with lists of the same length."""
+    return synchronize(grouped_reducescatter_async(tensors, name, compression, op, process_set,
+                                                   prescale_factor, postscale_factor))
 
 
 def barrier(process_set: Any = None) -> None:
@@ -961,7 +1373,62 @@ def barrier(process_set: Any = None) -> None:
     called on all ranks."""
     _check_process_set(process_set)
     _control(_K_BARRIER)
-    _comm().barrier()
+    comm = _comm()
+    _issue(lambda: comm.barrier(async_op=True)).wait()
+
+
+def sparse_allreduce_async(tensor: torch.Tensor, name: Optional[str] = None, op: Any = Average,
+                           process_set: Any = None) -> Callable[[], torch.Tensor]:
+    """Starts reducing a sparse COO tensor: every rank's indices and values
+    are gathered (two allgathers), so the result holds every rank's entries
+    (duplicates are not summed until ``coalesce()``); Average divides the
+    values by ``size()``.
+
+    Returns:
+        A function (Horovod's handle for this call) that waits and returns
+        the sparse result.
+
+    Raises:
+        ValueError: ``tensor`` is not a sparse COO tensor, or op is not Sum
+            or Average; ``name`` in flight.
+
+    Must be called on all ranks, with tensors of the same dense shape.
+    """
+    _check_process_set(process_set)
+    parsed = _parse_op(op, None)
+    if parsed not in (Op.SUM, Op.AVG):
+        raise ValueError("sparse_allreduce_async supports op=Sum or op=Average")
+    if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.sparse_coo:
+        raise ValueError("sparse_allreduce_async needs a sparse COO tensor")
+    t = tensor.coalesce() if not tensor.is_coalesced() else tensor
+    suffix = (lambda part: None) if name is None else (lambda part: f"{name}.{part}")
+    indices = allgather_async(t.indices().t().contiguous(), name=suffix("indices"))
+    values = allgather_async(t.values().contiguous(), name=suffix("values"))
+
+    def wait() -> torch.Tensor:
+        v = synchronize(values)
+        i = synchronize(indices)
+        if parsed == Op.AVG:
+            v = v / _comm().size if v.is_floating_point() else torch.div(v, _comm().size, rounding_mode="floor")
+        return torch.sparse_coo_tensor(i.t(), v, t.shape, check_invariants=True)
+
+    return wait
+
+
+def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
+    """Starts distml's timeline (:func:`distml.timeline.start`): every
+    collective as a Chrome trace event, one file per rank (``{rank}`` in
+    the path is replaced by the rank). ``mark_cycles`` is accepted and ignored."""
+    from distml import timeline
+
+    timeline.start(file_path)
+
+
+def stop_timeline() -> None:
+    """Stops the timeline and writes this rank's file (:func:`distml.timeline.stop`)."""
+    from distml import timeline
+
+    timeline.stop()
 
 
 # ---- objects -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ in for this step's allreduces.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -76,7 +77,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _distml_setup(self, named_parameters: Optional[Iterable[Tuple[str, torch.Tensor]]],
                       compression: Any, backward_passes_per_step: int, op: Any,
-                      bucket_bytes: int) -> None:
+                      bucket_bytes: int, sparse_as_dense: bool = False) -> None:
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         seen = set()
         unique = []
@@ -99,12 +100,20 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             self._names = {id(p): n for n, p in named}
         else:
             self._names = {id(p): f"param.{i}" for i, p in enumerate(params)}
+        # Horovod's attribute, which user code reads: parameter -> name
+        # (Horovod's names for unnamed parameters: their index in their group).
+        if named_parameters is not None:
+            self._parameter_names = {p: self._names[id(p)] for p in params}
+        else:
+            self._parameter_names = {p: f"allreduce.noname.{i}" for group in self.param_groups
+                                     for i, p in enumerate(group["params"])}
         if backward_passes_per_step < 1:
             raise ValueError(f"backward_passes_per_step must be >= 1, not {backward_passes_per_step}")
         self._op = _parse_op(op, None)
         if self._op.value not in ("avg", "sum"):
             raise ValueError("DistributedOptimizer supports op=Average or op=Sum")
         self._compression = compression or Compression.none
+        self._sparse_as_dense = bool(sparse_as_dense)
         self._passes_per_step = int(backward_passes_per_step)
         self._params = params
         self._comm = _comm()
@@ -174,10 +183,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                     "accumulate gradients locally")
             view = self._grad_views[i]
             g = p.grad
-            if g is not None and g.data_ptr() != view.data_ptr():
+            if g is not None and (g.layout != torch.strided or g.data_ptr() != view.data_ptr()):
                 # autograd made a fresh gradient (the first pass after a
                 # zero_grad(set_to_none=True)): move it into the buffer
-                _move_into(view, g)
+                _move_into(view, self._dense(g))
                 p.grad = view
             if self._passes[i] == self._passes_per_step:
                 self._missing[self._bucket_of[i]] -= 1
@@ -199,14 +208,22 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 view.zero_()
                 p.grad = view
             elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(p.grad)
+                view.copy_(self._dense(p.grad))
                 p.grad = view
         flat = bucket.view()
         wire, ctx = self._compression.compress(flat)
         wire = wire.contiguous()
         arr = _np(wire)
-        handle = self._comm.allreduce(arr, op=self._op, out=arr, async_op=True)
+        comm, op = self._comm, self._op
+        handle = mpi_ops._issue(lambda: comm.allreduce(arr, op=op, out=arr, async_op=True))
         self._inflight[k] = (handle, wire, ctx)
+
+    def _dense(self, grad: torch.Tensor) -> torch.Tensor:
+        if grad.layout == torch.strided:
+            return grad
+        if not self._sparse_as_dense:
+            raise TypeError(f"a gradient is {grad.layout}; pass sparse_as_dense=True to reduce it as a dense one")
+        return grad.to_dense()
 
     def _stand_in(self) -> None:
         """On a rank inside join(): this step's allreduces, with zeros.
@@ -219,7 +236,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             flat.zero_()
             wire, _ = self._compression.compress(flat)
             arr = _np(wire.contiguous())
-            self._comm.allreduce(arr, op=self._op, out=arr)
+            self._comm.allreduce(arr, op=self._op, out=arr)  # join() emptied the backlog first
 
     def synchronize(self) -> None:
         """Launches the buckets not launched yet (every gradient counts as
@@ -263,6 +280,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         """Averages (or sums) the gradients across ranks unless
         :meth:`synchronize` already did in this step, then steps the wrapped
         optimizer. Must be called on all ranks."""
+        if self._should_synchronize and self._synchronized:
+            warnings.warn("optimizer.step() was called after optimizer.synchronize() outside an "
+                          "optimizer.skip_synchronize() block; the gradients were reduced once, by "
+                          "synchronize(). Wrap step() in skip_synchronize() after synchronize().", UserWarning)
         if self._should_synchronize and not self._synchronized:
             self.synchronize()
         self._synchronized = False
@@ -331,7 +352,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
             once, inside the core).
         num_groups, groups: accepted for compatibility; fusion is by
             ``bucket_bytes`` instead.
-        sparse_as_dense: accepted; sparse gradients are not supported.
+        sparse_as_dense: reduce sparse gradients (``nn.Embedding(sparse=True)``)
+            as dense ones; without it a sparse gradient raises TypeError.
         process_set: must be None.
         bucket_bytes: target bucket size (a distml extension; default 4 MiB).
 
@@ -356,6 +378,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     cls = type(base.__name__, (base,), namespace)
     wrapped = cls.__new__(cls)
     wrapped.__dict__.update(optimizer.__dict__)
-    wrapped._distml_setup(named_parameters, compression, backward_passes_per_step, op, int(bucket_bytes))
+    wrapped._distml_setup(named_parameters, compression, backward_passes_per_step, op, int(bucket_bytes),
+                          sparse_as_dense)
     return wrapped
 

@@ -1,0 +1,331 @@
+"""distml.torch where user code written for Horovod expects Horovod's behaviour.
+
+Async calls that return before the peers arrive, failures every rank sees,
+names of operations in flight, gradients of the collectives, integer
+scaling, shape checks and the names user code mentions. As everywhere in
+tests/mpi, a test runs all of its collectives first and asserts afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import distml  # noqa: E402
+import distml.torch as hvd  # noqa: E402
+from conftest import COMM_TIMEOUT  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hvd_init():
+    distml.init(timeout=COMM_TIMEOUT)
+    hvd.init()
+    yield
+    hvd.shutdown()
+
+
+def _raises(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - recorded, checked after the collectives
+        return exc
+    return None
+
+
+# ---- async calls and failures --------------------------------------------------------------
+
+LATE = 2.0  # seconds rank 0 waits before it issues anything
+
+
+def test_async_calls_return_before_the_peers_arrive():
+    """Rank 0 arrives LATE seconds after the others; their async calls must
+    not wait for it (only synchronize does)."""
+    P, r = hvd.size(), hvd.rank()
+    if r == 0:
+        time.sleep(LATE)
+    start = time.monotonic()
+    handles = [
+        hvd.broadcast_async(torch.full((5,), float(r)), root_rank=0),
+        hvd.broadcast_async_(torch.full((3,), float(r)), root_rank=P - 1),
+        hvd.allgather_async(torch.full((r + 1, 2), float(r))),
+        hvd.alltoall_async(torch.arange(2.0 * P), splits=[2] * P),
+        hvd.alltoall_async(torch.arange(float(P))),
+        hvd.reducescatter_async(torch.ones(2 * P, 3), op=hvd.Sum),
+        hvd.allreduce_async(torch.ones(4)),
+        hvd.grouped_allgather_async([torch.ones(1, 2), torch.zeros(r + 1)]),
+        hvd.grouped_reducescatter_async([torch.ones(P, 2)], op=hvd.Sum),
+    ]
+    issued = time.monotonic() - start
+    results = [hvd.synchronize(h) for h in handles]
+    if r != 0 and P > 1:
+        assert issued < LATE / 2, f"async calls took {issued:.2f}s: they waited for rank 0"
+    assert torch.equal(results[0], torch.zeros(5))
+    assert torch.equal(results[1], torch.full((3,), float(P - 1)))
+    assert torch.equal(results[2], torch.cat([torch.full((s + 1, 2), float(s)) for s in range(P)]))
+    assert torch.equal(results[3][0], torch.cat([torch.tensor([2.0 * r, 2.0 * r + 1])] * P))
+    assert torch.equal(results[5], torch.full((2, 3), float(P)))
+    assert torch.equal(results[7][1], torch.cat([torch.zeros(s + 1) for s in range(P)]))
+    assert torch.equal(results[8][0], torch.full((1, 2), float(P)))
+
+
+def test_bad_splits_on_one_rank_fail_on_every_rank():
+    """One rank's splits do not sum to its rows: that rank raises at once,
+    the others from synchronize (nobody waits for a collective that will
+    not come), and the next collective works."""
+    P, r = hvd.size(), hvd.rank()
+    bad = P - 1
+    splits = [1] * P
+    if r == bad:
+        splits[0] = 2
+    errors = []
+    try:
+        h = hvd.alltoall_async(torch.ones(P, 2), splits=splits)
+        errors.append(_raises(lambda: hvd.synchronize(h)))
+    except ValueError as exc:
+        errors.append(exc)
+    errors.append(_raises(lambda: hvd.alltoall(torch.ones(P, 2), splits=[1.0] * P)))
+    errors.append(_raises(lambda: hvd.alltoall(torch.ones(P, 2), splits=torch.ones(P))))
+    after = hvd.allreduce(torch.ones(2), op=hvd.Sum)
+    for e in errors:
+        assert isinstance(e, ValueError), repr(e)
+    if r != bad:
+        assert f"rank {bad}" in str(errors[0]) or f"[{bad}]" in str(errors[0]), str(errors[0])
+    assert after.tolist() == [float(P)] * 2
+
+
+def test_duplicate_name_in_flight_raises_locally():
+    """A name is taken until its operation (or one issued after it) has been
+    synchronized: reusing it raises ValueError before anything is queued."""
+    P = hvd.size()
+    t = torch.ones(2 * P, 3)
+    h = hvd.allreduce_async(t, name="dup")
+    errors = [
+        _raises(lambda: hvd.allreduce_async(t, name="dup")),
+        _raises(lambda: hvd.allreduce(t, name="dup")),
+        _raises(lambda: hvd.broadcast_async(t, 0, name="dup")),
+        _raises(lambda: hvd.allgather_async(t, name="dup")),
+        _raises(lambda: hvd.alltoall_async(t, name="dup")),
+        _raises(lambda: hvd.reducescatter_async(t, name="dup")),
+        _raises(lambda: hvd.grouped_allreduce_async([t], name="dup")),
+    ]
+    first = hvd.synchronize(h)
+    h2 = hvd.broadcast_async(t, 0, name="dup")  # free again
+    g = hvd.allgather_async(t, name="other")
+    hvd.synchronize(g)  # later than h2: h2 is complete, so "dup" is free
+    again = hvd.allreduce(t, name="dup", op=hvd.Sum)
+    hvd.synchronize(h2)
+    for e in errors:
+        assert isinstance(e, ValueError) and "dup" in str(e), repr(e)
+    assert torch.equal(first, t)
+    assert torch.equal(again, t * P)
+
+
+# ---- gradients ----------------------------------------------------------------------------
+
+
+def test_gradients_follow_horovod():
+    P, r = hvd.size(), hvd.rank()
+    # allgather: the output gradient is averaged over ranks, then sliced.
+    rows = [s + 1 for s in range(P)]
+    x = torch.ones(rows[r], 3, dtype=torch.float64, requires_grad=True)
+    g = torch.cat([torch.full((rows[s], 3), float(s), dtype=torch.float64) for s in range(P)])
+    hvd.allgather(x).backward(g)
+    # broadcast: the root gets the average of the output gradients, the others 0.
+    grads_bc = []
+    for root in range(P):
+        y = torch.full((4,), float(r), dtype=torch.float64, requires_grad=True)
+        hvd.broadcast(y, root).backward(torch.ones(4, dtype=torch.float64))
+        grads_bc.append(y.grad.clone())
+    # alltoall: the gradient travels back along the received splits.
+    splits = [s + 1 for s in range(P)]
+    z = torch.ones(sum(splits), 2, dtype=torch.float64, requires_grad=True)
+    out, recv = hvd.alltoall(z, splits=splits)
+    (out * (r + 1)).sum().backward()
+    w = torch.ones(2 * P, dtype=torch.float64, requires_grad=True)
+    hvd.alltoall(w).sum().backward()
+    # reducescatter: allgather of the gradient, times size for Sum.
+    u = torch.ones(P * 2 + 1, 3, dtype=torch.float64, requires_grad=True)
+    hvd.reducescatter(u, op=hvd.Sum).sum().backward()
+    v = torch.ones(P * 2, 3, dtype=torch.float32, requires_grad=True)
+    hvd.reducescatter(v).sum().backward()
+    # grouped_allreduce: each input's gradient is the reduced output gradient.
+    a = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    b = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)
+    sa, sb = hvd.grouped_allreduce([a, b], op=hvd.Sum)
+    (sa.sum() + 2 * sb.sum()).backward()
+
+    torch.testing.assert_close(x.grad, torch.full((rows[r], 3), float(r), dtype=torch.float64))
+    for root, grad in enumerate(grads_bc):
+        torch.testing.assert_close(grad, torch.full((4,), 1.0 if r == root else 0.0, dtype=torch.float64))
+    # rows this rank sent to rank d come back with d's factor (d + 1)
+    want = torch.cat([torch.full((splits[d], 2), float(d + 1), dtype=torch.float64) for d in range(P)])
+    torch.testing.assert_close(z.grad, want)
+    torch.testing.assert_close(w.grad, torch.ones(2 * P, dtype=torch.float64))
+    torch.testing.assert_close(u.grad, torch.full_like(u, float(P)))
+    torch.testing.assert_close(v.grad, torch.ones_like(v))
+    torch.testing.assert_close(a.grad, torch.full_like(a, float(P)))
+    torch.testing.assert_close(b.grad, torch.full_like(b, 2.0 * P))
+
+
+# ---- integer scaling ----------------------------------------------------------------------
+
+
+def test_integer_scaling_as_horovod():
+    P, r = hvd.size(), hvd.rank()
+    x = torch.arange(-8, 9, dtype=torch.int32) * (r + 1)
+    post = hvd.allreduce(x, op=hvd.Sum, postscale_factor=0.37)
+    pre = hvd.allreduce(x, op=hvd.Sum, prescale_factor=0.37)
+    pre64 = hvd.allreduce(x.long(), op=hvd.Sum, prescale_factor=2.5)
+    rs = hvd.reducescatter(torch.arange(2 * P * 3, dtype=torch.int32).reshape(2 * P, 3), op=hvd.Sum,
+                           prescale_factor=2)
+    xs = [torch.arange(-8, 9, dtype=torch.int32) * (s + 1) for s in range(P)]
+    total = sum(xs)
+    assert post.dtype == torch.int32 and torch.equal(post, (total.double() * 0.37).to(torch.int32))
+    want_pre = sum((t.double() * 0.37).to(torch.int32) for t in xs)
+    assert pre.dtype == torch.int32 and torch.equal(pre, want_pre)
+    assert torch.equal(pre64, sum((t.long().double() * 2.5).long() for t in xs))
+    full = torch.arange(2 * P * 3, dtype=torch.int32).reshape(2 * P, 3) * 2 * P
+    assert rs.dtype == torch.int32 and torch.equal(rs, full[2 * r:2 * r + 2])
+
+
+def test_join_integer_average_over_active_ranks():
+    """The last rank joins at once; the others average int64 values: the
+    sum floor-divided by the ranks that contributed."""
+    P, r = hvd.size(), hvd.rank()
+    if P == 1:
+        pytest.skip("needs a rank to join while others reduce")
+    got = None
+    if r != P - 1:
+        got = hvd.allreduce(torch.tensor([5, -7, 1], dtype=torch.int64), op=hvd.Average)
+    last = hvd.join()
+    n = P - 1
+    assert last == (P - 2 if P > 1 else 0)
+    if got is not None:
+        want = torch.div(torch.tensor([5, -7, 1]) * n, n, rounding_mode="floor")
+        assert torch.equal(got, want), (got, want)
+
+
+# ---- shapes and checks --------------------------------------------------------------------
+
+
+def test_alltoall_without_splits_returns_the_tensor():
+    P, r = hvd.size(), hvd.rank()
+    out = hvd.alltoall(torch.full((P, 2), float(r)))
+    pair = hvd.alltoall(torch.full((P, 2), float(r)), splits=[1] * P)
+    assert isinstance(out, torch.Tensor)
+    assert torch.equal(out, torch.arange(float(P)).repeat_interleave(2).reshape(P, 2))
+    assert isinstance(pair, tuple) and pair[1].dtype == torch.int32 and pair[1].tolist() == [1] * P
+
+
+def test_same_count_different_shape_raises_on_every_rank(comm_default):
+    P, r = hvd.size(), hvd.rank()
+    if P == 1:
+        pytest.skip("needs two ranks to disagree")
+    shape = (17, 1311) if r == 0 else (17, 23, 57)
+    errors = [
+        _raises(lambda: hvd.allreduce(torch.ones(shape))),
+        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32))),
+        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32), async_op=True).wait()),
+        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32).T)),
+    ]
+    after = comm_default.allreduce(np.ones(3))
+    for i, e in enumerate(errors):
+        assert isinstance(e, distml.MismatchError), (i, repr(e))
+    assert after.tolist() == [float(P)] * 3
+
+
+def test_step_after_synchronize_warns():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([p], lr=0.1), named_parameters=[("w", p)])
+    (p * 2).sum().backward()
+    opt.synchronize()
+    with pytest.warns(UserWarning, match="skip_synchronize"):
+        opt.step()
+    opt.zero_grad()
+    (p * 2).sum().backward()
+    opt.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opt.skip_synchronize():
+            opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 0.6))
+
+
+# ---- names user code mentions -------------------------------------------------------------
+
+
+def test_grouped_allgather_and_reducescatter():
+    P, r = hvd.size(), hvd.rank()
+    ga = hvd.grouped_allgather([torch.full((r + 1, 2), r, dtype=torch.int32), torch.ones(1)])
+    rs = hvd.grouped_reducescatter([torch.ones(2 * P, 2), torch.full((P,), 2.0, dtype=torch.float64)])
+    assert torch.equal(ga[0], torch.cat([torch.full((s + 1, 2), s, dtype=torch.int32) for s in range(P)]))
+    assert torch.equal(ga[1], torch.ones(P))
+    assert torch.equal(rs[0], torch.ones(2, 2))
+    assert torch.equal(rs[1], torch.full((1,), 2.0, dtype=torch.float64))
+
+
+def test_sparse_allreduce_and_sparse_as_dense():
+    P, r = hvd.size(), hvd.rank()
+    sp = torch.sparse_coo_tensor([[r % 3]], [float(r + 1)], (3,), check_invariants=True)
+    fn = hvd.sparse_allreduce_async(sp, name="sp", op=hvd.Sum)
+    summed = fn().to_dense()
+    emb = torch.nn.Embedding(4, 2, sparse=True)
+    torch.nn.init.constant_(emb.weight, 1.0)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(emb.parameters(), lr=1.0),
+                                   named_parameters=emb.named_parameters(), sparse_as_dense=True)
+    for _ in range(2):
+        opt.zero_grad()
+        emb(torch.tensor([r % 4])).sum().backward()
+        opt.step()
+    want = torch.zeros(3)
+    for s in range(P):
+        want[s % 3] += s + 1
+    assert torch.equal(summed, want)
+    expect = torch.ones(4, 2)
+    for s in range(P):
+        expect[s % 4] -= 2.0 / P
+    torch.testing.assert_close(emb.weight.detach(), expect)
+
+
+def test_names_horovod_code_mentions(tmp_path):
+    p = torch.nn.Parameter(torch.ones(2))
+    q = torch.nn.Parameter(torch.ones(1))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([p, q], lr=0.1), named_parameters=[("p", p), ("q", q)])
+    assert opt._parameter_names == {p: "p", q: "q"}
+    assert issubclass(hvd.HorovodInternalError, RuntimeError)
+    with pytest.raises(NotImplementedError, match="elastic"):
+        hvd.elastic.run(lambda state: None)
+    with pytest.raises(NotImplementedError, match="elastic"):
+        hvd.elastic.TorchState(model=None)
+    hvd.start_timeline(str(tmp_path / "tl.json"))
+    hvd.allreduce(torch.ones(2))
+    hvd.stop_timeline()
+    assert list(tmp_path.iterdir())
+
+
+def test_sync_batch_norm_matches_one_process():
+    P, r = hvd.size(), hvd.rank()
+    g = torch.Generator().manual_seed(7)
+    data = torch.randn(4 * P, 3, 5, generator=g, dtype=torch.float64)
+    mine = data[4 * r:4 * r + 4].clone().requires_grad_()
+    sbn = hvd.SyncBatchNorm(3).double()
+    out = sbn(mine)
+    (out * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    ref_in = data.clone().requires_grad_()
+    bn = torch.nn.BatchNorm1d(3).double()
+    ref = bn(ref_in)
+    (ref * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    weight_grad = hvd.allreduce(sbn.weight.grad, op=hvd.Sum)
+    torch.testing.assert_close(out, ref[4 * r:4 * r + 4])
+    # the loss summed over ranks is the one-process loss: its gradient is the sum of the ranks'
+    torch.testing.assert_close(mine.grad, ref_in.grad[4 * r:4 * r + 4])
+    torch.testing.assert_close(sbn.running_mean, bn.running_mean)
+    torch.testing.assert_close(sbn.running_var, bn.running_var)
+    torch.testing.assert_close(weight_grad, bn.weight.grad)
