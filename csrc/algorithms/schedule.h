@@ -94,6 +94,7 @@ enum Tag : int {
   kTagFingerprint = 109,
   kTagArrival = 110,
   kTagVerdict = 111,
+  kTagAlltoallv = 112,
 };
 
 inline int mod(int a, int p) { return ((a % p) + p) % p; }
@@ -167,6 +168,14 @@ void reduce_scatter_gather(MpiComm& comm, const void* in, void* out, std::size_t
 // Pairwise-exchange alltoall: `block_bytes` to and from every rank. `in` may
 // equal `out`.
 void alltoall_pairwise(MpiComm& comm, const void* in, void* out, std::size_t block_bytes);
+
+// Pairwise exchange of blocks of any size (alltoallv.cpp): `send[d]` bytes
+// of `in` to rank d and `recv[s]` bytes into `out` from rank s, blocks back
+// to back in rank order. `in` and `out` must not overlap.
+void alltoallv_pairwise(MpiComm& comm, const void* in, const std::size_t* send, void* out,
+                        const std::size_t* recv);
+// Every rank's `in` (`sizes[rank]` bytes) into `out`, in rank order.
+void allgatherv_pairwise(MpiComm& comm, const void* in, void* out, const std::size_t* sizes);
 
 // Dissemination barrier.
 void barrier_dissemination(MpiComm& comm);

@@ -228,6 +228,28 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              return self.submit(call, std::move(keep));
            })
+      .def(
+          "run_rows",
+          [](engine::Communicator& self, int kind, int dtype, std::size_t count, std::size_t unit,
+             const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
+             const py::object& out, std::vector<std::int64_t> rows, bool async) -> py::object {
+            auto call = make_call(kind, dtype, 0, count, unit, 1, algo, shape, in, out);
+            call.rows = std::make_shared<const std::vector<std::int64_t>>(std::move(rows));
+            if (async) {
+              auto keep = keep_alive(in, out);
+              self.drain();
+              py::gil_scoped_release nogil;
+              return py::cast(self.submit(call, std::move(keep)));
+            }
+            self.drain();
+            {
+              py::gil_scoped_release nogil;
+              self.run(call);
+            }
+            return py::none();
+          },
+          "The data round of alltoallv or allgatherv (see engine::Call): `rows` holds the row "
+          "counts; returns a Work when `async`.")
       .def("resolve",
            [](engine::Communicator& self, int kind, int dtype, std::size_t count,
               const std::string& algo) {

@@ -29,6 +29,8 @@ const char* kind_name(Kind kind) {
     case Kind::kReduceScatter: return "reduce_scatter";
     case Kind::kAlltoall: return "alltoall";
     case Kind::kBarrier: return "barrier";
+    case Kind::kAlltoallv: return "alltoallv";
+    case Kind::kAllgatherv: return "allgatherv";
   }
   return "unknown";
 }
@@ -64,9 +66,13 @@ std::vector<Algo> accepted(Kind kind) {
     case Kind::kReduceScatter: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kShm};
     case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
     case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination, Algo::kShm};
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
   }
   return {};
 }
+
+bool is_variable(Kind kind) { return kind == Kind::kAlltoallv || kind == Kind::kAllgatherv; }
 
 bool is_reduction(Kind kind) {
   return kind == Kind::kAllreduce || kind == Kind::kReduce || kind == Kind::kReduceScatter;
@@ -112,6 +118,12 @@ Signature signature_of(const Call& c, const Plan& plan, std::uint64_t settings) 
   s.window_offset = c.window_offset;
   s.invalid = c.invalid;
   for (int i = 0; i < c.ndim && i < kMaxDims; ++i) s.shape[i] = c.shape[i];
+  if (is_variable(c.kind)) {
+    // Rows per rank may differ; the round, dtype and row shape may not.
+    s.root = c.root;
+    s.shape[0] = 0;
+    if (c.root != 0) s.count = 0;
+  }
   s.settings = settings;
   return s;
 }
@@ -421,6 +433,8 @@ Algo Communicator::resolve(const Call& call) const {
     case Kind::kReduceScatter:
       return one_node_ ? Algo::kShm : Algo::kRing;
     case Kind::kAlltoall:
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv:
       return Algo::kPairwise;
     case Kind::kBarrier:
       return one_node_ ? Algo::kShm : Algo::kDissemination;
@@ -482,6 +496,27 @@ Plan Communicator::plan(const Call& c) const {
       break;
     case Kind::kAlltoall:
       if (p.algo == Algo::kPairwise && in_place && P > 1) s += R(bytes);
+      break;
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv:
+      // No scratch: the rows go straight between x and out. The checks
+      // below guard the Python layer's part of the contract.
+      if (c.invalid) {
+        // A refusal (Communicator::refuse) carries no rows: it only joins
+        // the agreement.
+      } else if (c.root == 0) {
+        DISTML_CHECK_ARG(c.count == static_cast<std::size_t>(P), kind_name(c.kind) << "'s sizes round needs one count per rank");
+      } else {
+        const std::size_t want = c.kind == Kind::kAlltoallv ? 2 * static_cast<std::size_t>(P) : static_cast<std::size_t>(P);
+        DISTML_CHECK_ARG(c.rows && c.rows->size() == want, kind_name(c.kind) << " needs " << want << " row counts");
+        std::size_t sent = 0;
+        for (int i = 0; i < (c.kind == Kind::kAlltoallv ? P : 1); ++i) {
+          const std::int64_t n = (*c.rows)[c.kind == Kind::kAlltoallv ? i : rank_];
+          DISTML_CHECK_ARG(n >= 0, kind_name(c.kind) << ": negative row count");
+          sent += static_cast<std::size_t>(n);
+        }
+        DISTML_CHECK_ARG(sent * c.unit == c.count, kind_name(c.kind) << ": row counts do not add up to x");
+      }
       break;
     default:
       break;
@@ -1145,6 +1180,36 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       const std::size_t block_bytes = c.count / P * elem;
       if (algo == Algo::kMpi) tp::mpi_alltoall(comm, c.in, c.out, block_bytes);
       else alg::alltoall_pairwise(comm, c.in, c.out, block_bytes);
+      return;
+    }
+
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv: {
+      if (c.root == 0) {  // the sizes round: one int64 to and from every rank
+        if (algo == Algo::kMpi) tp::mpi_alltoall(comm, c.in, c.out, sizeof(std::int64_t));
+        else alg::alltoall_pairwise(comm, c.in, c.out, sizeof(std::int64_t));
+        return;
+      }
+      const std::size_t row_bytes = c.unit * elem;
+      if (row_bytes == 0) return;  // rows of zero elements: nothing to move
+      std::vector<std::size_t> send(P), recv(P);
+      const auto& rows = *c.rows;
+      for (int i = 0; i < P; ++i) {
+        if (c.kind == Kind::kAlltoallv) {
+          send[i] = static_cast<std::size_t>(rows[i]) * row_bytes;
+          recv[i] = static_cast<std::size_t>(rows[P + i]) * row_bytes;
+        } else {
+          send[i] = static_cast<std::size_t>(rows[r]) * row_bytes;
+          recv[i] = static_cast<std::size_t>(rows[i]) * row_bytes;
+        }
+      }
+      if (c.kind == Kind::kAlltoallv) {
+        if (algo == Algo::kMpi) tp::mpi_alltoallv(comm, c.in, send.data(), c.out, recv.data());
+        else alg::alltoallv_pairwise(comm, c.in, send.data(), c.out, recv.data());
+      } else {
+        if (algo == Algo::kMpi) tp::mpi_allgatherv(comm, c.in, c.out, recv.data());
+        else alg::allgatherv_pairwise(comm, c.in, c.out, recv.data());
+      }
       return;
     }
   }

@@ -36,7 +36,10 @@ enum class Kind : std::uint8_t {
   kReduceScatter = 4,
   kAlltoall = 5,
   kBarrier = 6,
+  kAlltoallv = 7,
+  kAllgatherv = 8,
 };
+constexpr int kKinds = 9;
 const char* kind_name(Kind kind);
 
 enum class Algo : std::uint8_t {
@@ -64,6 +67,15 @@ struct Signature;  // what ranks compare before a collective (communicator.cpp)
 // elements. For allgather `count` is one rank's contribution; for
 // reduce_scatter and alltoall `count` is the whole input and `unit` the size
 // of one row (elements per index of the first axis).
+//
+// alltoallv and allgatherv take two calls of their kind, told apart by
+// `root`: the sizes round (root 0) exchanges one int64 per pair of ranks
+// (`count` = P; `in` and `out` hold P int64), after which every rank knows
+// what it receives and can allocate for it; the data round (root 1) moves
+// the rows. In both `shape` is x's shape, whose first dimension the ranks do
+// not compare; in the data round `count` (x's elements) is not compared
+// either, and `rows` holds the row counts: send then receive per rank for
+// alltoallv, every rank's for allgatherv.
 struct Call {
   Kind kind = Kind::kBarrier;
   DType dtype = DType::kUInt8;
@@ -80,6 +92,7 @@ struct Call {
   // only), or -1, and the offset in it. Part of what ranks compare.
   int window = -1;
   std::uint64_t window_offset = 0;
+  std::shared_ptr<const std::vector<std::int64_t>> rows;
   // Set when this rank cannot run the call (kInvalidArguments: a check only
   // it can make, like the root's out=; kNoMemory: its scratch memory could
   // not be allocated). It joins the agreement anyway, so that every rank
@@ -140,7 +153,7 @@ struct Settings {
   // Measured choices (distml.tune): per collective, (max bytes, algorithm)
   // rows in increasing size; the first row that fits and can run here wins
   // over the defaults above.
-  std::vector<std::pair<std::size_t, Algo>> table[7];
+  std::vector<std::pair<std::size_t, Algo>> table[kKinds];
 };
 
 // One collective's passage through the engine, for timelines. Times are

@@ -246,6 +246,79 @@ void mpi_alltoall(MpiComm& comm, const void* in, void* out, std::size_t block_by
       });
 }
 
+namespace {
+
+#if MPI_VERSION >= 4
+using VCount = MPI_Count;
+using VDispl = MPI_Aint;
+#else
+using VCount = int;
+using VDispl = int;
+#endif
+
+// Sizes and offsets in the integer types of MPI's v-collectives.
+void counts_and_displs(const std::size_t* sizes, int P, std::vector<VCount>* counts,
+                       std::vector<VDispl>* displs) {
+  counts->resize(P);
+  displs->resize(P);
+  std::size_t off = 0;
+  for (int i = 0; i < P; ++i) {
+#if MPI_VERSION < 4
+    if (sizes[i] > kMaxPiece || off > kMaxPiece) {
+      DISTML_THROW(InvalidArgument, "algorithm='mpi' needs MPI >= 4 for blocks or offsets beyond "
+                                        << kMaxPiece << " bytes; use algorithm='pairwise'");
+    }
+#endif
+    (*counts)[i] = static_cast<VCount>(sizes[i]);
+    (*displs)[i] = static_cast<VDispl>(off);
+    off += sizes[i];
+  }
+}
+
+}  // namespace
+
+#if MPI_VERSION >= 4
+#define DISTML_V(name) name##_c
+#else
+#define DISTML_V(name) name
+#endif
+
+void mpi_alltoallv(MpiComm& comm, const void* in, const std::size_t* send, void* out,
+                   const std::size_t* recv) {
+  const int P = comm.size();
+  std::vector<VCount> scounts, rcounts;
+  std::vector<VDispl> sdispls, rdispls;
+  counts_and_displs(send, P, &scounts, &sdispls);
+  counts_and_displs(recv, P, &rcounts, &rdispls);
+  run(comm, "finish MPI_Ialltoallv",
+      [&] {
+        DISTML_MPI(DISTML_V(MPI_Alltoallv)(in, scounts.data(), sdispls.data(), MPI_BYTE, out, rcounts.data(),
+                                           rdispls.data(), MPI_BYTE, comm.raw()));
+      },
+      [&](MPI_Request* rq) {
+        DISTML_MPI(DISTML_V(MPI_Ialltoallv)(in, scounts.data(), sdispls.data(), MPI_BYTE, out, rcounts.data(),
+                                            rdispls.data(), MPI_BYTE, comm.raw(), rq));
+      });
+}
+
+void mpi_allgatherv(MpiComm& comm, const void* in, void* out, const std::size_t* sizes) {
+  const int P = comm.size(), r = comm.rank();
+  std::vector<VCount> counts;
+  std::vector<VDispl> displs;
+  counts_and_displs(sizes, P, &counts, &displs);
+  run(comm, "finish MPI_Iallgatherv",
+      [&] {
+        DISTML_MPI(DISTML_V(MPI_Allgatherv)(in, counts[r], MPI_BYTE, out, counts.data(), displs.data(), MPI_BYTE,
+                                            comm.raw()));
+      },
+      [&](MPI_Request* rq) {
+        DISTML_MPI(DISTML_V(MPI_Iallgatherv)(in, counts[r], MPI_BYTE, out, counts.data(), displs.data(),
+                                             MPI_BYTE, comm.raw(), rq));
+      });
+}
+
+#undef DISTML_V
+
 void mpi_barrier(MpiComm& comm) {
   run(comm, "finish MPI_Ibarrier", [&] { DISTML_MPI(MPI_Barrier(comm.raw())); },
       [&](MPI_Request* rq) { DISTML_MPI(MPI_Ibarrier(comm.raw(), rq)); });

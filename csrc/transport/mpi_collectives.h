@@ -21,6 +21,12 @@ void mpi_allgather(MpiComm& comm, const void* in, void* out, std::size_t block_b
 void mpi_reduce_scatter(MpiComm& comm, const void* in, void* out, const std::size_t* counts,
                         DType dtype, Op op);
 void mpi_alltoall(MpiComm& comm, const void* in, void* out, std::size_t block_bytes);
+// Blocks of any size in bytes, back to back in rank order (see
+// algorithms/alltoallv.cpp). With MPI >= 4 sizes and offsets beyond INT_MAX
+// go through MPI's large-count calls; an older MPI refuses them.
+void mpi_alltoallv(MpiComm& comm, const void* in, const std::size_t* send, void* out,
+                   const std::size_t* recv);
+void mpi_allgatherv(MpiComm& comm, const void* in, void* out, const std::size_t* sizes);
 void mpi_barrier(MpiComm& comm);
 
 }  // namespace distml::transport
