@@ -7,6 +7,10 @@ same model. ``comm=None`` means the default communicator
 features, NaN, too few rows for the model) raises the same error on every
 rank instead of leaving the others waiting.
 
+- :class:`ALS`: matrix factorisation by alternating least squares, blocked
+  as in Spark (users and items owned by hash; each half-iteration ships only
+  the factor rows a rank needs, with alltoallv); explicit or implicit
+  feedback.
 - :class:`KMeans`: Lloyd's iterations with one allreduce each; k-means||
   or random initialisation, deterministic from a seed.
 - :class:`LinearRegression`: least squares or ridge by the normal equations
@@ -17,7 +21,8 @@ rank instead of leaving the others waiting.
 
 from __future__ import annotations
 
+from .als import ALS, ALSModel
 from .kmeans import KMeans
 from .linear import ConvergenceWarning, LinearRegression, LogisticRegression
 
-__all__ = ["KMeans", "LinearRegression", "LogisticRegression", "ConvergenceWarning"]
+__all__ = ["ALS", "ALSModel", "KMeans", "LinearRegression", "LogisticRegression", "ConvergenceWarning"]
