@@ -78,8 +78,10 @@ def test_compressors_round_trip():
 def test_errors():
     with pytest.raises(ValueError, match="Adasum"):
         hvd.allreduce(torch.ones(2), op=hvd.Adasum)
-    with pytest.raises(ValueError, match="process sets"):
+    with pytest.raises(TypeError, match="ProcessSet"):
         hvd.allreduce(torch.ones(2), process_set=object())
+    with pytest.raises(ValueError, match="add_process_set"):
+        hvd.allreduce(torch.ones(2), process_set=hvd.ProcessSet([0]))
     with pytest.raises(TypeError, match="torch.Tensor"):
         hvd.allreduce([1.0, 2.0])
     with pytest.raises(TypeError, match="dtype"):

@@ -329,3 +329,45 @@ def test_sync_batch_norm_matches_one_process():
     torch.testing.assert_close(sbn.running_mean, bn.running_mean)
     torch.testing.assert_close(sbn.running_var, bn.running_var)
     torch.testing.assert_close(weight_grad, bn.weight.grad)
+
+
+# ---- process sets ---------------------------------------------------------------------------
+
+
+def test_process_sets_run_on_their_ranks_only():
+    """Even and odd ranks each reduce, gather, broadcast, exchange and step
+    among themselves; a rank outside a set is refused; sets are removed."""
+    P, r = hvd.size(), hvd.rank()
+    even = hvd.add_process_set([q for q in range(P) if q % 2 == 0])
+    odd = hvd.add_process_set(hvd.ProcessSet([q for q in range(P) if q % 2 == 1])) if P > 1 else None
+    mine = even if r % 2 == 0 else odd
+    members = mine.ranks
+    n = len(members)
+    summed = hvd.allreduce(torch.tensor([float(r)]), op=hvd.Sum, process_set=mine)
+    gathered = hvd.allgather(torch.full((r + 1,), r), process_set=mine)
+    root = members[-1]
+    bcast = hvd.broadcast(torch.tensor([r]), root_rank=root, process_set=mine)
+    obj = hvd.broadcast_object({"from": r}, root_rank=root, process_set=mine)
+    a2a = hvd.alltoall(torch.full((n,), r), process_set=mine)
+    rs = hvd.reducescatter(torch.ones(n, 2), op=hvd.Sum, process_set=mine)
+    x = torch.full((3,), float(r), requires_grad=True)
+    hvd.allgather(x, process_set=mine).sum().backward()
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([p], lr=1.0), named_parameters=[("p", p)], process_set=mine)
+    (p * r).sum().backward()
+    opt.step()
+    other = odd if mine is even else even
+    outside = None if P == 1 else _raises(lambda: hvd.allreduce(torch.ones(1), process_set=other))
+    world = hvd.allreduce(torch.ones(1), op=hvd.Sum, process_set=hvd.global_process_set)
+    removed = [hvd.remove_process_set(even)] + ([hvd.remove_process_set(odd)] if odd is not None else [])
+    assert mine.size() == n and mine.rank() == members.index(r) and mine.included()
+    assert summed.item() == float(sum(members))
+    assert torch.equal(gathered, torch.cat([torch.full((q + 1,), q) for q in members]))
+    assert bcast.item() == root and obj == {"from": root}
+    assert torch.equal(a2a, torch.tensor(members))
+    assert torch.equal(rs, torch.full((1, 2), float(n)))
+    assert torch.equal(x.grad, torch.ones(3))
+    torch.testing.assert_close(p.detach(), torch.full((2,), -sum(members) / n))
+    if outside is not None:
+        assert isinstance(outside, ValueError) and "not in" in str(outside), repr(outside)
+    assert world.item() == float(P) and all(removed)

@@ -61,6 +61,7 @@ __all__ = [
     "barrier", "join", "poll", "synchronize", "get_communicator",
     "grouped_allgather", "grouped_allgather_async", "grouped_reducescatter", "grouped_reducescatter_async",
     "sparse_allreduce_async", "start_timeline", "stop_timeline", "HorovodInternalError",
+    "ProcessSet", "global_process_set", "add_process_set", "remove_process_set",
 ]
 
 # Reduction operators, as Horovod names them. They are plain strings, which
@@ -132,6 +133,8 @@ def shutdown() -> None:
             pass
     _quiesce()
     _names.clear()
+    for ps in [ps for pid, ps in sorted(_process_sets.items()) if pid != 0]:
+        remove_process_set(ps)
     for c in (_state.local, _state.cross):
         if c is not None:
             c.Free()
@@ -513,9 +516,11 @@ class _Control:
         return len(self.active())
 
 
-def _control(kind: int, a: int = 0, b: int = 0, c: int = 0, shape: Sequence[int] = ()) -> Optional[_Control]:
-    comm = _comm()
-    if comm.size == 1 or not _state.join_control:
+def _control(kind: int, a: int = 0, b: int = 0, c: int = 0, shape: Sequence[int] = (),
+             comm: Optional[distml.Communicator] = None) -> Optional[_Control]:
+    # Only the global set has control rounds: join() stands in there only.
+    comm = comm or _comm()
+    if comm.size == 1 or not _state.join_control or comm is not _state.comm:
         return None
     return _Control(comm, kind, a, b, c, shape)
 
@@ -638,10 +643,149 @@ def _parse_op(op: Any, average: Optional[bool], default: str = Average) -> Op:
     raise ValueError(f"unknown op {op!r}; expected Average, Sum, Min, Max or Product")
 
 
+# ---- process sets ---------------------------------------------------------------------
+
+
+class ProcessSet:
+    """A subset of the ranks that runs collectives among themselves
+    (Horovod's process sets), over an MPI sub-communicator.
+
+    Args:
+        ranks: the ranks (of the whole job) in the set.
+
+    Made usable by :func:`add_process_set`; operations with
+    ``process_set=`` this set must be called on all of its ranks (and only
+    those), in the same order.
+    """
+
+    def __init__(self, ranks: Sequence[int]) -> None:
+        values = list(ranks)
+        if any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in values):
+            raise ValueError(f"a process set's ranks must be ints, got {values}")
+        self.ranks: List[int] = sorted(set(int(r) for r in values))
+        if not self.ranks:
+            raise ValueError("a process set needs at least one rank")
+        self.process_set_id: Optional[int] = None
+        self._comm: Optional[distml.Communicator] = None
+        self._mpi: Any = None
+
+    def _world(self) -> bool:
+        return self is global_process_set
+
+    def size(self) -> int:
+        """The number of ranks in the set."""
+        return _comm().size if self._world() else len(self.ranks)
+
+    def rank(self) -> int:
+        """This process's rank within the set, or -1 if it is not in it."""
+        if self._world():
+            return _comm().rank
+        me = _comm().rank
+        return self.ranks.index(me) if me in self.ranks else -1
+
+    def included(self) -> bool:
+        """Whether this process is in the set."""
+        return self._world() or _comm().rank in self.ranks
+
+    def __repr__(self) -> str:
+        who = "all ranks" if self._world() else f"ranks {self.ranks}"
+        return f"<distml.torch.ProcessSet {self.process_set_id} of {who}>"
+
+
+global_process_set = ProcessSet([0])
+global_process_set.ranks = []  # every rank, whatever the size
+global_process_set.process_set_id = 0
+_process_sets: Dict[int, ProcessSet] = {0: global_process_set}
+_process_set_ids = itertools.count(1)
+
+
+def add_process_set(process_set: Any) -> ProcessSet:
+    """Makes a process set usable: creates its communicator on its ranks.
+
+    Args:
+        process_set: a :class:`ProcessSet` or a list of ranks.
+
+    Returns:
+        The process set (with its ``process_set_id``).
+
+    Raises:
+        ValueError: ranks out of range, the set already added, or ranks
+            passed different sets (on every rank).
+
+    Must be called on all ranks (of the whole job), in the same order.
+    """
+    from mpi4py import MPI
+
+    ps = process_set if isinstance(process_set, ProcessSet) else ProcessSet(process_set)
+    comm = _comm()
+    _quiesce()
+    problem = None
+    if ps.process_set_id is not None:
+        problem = f"{ps!r} was already added"
+    elif ps.ranks[0] < 0 or ps.ranks[-1] >= comm.size:
+        problem = f"process set ranks {ps.ranks} are out of range for {comm.size} ranks"
+    seen = allgather_object((tuple(ps.ranks), problem))
+    if any(p is not None for _, p in seen):
+        raise ValueError("; ".join(sorted({p for _, p in seen if p is not None})))
+    if len({r for r, _ in seen}) != 1:
+        raise ValueError(f"add_process_set was called with different ranks: {[list(r) for r, _ in seen]}")
+    member = comm.rank in ps.ranks
+    world = comm.mpi_comm
+    sub = world.Split(0 if member else MPI.UNDEFINED, key=world.rank)
+    if member:
+        ps._mpi = sub
+        ps._comm = distml.Communicator(sub, timeout=comm.timeout)
+    ps.process_set_id = next(_process_set_ids)
+    _process_sets[ps.process_set_id] = ps
+    return ps
+
+
+def remove_process_set(process_set: ProcessSet) -> bool:
+    """Frees a process set's communicator (after its work in flight).
+
+    Returns:
+        True if the set was removed, False if it was not added (or is the
+        global set).
+
+    Must be called on all ranks (of the whole job), in the same order.
+    """
+    if process_set is global_process_set or process_set.process_set_id not in _process_sets:
+        return False
+    _quiesce()
+    del _process_sets[process_set.process_set_id]
+    if process_set._comm is not None:
+        process_set._comm.free()
+        process_set._mpi.Free()
+    process_set._comm = process_set._mpi = None
+    process_set.process_set_id = None
+    return True
+
+
+def _set_comm(process_set: Any) -> distml.Communicator:
+    """The communicator an operation with ``process_set=`` runs on."""
+    if process_set is None or process_set is global_process_set:
+        return _comm()
+    if not isinstance(process_set, ProcessSet):
+        raise TypeError(f"process_set must be a distml.torch.ProcessSet, not {type(process_set).__name__}")
+    if process_set._comm is None:
+        if process_set.process_set_id is None:
+            raise ValueError(f"{process_set!r} has not been added; call add_process_set() on all ranks first")
+        raise ValueError(f"this rank ({_comm().rank}) is not in {process_set!r}")
+    return process_set._comm
+
+
+def _set_root(process_set: Any, root_rank: int) -> int:
+    """``root_rank`` (a rank of the whole job, as in Horovod) as a rank of
+    ``process_set``'s communicator."""
+    if process_set is None or process_set is global_process_set:
+        return root_rank
+    if root_rank not in process_set.ranks:
+        raise ValueError(f"root rank {root_rank} is not in {process_set!r}")
+    return process_set.ranks.index(root_rank)
+
+
 def _check_process_set(process_set: Any) -> None:
-    if process_set is not None:
-        raise ValueError("process sets are not supported by distml.torch; create a distml.Communicator "
-                         "on an mpi4py sub-communicator instead")
+    _set_comm(process_set)
 
 
 def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
@@ -660,19 +804,19 @@ def _scale_(tensor: torch.Tensor, factor: float) -> None:
         tensor.copy_((tensor.double() * factor).to(tensor.dtype))
 
 
-def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op) -> Tuple[Any, Optional[_Control], Op]:
+def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op,
+                  comm: distml.Communicator) -> Tuple[Any, Optional[_Control], Op]:
     """Starts an allreduce of contiguous ``src`` into ``dst`` (which may be
     ``src``), preceded by its control round. Returns the handle, the round,
     and the op the core runs: an integer average under join control is a sum,
     floor-divided by the ranks that contributed once they are known."""
     if src.ndim > _MAX_DIMS:
         src, dst = src.reshape(-1), dst.reshape(-1)
-    if op == Op.AVG and src.dtype.kind in "iu" and _state.join_control and _comm().size > 1:
+    if op == Op.AVG and src.dtype.kind in "iu" and _state.join_control and comm is _state.comm and comm.size > 1:
         op_run = Op.SUM
     else:
         op_run = op
-    ctl = _control(_K_ALLREDUCE, dtype_code(src.dtype), src.size, _OP_CODES[op_run], src.shape)
-    comm = _comm()
+    ctl = _control(_K_ALLREDUCE, dtype_code(src.dtype), src.size, _OP_CODES[op_run], src.shape, comm)
     return _issue(lambda: comm.allreduce(src, op=op_run, out=dst, async_op=True)), ctl, op_run
 
 
@@ -688,7 +832,8 @@ def _rescale(tensor: torch.Tensor, op: Op, ctl: Optional[_Control], op_run: Op) 
 
 
 def _start_allreduce(tensor: torch.Tensor, output: torch.Tensor, op: Op, compression: Any,
-                     prescale_factor: float, postscale_factor: float) -> _Pending:
+                     prescale_factor: float, postscale_factor: float,
+                     comm: Optional[distml.Communicator] = None) -> _Pending:
     """Reduces ``tensor`` into ``output`` (which may be ``tensor``)."""
     _check_tensor(tensor)
     if compression is None:
@@ -705,7 +850,7 @@ def _start_allreduce(tensor: torch.Tensor, output: torch.Tensor, op: Op, compres
         dst = src if in_place else output.detach()  # a new output is contiguous
     else:
         src = dst = wire.contiguous()
-    handle, ctl, op_run = _allreduce_np(_np(src), _np(dst), op)
+    handle, ctl, op_run = _allreduce_np(_np(src), _np(dst), op, comm or _comm())
 
     def finish() -> torch.Tensor:
         result = dst if wire is t else compression.decompress(dst, ctx)
@@ -732,12 +877,12 @@ def allreduce_async(tensor: torch.Tensor, average: Optional[bool] = None, name: 
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _register(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor),
+    return _register(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor, comm),
                      name)
 
 
@@ -745,11 +890,11 @@ def allreduce_async_(tensor: torch.Tensor, average: Optional[bool] = None, name:
                      op: Any = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                      process_set: Any = None) -> int:
     """Starts reducing ``tensor`` in place; returns a handle. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
-    return _register(_start_allreduce(tensor, tensor, parsed, None, prescale_factor, postscale_factor), name)
+    return _register(_start_allreduce(tensor, tensor, parsed, None, prescale_factor, postscale_factor, comm), name)
 
 
 def _scale_factor(op: Op, prescale_factor: float, postscale_factor: float) -> float:
@@ -763,11 +908,12 @@ class _AllreduceFunction(torch.autograd.Function):
     same reduction of the output gradients (sum or average), scaled alike."""
 
     @staticmethod
-    def forward(ctx, tensor, op, compression, prescale_factor, postscale_factor, name):  # type: ignore[override]
+    def forward(ctx, tensor, op, compression, prescale_factor, postscale_factor, name, comm):  # type: ignore[override]
         ctx.op = op
         ctx.scale = prescale_factor * postscale_factor
+        ctx.comm = comm
         output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-        return _named(_start_allreduce(tensor, output, op, compression, prescale_factor, postscale_factor),
+        return _named(_start_allreduce(tensor, output, op, compression, prescale_factor, postscale_factor, comm),
                       name).wait()
 
     @staticmethod
@@ -775,8 +921,8 @@ class _AllreduceFunction(torch.autograd.Function):
         scale = _scale_factor(ctx.op, ctx.scale, 1.0)
         grad = grad_output.contiguous()
         out = torch.empty_like(grad)
-        _start_allreduce(grad, out, ctx.op, None, scale, 1.0).wait()
-        return out, None, None, None, None, None
+        _start_allreduce(grad, out, ctx.op, None, scale, 1.0, ctx.comm).wait()
+        return out, None, None, None, None, None, None
 
 
 def allreduce(tensor: torch.Tensor, average: Optional[bool] = None, name: Optional[str] = None,
@@ -805,14 +951,14 @@ def allreduce(tensor: torch.Tensor, average: Optional[bool] = None, name: Option
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
     _check_tensor(tensor)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _AllreduceFunction.apply(tensor, parsed, compression, prescale_factor, postscale_factor, name)
+        return _AllreduceFunction.apply(tensor, parsed, compression, prescale_factor, postscale_factor, name, comm)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _named(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor),
+    return _named(_start_allreduce(tensor, output, parsed, compression, prescale_factor, postscale_factor, comm),
                   name).wait()
 
 
@@ -824,7 +970,8 @@ def allreduce_(tensor: torch.Tensor, average: Optional[bool] = None, name: Optio
 
 
 def _start_grouped(tensors: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], op: Op,
-                   prescale_factor: float, postscale_factor: float) -> _Pending:
+                   prescale_factor: float, postscale_factor: float,
+                   comm: Optional[distml.Communicator] = None) -> _Pending:
     """Fuses the tensors of each dtype into one flat buffer and reduces it
     with one allreduce."""
     tensors = list(tensors)
@@ -839,7 +986,7 @@ def _start_grouped(tensors: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
         if prescale_factor != 1.0:
             _scale_(flat, prescale_factor)
         arr = _np(flat)
-        handle, ctl, op_run = _allreduce_np(arr, arr, op)
+        handle, ctl, op_run = _allreduce_np(arr, arr, op, comm or _comm())
         parts.append((idx, flat, handle, ctl, op_run))
 
     def finish() -> List[torch.Tensor]:
@@ -862,19 +1009,21 @@ class _GroupedAllreduceFunction(torch.autograd.Function):
     """Grouped allreduce with a gradient: the output gradients reduced alike."""
 
     @staticmethod
-    def forward(ctx, op, prescale_factor, postscale_factor, name, *tensors):  # type: ignore[override]
+    def forward(ctx, op, prescale_factor, postscale_factor, name, comm, *tensors):  # type: ignore[override]
         ctx.op = op
         ctx.scale = prescale_factor * postscale_factor
+        ctx.comm = comm
         outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-        return tuple(_named(_start_grouped(tensors, outputs, op, prescale_factor, postscale_factor), name).wait())
+        pending = _start_grouped(tensors, outputs, op, prescale_factor, postscale_factor, comm)
+        return tuple(_named(pending, name).wait())
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         scale = _scale_factor(ctx.op, ctx.scale, 1.0)
         grads = [g.contiguous() for g in grads]
         outs = [torch.empty_like(g) for g in grads]
-        _start_grouped(grads, outs, ctx.op, scale, 1.0).wait()
-        return (None, None, None, None, *outs)
+        _start_grouped(grads, outs, ctx.op, scale, 1.0, ctx.comm).wait()
+        return (None, None, None, None, None, *outs)
 
 
 def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
@@ -882,21 +1031,21 @@ def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: Optional[b
                             postscale_factor: float = 1.0, process_set: Any = None) -> int:
     """Starts reducing a list of tensors as one fused operation per dtype;
     :func:`synchronize` returns a list of new tensors. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
     outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-    return _register(_start_grouped(tensors, outputs, parsed, prescale_factor, postscale_factor), name)
+    return _register(_start_grouped(tensors, outputs, parsed, prescale_factor, postscale_factor, comm), name)
 
 
 def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
                              name: Optional[str] = None, op: Any = None, prescale_factor: float = 1.0,
                              postscale_factor: float = 1.0, process_set: Any = None) -> int:
     """In-place :func:`grouped_allreduce_async`. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
-    return _register(_start_grouped(tensors, list(tensors), parsed, prescale_factor, postscale_factor), name)
+    return _register(_start_grouped(tensors, list(tensors), parsed, prescale_factor, postscale_factor, comm), name)
 
 
 def grouped_allreduce(tensors: Sequence[torch.Tensor], average: Optional[bool] = None,
@@ -906,12 +1055,12 @@ def grouped_allreduce(tensors: Sequence[torch.Tensor], average: Optional[bool] =
     """Reduces a list of tensors (one fused allreduce per dtype) into new
     tensors. Differentiable for Sum and Average. ``compression`` is accepted
     and ignored. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, average)
     tensors = list(tensors)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return list(_GroupedAllreduceFunction.apply(parsed, prescale_factor, postscale_factor, name, *tensors))
+        return list(_GroupedAllreduceFunction.apply(parsed, prescale_factor, postscale_factor, name, comm, *tensors))
     return synchronize(grouped_allreduce_async(tensors, None, name, parsed, prescale_factor,
                                                postscale_factor, process_set))
 
@@ -927,7 +1076,7 @@ def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: Optional[bool] 
 # ---- data movement ----------------------------------------------------------------------
 
 
-def _start_allgather(tensor: torch.Tensor) -> _Pending:
+def _start_allgather(tensor: torch.Tensor, comm: Optional[distml.Communicator] = None) -> _Pending:
     """Horovod's allgather: first dimensions may differ between ranks. The
     first stage gathers the first dimensions; the second pads unequal ones to
     the largest, gathers, and the result is trimmed."""
@@ -935,8 +1084,8 @@ def _start_allgather(tensor: torch.Tensor) -> _Pending:
     src = _contiguous(tensor)
     if src.dim() == 0:
         src = src.reshape(1)
-    ctl = _control(_K_EXCHANGE, 1)
-    comm = _comm()
+    comm = comm or _comm()
+    ctl = _control(_K_EXCHANGE, 1, comm=comm)
     all_rows = np.zeros(comm.size, dtype=np.int64)
     rows = np.array([src.shape[0]], dtype=np.int64)
     rows_handle = _issue(lambda: comm.allgather(rows, out=all_rows, async_op=True))
@@ -968,30 +1117,32 @@ def _start_allgather(tensor: torch.Tensor) -> _Pending:
 
 class _AllgatherFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, name):  # type: ignore[override]
+    def forward(ctx, tensor, name, comm):  # type: ignore[override]
         ctx.rows = tensor.shape[0] if tensor.dim() else 1
         ctx.shape = tensor.shape
-        pending = _named(_start_allgather(tensor), name)
+        ctx.comm = comm
+        pending = _named(_start_allgather(tensor, comm), name)
         out = pending.wait()
         all_rows = pending.info
-        ctx.start = int(all_rows[:_comm().rank].sum())
+        ctx.start = int(all_rows[:comm.rank].sum())
         return out
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         # As Horovod: the output gradients averaged over ranks, and this
         # rank's rows of the average.
-        grad = allreduce(grad_output.contiguous(), op=Average)
-        return grad[ctx.start:ctx.start + ctx.rows].reshape(ctx.shape), None
+        grad = grad_output.contiguous()
+        grad = _start_allreduce(grad, torch.empty_like(grad), Op.AVG, None, 1.0, 1.0, ctx.comm).wait()
+        return grad[ctx.start:ctx.start + ctx.rows].reshape(ctx.shape), None, None
 
 
 def allgather_async(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any = None) -> int:
     """Starts :func:`allgather`; returns a handle at once (the exchange of
     first dimensions and the data movement run in the background). Must be
     called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
-    return _register(_start_allgather(tensor), name)
+    return _register(_start_allgather(tensor, comm), name)
 
 
 def allgather(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any = None) -> torch.Tensor:
@@ -1008,17 +1159,18 @@ def allgather(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _AllgatherFunction.apply(tensor, name)
-    return _named(_start_allgather(tensor), name).wait()
+        return _AllgatherFunction.apply(tensor, name, comm)
+    return _named(_start_allgather(tensor, comm), name).wait()
 
 
-def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int) -> _Pending:
+def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int,
+                     comm: Optional[distml.Communicator] = None) -> _Pending:
     _check_tensor(tensor, allow_bool=True)
-    comm = _comm()
+    comm = comm or _comm()
     root = comm._root(root_rank)
     if output.data_ptr() == tensor.data_ptr() and output.is_contiguous():
         buf = output.detach()
@@ -1028,7 +1180,7 @@ def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int)
     else:
         buf = tensor.detach().contiguous().clone()
     arr = _np(buf)
-    ctl = _control(_K_BROADCAST, dtype_code(arr.dtype), arr.size, root)
+    ctl = _control(_K_BROADCAST, dtype_code(arr.dtype), arr.size, root, comm=comm)
     handle = _issue(lambda: comm.broadcast(arr, root=root, async_op=True))
 
     def finish() -> torch.Tensor:
@@ -1043,38 +1195,40 @@ def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int)
 
 class _BroadcastFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, root_rank, name):  # type: ignore[override]
+    def forward(ctx, tensor, root_rank, name, comm):  # type: ignore[override]
         ctx.root = root_rank
+        ctx.comm = comm
         output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-        return _named(_start_broadcast(tensor, output, root_rank), name).wait()
+        return _named(_start_broadcast(tensor, output, root_rank, comm), name).wait()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         # As Horovod: the root gets the output gradients averaged over ranks.
-        grad = allreduce(grad_output.contiguous(), op=Average)
-        if _comm().rank != ctx.root:
+        grad = grad_output.contiguous()
+        grad = _start_allreduce(grad, torch.empty_like(grad), Op.AVG, None, 1.0, 1.0, ctx.comm).wait()
+        if ctx.comm.rank != ctx.root:
             grad.zero_()
-        return grad, None, None
+        return grad, None, None, None
 
 
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
                     process_set: Any = None) -> int:
     """Starts broadcasting ``tensor`` from ``root_rank`` into a new tensor;
     returns a handle at once. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    return _register(_start_broadcast(tensor, output, root_rank), name)
+    return _register(_start_broadcast(tensor, output, _set_root(process_set, root_rank), comm), name)
 
 
 def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
                      process_set: Any = None) -> int:
     """Starts broadcasting ``tensor`` from ``root_rank`` in place; returns a
     handle at once. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
-    return _register(_start_broadcast(tensor, tensor, root_rank), name)
+    return _register(_start_broadcast(tensor, tensor, _set_root(process_set, root_rank), comm), name)
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
@@ -1089,12 +1243,12 @@ def broadcast(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _BroadcastFunction.apply(tensor, root_rank, name)
-    return synchronize(broadcast_async(tensor, root_rank, name))
+        return _BroadcastFunction.apply(tensor, _set_root(process_set, root_rank), name, comm)
+    return synchronize(broadcast_async(tensor, root_rank, name, process_set))
 
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
@@ -1125,7 +1279,8 @@ def _parse_splits(splits: Any, rows: int, P: int) -> Tuple[Optional[np.ndarray],
     return send, None
 
 
-def _start_alltoall(tensor: torch.Tensor, splits: Optional[Any]) -> _Pending:
+def _start_alltoall(tensor: torch.Tensor, splits: Optional[Any],
+                    comm: Optional[distml.Communicator] = None) -> _Pending:
     """Rank r sends rows ``[sum(splits[:d]), sum(splits[:d+1]))`` to rank d.
 
     The core's alltoall moves equal parts, so the first stage exchanges the
@@ -1137,10 +1292,10 @@ def _start_alltoall(tensor: torch.Tensor, splits: Optional[Any]) -> _Pending:
     src = _contiguous(tensor)
     if src.dim() == 0:
         raise ValueError("alltoall needs a tensor with at least one dimension")
-    P = _comm().size
+    comm = comm or _comm()
+    P = comm.size
     send, problem = _parse_splits(splits, src.shape[0], P)
-    ctl = _control(_K_EXCHANGE, P)
-    comm = _comm()
+    ctl = _control(_K_EXCHANGE, P, comm=comm)
     table = np.zeros(P * P, dtype=np.int64)
     mine = send if send is not None else np.full(P, -1, dtype=np.int64)
     table_handle = _issue(lambda: comm.allgather(mine, out=table, async_op=True))
@@ -1183,16 +1338,17 @@ class _AlltoallFunction(torch.autograd.Function):
     received splits."""
 
     @staticmethod
-    def forward(ctx, tensor, splits, name):  # type: ignore[override]
-        out, recv = _named(_start_alltoall(tensor, splits), name).wait()
+    def forward(ctx, tensor, splits, name, comm):  # type: ignore[override]
+        ctx.comm = comm
+        out, recv = _named(_start_alltoall(tensor, splits, comm), name).wait()
         ctx.recv = recv
         ctx.mark_non_differentiable(recv)
         return out, recv
 
     @staticmethod
     def backward(ctx, grad_output, _grad_splits):  # type: ignore[override]
-        grad, _ = _start_alltoall(grad_output.contiguous(), ctx.recv).wait()
-        return grad, None, None
+        grad, _ = _start_alltoall(grad_output.contiguous(), ctx.recv, ctx.comm).wait()
+        return grad, None, None, None
 
 
 def alltoall_async(tensor: torch.Tensor, splits: Optional[Any] = None, name: Optional[str] = None,
@@ -1207,9 +1363,9 @@ def alltoall_async(tensor: torch.Tensor, splits: Optional[Any] = None, name: Opt
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
-    return _register(_start_alltoall(tensor, splits), name)
+    return _register(_start_alltoall(tensor, splits, comm), name)
 
 
 def alltoall(tensor: torch.Tensor, splits: Optional[Any] = None, name: Optional[str] = None,
@@ -1233,18 +1389,18 @@ def alltoall(tensor: torch.Tensor, splits: Optional[Any] = None, name: Optional[
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     _check_tensor(tensor, allow_bool=True)
     if tensor.requires_grad and torch.is_grad_enabled():
-        out, recv = _AlltoallFunction.apply(tensor, splits, name)
+        out, recv = _AlltoallFunction.apply(tensor, splits, name, comm)
     else:
-        out, recv = _named(_start_alltoall(tensor, splits), name).wait()
+        out, recv = _named(_start_alltoall(tensor, splits, comm), name).wait()
     return out if splits is None else (out, recv)
 
 
 def _start_reducescatter(tensor: torch.Tensor, op: Op, prescale_factor: float,
-                         postscale_factor: float) -> _Pending:
+                         postscale_factor: float, comm: Optional[distml.Communicator] = None) -> _Pending:
     _check_tensor(tensor)
     src = _contiguous(tensor)
     if src.dim() == 0:
@@ -1256,8 +1412,8 @@ def _start_reducescatter(tensor: torch.Tensor, op: Op, prescale_factor: float,
         arr = arr.reshape(arr.shape[0], -1)
     # A joined rank replays the reduction with zeros of the same shape; the
     # active ranks raise once it is done.
-    ctl = _control(_K_REDUCESCATTER, dtype_code(arr.dtype), arr.size, _OP_CODES[op], arr.shape)
-    comm = _comm()
+    comm = comm or _comm()
+    ctl = _control(_K_REDUCESCATTER, dtype_code(arr.dtype), arr.size, _OP_CODES[op], arr.shape, comm)
     rows = src.shape[0]
     mine = rows // comm.size + (1 if comm.rank < rows % comm.size else 0)
     out = torch.empty((mine,) + tuple(src.shape[1:]), dtype=src.dtype)
@@ -1278,27 +1434,29 @@ class _ReducescatterFunction(torch.autograd.Function):
     times size() for Sum, times the scale factors."""
 
     @staticmethod
-    def forward(ctx, tensor, op, prescale_factor, postscale_factor, name):  # type: ignore[override]
+    def forward(ctx, tensor, op, prescale_factor, postscale_factor, name, comm):  # type: ignore[override]
         ctx.op = op
         ctx.scale = prescale_factor * postscale_factor
-        return _named(_start_reducescatter(tensor, op, prescale_factor, postscale_factor), name).wait()
+        ctx.comm = comm
+        return _named(_start_reducescatter(tensor, op, prescale_factor, postscale_factor, comm), name).wait()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        scale = _scale_factor(ctx.op, ctx.scale, 1.0) * (_comm().size if ctx.op == Op.SUM else 1)
+        scale = _scale_factor(ctx.op, ctx.scale, 1.0) * (ctx.comm.size if ctx.op == Op.SUM else 1)
         grad = grad_output.contiguous()
         if scale != 1.0:
             grad = grad * scale
-        return _start_allgather(grad).wait(), None, None, None, None
+        return _start_allgather(grad, ctx.comm).wait(), None, None, None, None, None
 
 
 def reducescatter_async(tensor: torch.Tensor, name: Optional[str] = None, compression: Any = None,
                         op: Any = Average, process_set: Any = None, prescale_factor: float = 1.0,
                         postscale_factor: float = 1.0) -> int:
     """Starts :func:`reducescatter`; returns a handle at once. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
-    return _register(_start_reducescatter(tensor, _parse_op(op, None), prescale_factor, postscale_factor), name)
+    return _register(_start_reducescatter(tensor, _parse_op(op, None), prescale_factor, postscale_factor, comm),
+                     name)
 
 
 def reducescatter(tensor: torch.Tensor, name: Optional[str] = None, compression: Any = None,
@@ -1318,13 +1476,13 @@ def reducescatter(tensor: torch.Tensor, name: Optional[str] = None, compression:
 
     Must be called on all ranks.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, None)
     _check_tensor(tensor)
     if tensor.requires_grad and torch.is_grad_enabled():
-        return _ReducescatterFunction.apply(tensor, parsed, prescale_factor, postscale_factor, name)
-    return _named(_start_reducescatter(tensor, parsed, prescale_factor, postscale_factor), name).wait()
+        return _ReducescatterFunction.apply(tensor, parsed, prescale_factor, postscale_factor, name, comm)
+    return _named(_start_reducescatter(tensor, parsed, prescale_factor, postscale_factor, comm), name).wait()
 
 
 def _start_group(parts: List[_Pending]) -> _Pending:
@@ -1336,9 +1494,9 @@ def _start_group(parts: List[_Pending]) -> _Pending:
 def grouped_allgather_async(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
                             process_set: Any = None) -> int:
     """Starts :func:`grouped_allgather`; returns a handle at once. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
-    return _register(_start_group([_start_allgather(t) for t in tensors]), name)
+    return _register(_start_group([_start_allgather(t, comm) for t in tensors]), name)
 
 
 def grouped_allgather(tensors: Sequence[torch.Tensor], name: Optional[str] = None,
@@ -1352,10 +1510,10 @@ def grouped_reducescatter_async(tensors: Sequence[torch.Tensor], name: Optional[
                                 compression: Any = None, op: Any = Average, process_set: Any = None,
                                 prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> int:
     """Starts :func:`grouped_reducescatter`; returns a handle at once. Must be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     _check_name(name)
     parsed = _parse_op(op, None)
-    return _register(_start_group([_start_reducescatter(t, parsed, prescale_factor, postscale_factor)
+    return _register(_start_group([_start_reducescatter(t, parsed, prescale_factor, postscale_factor, comm)
                                    for t in tensors]), name)
 
 
@@ -1371,9 +1529,8 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: Optional[str] =
 def barrier(process_set: Any = None) -> None:
     """Returns once every rank (joined ones included) has reached it. Must be
     called on all ranks."""
-    _check_process_set(process_set)
-    _control(_K_BARRIER)
-    comm = _comm()
+    comm = _set_comm(process_set)
+    _control(_K_BARRIER, comm=comm)
     _issue(lambda: comm.barrier(async_op=True)).wait()
 
 
@@ -1394,7 +1551,7 @@ def sparse_allreduce_async(tensor: torch.Tensor, name: Optional[str] = None, op:
 
     Must be called on all ranks, with tensors of the same dense shape.
     """
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     parsed = _parse_op(op, None)
     if parsed not in (Op.SUM, Op.AVG):
         raise ValueError("sparse_allreduce_async supports op=Sum or op=Average")
@@ -1402,14 +1559,14 @@ def sparse_allreduce_async(tensor: torch.Tensor, name: Optional[str] = None, op:
         raise ValueError("sparse_allreduce_async needs a sparse COO tensor")
     t = tensor.coalesce() if not tensor.is_coalesced() else tensor
     suffix = (lambda part: None) if name is None else (lambda part: f"{name}.{part}")
-    indices = allgather_async(t.indices().t().contiguous(), name=suffix("indices"))
-    values = allgather_async(t.values().contiguous(), name=suffix("values"))
+    indices = allgather_async(t.indices().t().contiguous(), name=suffix("indices"), process_set=process_set)
+    values = allgather_async(t.values().contiguous(), name=suffix("values"), process_set=process_set)
 
     def wait() -> torch.Tensor:
         v = synchronize(values)
         i = synchronize(indices)
         if parsed == Op.AVG:
-            v = v / _comm().size if v.is_floating_point() else torch.div(v, _comm().size, rounding_mode="floor")
+            v = v / comm.size if v.is_floating_point() else torch.div(v, comm.size, rounding_mode="floor")
         return torch.sparse_coo_tensor(i.t(), v, t.shape, check_invariants=True)
 
     return wait
@@ -1437,20 +1594,20 @@ def stop_timeline() -> None:
 def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None,
                      process_set: Any = None) -> Any:
     """Returns ``root_rank``'s ``obj`` (pickled) on every rank. Must be called on all ranks."""
-    _check_process_set(process_set)
-    comm = _comm()
-    if comm.rank == root_rank:
+    comm = _set_comm(process_set)
+    root = _set_root(process_set, root_rank)
+    if comm.rank == root:
         payload = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
         length = torch.tensor([payload.size], dtype=torch.int64)
     else:
         length = torch.zeros(1, dtype=torch.int64)
-    broadcast_(length, root_rank)
-    if comm.rank == root_rank:
+    broadcast_(length, root_rank, process_set=process_set)
+    if comm.rank == root:
         data = torch.from_numpy(payload.copy())
     else:
         data = torch.empty(int(length[0]), dtype=torch.uint8)
-    broadcast_(data, root_rank)
-    if comm.rank == root_rank:
+    broadcast_(data, root_rank, process_set=process_set)
+    if comm.rank == root:
         return obj
     return pickle.loads(_np(data).tobytes())
 
@@ -1458,11 +1615,11 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: Optional[str] = None,
 def allgather_object(obj: Any, name: Optional[str] = None, process_set: Any = None) -> List[Any]:
     """Returns the list of every rank's ``obj`` (pickled), in rank order. Must
     be called on all ranks."""
-    _check_process_set(process_set)
+    comm = _set_comm(process_set)
     payload = torch.from_numpy(np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL),
                                              dtype=np.uint8).copy())
-    lengths = allgather(torch.tensor([payload.numel()], dtype=torch.int64))
-    data = _np(allgather(payload))
+    lengths = allgather(torch.tensor([payload.numel()], dtype=torch.int64), process_set=process_set)
+    data = _np(allgather(payload, process_set=process_set))
     out, offset = [], 0
     for n in lengths.tolist():
         out.append(pickle.loads(data[offset:offset + n].tobytes()))

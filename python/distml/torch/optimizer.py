@@ -77,7 +77,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _distml_setup(self, named_parameters: Optional[Iterable[Tuple[str, torch.Tensor]]],
                       compression: Any, backward_passes_per_step: int, op: Any,
-                      bucket_bytes: int, sparse_as_dense: bool = False) -> None:
+                      bucket_bytes: int, sparse_as_dense: bool = False, process_set: Any = None) -> None:
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         seen = set()
         unique = []
@@ -116,7 +116,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._sparse_as_dense = bool(sparse_as_dense)
         self._passes_per_step = int(backward_passes_per_step)
         self._params = params
-        self._comm = _comm()
+        self._comm = mpi_ops._set_comm(process_set)
         for i, p in enumerate(params):
             if p.device.type != "cpu":
                 raise TypeError(f"parameter {self._names[id(p)]} is on {p.device}; "
@@ -198,7 +198,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _launch(self, k: int) -> None:
         if self._ctl is None and k == 0:
-            self._ctl = _control(_K_STEP, self._oid)
+            self._ctl = _control(_K_STEP, self._oid, comm=self._comm)
         bucket = self._buckets[k]
         # A gradient replaced behind our back (model.zero_grad() sets None,
         # autograd then allocates a new one) goes back into the buffer.
@@ -354,7 +354,9 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
             ``bucket_bytes`` instead.
         sparse_as_dense: reduce sparse gradients (``nn.Embedding(sparse=True)``)
             as dense ones; without it a sparse gradient raises TypeError.
-        process_set: must be None.
+        process_set: reduce over this :class:`~distml.torch.ProcessSet` only
+            (default: all ranks); construction, ``step()`` and
+            ``synchronize()`` are then called on its ranks only.
         bucket_bytes: target bucket size (a distml extension; default 4 MiB).
 
     Returns:
@@ -362,8 +364,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
         and parameter groups.
 
     Raises:
-        ValueError: Adasum or another unsupported op, process sets,
-            gradient_predivide_factor != 1, unnamed parameters.
+        ValueError: Adasum or another unsupported op, a process set this
+            rank is not in, gradient_predivide_factor != 1, unnamed parameters.
 
     Construction, ``step()`` and ``synchronize()`` must be called on all ranks.
     """
@@ -379,6 +381,6 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     wrapped = cls.__new__(cls)
     wrapped.__dict__.update(optimizer.__dict__)
     wrapped._distml_setup(named_parameters, compression, backward_passes_per_step, op, int(bucket_bytes),
-                          sparse_as_dense)
+                          sparse_as_dense, process_set)
     return wrapped
 
