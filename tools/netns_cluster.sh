@@ -138,6 +138,12 @@ case "${1:-}" in
     up "$hosts" "$rate"
     list=""
     for ((i = 0; i < hosts; i++)); do list="$list${list:+,}$(addr_of "$i"):$per"; done
+    # Between hosts, MPI must use the network: UCX and libfabric would
+    # otherwise find the peer on the same machine and move the data through
+    # shared memory or cross-memory attach, past the namespaces and the rate
+    # limit. (Ranks on one host still share memory through MPI's own shm.)
+    export UCX_TLS=${UCX_TLS:-tcp,self}
+    export FI_PROVIDER=${FI_PROVIDER:-tcp}
     set +e
     ip netns exec "$PREFIX-head" "$mpiexec" -launcher ssh -launcher-exec "$agent_dir/ssh" -localhost "$SUBNET.2" \
       -hosts "$list" -n $((hosts * per)) "$@"
