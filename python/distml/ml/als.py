@@ -20,8 +20,9 @@ unobserved pair counts as ``p = 0, c = 1`` through the Gram matrix of all
 of the other side's rows (one allreduce per half-iteration).
 
 Initial factor rows are a function of (seed, side, id) only, and each row's
-equations are summed in the order of the other side's ids, so the factors do
-not depend on the number of ranks (to rounding in the Gram matrix).
+equations are built from its ratings in the order of the other side's ids,
+so the factors do not depend on the number of ranks (to rounding: batches of
+ids, and so BLAS's blocking, and the Gram matrix's sum over ranks differ).
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ class _Side:
 def _solve(side: _Side, rows: np.ndarray, rank: int, reg: float, implicit: bool, alpha: float,
            gram: Optional[np.ndarray]) -> np.ndarray:
     """New factor rows for the owned ids of ``side`` from the other side's
-    ``rows`` (aligned with side.src)."""
+    ``rows`` (aligned with side.src).
+
+    Ids are taken in order of their number of ratings, in batches whose
+    ratings are laid out as (ids x longest x rank) with zero rows as padding
+    (little of it: neighbours in that order have similar counts), so each
+    batch's normal equations are one batched matrix product and one batched
+    solve."""
     n = side.ids.size
     out = np.empty((n, rank))
     if n == 0:
@@ -104,29 +111,33 @@ def _solve(side: _Side, rows: np.ndarray, rank: int, reg: float, implicit: bool,
         weight, target = c1, np.where(r > 0, 1.0 + c1, 0.0)
         counted = (r > 0).astype(np.float64)
     else:
-        weight, target, counted = None, r, np.ones_like(r)
+        weight, target, counted = np.ones_like(r), r, np.ones_like(r)
     bounds = np.r_[side.starts, r.size]
-    # Chunks of whole ids, at most ~2**20 / rank**2 ratings each (the
-    # per-rating outer products of a chunk are held at once).
-    step = max(1, (1 << 20) // (rank * rank))
-    first = 0
+    lengths = np.diff(bounds)
+    nreg = np.add.reduceat(counted, side.starts) if r.size else np.zeros(n)
+    by_length = np.argsort(lengths, kind="stable")
+    budget = max(1 << 16, (1 << 21) // rank)  # padded ratings per batch
     eye = np.eye(rank)
+    first = 0
     while first < n:
-        last = first + 1
-        while last < n and bounds[last + 1] - bounds[first] <= step:
-            last += 1
-        lo, hi = bounds[first], bounds[last]
-        f = rows[side.src[lo:hi]]
-        fw = f if weight is None else f * weight[lo:hi, None]
-        outer = fw[:, :, None] * f[:, None, :]
-        seg = bounds[first:last] - lo
-        A = np.add.reduceat(outer, seg, axis=0)
-        b = np.add.reduceat(f * target[lo:hi, None], seg, axis=0)
-        nreg = np.add.reduceat(counted[lo:hi], seg)
+        longest = int(lengths[by_length[min(n - 1, first)]])
+        # Lengths grow along by_length: the batch's last id is its longest.
+        count = max(1, budget // max(longest, 1))
+        last = min(n, first + count)
+        while last - first > 1 and int(lengths[by_length[last - 1]]) * (last - first) > budget:
+            last = first + max(1, (last - first) // 2)
+        ids = by_length[first:last]
+        width = int(lengths[ids].max())
+        offs = np.arange(width)
+        valid = offs[None, :] < lengths[ids][:, None]
+        at = np.where(valid, bounds[ids][:, None] + offs[None, :], 0)
+        f = rows[side.src[at]] * valid[:, :, None]
+        A = np.matmul((f * weight[at][:, :, None]).transpose(0, 2, 1), f)
+        b = np.einsum("glk,gl->gk", f, target[at] * valid)
         if gram is not None:
             A += gram
-        A += (reg * nreg)[:, None, None] * eye
-        out[first:last] = np.linalg.solve(A, b[:, :, None])[:, :, 0]
+        A += (reg * nreg[ids])[:, None, None] * eye
+        out[ids] = np.linalg.solve(A, b[:, :, None])[:, :, 0]
         first = last
     return out
 
