@@ -212,6 +212,31 @@ def test_join_integer_average_over_active_ranks():
         assert torch.equal(got, want), (got, want)
 
 
+def test_joined_ranks_stand_in_so_no_active_rank_waits():
+    """Rank 0 keeps issuing while the others have joined: what a joined
+    rank cannot stand in for raises RuntimeError on rank 0 (the joined ranks
+    replay the queued size exchange, reduce-scatter or broadcast), and an
+    allreduce averages over rank 0 alone."""
+    P, r = hvd.size(), hvd.rank()
+    if P == 1:
+        pytest.skip("needs joined ranks")
+    errors, avg = [], None
+    if r == 0:
+        errors = [
+            _raises(lambda: hvd.allgather(torch.ones(2, 3))),
+            _raises(lambda: hvd.alltoall(torch.ones(P, 3), splits=[1] * P)),
+            _raises(lambda: hvd.reducescatter(torch.ones(P, 3, 2))),
+            _raises(lambda: hvd.broadcast(torch.ones(4), root_rank=P - 1)),
+        ]
+        avg = hvd.allreduce(torch.full((2, 3, 4), 3.0))
+    last = hvd.join()
+    assert last == 0
+    for e in errors:
+        assert isinstance(e, RuntimeError) and "join" in str(e), repr(e)
+    if r == 0:
+        assert torch.equal(avg, torch.full((2, 3, 4), 3.0))
+
+
 # ---- shapes and checks --------------------------------------------------------------------
 
 
