@@ -513,11 +513,12 @@ def shuffle(keys: Any, *columns: Any, by: str = "hash", comm: Any = None, sample
         else:
             splitters = pooled[:0]
         owner = np.searchsorted(splitters, k, side="right").astype(np.int64)
-    order = np.argsort(owner, kind="stable")
+    # A stable sort of small integers is numpy's radix sort.
+    order = np.argsort(owner.astype(np.int16) if P <= 32767 else owner, kind="stable")
     counts = np.bincount(owner, minlength=P)
     out = []
     for a in [k] + cols:
-        got, _ = comm.alltoallv(a[order], counts)
+        got, _ = comm.alltoallv(np.take(a, order, axis=0), counts)
         out.append(got)
     if by == "range" and out[0].shape[0]:
         local = np.argsort(out[0], kind="stable")
