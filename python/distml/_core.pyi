@@ -64,6 +64,19 @@ class Communicator:
         src: Optional[np.ndarray],
         dst: Optional[np.ndarray],
     ) -> Work: ...
+    def run_rows(
+        self,
+        kind: int,
+        dtype: int,
+        count: int,
+        unit: int,
+        algorithm: str,
+        shape: Sequence[int],
+        src: np.ndarray,
+        dst: np.ndarray,
+        rows: Sequence[int],
+        async_op: bool,
+    ) -> Optional[Work]: ...
     def refuse(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str) -> None: ...
     def resolve(self, kind: int, dtype: int, count: int, algorithm: str) -> str: ...
     def free(self) -> None: ...
