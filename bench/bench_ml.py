@@ -8,6 +8,14 @@ sides read:
     python bench/bench_ml.py spark --data /tmp/distml-ml-bench --cores 2 --out bench/results/ml_spark_local2.json
     python bench/bench_ml.py report --results bench/results --out bench/results/ml.md
 
+ALS and the shuffle have sub-commands of their own (their JSON files are
+reported by hand in bench/results/ml.md):
+
+    python bench/bench_ml.py als-generate --data /tmp/distml-ml-bench
+    mpiexec -n 2 python bench/bench_ml.py als-distml --data /tmp/distml-ml-bench --out bench/results/ml_als_distml_P2.json
+    python bench/bench_ml.py als-spark --data /tmp/distml-ml-bench --cores 2 --out bench/results/ml_als_spark_local2.json
+    mpiexec -n 2 python bench/bench_ml.py shuffle --out bench/results/ml_shuffle_P2.json
+
 Workloads:
 - KMeans: 1,000,000 x 20 points around 10 centers, k = 10, k-means||
   initialisation (2 rounds, as Spark's default initSteps), at most 20
@@ -50,6 +58,9 @@ import numpy as np  # noqa: E402
 
 KMEANS = dict(rows=1_000_000, features=20, clusters=10, files=8, max_iter=20, tol=1e-4, seed=0, init_steps=2)
 LOGREG = dict(rows=500_000, features=50, files=8, C=1.0, max_iter=100, tol=1e-6)
+# ALS: explicit ratings of rank-10 factors plus noise, 10 % held out by a hash of (user, item).
+ALSW = dict(ratings=500_000, users=6000, items=4000, true_rank=10, sigma=0.5, files=4, rank=10, max_iter=10,
+            reg_param=0.01, seed=0)
 
 
 def _machine() -> dict:
@@ -215,6 +226,137 @@ def run_spark(data: str, cores: int, runs: int, warmup: int, out: str) -> None:
     _write(out, record)
 
 
+# ---- ALS and the shuffle -------------------------------------------------------------
+
+
+def als_generate(data: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2027)
+    w = ALSW
+    U = rng.normal(size=(w["users"], w["true_rank"])) * np.sqrt(2.0 / w["true_rank"])
+    V = rng.normal(size=(w["items"], w["true_rank"])) * np.sqrt(2.0 / w["true_rank"])
+    pairs = rng.choice(w["users"] * w["items"], size=w["ratings"], replace=False)
+    users, items = pairs // w["items"], pairs % w["items"]
+    ratings = (U[users] * V[items]).sum(axis=1) + w["sigma"] * rng.normal(size=pairs.size)
+    test = (users * 1_000_003 + items) % 10 == 0
+    folder = os.path.join(data, "als")
+    for part, mask in (("train", ~test), ("test", test)):
+        os.makedirs(os.path.join(folder, part), exist_ok=True)
+        idx = np.flatnonzero(mask)
+        for i, rows in enumerate(np.array_split(idx, w["files"])):
+            pq.write_table(pa.table({"user": users[rows].astype(np.int32), "item": items[rows].astype(np.int32),
+                                     "rating": ratings[rows].astype(np.float32)}),
+                           os.path.join(folder, part, f"part-{i:03d}.parquet"))
+
+
+def run_als_distml(data: str, runs: int, warmup: int, out: str) -> None:
+    import distml
+    from distml.data import read_shards
+    from distml.ml import ALS
+
+    comm = distml.init()
+    load_start = os.getloadavg()
+    w = ALSW
+    train = read_shards(os.path.join(data, "als", "train", "*.parquet"), comm=comm)
+    test = read_shards(os.path.join(data, "als", "test", "*.parquet"), comm=comm)
+    cols = [train[c].to_numpy() for c in ("user", "item", "rating")]
+    fits, model, per_iter = [], None, []
+    for _ in range(warmup + runs):
+        als = ALS(rank=w["rank"], max_iter=w["max_iter"], reg_param=w["reg_param"], seed=w["seed"], comm=comm)
+        comm.barrier()
+        t = time.perf_counter()
+        model = als.fit(cols[0], cols[1], cols[2].astype(np.float64))
+        comm.barrier()
+        fits.append(float(comm.allreduce(np.array([time.perf_counter() - t]), op="max")[0]))
+        per_iter.append(float(comm.allreduce(np.array([np.mean(als.iteration_seconds_)]), op="max")[0]))
+    pred = model.predict(test["user"].to_numpy(), test["item"].to_numpy())
+    err = pred - test["rating"].to_numpy().astype(np.float64)
+    sums = comm.allreduce(np.array([np.nansum(err ** 2), float(np.sum(~np.isnan(err)))]))
+    if comm.rank == 0:
+        record = {"tool": "distml", "P": comm.size, "fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+                  "median_seconds": statistics.median(fits[warmup:]),
+                  "seconds_per_iteration": statistics.median(per_iter[warmup:]),
+                  "test_rmse": float(np.sqrt(sums[0] / sums[1])), "test_rows": int(sums[1]), "params": w,
+                  "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "machine": _machine(),
+                  "command": f"mpiexec -n {comm.size} python " + " ".join(sys.argv)}
+        _write(out, record)
+
+
+def run_als_spark(data: str, cores: int, runs: int, warmup: int, out: str) -> None:
+    from pyspark.ml.recommendation import ALS as SparkALS
+    from pyspark.sql import SparkSession, functions as F
+
+    load_start = os.getloadavg()
+    w = ALSW
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("distml-bench-als")
+             .config("spark.driver.memory", "8g").config("spark.ui.enabled", "false")
+             .config("spark.sql.shuffle.partitions", str(cores)).getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    train = spark.read.parquet(os.path.join(data, "als", "train")).repartition(cores).cache()
+    test = spark.read.parquet(os.path.join(data, "als", "test")).cache()
+    train.count()
+    test.count()
+    fits, model = [], None
+    for _ in range(warmup + runs):
+        als = SparkALS(rank=w["rank"], maxIter=w["max_iter"], regParam=w["reg_param"], seed=w["seed"],
+                       userCol="user", itemCol="item", ratingCol="rating", numUserBlocks=cores,
+                       numItemBlocks=cores, coldStartStrategy="drop")
+        t = time.perf_counter()
+        model = als.fit(train)
+        model.userFactors.count()  # the fit is lazy in part: materialise the factors
+        model.itemFactors.count()
+        fits.append(time.perf_counter() - t)
+    pred = model.transform(test)
+    row = pred.select(F.sqrt(F.avg((F.col("prediction") - F.col("rating")) ** 2)).alias("rmse"),
+                      F.count("*").alias("n")).collect()[0]
+    spark.stop()
+    record = {"tool": "spark", "cores": cores, "fit_seconds": fits[warmup:], "warmup_seconds": fits[:warmup],
+              "median_seconds": statistics.median(fits[warmup:]), "test_rmse": float(row["rmse"]),
+              "test_rows": int(row["n"]), "params": w, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+              "machine": _machine(), "spark": __import__("pyspark").__version__,
+              "command": "python " + " ".join(sys.argv)}
+    _write(out, record)
+
+
+def run_shuffle(rows: int, runs: int, out: str) -> None:
+    """distml.data.shuffle by hash of rows (int64 key + 8 float64 columns)
+    against alltoall of the same bytes per rank; GB/s = all ranks' input
+    bytes / time (slowest rank)."""
+    import distml
+    from distml.data import shuffle
+
+    comm = distml.init()
+    P, rank = comm.size, comm.rank
+    rng = np.random.default_rng([5, rank])
+    keys = rng.integers(0, 1 << 40, size=rows)
+    cols = rng.normal(size=(rows, 8))
+    nbytes = keys.nbytes + cols.nbytes
+    flat = np.zeros(nbytes // P * P, np.uint8)
+
+    def timed(fn):
+        comm.barrier()
+        t = time.perf_counter()
+        fn()
+        comm.barrier()
+        return float(comm.allreduce(np.array([time.perf_counter() - t]), op="max")[0])
+
+    timed(lambda: shuffle(keys, cols, comm=comm))
+    timed(lambda: comm.alltoall(flat))
+    sh = [timed(lambda: shuffle(keys, cols, comm=comm)) for _ in range(runs)]
+    a2a = [timed(lambda: comm.alltoall(flat)) for _ in range(runs)]
+    total = nbytes * P
+    if rank == 0:
+        record = {"tool": "distml", "P": P, "rows_per_rank": rows, "bytes_per_rank": nbytes,
+                  "shuffle_seconds": sh, "alltoall_seconds": a2a,
+                  "shuffle_GBps": total / statistics.median(sh) / 1e9,
+                  "alltoall_GBps": total / statistics.median(a2a) / 1e9,
+                  "loadavg_start": None, "loadavg_end": os.getloadavg(), "machine": _machine(),
+                  "command": f"mpiexec -n {P} python " + " ".join(sys.argv)}
+        _write(out, record)
+
+
 # ---- report ----------------------------------------------------------------------
 
 
@@ -306,6 +448,23 @@ def main() -> None:
     s.add_argument("--runs", type=int, default=3)
     s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--out", required=True)
+    ag = sub.add_parser("als-generate")
+    ag.add_argument("--data", required=True)
+    ad = sub.add_parser("als-distml")
+    ad.add_argument("--data", required=True)
+    ad.add_argument("--runs", type=int, default=3)
+    ad.add_argument("--warmup", type=int, default=1)
+    ad.add_argument("--out", required=True)
+    asp = sub.add_parser("als-spark")
+    asp.add_argument("--data", required=True)
+    asp.add_argument("--cores", type=int, required=True)
+    asp.add_argument("--runs", type=int, default=3)
+    asp.add_argument("--warmup", type=int, default=1)
+    asp.add_argument("--out", required=True)
+    sh = sub.add_parser("shuffle")
+    sh.add_argument("--rows", type=int, default=1_000_000, help="rows per rank")
+    sh.add_argument("--runs", type=int, default=5)
+    sh.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     r.add_argument("--out", required=True)
@@ -316,6 +475,14 @@ def main() -> None:
         run_distml(args.data, args.runs, args.warmup, args.out)
     elif args.command == "spark":
         run_spark(args.data, args.cores, args.runs, args.warmup, args.out)
+    elif args.command == "als-generate":
+        als_generate(args.data)
+    elif args.command == "als-distml":
+        run_als_distml(args.data, args.runs, args.warmup, args.out)
+    elif args.command == "als-spark":
+        run_als_spark(args.data, args.cores, args.runs, args.warmup, args.out)
+    elif args.command == "shuffle":
+        run_shuffle(args.rows, args.runs, args.out)
     else:
         report(args.results, args.out)
 
