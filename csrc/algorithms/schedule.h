@@ -211,6 +211,11 @@ void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Bl
                    std::size_t elem);
 void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
 void barrier_shm(transport::ShmGroup& shm);
+// Blocks of any size (alltoallv_shm.cpp), as alltoallv_pairwise and
+// allgatherv_pairwise; the node must hold every rank of the call.
+void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* send, void* out,
+                   const std::size_t* recv);
+void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const std::size_t* sizes);
 // `out` is written on the root only.
 void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                 const Reduction& red, int root);

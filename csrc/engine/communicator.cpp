@@ -67,7 +67,7 @@ std::vector<Algo> accepted(Kind kind) {
     case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
     case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination, Algo::kShm};
     case Kind::kAlltoallv:
-    case Kind::kAllgatherv: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
+    case Kind::kAllgatherv: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise, Algo::kShm};
   }
   return {};
 }
@@ -778,7 +778,8 @@ bool Communicator::eager(const Call& call, Algo algo) const {
   // `count` is what each rank contributes, for allgather, and the whole
   // input otherwise: the bytes each rank writes into its control block.
   return arrival_ == Arrival::kShm && algo == Algo::kShm && !call.invalid && bytes > 0 &&
-         bytes <= tp::ShmControl::kEagerBytes && call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall;
+         bytes <= tp::ShmControl::kEagerBytes && call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall &&
+         !is_variable(call.kind);
 }
 
 void Communicator::coordinate(const Call& call, const Plan& plan) {
@@ -1205,9 +1206,11 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       }
       if (c.kind == Kind::kAlltoallv) {
         if (algo == Algo::kMpi) tp::mpi_alltoallv(comm, c.in, send.data(), c.out, recv.data());
+        else if (algo == Algo::kShm) alg::alltoallv_shm(shm_group(), c.in, send.data(), c.out, recv.data());
         else alg::alltoallv_pairwise(comm, c.in, send.data(), c.out, recv.data());
       } else {
         if (algo == Algo::kMpi) tp::mpi_allgatherv(comm, c.in, c.out, recv.data());
+        else if (algo == Algo::kShm) alg::allgatherv_shm(shm_group(), c.in, c.out, recv.data());
         else alg::allgatherv_pairwise(comm, c.in, c.out, recv.data());
       }
       return;

@@ -11,7 +11,7 @@ import pytest
 import distml
 from mpi_helpers import ALL_DTYPES, Checker, SEG64_DTYPES, _rng, call, inputs
 
-ALGORITHMS = ["auto", "pairwise", "mpi"]
+ALGORITHMS = ["auto", "pairwise", "mpi", "shm"]
 
 
 def _params():
@@ -19,7 +19,7 @@ def _params():
         pytest.param(seg, alg, dtype, id=f"{seg}-{alg}-{dtype}")
         for alg in ALGORITHMS
         for seg in ("seg_default", "seg64")
-        if not (seg == "seg64" and alg == "mpi")
+        if not (seg == "seg64" and alg in ("mpi", "shm"))
         for dtype in (ALL_DTYPES if seg == "seg_default" else SEG64_DTYPES)
     ]
 
@@ -47,6 +47,17 @@ PATTERNS = ["empty", "rank0_only", "to_last", "mixed", "large"]
 ROW_SHAPES = [(), (3,), (2, 0), (2, 3)]
 
 
+def require(comm, algorithm):
+    """Skips (on every rank alike) where ``algorithm`` cannot run: "shm"
+    needs more than one rank, all on one node."""
+    if algorithm != "shm":
+        return
+    try:
+        comm.allgatherv(np.zeros(1, np.uint8), algorithm="shm")
+    except ValueError:
+        pytest.skip(f"algorithm 'shm' is not available here (P={comm.size})")
+
+
 def alltoallv_ref(xs, counts, rank):
     parts = []
     for s, x in enumerate(xs):
@@ -58,6 +69,7 @@ def alltoallv_ref(xs, counts, rank):
 @pytest.mark.parametrize("comm,algorithm,dtype", _params(), indirect=["comm"])
 def test_alltoallv(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, algorithm)
     check = Checker(P)
     for pattern in PATTERNS:
         counts = _counts(pattern, P)
@@ -83,6 +95,7 @@ def test_alltoallv(comm, algorithm, dtype):
 @pytest.mark.parametrize("comm,algorithm,dtype", _params(), indirect=["comm"])
 def test_allgatherv(comm, algorithm, dtype):
     P, rank = comm.size, comm.rank
+    require(comm, algorithm)
     check = Checker(P)
     sizes = {
         "empty": [0] * P,
@@ -169,3 +182,31 @@ def test_variable_errors(comm):
     got = call(lambda: comm.alltoallv(x, ones))
     check.expect("usable afterwards", got if isinstance(got, BaseException) else got[0], x * 0)
     check.verify()
+
+
+def test_shm_many_rounds():
+    """With 4 KiB slots, blocks take many rounds through shared memory (and
+    blocks of different lengths end in different rounds)."""
+    import os
+
+    os.environ["DISTML_SHM_SLOT_BYTES"] = "4096"
+    try:
+        comm = distml.Communicator(timeout=120)
+    finally:
+        del os.environ["DISTML_SHM_SLOT_BYTES"]
+    try:
+        P, rank = comm.size, comm.rank
+        require(comm, "shm")
+        check = Checker(P)
+        for dtype in (np.dtype(np.uint8), np.dtype(np.float64)):
+            counts = _counts("large", P)
+            xs = [inputs(("shm_rounds", str(dtype), s), dtype, (int(counts[s].sum()), 3), "bits", P)[s]
+                  for s in range(P)]
+            got = call(lambda: comm.alltoallv(xs[rank], counts[rank], algorithm="shm"))
+            check.expect(f"alltoallv {dtype}", got if isinstance(got, BaseException) else got[0],
+                         alltoallv_ref(xs, counts, rank), "bits")
+            got = call(lambda: comm.allgatherv(xs[rank], algorithm="shm"))
+            check.expect(f"allgatherv {dtype}", got, np.concatenate(xs, axis=0), "bits")
+        check.verify()
+    finally:
+        comm.free()

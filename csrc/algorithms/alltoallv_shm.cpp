@@ -1,0 +1,115 @@
+// Shared-memory alltoallv and allgatherv for the ranks of one node.
+//
+// Vocabulary as in alltoallv.cpp (blocks of any size, back to back in rank
+// order), plus: a round moves the next `piece` bytes of every block through
+// the ranks' slots. For alltoallv a rank's slot is cut into one lane per
+// destination, so one round carries a piece of every block: the writer fills
+// lane d of its slot with the next piece of its block for rank d and posts;
+// rank d copies lane d out of every peer's slot and releases. For allgatherv
+// the whole slot is one lane holding the next piece of the writer's block,
+// which every rank copies.
+//
+// Hang invariant: every rank runs the same number of rounds. allgatherv's
+// ranks all know every block's size; alltoallv's ranks know only their own
+// sends and receives, so they first agree on the longest block over all
+// pairs in one round of their own (each posts its longest send).
+#include <algorithm>
+#include <vector>
+
+#include "algorithms/schedule.h"
+#include "transport/shm.h"
+
+namespace distml::algorithms {
+
+using Counter = transport::ShmGroup::Counter;
+
+namespace {
+
+std::vector<std::size_t> offsets_of(const std::size_t* sizes, int parts) {
+  std::vector<std::size_t> off(parts + 1, 0);
+  for (int i = 0; i < parts; ++i) off[i + 1] = off[i] + sizes[i];
+  return off;
+}
+
+// Starts the next step: waits until every rank has released the slot this
+// step reuses (double buffering: the one of two steps ago).
+std::uint64_t begin_step(transport::ShmGroup& shm) {
+  const std::uint64_t step = shm.next_step();
+  if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
+  return step;
+}
+
+}  // namespace
+
+void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* send, void* out,
+                   const std::size_t* recv) {
+  const int L = shm.size(), me = shm.rank();
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  const auto send_off = offsets_of(send, L), recv_off = offsets_of(recv, L);
+  // Lanes start on cache lines, so writers never share a line.
+  const std::size_t lane = std::max<std::size_t>(64, shm.slot_bytes() / L / 64 * 64);
+
+  // Round 0: agree on the longest block, hence the number of rounds.
+  std::uint64_t longest = 0;
+  {
+    const std::uint64_t step = begin_step(shm);
+    const int k = static_cast<int>(step & 1);
+    std::uint64_t mine = 0;
+    for (int d = 0; d < L; ++d) mine = std::max<std::uint64_t>(mine, d == me ? 0 : send[d]);
+    std::memcpy(shm.slot(me, k), &mine, sizeof mine);
+    shm.publish(Counter::kPosted, step);
+    for (int r = 0; r < L; ++r) {
+      if (r != me) shm.wait_one(r, Counter::kPosted, step);
+      std::uint64_t theirs = 0;
+      std::memcpy(&theirs, shm.slot(r, k), sizeof theirs);
+      longest = std::max(longest, theirs);
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+  if (send[me]) std::memcpy(dst + recv_off[me], src + send_off[me], send[me]);
+
+  for (std::uint64_t o = 0; o < longest; o += lane) {
+    const std::uint64_t step = begin_step(shm);
+    const int k = static_cast<int>(step & 1);
+    char* mine = shm.slot(me, k);
+    for (int d = 0; d < L; ++d) {  // post: lane d of my slot <- my next piece for rank d
+      if (d == me || o >= send[d]) continue;
+      std::memcpy(mine + d * lane, src + send_off[d] + o, std::min<std::size_t>(lane, send[d] - o));
+    }
+    shm.publish(Counter::kPosted, step);
+    for (int i = 1; i < L; ++i) {  // collect: lane `me` of every peer's slot
+      const int s = (me + i) % L;
+      shm.wait_one(s, Counter::kPosted, step);
+      if (o >= recv[s]) continue;
+      std::memcpy(dst + recv_off[s] + o, shm.slot(s, k) + me * lane, std::min<std::size_t>(lane, recv[s] - o));
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+}
+
+void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const std::size_t* sizes) {
+  const int L = shm.size(), me = shm.rank();
+  const char* mine_in = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  const auto off = offsets_of(sizes, L);
+  const std::size_t piece = shm.slot_bytes();
+  // Every rank knows every size (they are agreed), so all run the same rounds.
+  const std::size_t longest = *std::max_element(sizes, sizes + L);
+  if (sizes[me]) std::memcpy(dst + off[me], mine_in, sizes[me]);
+  for (std::size_t o = 0; o < longest; o += piece) {
+    const std::uint64_t step = begin_step(shm);
+    const int k = static_cast<int>(step & 1);
+    if (o < sizes[me]) std::memcpy(shm.slot(me, k), mine_in + o, std::min(piece, sizes[me] - o));
+    shm.publish(Counter::kPosted, step);
+    for (int i = 1; i < L; ++i) {
+      const int r = (me + i) % L;
+      shm.wait_one(r, Counter::kPosted, step);
+      if (o >= sizes[r]) continue;
+      std::memcpy(dst + off[r] + o, shm.slot(r, k), std::min(piece, sizes[r] - o));
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+}
+
+}  // namespace distml::algorithms
