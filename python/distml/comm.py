@@ -745,7 +745,7 @@ class Communicator:
                 ``(recv_counts.sum(),) + x.shape[1:]`` (known only after the
                 counts round; a wrong one makes every rank raise). It must
                 not overlap ``x``.
-            algorithm: "auto", "pairwise" or "mpi".
+            algorithm: "auto", "pairwise", "mpi" or "shm" (every rank on one node).
             async_op: return a :class:`Handle` whose ``wait()`` returns the
                 pair below.
 
@@ -804,7 +804,7 @@ class Communicator:
                 the same on every rank.
             out: array of shape ``(total rows,) + x.shape[1:]``, not
                 overlapping ``x``.
-            algorithm: "auto", "pairwise" or "mpi".
+            algorithm: "auto", "pairwise", "mpi" or "shm" (every rank on one node).
             async_op: return a :class:`Handle`.
 
         Returns:
