@@ -8,6 +8,8 @@ tests/mpi, a test runs all of its collectives first and asserts afterwards.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import warnings
 
@@ -319,7 +321,7 @@ def test_sparse_allreduce_and_sparse_as_dense():
     torch.testing.assert_close(emb.weight.detach(), expect)
 
 
-def test_names_horovod_code_mentions(tmp_path):
+def test_names_horovod_code_mentions():
     p = torch.nn.Parameter(torch.ones(2))
     q = torch.nn.Parameter(torch.ones(1))
     opt = hvd.DistributedOptimizer(torch.optim.SGD([p, q], lr=0.1), named_parameters=[("p", p), ("q", q)])
@@ -329,10 +331,13 @@ def test_names_horovod_code_mentions(tmp_path):
         hvd.elastic.run(lambda state: None)
     with pytest.raises(NotImplementedError, match="elastic"):
         hvd.elastic.TorchState(model=None)
-    hvd.start_timeline(str(tmp_path / "tl.json"))
-    hvd.allreduce(torch.ones(2))
-    hvd.stop_timeline()
-    assert list(tmp_path.iterdir())
+    # A directory of this rank's own: pytest's tmp_path is shared by the
+    # ranks' sessions, whose clean-ups race under mpiexec.
+    with tempfile.TemporaryDirectory() as where:
+        hvd.start_timeline(os.path.join(where, "tl.json"))
+        hvd.allreduce(torch.ones(2))
+        hvd.stop_timeline()
+        assert os.listdir(where)
 
 
 def test_sync_batch_norm_matches_one_process():
