@@ -30,7 +30,7 @@ INNER = os.path.join(HERE, "mpi")
 # in tests/mpi that no group names run in the group "other".
 GROUPS = {
     "reductions": ["test_reductions.py"],
-    "data_movement": ["test_data_movement.py", "test_large.py"],
+    "data_movement": ["test_data_movement.py", "test_variable.py", "test_large.py"],
     "api": ["test_api.py", "test_errors.py", "test_communicators.py", "test_containment.py"],
 }
 
