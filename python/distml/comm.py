@@ -450,7 +450,8 @@ class Communicator:
         # contiguous array. (Partial overlap of x and out is refused by the
         # core.) Everything else takes the general path below. Both pass the
         # shape, which ranks compare: equal counts in different shapes are a
-        # mismatch.
+        # mismatch. (A 1-D shape is passed as (): the count says it all, and
+        # a 1-D call still differs from an N-D one.)
         if type(x) is np.ndarray and not async_op and type(algorithm) is str:
             code = _DTYPE_CODES.get(x.dtype)
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
@@ -460,11 +461,13 @@ class Communicator:
                         dst = np.empty(x.shape, x.dtype)
                     except MemoryError as e:
                         self._refuse(_ALLREDUCE, code, opc, x.size, 0, algorithm, e)
-                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, x.shape, x, dst)
+                    shape = x.shape if x.ndim > 1 else ()
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, shape, x, dst)
                     return dst
                 if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
                         and out.flags.c_contiguous and out.flags.writeable):
-                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, x.shape, x, out)
+                    shape = x.shape if x.ndim > 1 else ()
+                    self._core.run(_ALLREDUCE, code, opc, x.size, 1, 0, algorithm, shape, x, out)
                     return out
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
@@ -482,8 +485,8 @@ class Communicator:
                 lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, arr.shape)))
 
         finish = _delivery(dst, ret)
-        return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size,
-                            algorithm=algorithm, shape=arr.shape, async_op=async_op, finish=finish)
+        return self._launch(_ALLREDUCE, src, dst, dtype=code, op=opc, count=arr.size, algorithm=algorithm,
+                            shape=arr.shape if arr.ndim > 1 else (), async_op=async_op, finish=finish)
 
     def reduce(
         self,
