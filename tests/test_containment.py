@@ -127,3 +127,19 @@ def test_garbage_collected_communicator_does_not_wait_for_peers():
     table_row("a communicator dropped by one rank's garbage collector", P,
               "dropper returns at once; keepers' copy named at exit as a leak",
               f"{dropper[0]['seconds'] * 1e3:.0f} ms", "")
+
+
+def test_failed_creations_free_what_they_made():
+    # Every rank fails inside the node group's constructor, after it has
+    # duplicated a communicator and allocated a window. MPI has a few
+    # thousand communicator contexts: leaking one per failure would turn the
+    # later failures into "too many communicators" instead.
+    P, rounds = 2, 2500
+    result = launch(P, [os.path.join("tests", "fault_scripts", "create_fault.py"), str(rounds)], timeout=300,
+                    env={"DISTML_INJECT_FAULT": "create"})
+    assert not result.hung and result.returncode == 0, result.describe()
+    recs = result.where(case="create")
+    assert sorted(r["rank"] for r in recs) == list(range(P)), result.describe()
+    for r in recs:
+        assert list(r["saw"].values()) == [rounds], r
+        assert "injected fault (DISTML_INJECT_FAULT=create)" in next(iter(r["saw"])), r

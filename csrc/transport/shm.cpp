@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <cstring>
 #include <sstream>
@@ -32,6 +33,11 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   DISTML_MPI(MPI_Info_set(info.get(), "alloc_shared_noncontig", "true"));
   char* mine = nullptr;
   DISTML_MPI(MPI_Win_allocate_shared(static_cast<MPI_Aint>(region), 64, info.get(), node_.get(), &mine, win_.out()));
+  if (const char* fault = std::getenv("DISTML_INJECT_FAULT"); fault && std::strcmp(fault, "create") == 0) {
+    // Testing: every rank fails here, holding a communicator and a window
+    // that the owners must free on the way out.
+    DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT=create) while creating the node group");
+  }
   regions_.resize(size_);
   for (int r = 0; r < size_; ++r) {
     MPI_Aint bytes = 0;
