@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 KMEANS = dict(rows=1_000_000, features=20, clusters=10, files=8, max_iter=20, tol=1e-4, seed=0, init_steps=2)
 LOGREG = dict(rows=500_000, features=50, files=8, C=1.0, max_iter=100, tol=1e-6)
 # ALS: explicit ratings of rank-10 factors plus noise, 10 % held out by a hash of (user, item).
-ALSW = dict(ratings=500_000, users=6000, items=4000, true_rank=10, sigma=0.5, files=4, rank=10, max_iter=10,
+ALSW = dict(ratings=1_000_000, users=8000, items=6000, true_rank=10, sigma=0.5, files=4, rank=10, max_iter=10,
             reg_param=0.01, seed=0)
 
 
