@@ -580,7 +580,7 @@ void Communicator::agree_settings() {
   cv_.wait(lk, [&] { return queue_.empty() && !running_; });
   ensure_usable();
   if (size_ == 1) return;
-  auto fields = settings_fields(settings_, 0);
+  auto fields = settings_fields(settings_, settings_hash_);
   std::uint64_t pair[2] = {settings_hash_, ~settings_hash_};
   DISTML_MPI(MPI_Allreduce(MPI_IN_PLACE, pair, 2, MPI_UINT64_T, MPI_MAX, comm_->raw()));
   if (pair[0] == ~pair[1]) return;
@@ -588,7 +588,6 @@ void Communicator::agree_settings() {
   const std::size_t n = fields.size();
   std::vector<std::uint64_t> mine(n), all(n * static_cast<std::size_t>(size_));
   for (std::size_t i = 0; i < n; ++i) mine[i] = fields[i].second;
-  mine[n - 1] = settings_hash_;
   DISTML_MPI(MPI_Allgather(mine.data(), static_cast<int>(n), MPI_UINT64_T, all.data(), static_cast<int>(n),
                            MPI_UINT64_T, comm_->raw()));
   std::ostringstream os;

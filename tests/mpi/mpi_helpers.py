@@ -285,6 +285,15 @@ def call(fn: Callable[[], Any]) -> Any:
         return exc
 
 
+def raised(fn: Callable[[], Any]) -> Optional[BaseException]:
+    """The exception ``fn()`` raised, or None (so later collectives still run)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - recorded, checked after the collectives
+        return exc
+    return None
+
+
 def _tolerance(dtype: np.dtype, P: int) -> float:
     # Each of the P - 1 combining steps and the final division may round once
     # (half types: once per step, after widening to float32).

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 import distml  # noqa: E402
 import distml.torch as hvd  # noqa: E402
 from conftest import COMM_TIMEOUT  # noqa: E402
+from mpi_helpers import raised  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -246,26 +247,18 @@ def test_local_and_cross_ranks():
 # ---- errors on every rank --------------------------------------------------------------
 
 
-def _raises(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - recorded, checked after the collectives
-        return exc
-    return None
-
-
 def test_mismatched_shapes_raise_on_every_rank():
     P, r = hvd.size(), hvd.rank()
     if P == 1:
         pytest.skip("needs two ranks to disagree")
     errors = [
-        _raises(lambda: hvd.allreduce(torch.ones(3 + r))),
-        _raises(lambda: hvd.allreduce(torch.ones(4, dtype=torch.float32 if r else torch.float64))),
-        _raises(lambda: hvd.allgather(torch.ones(2, 2 + r))),
-        _raises(lambda: hvd.broadcast(torch.ones(5 + r), root_rank=0)),
+        raised(lambda: hvd.allreduce(torch.ones(3 + r))),
+        raised(lambda: hvd.allreduce(torch.ones(4, dtype=torch.float32 if r else torch.float64))),
+        raised(lambda: hvd.allgather(torch.ones(2, 2 + r))),
+        raised(lambda: hvd.broadcast(torch.ones(5 + r), root_rank=0)),
     ]
     h = hvd.allreduce_async(torch.ones(2 + r))
-    errors.append(_raises(lambda: hvd.synchronize(h)))
+    errors.append(raised(lambda: hvd.synchronize(h)))
     after = hvd.allreduce(torch.ones(3), op=hvd.Sum)  # the communicator stays usable
     for e in errors:
         assert isinstance(e, distml.MismatchError), repr(e)
@@ -365,7 +358,7 @@ def test_distributed_optimizer_backward_passes_and_compression():
             loss = torch.nn.functional.cross_entropy(model(X[s][half]), Y[s][half], reduction="sum")
             (loss / len(rows)).backward()
         opt.step()
-    extra = _raises(lambda: [torch.nn.functional.cross_entropy(model(X[0]), Y[0]).backward() for _ in range(3)])
+    extra = raised(lambda: [torch.nn.functional.cross_entropy(model(X[0]), Y[0]).backward() for _ in range(3)])
     opt.synchronize()
     opt.zero_grad()
     ref = _model()
@@ -390,12 +383,12 @@ def test_distributed_optimizer_backward_passes_and_compression():
         torch.testing.assert_close(p, q, rtol=5e-3, atol=5e-3)
 
 
-def test_zero_grad_while_reducing_raises():
+def test_zero_grad_while_reducingraised():
     model = _model()
     opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     X, Y = _data()
     torch.nn.functional.cross_entropy(model(X[0]), Y[0]).backward()
-    err = _raises(opt.zero_grad)
+    err = raised(opt.zero_grad)
     opt.step()
     opt.zero_grad()
     assert isinstance(err, AssertionError), repr(err)

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 import distml  # noqa: E402
 import distml.torch as hvd  # noqa: E402
 from conftest import COMM_TIMEOUT  # noqa: E402
+from mpi_helpers import raised  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -31,14 +32,6 @@ def hvd_init():
     hvd.init()
     yield
     hvd.shutdown()
-
-
-def _raises(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - recorded, checked after the collectives
-        return exc
-    return None
 
 
 # ---- async calls and failures --------------------------------------------------------------
@@ -89,11 +82,11 @@ def test_bad_splits_on_one_rank_fail_on_every_rank():
     errors = []
     try:
         h = hvd.alltoall_async(torch.ones(P, 2), splits=splits)
-        errors.append(_raises(lambda: hvd.synchronize(h)))
+        errors.append(raised(lambda: hvd.synchronize(h)))
     except ValueError as exc:
         errors.append(exc)
-    errors.append(_raises(lambda: hvd.alltoall(torch.ones(P, 2), splits=[1.0] * P)))
-    errors.append(_raises(lambda: hvd.alltoall(torch.ones(P, 2), splits=torch.ones(P))))
+    errors.append(raised(lambda: hvd.alltoall(torch.ones(P, 2), splits=[1.0] * P)))
+    errors.append(raised(lambda: hvd.alltoall(torch.ones(P, 2), splits=torch.ones(P))))
     after = hvd.allreduce(torch.ones(2), op=hvd.Sum)
     for e in errors:
         assert isinstance(e, ValueError), repr(e)
@@ -109,13 +102,13 @@ def test_duplicate_name_in_flight_raises_locally():
     t = torch.ones(2 * P, 3)
     h = hvd.allreduce_async(t, name="dup")
     errors = [
-        _raises(lambda: hvd.allreduce_async(t, name="dup")),
-        _raises(lambda: hvd.allreduce(t, name="dup")),
-        _raises(lambda: hvd.broadcast_async(t, 0, name="dup")),
-        _raises(lambda: hvd.allgather_async(t, name="dup")),
-        _raises(lambda: hvd.alltoall_async(t, name="dup")),
-        _raises(lambda: hvd.reducescatter_async(t, name="dup")),
-        _raises(lambda: hvd.grouped_allreduce_async([t], name="dup")),
+        raised(lambda: hvd.allreduce_async(t, name="dup")),
+        raised(lambda: hvd.allreduce(t, name="dup")),
+        raised(lambda: hvd.broadcast_async(t, 0, name="dup")),
+        raised(lambda: hvd.allgather_async(t, name="dup")),
+        raised(lambda: hvd.alltoall_async(t, name="dup")),
+        raised(lambda: hvd.reducescatter_async(t, name="dup")),
+        raised(lambda: hvd.grouped_allreduce_async([t], name="dup")),
     ]
     first = hvd.synchronize(h)
     h2 = hvd.broadcast_async(t, 0, name="dup")  # free again
@@ -225,10 +218,10 @@ def test_joined_ranks_stand_in_so_no_active_rank_waits():
     errors, avg = [], None
     if r == 0:
         errors = [
-            _raises(lambda: hvd.allgather(torch.ones(2, 3))),
-            _raises(lambda: hvd.alltoall(torch.ones(P, 3), splits=[1] * P)),
-            _raises(lambda: hvd.reducescatter(torch.ones(P, 3, 2))),
-            _raises(lambda: hvd.broadcast(torch.ones(4), root_rank=P - 1)),
+            raised(lambda: hvd.allgather(torch.ones(2, 3))),
+            raised(lambda: hvd.alltoall(torch.ones(P, 3), splits=[1] * P)),
+            raised(lambda: hvd.reducescatter(torch.ones(P, 3, 2))),
+            raised(lambda: hvd.broadcast(torch.ones(4), root_rank=P - 1)),
         ]
         avg = hvd.allreduce(torch.full((2, 3, 4), 3.0))
     last = hvd.join()
@@ -257,10 +250,10 @@ def test_same_count_different_shape_raises_on_every_rank(comm_default):
         pytest.skip("needs two ranks to disagree")
     shape = (17, 1311) if r == 0 else (17, 23, 57)
     errors = [
-        _raises(lambda: hvd.allreduce(torch.ones(shape))),
-        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32))),
-        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32), async_op=True).wait()),
-        _raises(lambda: comm_default.allreduce(np.ones(shape, np.float32).T)),
+        raised(lambda: hvd.allreduce(torch.ones(shape))),
+        raised(lambda: comm_default.allreduce(np.ones(shape, np.float32))),
+        raised(lambda: comm_default.allreduce(np.ones(shape, np.float32), async_op=True).wait()),
+        raised(lambda: comm_default.allreduce(np.ones(shape, np.float32).T)),
     ]
     after = comm_default.allreduce(np.ones(3))
     for i, e in enumerate(errors):
@@ -387,7 +380,7 @@ def test_process_sets_run_on_their_ranks_only():
     (p * r).sum().backward()
     opt.step()
     other = odd if mine is even else even
-    outside = None if P == 1 else _raises(lambda: hvd.allreduce(torch.ones(1), process_set=other))
+    outside = None if P == 1 else raised(lambda: hvd.allreduce(torch.ones(1), process_set=other))
     world = hvd.allreduce(torch.ones(1), op=hvd.Sum, process_set=hvd.global_process_set)
     removed = [hvd.remove_process_set(even)] + ([hvd.remove_process_set(odd)] if odd is not None else [])
     assert mine.size() == n and mine.rank() == members.index(r) and mine.included()
