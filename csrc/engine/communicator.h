@@ -55,13 +55,15 @@ enum class Algo : std::uint8_t {
   kHierarchical = 9,
 };
 const char* algo_name(Algo algo);
+// The algorithms `kind` accepts, "auto" and "mpi" first.
+std::vector<Algo> accepted_algorithms(Kind kind);
 // Parses an algorithm name for `kind`; throws InvalidArgument listing the
 // names that `kind` accepts.
 Algo parse_algo(Kind kind, const std::string& name);
 
 constexpr int kMaxDims = 8;
 
-struct Signature;  // what ranks compare before a collective (communicator.cpp)
+struct Signature;  // what ranks compare before a collective (agreement.cpp)
 
 // One collective call, as the Python layer describes it. Counts are in
 // elements. For allgather `count` is one rank's contribution; for
@@ -288,7 +290,6 @@ class Communicator {
   // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
   void dispatch(const Call& call, const Plan& plan);
-  void dispatch_eager(const Call& call);
   void worker_loop();
   transport::ShmGroup& shm_group();
   // Throws InvalidArgument when `algo` cannot run on this communicator.
@@ -313,8 +314,8 @@ class Communicator {
   // settings (a per-rank choice would have ranks speak different protocols).
   enum class Arrival { kNone, kShm, kRoot, kFingerprint } arrival_ = Arrival::kNone;
   std::uint64_t settings_hash_ = 0;
-  std::uint64_t inject_at_ = 0;
-  std::shared_ptr<Graveyard> graveyard_ = std::make_shared<Graveyard>();  // DISTML_INJECT_FAULT: the collective this rank fails
+  std::uint64_t inject_at_ = 0;  // DISTML_INJECT_FAULT: the collective this rank fails
+  std::shared_ptr<Graveyard> graveyard_ = std::make_shared<Graveyard>();
   void rehash_settings();
 
   std::mutex mu_;

@@ -1,0 +1,248 @@
+// Algorithm selection: what can run here, what `auto` resolves to, the plan
+// of a call (variant and scratch), and the settings that drive both, with
+// their fingerprint and the check that every rank has the same.
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "algorithms/eager_shm.h"
+#include "common/aligned_buffer.h"
+#include "common/error.h"
+#include "engine/communicator.h"
+#include "engine/internal.h"
+
+namespace distml::engine {
+
+namespace alg = distml::algorithms;
+namespace tp = distml::transport;
+
+bool Communicator::available(Algo algo) const {
+  if (algo == Algo::kShm) return one_node_;
+  if (algo == Algo::kHierarchical) return across_ != nullptr;
+  return true;
+}
+
+Algo Communicator::resolve(const Call& call) const {
+  if (call.algo != Algo::kAuto) return call.algo;
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
+  for (const auto& [max_bytes, algo] : settings_.table[static_cast<int>(call.kind)]) {
+    if (bytes <= max_bytes && available(algo)) return algo;
+  }
+  switch (call.kind) {
+    case Kind::kAllreduce:
+      if (one_node_ && size_ == 2 && call.window < 0 && bytes >= settings_.pair_ring_min_bytes &&
+          bytes < settings_.pair_ring_max_bytes) {
+        return Algo::kRing;
+      }
+      if (one_node_) return Algo::kShm;
+      if (across_) return Algo::kHierarchical;
+      return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
+    case Kind::kReduce:
+      if (one_node_) return Algo::kShm;
+      return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
+    case Kind::kBroadcast:
+      if (one_node_) return Algo::kShm;
+      return bytes <= settings_.broadcast_small_bytes ? Algo::kTree : Algo::kScatterAllgather;
+    case Kind::kAllgather:
+    case Kind::kReduceScatter:
+      return one_node_ ? Algo::kShm : Algo::kRing;
+    case Kind::kAlltoall:
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv:
+      return Algo::kPairwise;
+    case Kind::kBarrier:
+      return one_node_ ? Algo::kShm : Algo::kDissemination;
+  }
+  return Algo::kMpi;
+}
+
+// The scratch each schedule takes (see the schedules' take() calls), plus
+// the agreement's own round. Every piece is rounded as Scratch::take rounds.
+Plan Communicator::plan(const Call& c) const {
+  Plan p;
+  p.algo = resolve(c);
+  check_available(p.algo);
+  const std::size_t elem = dtype_size(c.dtype), bytes = c.count * elem;
+  const int P = size_;
+  const bool in_place = c.in == c.out;
+  auto R = [](std::size_t n) { return Scratch::rounded(n); };
+  std::size_t s = R(2 * sizeof(std::uint64_t));  // check_fingerprints
+  if (eager(c, p.algo)) {
+    p.variant |= kEager;
+    p.scratch = s;
+    return p;
+  }
+  // (A row of zero elements: reduce_scatter of an array with an empty axis.)
+  const std::size_t block0 = c.unit == 0 ? 0 : alg::Blocks{c.count, P, c.unit}.size(0) * elem;
+  switch (c.kind) {
+    case Kind::kAllreduce:
+      if (p.algo == Algo::kRecursiveDoubling && P > 1) {
+        s += R(bytes);
+      } else if (p.algo == Algo::kRing && in_place) {
+        s += R(block0);
+      } else if (p.algo == Algo::kShm && c.window >= 0) {
+        p.variant |= kInWindow;
+        if (bytes >= settings_.shm_stream_bytes) p.variant |= kStream;
+      } else if (p.algo == Algo::kShm && shm_->single_copy() && bytes >= settings_.shm_single_copy_bytes &&
+                 bytes < settings_.shm_single_copy_max_bytes) {
+        // Peers read back what this schedule streams: worth it from 4x on.
+        p.variant |= kCrossMemory;
+        if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
+        const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+        const std::size_t piece = std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
+        s += R(piece * elem * static_cast<std::size_t>(shm_->size() - 1));
+      } else if (p.algo == Algo::kShm) {
+        // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
+        // sequences of collectives: from 8 MiB it lost to caching stores).
+        if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
+      } else if (p.algo == Algo::kHierarchical) {
+        const std::size_t node_block = std::max<std::size_t>(1, alg::Blocks{c.count, shm_->size()}.size(0)) * elem;
+        s += R(node_block);
+        p.scratch_across = R(node_block);  // recursive doubling, or an in-place ring (less)
+      }
+      break;
+    case Kind::kReduce:
+      if (p.algo == Algo::kTree) s += 2 * R(bytes);
+      else if (p.algo == Algo::kRing) s += R(bytes) + R(block0);
+      break;
+    case Kind::kReduceScatter:
+      if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
+      break;
+    case Kind::kAlltoall:
+      if (p.algo == Algo::kPairwise && in_place && P > 1) s += R(bytes);
+      break;
+    case Kind::kAlltoallv:
+    case Kind::kAllgatherv:
+      // No scratch: the rows go straight between x and out. The checks
+      // below guard the Python layer's part of the contract.
+      if (c.invalid) {
+        // A refusal (Communicator::refuse) carries no rows: it only joins
+        // the agreement.
+      } else if (c.root == 0) {
+        DISTML_CHECK_ARG(c.count == static_cast<std::size_t>(P), kind_name(c.kind) << "'s sizes round needs one count per rank");
+      } else {
+        const std::size_t want = c.kind == Kind::kAlltoallv ? 2 * static_cast<std::size_t>(P) : static_cast<std::size_t>(P);
+        DISTML_CHECK_ARG(c.rows && c.rows->size() == want, kind_name(c.kind) << " needs " << want << " row counts");
+        std::size_t sent = 0;
+        for (int i = 0; i < (c.kind == Kind::kAlltoallv ? P : 1); ++i) {
+          const std::int64_t n = (*c.rows)[c.kind == Kind::kAlltoallv ? i : rank_];
+          DISTML_CHECK_ARG(n >= 0, kind_name(c.kind) << ": negative row count");
+          sent += static_cast<std::size_t>(n);
+        }
+        DISTML_CHECK_ARG(sent * c.unit == c.count, kind_name(c.kind) << ": row counts do not add up to x");
+      }
+      break;
+    default:
+      break;
+  }
+  p.scratch = s;
+  return p;
+}
+
+void Communicator::check_available(Algo algo) const {
+  if (available(algo)) return;
+  if (algo == Algo::kShm) {
+    DISTML_THROW(InvalidArgument, "algorithm 'shm' needs every rank on one node, more than one rank, and shared memory enabled");
+  }
+  if (algo == Algo::kHierarchical) {
+    DISTML_THROW(InvalidArgument, "algorithm 'hierarchical' needs several nodes with the same number (> 1) of ranks each");
+  }
+}
+
+bool Communicator::eager(const Call& call, Algo algo) const {
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
+  // `count` is what each rank contributes, for allgather, and the whole
+  // input otherwise: the bytes each rank writes into its control block.
+  return arrival_ == Arrival::kShm && algo == Algo::kShm && !call.invalid && bytes > 0 &&
+         bytes <= alg::kEagerBytes && call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall &&
+         !is_variable(call.kind);
+}
+
+void Communicator::rehash_settings() {
+  // Everything that selects or shapes a schedule; not the timeout's value or
+  // the stall warning, which only decide when a rank gives up or speaks.
+  std::ostringstream os;
+  const Settings& s = settings_;
+  os << s.check << ' ' << (s.timeout > 0) << ' ' << s.tuning.segment_bytes << ' ' << s.tuning.window << ' '
+     << s.allreduce_small_bytes << ' ' << s.broadcast_small_bytes << ' ' << s.reduce_small_bytes << ' '
+     << s.pair_ring_min_bytes << ' ' << s.pair_ring_max_bytes << ' ' << s.shm_slot_bytes << ' '
+     << s.shm_one_shot_bytes << ' ' << s.shm_single_copy_bytes << ' ' << s.shm_single_copy_max_bytes << ' '
+     << s.shm_stream_bytes << ' ' << s.shm;
+  for (const auto& rows : s.table) {
+    os << " |";
+    for (const auto& [bytes, algo] : rows) os << ' ' << bytes << ':' << static_cast<int>(algo);
+  }
+  const std::string text = os.str();
+  settings_hash_ = fnv1a(text.data(), text.size());
+}
+
+void Communicator::update_settings(const std::function<void(Settings&)>& change) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !running_; });
+  Settings next = settings_;
+  change(next);
+  settings_ = std::move(next);
+  rehash_settings();
+}
+
+namespace {
+// The settings agree_settings compares, by name, for its message.
+std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Settings& s, std::uint64_t hash) {
+  std::vector<std::pair<const char*, std::uint64_t>> f = {
+      {"check", s.check},
+      {"timeout set", s.timeout > 0},
+      {"segment_bytes", s.tuning.segment_bytes},
+      {"allreduce_small_bytes", s.allreduce_small_bytes},
+      {"broadcast_small_bytes", s.broadcast_small_bytes},
+      {"reduce_small_bytes", s.reduce_small_bytes},
+      {"shared memory (DISTML_SHM)", s.shm},
+      {"shm_slot_bytes (DISTML_SHM_SLOT_BYTES)", s.shm_slot_bytes},
+      {"shm_one_shot_bytes (DISTML_SHM_ONE_SHOT_BYTES)", s.shm_one_shot_bytes},
+      {"shm_single_copy_bytes (DISTML_SHM_SINGLE_COPY_BYTES)", s.shm_single_copy_bytes},
+      {"shm_single_copy_max_bytes (DISTML_SHM_SINGLE_COPY_MAX_BYTES)", s.shm_single_copy_max_bytes},
+      {"shm_stream_bytes (DISTML_SHM_STREAM_BYTES)", s.shm_stream_bytes},
+  };
+  // What the named fields do not cover (the tune table, the window, ...).
+  f.push_back({"tune table or other settings", hash});
+  return f;
+}
+}  // namespace
+
+void Communicator::agree_settings() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !running_; });
+  ensure_usable();
+  if (size_ == 1) return;
+  auto fields = settings_fields(settings_, settings_hash_);
+  std::uint64_t pair[2] = {settings_hash_, ~settings_hash_};
+  DISTML_MPI(MPI_Allreduce(MPI_IN_PLACE, pair, 2, MPI_UINT64_T, MPI_MAX, comm_->raw()));
+  if (pair[0] == ~pair[1]) return;
+  // They differ: gather every rank's values to say which, and where.
+  const std::size_t n = fields.size();
+  std::vector<std::uint64_t> mine(n), all(n * static_cast<std::size_t>(size_));
+  for (std::size_t i = 0; i < n; ++i) mine[i] = fields[i].second;
+  DISTML_MPI(MPI_Allgather(mine.data(), static_cast<int>(n), MPI_UINT64_T, all.data(), static_cast<int>(n),
+                           MPI_UINT64_T, comm_->raw()));
+  std::ostringstream os;
+  os << "ranks created a communicator with settings that select different schedules:";
+  bool named = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::map<std::uint64_t, std::vector<int>> groups;
+    for (int r = 0; r < size_; ++r) groups[all[r * n + i]].push_back(r);
+    if (groups.size() <= 1) continue;
+    if (i == n - 1 && named) break;  // the fingerprint differs because a named field does
+    named = true;
+    os << " " << fields[i].first << ":";
+    bool first = true;
+    for (auto& [value, ranks] : groups) {
+      os << (first ? " " : "; ") << (i == n - 1 ? "fingerprint " : "") << value << " on rank" << (ranks.size() > 1 ? "s " : " ");
+      for (std::size_t k = 0; k < ranks.size(); ++k) os << (k ? ", " : "") << ranks[k];
+      first = false;
+    }
+    os << ".";
+  }
+  os << " Set them alike on every rank (environment variables, Communicator arguments, tune tables).";
+  DISTML_THROW(Mismatch, os.str());
+}
+}  // namespace distml::engine
