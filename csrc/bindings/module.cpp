@@ -424,4 +424,5 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), static_cast<DType>(dtype), divisor);
   });
+  void bind_buffers(py::module_&); bind_buffers(m);  // the gradient buffer: csrc/bindings/buffers.cpp
 }
