@@ -425,4 +425,5 @@ PYBIND11_MODULE(_core, m) {
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), static_cast<DType>(dtype), divisor);
   });
   void bind_buffers(py::module_&); bind_buffers(m);  // the gradient buffer: csrc/bindings/buffers.cpp
+  void register_ps(py::module_&); register_ps(m);  // the parameter server: csrc/bindings/ps.cpp
 }

@@ -1,0 +1,759 @@
+#include "ps/parameter_server.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace distml::ps {
+
+namespace tp = distml::transport;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int kPush = 1, kPull = 2, kClose = 3;  // request tags (= Header::op)
+constexpr int kReplyTag = 1;
+// Reply status codes.
+constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3;
+
+static_assert(sizeof(Header) == 64, "the header is part of the wire format");
+
+tp::Piece header_piece(const Header* h) { return {h, sizeof(Header)}; }
+
+// The part of `all` (pieces covering the flat space in order, `elem` bytes
+// per element) that holds elements [lo, hi).
+std::vector<tp::Piece> slice(const std::vector<tp::Piece>& all, std::size_t elem, std::int64_t lo,
+                             std::int64_t hi) {
+  std::vector<tp::Piece> out;
+  const std::size_t begin = static_cast<std::size_t>(lo) * elem, end = static_cast<std::size_t>(hi) * elem;
+  std::size_t at = 0;
+  for (const tp::Piece& p : all) {
+    const std::size_t p_end = at + p.bytes;
+    const std::size_t a = std::max(at, begin), b = std::min(p_end, end);
+    if (a < b) out.push_back({static_cast<const char*>(p.ptr) + (a - at), b - a});
+    at = p_end;
+    if (at >= end) break;
+  }
+  return out;
+}
+
+std::size_t total_bytes(const std::vector<tp::Piece>& pieces) {
+  std::size_t n = 0;
+  for (const auto& p : pieces) n += p.bytes;
+  return n;
+}
+
+// Ranks in a bitmask (ranks above 62 are summarised).
+std::string ranks_in(std::int64_t mask, std::int64_t more) {
+  std::ostringstream os;
+  os << "[";
+  bool first = true;
+  for (int r = 0; r < 63; ++r) {
+    if (mask & (std::int64_t{1} << r)) {
+      os << (first ? "" : ", ") << r;
+      first = false;
+    }
+  }
+  if (more) os << (first ? "" : ", ") << "and ranks above 62";
+  os << "]";
+  return os.str();
+}
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+Clock::duration to_duration(double seconds) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+}  // namespace
+
+// ---- Server: one shard, served by a polling loop ------------------------------
+
+class Server {
+ public:
+  Server(tp::Mailbox& mail, const Config& cfg, std::int64_t lo, std::int64_t hi, std::vector<int> workers,
+         const std::vector<tp::Piece>& initial)
+      : mail_(mail), cfg_(cfg), count_(static_cast<std::size_t>(hi - lo)),
+        elem_(dtype_size(cfg.dtype)), wire_elem_(dtype_size(cfg.wire)), workers_(std::move(workers)),
+        opt_(cfg.optimizer, cfg.dtype, count_) {
+    const int P = mail.size();
+    is_worker_.assign(P, 0);
+    for (int w : workers_) is_worker_[w] = 1;
+    pushed_.assign(P, 0);
+    applied_.assign(P, 0);
+    last_pull_version_.assign(P, 0);
+    max_stale_.assign(P, 0);
+    closed_.assign(P, 0);
+    final_clock_.assign(P, 0);
+    params_.resize(bytes_words(count_ * elem_));
+    std::size_t at = 0;
+    for (const auto& p : slice(initial, elem_, lo, hi)) {
+      std::memcpy(reinterpret_cast<char*>(params_.data()) + at, p.ptr, p.bytes);
+      at += p.bytes;
+    }
+    staging_.resize(bytes_words(count_ * wire_elem_));
+    if (cfg.wire != cfg.dtype) grad_.resize(bytes_words(count_ * elem_));
+    if (cfg.mode == Mode::kSync) {
+      slots_.resize(static_cast<std::size_t>(cfg.staleness) + 1);
+      for (auto& s : slots_) s.resize(bytes_words(count_ * elem_));
+      counts_.assign(slots_.size(), 0);
+    }
+  }
+
+  void* params() { return params_.data(); }
+  std::size_t bytes() const { return count_ * elem_; }
+  bool failed() const { return failed_; }
+  bool timed_out() const { return timed_out_; }
+  const std::string& failure() const { return failure_; }
+  bool done() const { return done_ && replies_.empty(); }
+
+  // One round: at most one request, the replies in flight, the deadlines.
+  bool poll() {
+    bool progressed = false;
+    try {
+      tp::Incoming in;
+      if (mail_.probe(&in)) {
+        handle(in);
+        progressed = true;
+      }
+      for (auto it = replies_.begin(); it != replies_.end();) {
+        if (it->second.test()) {
+          it = replies_.erase(it);
+          progressed = true;
+        } else {
+          ++it;
+        }
+      }
+      check_deadlines();
+    } catch (const Timeout& e) {
+      fail(kServerFailed, 0, 0, e.what(), true);
+    } catch (const std::exception& e) {
+      fail(kServerFailed, 0, 0, e.what(), false);
+    }
+    return progressed;
+  }
+
+  ServerStats stats() const {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    return stats_;
+  }
+
+ private:
+  static std::size_t bytes_words(std::size_t bytes) { return bytes / sizeof(double) + 1; }
+
+  Clock::time_point deadline() const {
+    return cfg_.timeout > 0 ? Clock::now() + to_duration(cfg_.timeout) : Clock::time_point::max();
+  }
+
+  void wait(tp::Pending& p, const char* what) {
+    const auto until = deadline();
+    tp::Backoff backoff(cfg_.poll_min_us, cfg_.poll_max_us);
+    while (!p.test()) {
+      if (Clock::now() > until) {
+        DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
+                                                          << " rank " << p.peer());
+      }
+      backoff.pause();
+    }
+  }
+
+  void handle(tp::Incoming& in) {
+    Header h;
+    const int w = in.source;
+    ++requests_;
+    if (in.tag == kPush) {
+      const std::size_t payload = count_ * wire_elem_;
+      if (in.bytes != sizeof(Header) + payload) {
+        std::vector<char> junk(in.bytes + 1);
+        tp::Pending p = mail_.receive(in, {{junk.data(), in.bytes}});
+        wait(p, "receive a push from");
+        DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a push of " << in.bytes
+                                                         << " bytes from rank " << w << ", expected "
+                                                         << sizeof(Header) + payload);
+      }
+      tp::Pending p = mail_.receive(in, {header_piece(&h), {staging_.data(), payload}});
+      wait(p, "receive a push from");
+      bytes_received_ += static_cast<std::int64_t>(payload);
+      if (!failed_) on_push(w, h);
+    } else if (in.tag == kPull || in.tag == kClose) {
+      tp::Pending p = mail_.receive(in, {header_piece(&h)});
+      wait(p, "receive a request from");
+      if (failed_) {
+        reply_error(w, fail_status_, fail_info0_, fail_info1_);
+      } else if (in.tag == kPull) {
+        on_pull(w, h);
+      } else {
+        on_close(w, h);
+      }
+    } else {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a message with unknown tag "
+                                                      << in.tag << " from rank " << w);
+    }
+    publish();
+  }
+
+  // The gradient just received (in staging_), in the parameters' dtype.
+  const void* gradient() {
+    if (cfg_.wire == cfg_.dtype) return staging_.data();
+    widen(grad_.data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, false);
+    return grad_.data();
+  }
+
+  void on_push(int w, const Header& h) {
+    if (!is_worker_[w] || closed_[w]) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a push from rank " << w
+                                                      << ", which is not a worker or has closed");
+    }
+    const auto t0 = Clock::now();
+    if (cfg_.mode == Mode::kAsync) {
+      const void* g = gradient();
+      quiesce();
+      opt_.step(params_.data(), g, 1.0 / static_cast<double>(workers_.size()));
+      const std::int64_t stale = version_ - last_pull_version_[w];
+      max_stale_[w] = std::max(max_stale_[w], stale);
+      max_stale_all_ = std::max(max_stale_all_, stale);
+      ++version_;
+      ++applied_[w];
+      pushed_[w] = h.clock;
+      busy_ += seconds_since(t0);
+      return;
+    }
+    const std::int64_t c = h.clock, s = cfg_.staleness;
+    if (c <= version_ || c > version_ + s + 1 || c != pushed_[w] + 1) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << ": rank " << w << " pushed clock " << c
+                                                      << " after clock " << pushed_[w] << " with the shard at version "
+                                                      << version_ << " (staleness " << s << ")");
+    }
+    const std::size_t slot = static_cast<std::size_t>(c % (s + 1));
+    if (cfg_.wire == cfg_.dtype && counts_[slot] == 0) {
+      std::memcpy(slots_[slot].data(), staging_.data(), count_ * elem_);
+    } else {
+      widen(slots_[slot].data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, counts_[slot] > 0);
+    }
+    ++counts_[slot];
+    pushed_[w] = c;
+    ++applied_[w];
+    advance();
+    busy_ += seconds_since(t0);
+  }
+
+  // Workers still expected to push clock c: not closed before reaching it.
+  int expected(std::int64_t c) const {
+    int n = 0;
+    for (int w : workers_) n += (!closed_[w] || final_clock_[w] >= c) ? 1 : 0;
+    return n;
+  }
+
+  // Applies every complete clock, in order, then answers the pulls waiting
+  // for them.
+  void advance() {
+    for (;;) {
+      const std::int64_t c = version_ + 1;
+      const std::size_t slot = static_cast<std::size_t>(c % (cfg_.staleness + 1));
+      const int have = counts_[slot];
+      if (have == 0 || have < expected(c)) break;
+      divide(slots_[slot].data(), cfg_.dtype, count_, static_cast<double>(have));
+      quiesce();
+      opt_.step(params_.data(), slots_[slot].data(), 1.0);
+      counts_[slot] = 0;
+      ++version_;
+    }
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (version_ >= it->need) {
+        reply(it->worker, it->data);
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void on_pull(int w, const Header& h) {
+    if (cfg_.mode == Mode::kAsync || version_ >= h.need) {
+      reply(w, h.info0 != 0);
+    } else {
+      pending_.push_back({w, h.need, h.info0 != 0, Clock::now()});
+    }
+  }
+
+  void on_close(int w, const Header& h) {
+    if (!is_worker_[w] || closed_[w]) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a second close from rank " << w);
+    }
+    closed_[w] = 1;
+    final_clock_[w] = h.clock;
+    if (closers_.empty()) first_close_ = Clock::now();
+    closers_.push_back(w);
+    // Clocks that waited for this worker may be complete now.
+    if (cfg_.mode == Mode::kSync) advance();
+    if (closers_.size() < workers_.size()) return;
+    quiesce();
+    for (int c : closers_) reply_status(c, kOk, 0, 0, false);
+    closers_.clear();
+    done_ = true;
+  }
+
+  // Completes the replies in flight, which read the shard: called before
+  // the shard changes.
+  void quiesce() {
+    for (auto& r : replies_) wait(r.second, "deliver parameters to");
+    replies_.clear();
+  }
+
+  void reply(int w, bool data) {
+    if (data) last_pull_version_[w] = version_;
+    reply_status(w, kOk, 0, 0, data);
+  }
+
+  void reply_status(int w, std::int64_t status, std::int64_t info0, std::int64_t info1, bool data) {
+    auto h = std::make_unique<Header>();
+    h->version = version_;
+    h->status = status;
+    h->stale = max_stale_[w];
+    h->info0 = info0;
+    h->info1 = info1;
+    std::vector<tp::Piece> pieces{header_piece(h.get())};
+    if (data) {
+      pieces.push_back({params_.data(), count_ * elem_});
+      bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+    }
+    tp::Pending p = mail_.send(tp::Mailbox::kReplies, w, kReplyTag, pieces);
+    replies_.emplace_back(std::move(h), std::move(p));
+  }
+
+  void reply_error(int w, std::int64_t status, std::int64_t info0, std::int64_t info1) {
+    try {
+      reply_status(w, status, info0, info1, false);
+    } catch (const std::exception&) {
+      // The worker will time out instead.
+    }
+  }
+
+  // Workers (as a bitmask) for which `late(w)` holds.
+  template <class F>
+  std::pair<std::int64_t, std::int64_t> mask_of(F late) const {
+    std::int64_t mask = 0, more = 0;
+    for (int w : workers_) {
+      if (!late(w)) continue;
+      if (w < 63) mask |= std::int64_t{1} << w;
+      else more = 1;
+    }
+    return {mask, more};
+  }
+
+  void check_deadlines() {
+    if (cfg_.timeout <= 0 || failed_) return;
+    for (const auto& p : pending_) {
+      if (seconds_since(p.since) <= cfg_.timeout) continue;
+      auto [mask, more] = mask_of([&](int w) { return pushed_[w] < p.need && !(closed_[w] && final_clock_[w] < p.need); });
+      std::ostringstream os;
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << cfg_.timeout
+         << " s waiting for worker(s) " << ranks_in(mask, more) << " to push clock " << p.need;
+      fail(kWorkersLate, mask | (more << 62), p.need, os.str(), true);
+      return;
+    }
+    if (!closers_.empty() && seconds_since(first_close_) > cfg_.timeout) {
+      auto [mask, more] = mask_of([&](int w) { return !closed_[w]; });
+      std::ostringstream os;
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << cfg_.timeout
+         << " s waiting for worker(s) " << ranks_in(mask, more) << " to close";
+      fail(kNotClosed, mask | (more << 62), 0, os.str(), true);
+    }
+  }
+
+  // From now on every request gets an error reply; the ones waiting get it now.
+  void fail(std::int64_t status, std::int64_t info0, std::int64_t info1, const std::string& why, bool timeout) {
+    if (failed_) return;
+    failed_ = true;
+    timed_out_ = timeout;
+    failure_ = why;
+    fail_status_ = status;
+    fail_info0_ = info0;
+    fail_info1_ = info1;
+    for (const auto& p : pending_) reply_error(p.worker, status, info0, info1);
+    pending_.clear();
+    for (int c : closers_) reply_error(c, status, info0, info1);
+    closers_.clear();
+    publish();
+  }
+
+  void publish() {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.version = version_;
+    stats_.updates_applied = opt_.steps();
+    stats_.max_staleness = max_stale_all_;
+    stats_.requests = requests_;
+    stats_.bytes_received = bytes_received_;
+    stats_.bytes_sent = bytes_sent_;
+    stats_.shard_elements = static_cast<std::int64_t>(count_);
+    stats_.optimizer_state_bytes = static_cast<std::int64_t>(opt_.state_bytes());
+    stats_.applied_per_worker = applied_;
+    stats_.busy_seconds = busy_;
+  }
+
+  struct PendingPull {
+    int worker;
+    std::int64_t need;
+    bool data;
+    Clock::time_point since;
+  };
+
+  tp::Mailbox& mail_;
+  Config cfg_;
+  std::size_t count_, elem_, wire_elem_;
+  std::vector<int> workers_;
+  ShardOptimizer opt_;
+  std::vector<double> params_, staging_, grad_;  // double: 8-byte aligned bytes
+  std::vector<std::vector<double>> slots_;
+  std::vector<int> counts_;
+  std::vector<char> is_worker_, closed_;
+  std::vector<std::int64_t> pushed_, applied_, last_pull_version_, max_stale_, final_clock_;
+  std::int64_t version_ = 0, max_stale_all_ = 0, requests_ = 0, bytes_received_ = 0, bytes_sent_ = 0;
+  double busy_ = 0;
+  std::deque<PendingPull> pending_;
+  std::deque<std::pair<std::unique_ptr<Header>, tp::Pending>> replies_;
+  std::vector<int> closers_;
+  Clock::time_point first_close_{};
+  bool done_ = false;
+  bool failed_ = false, timed_out_ = false;
+  std::string failure_;
+  std::int64_t fail_status_ = 0, fail_info0_ = 0, fail_info1_ = 0;
+  mutable std::mutex stats_mu_;
+  ServerStats stats_;
+};
+
+// ---- ParameterServer ------------------------------------------------------------
+
+ParameterServer::ParameterServer(MPI_Comm user, const Config& config, const std::vector<tp::Piece>& initial)
+    : config_(config), mail_(std::make_unique<tp::Mailbox>(user)) {
+  const int P = mail_->size(), me = mail_->rank();
+  DISTML_CHECK_ARG(!config.servers.empty(), "a parameter server needs at least one server rank");
+  for (int s : config.servers) DISTML_CHECK_ARG(s >= 0 && s < P, "server rank " << s << " out of range");
+  DISTML_CHECK_ARG(config.staleness >= 0, "staleness must be >= 0");
+  const int S = static_cast<int>(config.servers.size());
+  const bool colocated = S == P;
+  std::vector<int> workers;
+  for (int r = 0; r < P; ++r) {
+    bool serves = std::find(config.servers.begin(), config.servers.end(), r) != config.servers.end();
+    if (colocated || !serves) workers.push_back(r);
+  }
+  DISTML_CHECK_ARG(!workers.empty(), "a parameter server needs at least one worker rank");
+  worker_ = std::find(workers.begin(), workers.end(), me) != workers.end();
+  // An even split: the first total % S shards hold one element more.
+  bounds_.assign(S + 1, 0);
+  for (int i = 0; i < S; ++i) bounds_[i + 1] = bounds_[i] + config.total / S + (i < config.total % S ? 1 : 0);
+  known_version_.assign(S, 0);
+  for (int i = 0; i < S; ++i) {
+    if (config.servers[i] == me) {
+      server_ = std::make_unique<Server>(*mail_, config, bounds_[i], bounds_[i + 1], workers, initial);
+    }
+  }
+}
+
+ParameterServer::~ParameterServer() {
+  stop_progress();
+  // Freeing the communicators is collective: done by close() on success.
+  // Otherwise (destroyed after a failure, or never closed) they are left
+  // to MPI_Finalize.
+  if (mail_) mail_->abandon();
+}
+
+void ParameterServer::start_progress() {
+  if (!server_ || progress_.joinable()) return;
+  progress_ = std::thread([this] {
+    tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+    while (!stop_.load(std::memory_order_relaxed) && !server_->done()) {
+      if (server_->poll()) {
+        backoff.reset();
+      } else {
+        backoff.pause();
+      }
+    }
+  });
+}
+
+void ParameterServer::stop_progress() {
+  stop_.store(true);
+  if (progress_.joinable()) progress_.join();
+}
+
+double ParameterServer::progress_cpu_seconds() const {
+  // Only while the thread runs (its clock goes with it).
+  if (!const_cast<std::thread&>(progress_).joinable()) return -1;
+  clockid_t cid;
+  if (pthread_getcpuclockid(const_cast<std::thread&>(progress_).native_handle(), &cid) != 0) return -1;
+  timespec ts;
+  if (clock_gettime(cid, &ts) != 0) return -1;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+ServerStats ParameterServer::server_stats() const {
+  return server_ ? server_->stats() : ServerStats{};
+}
+
+void ParameterServer::check_usable() const {
+  if (closed_) DISTML_THROW(Unusable, "the parameter server was closed");
+  if (broken_) DISTML_THROW(Unusable, "the parameter server is broken: " << broken_reason_);
+  if (!worker_) DISTML_THROW(InvalidArgument, "rank " << mail_->rank() << " is a dedicated server, not a worker");
+}
+
+Clock::time_point ParameterServer::worker_deadline() const {
+  // The servers' own verdict (which names the late workers) comes first:
+  // they give up after the timeout; a worker after a quarter more.
+  if (config_.timeout <= 0) return Clock::time_point::max();
+  return Clock::now() + to_duration(config_.timeout * 1.25 + 0.5);
+}
+
+void ParameterServer::request(int op, const std::vector<int>& which, std::int64_t need, bool data,
+                              const std::vector<tp::Piece>& out, const char* what) {
+  const std::size_t elem = dtype_size(config_.dtype);
+  const std::size_t n = which.size();
+  std::vector<Header> sent(n), got(n);
+  std::vector<tp::Pending> recvs, sends;
+  recvs.reserve(n);
+  sends.reserve(n);
+  const auto t0 = Clock::now();
+  const auto until = worker_deadline();
+  try {
+    for (std::size_t k = 0; k < n; ++k) {
+      const int i = which[k];
+      std::vector<tp::Piece> pieces{header_piece(&got[k])};
+      if (data) {
+        auto part = slice(out, elem, bounds_[i], bounds_[i + 1]);
+        pieces.insert(pieces.end(), part.begin(), part.end());
+      }
+      recvs.push_back(mail_->recv(tp::Mailbox::kReplies, config_.servers[i], kReplyTag, pieces));
+    }
+    for (std::size_t k = 0; k < n; ++k) {
+      sent[k].op = op;
+      sent[k].clock = wstats_.clock;
+      sent[k].need = need;
+      sent[k].info0 = data ? 1 : 0;
+      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, {header_piece(&sent[k])}));
+    }
+    tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+    for (;;) {
+      bool all = true;
+      for (auto& s : sends) all = s.test() && all;
+      for (auto& r : recvs) all = r.test() && all;
+      if (all) break;
+      if (Clock::now() > until) {
+        std::ostringstream os;
+        os << "rank " << mail_->rank() << " timed out after " << seconds_since(t0) << " s waiting to " << what
+           << " parameter server rank(s) [";
+        bool first = true;
+        for (std::size_t k = 0; k < n; ++k) {
+          if (recvs[k].active() || sends[k].active()) {
+            os << (first ? "" : ", ") << config_.servers[which[k]];
+            first = false;
+          }
+        }
+        os << "]";
+        DISTML_THROW(Timeout, os.str());
+      }
+      backoff.pause();
+    }
+  } catch (const Error& e) {
+    broken_ = true;
+    broken_reason_ = e.what();
+    wstats_.wait_seconds += seconds_since(t0);
+    throw;
+  }
+  wstats_.wait_seconds += seconds_since(t0);
+  std::int64_t min_version = -1;
+  for (std::size_t k = 0; k < n; ++k) {
+    const Header& h = got[k];
+    const int server = config_.servers[which[k]];
+    if (h.status != kOk) {
+      broken_ = true;
+      std::ostringstream os;
+      const std::int64_t mask = h.info0 & ((std::int64_t{1} << 62) - 1), more = (h.info0 >> 62) & 1;
+      if (h.status == kWorkersLate) {
+        os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
+           << " to push clock " << h.info1;
+        broken_reason_ = os.str();
+        DISTML_THROW(Timeout, broken_reason_);
+      }
+      if (h.status == kNotClosed) {
+        os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
+           << " to close";
+        broken_reason_ = os.str();
+        DISTML_THROW(Timeout, broken_reason_);
+      }
+      os << "parameter server on rank " << server << " has failed (its rank raised the cause)";
+      broken_reason_ = os.str();
+      DISTML_THROW(Unusable, broken_reason_);
+    }
+    if (data) {
+      const std::size_t expect = sizeof(Header) + static_cast<std::size_t>(bounds_[which[k] + 1] - bounds_[which[k]]) * elem;
+      if (recvs[k].received() != expect) {
+        broken_ = true;
+        broken_reason_ = "a reply of the wrong size";
+        DISTML_THROW(Error, "parameter server on rank " << server << " replied with " << recvs[k].received()
+                                                        << " bytes, expected " << expect);
+      }
+      wstats_.bytes_pulled += static_cast<std::int64_t>(expect - sizeof(Header));
+    }
+    known_version_[which[k]] = std::max(known_version_[which[k]], h.version);
+    min_version = min_version < 0 ? h.version : std::min(min_version, h.version);
+    if (config_.mode == Mode::kAsync) wstats_.max_staleness = std::max(wstats_.max_staleness, h.stale);
+  }
+  if (data && min_version >= 0) {
+    wstats_.updates_applied = min_version;
+    ++wstats_.pulls;
+    if (config_.mode == Mode::kSync) {
+      wstats_.max_staleness = std::max(wstats_.max_staleness, wstats_.clock - min_version);
+    }
+  }
+}
+
+void ParameterServer::push(const std::vector<tp::Piece>& grads) {
+  check_usable();
+  const std::size_t wire = dtype_size(config_.wire);
+  DISTML_CHECK_ARG(total_bytes(grads) == static_cast<std::size_t>(config_.total) * wire,
+                   "push got " << total_bytes(grads) << " bytes of gradients, expected "
+                               << static_cast<std::size_t>(config_.total) * wire);
+  const std::int64_t c = wstats_.clock + 1;
+  const int S = static_cast<int>(config_.servers.size());
+  if (config_.mode == Mode::kSync) {
+    // Clock c goes into slot c mod (s+1), which clock c - s - 1 must have left.
+    const std::int64_t need = c - 1 - config_.staleness;
+    std::vector<int> behind;
+    for (int i = 0; i < S; ++i) {
+      if (known_version_[i] < need) behind.push_back(i);
+    }
+    if (!behind.empty()) request(kPull, behind, need, false, {}, "push to (waiting for the staleness bound)");
+  }
+  std::vector<Header> hdrs(S);
+  std::vector<tp::Pending> sends;
+  sends.reserve(S);
+  const auto t0 = Clock::now();
+  const auto until = worker_deadline();
+  try {
+    for (int i = 0; i < S; ++i) {
+      hdrs[i].op = kPush;
+      hdrs[i].clock = c;
+      std::vector<tp::Piece> pieces{header_piece(&hdrs[i])};
+      auto part = slice(grads, wire, bounds_[i], bounds_[i + 1]);
+      pieces.insert(pieces.end(), part.begin(), part.end());
+      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[i], kPush, pieces));
+    }
+    tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+    for (;;) {
+      bool all = true;
+      for (auto& s : sends) all = s.test() && all;
+      if (all) break;
+      if (Clock::now() > until) {
+        std::ostringstream os;
+        os << "rank " << mail_->rank() << " timed out after " << seconds_since(t0)
+           << " s waiting to push to parameter server rank(s) [";
+        bool first = true;
+        for (int i = 0; i < S; ++i) {
+          if (sends[i].active()) {
+            os << (first ? "" : ", ") << config_.servers[i];
+            first = false;
+          }
+        }
+        os << "]";
+        DISTML_THROW(Timeout, os.str());
+      }
+      backoff.pause();
+    }
+  } catch (const Error& e) {
+    broken_ = true;
+    broken_reason_ = e.what();
+    wstats_.wait_seconds += seconds_since(t0);
+    throw;
+  }
+  wstats_.wait_seconds += seconds_since(t0);
+  wstats_.clock = c;
+  wstats_.bytes_pushed += static_cast<std::int64_t>(total_bytes(grads));
+}
+
+void ParameterServer::pull(const std::vector<tp::Piece>& out) {
+  check_usable();
+  DISTML_CHECK_ARG(total_bytes(out) == static_cast<std::size_t>(config_.total) * dtype_size(config_.dtype),
+                   "pull got " << total_bytes(out) << " bytes of output arrays");
+  const std::int64_t need = config_.mode == Mode::kSync ? wstats_.clock - config_.staleness : 0;
+  std::vector<int> all(config_.servers.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+  request(kPull, all, need, true, out, "pull from");
+}
+
+void ParameterServer::final_broadcast(const std::vector<tp::Piece>& out) {
+  const std::size_t elem = dtype_size(config_.dtype);
+  const bool has_deadline = config_.timeout > 0;
+  const auto until = has_deadline ? Clock::now() + to_duration(config_.timeout * 1.25 + 0.5) : Clock::time_point::max();
+  for (std::size_t i = 0; i < config_.servers.size(); ++i) {
+    const int root = config_.servers[i];
+    auto mine = slice(out, elem, bounds_[i], bounds_[i + 1]);
+    if (root == mail_->rank()) {
+      mail_->broadcast(root, {{server_->params(), server_->bytes()}}, until, has_deadline,
+                       "the final parameters");
+      std::size_t at = 0;
+      for (const auto& p : mine) {
+        std::memcpy(const_cast<void*>(p.ptr), static_cast<const char*>(server_->params()) + at, p.bytes);
+        at += p.bytes;
+      }
+    } else {
+      std::ostringstream what;
+      what << "the final parameters from server rank " << root;
+      mail_->broadcast(root, mine, until, has_deadline, what.str());
+    }
+  }
+}
+
+void ParameterServer::serve(const std::vector<tp::Piece>& out) {
+  DISTML_CHECK_ARG(server_ && !worker_, "serve() is for dedicated server ranks");
+  tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+  while (!server_->done()) {
+    if (server_->poll()) {
+      backoff.reset();
+    } else {
+      backoff.pause();
+    }
+    if (server_->failed()) {
+      broken_ = true;
+      broken_reason_ = server_->failure();
+      if (server_->timed_out()) throw Timeout(server_->failure());
+      throw Error(server_->failure());
+    }
+  }
+  final_broadcast(out);
+  closed_ = true;
+  mail_.reset();
+}
+
+void ParameterServer::close(const std::vector<tp::Piece>& out) {
+  if (closed_) return;
+  if (broken_) DISTML_THROW(Unusable, "the parameter server is broken: " << broken_reason_);
+  DISTML_CHECK_ARG(worker_, "close() on a dedicated server rank: its constructor served until the workers closed");
+  try {
+    std::vector<int> all(config_.servers.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+    request(kClose, all, 0, false, {}, "close with");
+    if (server_) {
+      // Ends once every worker has closed and the replies are delivered.
+      if (progress_.joinable()) progress_.join();
+      if (server_->failed()) {
+        broken_ = true;
+        broken_reason_ = server_->failure();
+        if (server_->timed_out()) throw Timeout(server_->failure());
+        throw Error(server_->failure());
+      }
+    }
+    final_broadcast(out);
+  } catch (...) {
+    stop_progress();
+    throw;
+  }
+  closed_ = true;
+  mail_.reset();
+}
+
+}  // namespace distml::ps

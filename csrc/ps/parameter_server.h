@@ -1,0 +1,160 @@
+// A parameter server: the flattened parameters split into one contiguous
+// shard per server rank, each server applying an optimizer to its shard,
+// workers pushing gradients and pulling parameters at their own pace.
+//
+// Vocabulary. The flat parameter space has `total` elements; server i (of
+// `servers`, a list of ranks) owns [bounds[i], bounds[i+1]), an even split.
+// Workers are every rank (colocated layout) or every rank that is not a
+// server (dedicated layout). A worker's clock is its number of pushes.
+// A shard's version is its number of updates applied: in sync/bounded mode
+// the clocks whose gradients it has applied (one update per clock, the
+// average over the workers), in async mode the pushes it has applied (one
+// update per push).
+//
+// Messages (transport::Mailbox; every message starts with a Header):
+//   push  worker -> server  Header + the server's range of the gradient
+//   pull  worker -> server  Header (need: the version the reply must reach)
+//   close worker -> server  Header (the worker's final clock)
+//   reply server -> worker  Header (+ the shard, when data was asked for)
+// Consistency. Sync is bounded staleness with s = 0. In sync/bounded mode a
+// server sums the clock-c gradients of every worker into slot c mod (s+1)
+// and applies their average once all have arrived, in clock order; a pull
+// by a worker at clock c waits until version >= c - s. A worker never
+// pushes clock c before version >= c - 1 - s (push waits for that), so s+1
+// slots always suffice. In async mode each push is one optimizer step with
+// the learning rate divided by the number of workers.
+//
+// Invariants that would hang or corrupt if broken:
+// - the shard is never modified while a reply is sending it: an update first
+//   completes the replies in flight (Server::quiesce);
+// - a worker has at most one request outstanding per server, so a reply is
+//   matched by (server, tag) alone;
+// - every wait has a deadline when a timeout is set, and polls with backoff.
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/types.h"
+#include "ps/optimizer.h"
+#include "transport/mailbox.h"
+
+namespace distml::ps {
+
+enum class Mode : std::uint8_t { kSync = 0, kAsync = 1 };
+
+struct Config {
+  DType dtype = DType::kFloat32;  // parameters (float32 or float64)
+  DType wire = DType::kFloat32;   // gradients on the wire (dtype, float16, bfloat16)
+  std::int64_t total = 0;         // elements of the flat parameter space
+  std::vector<int> servers;       // ranks that serve, ascending
+  Mode mode = Mode::kAsync;
+  int staleness = 0;              // sync/bounded only
+  OptimizerConfig optimizer;
+  double timeout = 0;             // seconds; <= 0: none
+  long poll_min_us = 20;          // backoff sleeps of the polling loops
+  long poll_max_us = 1000;
+};
+
+struct Header {
+  std::int64_t op = 0;
+  std::int64_t clock = 0;    // push: the push's clock; close: final clock
+  std::int64_t need = 0;     // pull: the version the reply must reach
+  std::int64_t version = 0;  // reply: the shard's version
+  std::int64_t status = 0;   // reply: 0 ok, else an error (see .cpp)
+  std::int64_t stale = 0;    // reply: async max staleness of this worker's pushes
+  std::int64_t info0 = 0;    // pull: 1 = send data; error replies: details
+  std::int64_t info1 = 0;
+};
+
+struct WorkerStats {
+  std::int64_t clock = 0;
+  std::int64_t updates_applied = 0;  // smallest shard version in the last pull
+  std::int64_t max_staleness = 0;
+  std::int64_t bytes_pushed = 0;
+  std::int64_t bytes_pulled = 0;
+  std::int64_t pulls = 0;
+  double wait_seconds = 0;
+};
+
+struct ServerStats {
+  std::int64_t version = 0;
+  std::int64_t updates_applied = 0;
+  std::int64_t max_staleness = 0;
+  std::int64_t requests = 0;
+  std::int64_t bytes_received = 0;
+  std::int64_t bytes_sent = 0;
+  std::int64_t shard_elements = 0;
+  std::int64_t optimizer_state_bytes = 0;
+  std::vector<std::int64_t> applied_per_worker;  // by rank
+  double busy_seconds = 0;  // in the optimizer and copies
+};
+
+class Server;
+
+class ParameterServer {
+ public:
+  // Collective over `user`. `initial` is this rank's full parameter space as
+  // pieces (the same values on every rank); a server copies its range.
+  ParameterServer(MPI_Comm user, const Config& config, const std::vector<transport::Piece>& initial);
+  ~ParameterServer();
+  ParameterServer(const ParameterServer&) = delete;
+  ParameterServer& operator=(const ParameterServer&) = delete;
+
+  bool is_server() const { return server_ != nullptr; }
+  bool is_worker() const { return worker_; }
+  int rank() const { return mail_->rank(); }
+  const std::vector<std::int64_t>& bounds() const { return bounds_; }
+
+  // Colocated layout: serve on a progress thread while this rank works.
+  void start_progress();
+  // Dedicated layout: serve on the calling thread until every worker has
+  // closed, then take part in the final broadcast into `out`.
+  void serve(const std::vector<transport::Piece>& out);
+
+  // Worker calls (pieces cover the whole flat space, in order).
+  void push(const std::vector<transport::Piece>& grads);
+  void pull(const std::vector<transport::Piece>& out);
+  // Collective: every worker closes, servers drain, all ranks receive the
+  // final parameters into `out`.
+  void close(const std::vector<transport::Piece>& out);
+  bool closed() const { return closed_; }
+
+  WorkerStats worker_stats() const { return wstats_; }
+  ServerStats server_stats() const;
+  double progress_cpu_seconds() const;
+
+ private:
+  std::chrono::steady_clock::time_point worker_deadline() const;
+  void check_usable() const;
+  // Sends `hdr` (+ nothing) as a pull with need/data to server i and waits
+  // for the reply into `out` pieces (may be empty for a fence).
+  void request(int op, const std::vector<int>& which, std::int64_t need, bool data,
+               const std::vector<transport::Piece>& out, const char* what);
+  void final_broadcast(const std::vector<transport::Piece>& out);
+  void stop_progress();
+
+  Config config_;
+  std::unique_ptr<transport::Mailbox> mail_;
+  std::vector<std::int64_t> bounds_;
+  std::unique_ptr<Server> server_;
+  bool worker_ = false;
+  std::thread progress_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::int64_t> known_version_;  // per server, from replies
+  WorkerStats wstats_;
+  bool closed_ = false;
+  bool broken_ = false;
+  std::string broken_reason_;
+};
+
+}  // namespace distml::ps
