@@ -1,6 +1,7 @@
 """Gradient buffers and the bucketed, overlapping DistributedOptimizer.
 
-Vocabulary, used by the names below:
+The buffer itself is a core type (``csrc/buffers/grad_buffer.h``); this
+module is its numpy face. Vocabulary, used by the names below:
 
 - *flat buffer*: one aligned allocation holding every parameter's gradient.
   Parameters sit in it in **reverse** order (the last parameter at offset 0),
@@ -10,13 +11,16 @@ Vocabulary, used by the names below:
   bucket is reduced by one allreduce, in place; no gradient is ever copied
   into or out of a staging area (except to change the wire format).
 - *ready*: a gradient has its final value for this step. When every gradient
-  of a bucket is ready, the bucket may be launched.
+  of a bucket is ready, the core launches the bucket's allreduce on the
+  communicator's async queue, from the thread that marked it, without the
+  GIL and without returning to Python.
 
 Invariant that keeps ranks from deadlocking: buckets are launched strictly
 in bucket order (0, 1, 2, ...). A bucket that becomes complete before an
 earlier one waits for it. So whatever order a rank marks gradients ready in,
 every rank issues the same allreduces in the same order, which is what the
-communicator's in-order async queue needs to match them up.
+communicator's in-order async queue needs to match them up. The core keeps
+this invariant (``GradBuffer::mark_ready``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .. import _core
+from .._dtypes import dtype_code
 
 __all__ = ["GradientBuffer", "DistributedOptimizer", "broadcast_parameters"]
 
@@ -94,88 +101,6 @@ class Bucket:
         return self.stop - self.start
 
 
-class GradientBuffer:
-    """One flat, aligned allocation holding a gradient for every parameter.
-
-    Args:
-        params: the parameters (only shapes and the common dtype are used).
-        bucket_bytes: target bucket size. Buckets are filled in reverse
-            parameter order and closed once they reach this size; a gradient
-            is never split, so a gradient larger than ``bucket_bytes`` gets a
-            bucket of its own.
-
-    Attributes:
-        buffer: the flat array (dtype of the parameters).
-        grads: one view of ``buffer`` per parameter, in parameter order, of
-            the parameter's shape. Write gradients into these.
-        buckets: list of :class:`Bucket`, in launch order.
-        bucket_of: bucket index of each parameter.
-
-        comm: a :class:`distml.Communicator` whose ranks all share one node:
-            the buffer is then allocated in node-shared memory
-            (:meth:`Communicator.zeros`), so that in-place allreduces of its
-            buckets read peers' gradients where they lie instead of copying
-            them in first. Creating such a buffer must be done on all ranks.
-
-    Raises:
-        ValueError: no parameters, mixed dtypes, or ``bucket_bytes`` < 1.
-    """
-
-    def __init__(self, params: Sequence[np.ndarray], bucket_bytes: int = 25 << 20, comm: Any = None) -> None:
-        params = list(params)
-        if not params:
-            raise ValueError("GradientBuffer needs at least one parameter")
-        dtypes = {np.dtype(p.dtype) for p in params}
-        if len(dtypes) != 1:
-            raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
-        if int(bucket_bytes) < 1:
-            raise ValueError(f"bucket_bytes must be >= 1, not {bucket_bytes}")
-        self.dtype = dtypes.pop()
-        self.bucket_bytes = int(bucket_bytes)
-        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
-        total = sum(sizes)
-        if comm is not None and comm.shared_memory == "one node":
-            self.buffer = comm.zeros(total, self.dtype)
-        else:
-            self.buffer = aligned_empty(total, self.dtype)
-            self.buffer.fill(0)
-
-        offsets = [0] * len(params)
-        self.buckets: List[Bucket] = []
-        self.bucket_of = [0] * len(params)
-        cursor = 0
-        current: Optional[Bucket] = None
-        for i in reversed(range(len(params))):
-            if current is None:
-                current = Bucket(len(self.buckets), cursor, cursor)
-                self.buckets.append(current)
-            offsets[i] = cursor
-            cursor += sizes[i]
-            current.stop = cursor
-            current.params.append(i)
-            self.bucket_of[i] = current.index
-            if current.size * self.dtype.itemsize >= self.bucket_bytes:
-                current = None
-        self.grads: List[np.ndarray] = [
-            self.buffer[o:o + n].reshape(p.shape) for o, n, p in zip(offsets, sizes, params)
-        ]
-        self.offsets = offsets
-
-    def bucket_view(self, index: int) -> np.ndarray:
-        b = self.buckets[index]
-        return self.buffer[b.start:b.stop]
-
-    def zero(self) -> None:
-        self.buffer.fill(0)
-
-    def __len__(self) -> int:
-        return len(self.grads)
-
-    def __repr__(self) -> str:
-        return (f"<distml.GradientBuffer {len(self.grads)} gradients, {self.buffer.nbytes} bytes, "
-                f"{len(self.buckets)} buckets>")
-
-
 _WIRE_DTYPES = {None: None, "fp16": np.dtype(np.float16), "float16": np.dtype(np.float16)}
 
 
@@ -193,6 +118,95 @@ def _wire_dtype(compression: Optional[str]) -> Optional[np.dtype]:
     if compression in _WIRE_DTYPES:
         return _WIRE_DTYPES[compression]
     raise ValueError(f"compression must be None, 'fp16' or 'bf16', not {compression!r}")
+
+
+class GradientBuffer:
+    """One flat, aligned allocation holding a gradient for every parameter:
+    the numpy face of the core's gradient buffer.
+
+    Args:
+        params: the parameters (only shapes and the common dtype are used).
+        bucket_bytes: target bucket size. Buckets are filled in reverse
+            parameter order and closed once they reach this size; a gradient
+            is never split, so a gradient larger than ``bucket_bytes`` gets a
+            bucket of its own.
+        comm: a :class:`distml.Communicator` the buckets are reduced over
+            (None: the layout only, nothing is reduced). When its ranks all
+            share one node the buffer is allocated in node-shared memory, so
+            that in-place allreduces of its buckets read peers' gradients
+            where they lie instead of copying them in first; creating such a
+            buffer must be done on all ranks.
+        compression: None, "fp16" or "bf16": the wire format of floating
+            gradients (see :class:`DistributedOptimizer`).
+        op: "avg" or "sum": what a bucket's allreduce computes.
+        node_shared: False keeps the buffer in ordinary memory even when
+            the ranks share a node.
+
+    Attributes:
+        buffer: the flat array (dtype of the parameters).
+        grads: one view of ``buffer`` per parameter, in parameter order, of
+            the parameter's shape. Write gradients into these.
+        buckets: list of :class:`Bucket`, in launch order.
+        bucket_of: bucket index of each parameter.
+        offsets: each parameter's offset in ``buffer`` (elements).
+
+    Raises:
+        ValueError: no parameters, mixed dtypes, or ``bucket_bytes`` < 1.
+    """
+
+    def __init__(self, params: Sequence[np.ndarray], bucket_bytes: int = 25 << 20, comm: Any = None,
+                 compression: Optional[str] = None, op: str = "avg", node_shared: bool = True) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError("GradientBuffer needs at least one parameter")
+        dtypes = {np.dtype(p.dtype) for p in params}
+        if len(dtypes) != 1:
+            raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        if int(bucket_bytes) < 1:
+            raise ValueError(f"bucket_bytes must be >= 1, not {bucket_bytes}")
+        self.dtype = dtypes.pop()
+        self.bucket_bytes = int(bucket_bytes)
+        wire = _wire_dtype(compression)
+        if wire is not None and self.dtype not in _float_dtypes():
+            raise ValueError(f"compression needs floating-point gradients, not {self.dtype}")
+        code = int(dtype_code(self.dtype, "parameters"))
+        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
+        self._core = _core.GradBuffer(
+            None if comm is None else comm._core, sizes, [code] * len(params),
+            op=1 if op == "avg" else 0, bucket_bytes=self.bucket_bytes,
+            wire=-1 if wire is None else int(dtype_code(wire)), shared=bool(node_shared and comm is not None))
+        self.buffer = self._core.flat(0).view(self.dtype)
+        self.offsets = [int(self._core.offset(i)) for i in range(len(params))]
+        self.grads: List[np.ndarray] = [
+            self.buffer[o:o + n].reshape(p.shape) for o, n, p in zip(self.offsets, sizes, params)
+        ]
+        self.buckets: List[Bucket] = [Bucket(k, start, stop, list(ps))
+                                      for k, (_, start, stop, ps) in enumerate(self._core.buckets())]
+        self.bucket_of = [0] * len(params)
+        for b in self.buckets:
+            for i in b.params:
+                self.bucket_of[i] = b.index
+        wire_bytes = self._core.wire(0)
+        self.wire = None if wire_bytes is None else wire_bytes.view(wire)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the buffer (or its wire copy) lives in node-shared memory."""
+        return bool(self._core.shared(0))
+
+    def bucket_view(self, index: int) -> np.ndarray:
+        b = self.buckets[index]
+        return self.buffer[b.start:b.stop]
+
+    def zero(self) -> None:
+        self._core.zero()
+
+    def __len__(self) -> int:
+        return len(self.grads)
+
+    def __repr__(self) -> str:
+        return (f"<distml.GradientBuffer {len(self.grads)} gradients, {self.buffer.nbytes} bytes, "
+                f"{len(self.buckets)} buckets>")
 
 
 class DistributedOptimizer:
@@ -223,6 +237,9 @@ class DistributedOptimizer:
             the format's epsilon (2**-11 for fp16, 2**-8 for bf16) per
             element. Gradients already in the wire format are sent as they
             are.
+        node_shared: when the ranks share one node, keep the gradient buffer
+            in node-shared memory, where the allreduce works in place
+            (default True; False for ordinary memory).
 
     The constructor, :meth:`step`, :meth:`synchronize`,
     :meth:`broadcast_parameters` and :meth:`broadcast_optimizer_state`
@@ -231,7 +248,7 @@ class DistributedOptimizer:
     """
 
     def __init__(self, optimizer: Any, comm: Any = None, bucket_bytes: int = 25 << 20,
-                 compression: Optional[str] = None) -> None:
+                 compression: Optional[str] = None, *, node_shared: bool = True) -> None:
         self.optimizer = optimizer
         self.comm = _default_comm(comm)
         self.compression = compression
@@ -240,22 +257,9 @@ class DistributedOptimizer:
             dtype = {np.dtype(p.dtype) for p in optimizer.params}
             if not dtype <= _float_dtypes():
                 raise ValueError(f"compression needs floating-point gradients, not {sorted(map(str, dtype))}")
-            if dtype == {wire}:
-                wire = None  # already in the wire format
-        # On one node, the buffers that are reduced in place live in
-        # node-shared memory, which saves the allreduce a copy.
-        shared = self.comm.shared_memory == "one node"
-        self.grad_buffer = GradientBuffer(optimizer.params, bucket_bytes,
-                                          comm=self.comm if shared and wire is None else None)
-        self._wire = [
-            None if wire is None else (self.comm.empty(b.size, wire) if shared else np.empty(b.size, dtype=wire))
-            for b in self.grad_buffer.buckets
-        ]
-        self._ready = [False] * len(self.grad_buffer)
-        self._missing = [len(b.params) for b in self.grad_buffer.buckets]
-        self._handles: List[Any] = [None] * len(self.grad_buffer.buckets)
-        self._next_bucket = 0
-        self._marked = 0
+        self.grad_buffer = GradientBuffer(optimizer.params, bucket_bytes, comm=self.comm, compression=compression,
+                                          node_shared=node_shared)
+        self._core = self.grad_buffer._core
 
     # ---- views -------------------------------------------------------------
 
@@ -272,7 +276,19 @@ class DistributedOptimizer:
     def pending(self) -> bool:
         """Whether gradients of the current step have been marked ready or are
         being reduced (cleared by :meth:`synchronize`/:meth:`step`)."""
-        return self._marked > 0 or any(h is not None for h in self._handles)
+        return bool(self._core.pending)
+
+    @property
+    def _handles(self) -> List[Any]:
+        # per bucket: True once launched, else None (for tests and debugging)
+        n = self._core.launched
+        return [True] * n + [None] * (len(self.grad_buffer.buckets) - n)
+
+    @property
+    def _wire(self) -> List[Optional[np.ndarray]]:
+        # per bucket: its slice of the wire-format buffer, or None
+        w = self.grad_buffer.wire
+        return [None if w is None else w[b.start:b.stop] for b in self.grad_buffer.buckets]
 
     # ---- the reduction -----------------------------------------------------
 
@@ -287,57 +303,15 @@ class DistributedOptimizer:
             ValueError: an index out of range, or marked twice in one step.
         """
         if isinstance(indices, (int, np.integer)):
-            indices = [int(indices)]
-        for i in indices:
-            i = int(i)
-            if not 0 <= i < len(self._ready):
-                raise ValueError(f"gradient index {i} out of range for {len(self._ready)} parameters")
-            if self._ready[i]:
-                raise ValueError(f"gradient {i} was already marked ready in this step")
-            self._ready[i] = True
-            self._marked += 1
-            self._missing[self.grad_buffer.bucket_of[i]] -= 1
-        while self._next_bucket < len(self._missing) and self._missing[self._next_bucket] == 0:
-            self._launch(self._next_bucket)
-            self._next_bucket += 1
-
-    def _launch(self, k: int) -> None:
-        view = self.grad_buffer.bucket_view(k)
-        wire = self._wire[k]
-        if wire is None:
-            self._handles[k] = self.comm.allreduce(view, op="avg", out=view, async_op=True)
+            self._core.mark_ready(int(indices))
         else:
-            np.copyto(wire, view, casting="same_kind")
-            self._handles[k] = self.comm.allreduce(wire, op="avg", out=wire, async_op=True)
+            self._core.mark_ready_many([int(i) for i in indices])
 
     def synchronize(self) -> None:
         """Launches the buckets not yet launched (treating every gradient as
         ready), waits for all of them, and leaves the averaged gradients in
         ``self.grads``. Must be called on all ranks."""
-        while self._next_bucket < len(self._missing):
-            self._launch(self._next_bucket)
-            self._next_bucket += 1
-        error: Optional[BaseException] = None
-        for k, handle in enumerate(self._handles):
-            if handle is None:
-                continue
-            try:
-                handle.wait()
-            except BaseException as exc:  # noqa: BLE001 - wait for the rest, then raise the first
-                error = error or exc
-                continue
-            if self._wire[k] is not None:
-                np.copyto(self.grad_buffer.bucket_view(k), self._wire[k], casting="same_kind")
-        self._reset()
-        if error is not None:
-            raise error
-
-    def _reset(self) -> None:
-        self._ready = [False] * len(self._ready)
-        self._missing = [len(b.params) for b in self.grad_buffer.buckets]
-        self._handles = [None] * len(self._handles)
-        self._next_bucket = 0
-        self._marked = 0
+        self._core.wait_all()
 
     def step(self, grads: Optional[Sequence[np.ndarray]] = None) -> None:
         """Averages the gradients across ranks, then steps the optimizer.
@@ -358,7 +332,7 @@ class DistributedOptimizer:
             if len(grads) != len(self.grads):
                 raise ValueError(f"step got {len(grads)} gradients for {len(self.grads)} parameters")
             foreign = [i for i, (g, v) in enumerate(zip(grads, self.grads)) if g is not v]
-            if foreign and self._marked:
+            if foreign and self._core.marked:
                 raise RuntimeError(
                     "step(grads) got arrays other than self.grads after mark_ready(); "
                     "write gradients into self.grads when marking them ready"
