@@ -1,0 +1,293 @@
+"""distml.ps.ParameterServer at P = 1..4 (run by tests/test_mpi.py, group "ps").
+
+Every rank builds the same problems from seeds, so every rank can compute the
+single-process reference itself. Results and exceptions are recorded while the
+ranks communicate and checked afterwards (see conftest.py); a rank's verdict is
+agreed with the others by the conftest hooks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import distml
+from distml import nn, optim
+from distml.ps import ParameterServer
+
+SHAPES = [(13, 7), (7,), (5, 3, 2)]
+
+
+def layouts(P):
+    """(servers argument, worker ranks) for the layouts P ranks can run."""
+    out = [(None, list(range(P)))]
+    if P >= 2:
+        out.append((1, list(range(P - 1))))
+    if P >= 3:
+        out.append((2, list(range(P - 2))))
+    return out
+
+
+def problem(seed=3):
+    """The starting parameters (float64). Worker w's loss at clock c is
+    0.5 * sum_i (a_i * p_i - b_i)^2 with a, b drawn from (w, c): its gradient
+    (``gradient``) depends on p, so stale parameters give other gradients."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s) for s in SHAPES]
+    return params
+
+
+def gradient(params, worker, clock):
+    rng = np.random.default_rng((17, worker, clock))
+    out = []
+    for p in params:
+        a = rng.uniform(0.5, 1.5, size=p.shape)
+        b = rng.standard_normal(p.shape)
+        out.append(a * (a * p - b))
+    return out
+
+
+OPTIMIZERS = {
+    "sgd_momentum": (optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    "sgd_nesterov": (optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True)),
+    "adam": (optim.Adam, dict(lr=0.01, betas=(0.8, 0.95), weight_decay=1e-3)),
+    "adamw": (optim.AdamW, dict(lr=0.01, weight_decay=0.05)),
+}
+
+
+def oracle(cls, kw, workers, steps, compression=None):
+    """Single-process training on the average of every worker's gradient."""
+    params = problem()
+    opt = cls(params, **kw)
+    for c in range(1, steps + 1):
+        grads = [gradient(params, w, c) for w in workers]
+        if compression == "fp16":
+            grads = [[g.astype(np.float16).astype(np.float64) for g in gs] for gs in grads]
+        mean = [np.mean([gs[i] for gs in grads], axis=0) for i in range(len(SHAPES))]
+        opt.step(mean)
+    return params
+
+
+def train(comm, cls, kw, servers, steps, mode="sync", staleness=None, compression=None):
+    params = problem()
+    if comm.rank != 0:
+        for p in params:
+            p[...] = 0  # rank 0's values are the start
+    extra = {} if staleness is None else {"staleness": staleness}
+    ps = ParameterServer(params, cls, comm=comm, mode=mode, servers=servers, compression=compression, **extra, **kw)
+    stats = None
+    if ps.is_worker:
+        for c in range(1, steps + 1):
+            ps.step(gradient(params, comm.rank, c))
+        stats = ps.stats()
+        ps.close()
+    return ps, params, stats
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("layout", [0, 1, 2], ids=["colocated", "dedicated1", "dedicated2"])
+def test_sync_equals_single_process_optimizer(comm_default, name, layout):
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    servers, workers = layouts(comm.size)[layout]
+    cls, kw = OPTIMIZERS[name]
+    steps = 6
+    ps, params, stats = train(comm, cls, kw, servers, steps)
+    want = oracle(cls, kw, workers, steps)
+    for got, ref in zip(params, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    if ps.is_worker:
+        assert stats["clock"] == steps and stats["updates_applied"] == steps
+        assert stats["max_staleness"] == 0
+        assert stats["bytes_pushed"] == steps * sum(p.nbytes for p in params)
+
+
+def test_bounded_zero_staleness_equals_sync(comm_default):
+    comm = comm_default
+    cls, kw = OPTIMIZERS["adam"]
+    _, sync_params, _ = train(comm, cls, kw, None, 5, mode="sync")
+    _, bounded_params, _ = train(comm, cls, kw, None, 5, mode="bounded", staleness=0)
+    # Not bit for bit: a server sums the workers' gradients in arrival order.
+    for a, b in zip(sync_params, bounded_params):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_fp16_compression_equals_oracle_on_rounded_gradients(comm_default):
+    comm = comm_default
+    cls, kw = OPTIMIZERS["sgd_momentum"]
+    _, params, stats = train(comm, cls, kw, None, 4, compression="fp16")
+    want = oracle(cls, kw, list(range(comm.size)), 4, compression="fp16")
+    for got, ref in zip(params, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    # Half the bytes of float64 on the wire... a quarter: 2 of 8 bytes.
+    assert stats["bytes_pushed"] == 4 * sum(p.size for p in params) * 2
+
+
+@pytest.mark.parametrize("s", [1, 3])
+def test_bounded_staleness_never_exceeded_with_a_sleeping_rank(comm_default, s):
+    comm = comm_default
+    cls, kw = OPTIMIZERS["sgd_momentum"]
+    params = problem()
+    ps = ParameterServer(params, cls, comm=comm, mode="bounded", staleness=s, **kw)
+    rng = np.random.default_rng((5, comm.rank))
+    sleeper = comm.size - 1
+    seen = []
+    for c in range(1, 16):
+        if comm.rank == sleeper:
+            time.sleep(rng.uniform(0.0, 0.03))
+        ps.step(gradient(params, comm.rank, c))
+        seen.append(ps.stats()["max_staleness"])
+    ps.close()
+    most = comm.allgather(np.array([max(seen)], dtype=np.int64))
+    assert max(seen) <= s
+    assert all(0 <= int(m) <= s for m in most)
+    if comm.size > 1:
+        # The ranks that do not sleep ran ahead of the sleeper: bounded is not sync.
+        assert max(int(m) for m in most) >= 1, most
+
+
+def digits_data():
+    sklearn = pytest.importorskip("sklearn.datasets")
+    d = sklearn.load_digits()
+    X = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(X))
+    test, train_ = order[:360], order[360:]
+    return X[train_], y[train_], X[test], y[test]
+
+
+def digits_run(comm, mode, slow_rank, slow_seconds, steps, batch=16):
+    X, y, Xt, yt = digits_data()
+    model = nn.Sequential(nn.Linear(64, 48, rng=0), nn.ReLU(), nn.Linear(48, 10, rng=1))
+    params = model.parameters()
+    ps = ParameterServer(params, optim.Adam, comm=comm, mode=mode, lr=3e-3)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    rng = np.random.default_rng((11, comm.rank))
+    snapshot = None
+    for _ in range(steps):
+        idx = rng.integers(0, len(X), size=batch)
+        loss_fn(model(X[idx]), y[idx])
+        model.backward(loss_fn.backward())
+        if comm.rank == slow_rank:
+            time.sleep(slow_seconds)
+        ps.step(model.grads())
+    # What this rank's shard had applied from each worker when this worker
+    # finished (async: the slow worker is still far behind then).
+    snapshot = ps.stats()["server"]["applied_per_worker"]
+    ps.close()
+    accuracy = float((model(Xt).argmax(1) == yt).mean())
+    return accuracy, snapshot
+
+
+def test_async_with_a_slow_rank_converges_like_sync(comm_default):
+    comm = comm_default
+    slow = comm.size - 1
+    steps = 900 // comm.size + 60
+    sync_acc, _ = digits_run(comm, "sync", slow, 0.0, steps)
+    async_acc, applied = digits_run(comm, "async", slow, 0.004, steps)
+    every = comm.allgather(np.array(applied, dtype=np.int64)).reshape(comm.size, comm.size)
+    assert sync_acc > 0.9, sync_acc
+    assert abs(async_acc - sync_acc) <= 0.02, (async_acc, sync_acc)
+    if comm.size > 1 and comm.rank != slow:
+        # When this fast worker finished, its shard had applied more of its
+        # own updates than of the slow worker's.
+        assert applied[comm.rank] > applied[slow], every
+
+
+@pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
+@pytest.mark.parametrize("mode", ["async", "bounded"])
+def test_close_leaves_identical_parameters_everywhere(comm_default, layout, mode):
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    servers, workers = layouts(comm.size)[layout]
+    params = problem()
+    ps = ParameterServer(params, optim.AdamW, comm=comm, mode=mode, servers=servers,
+                         staleness=2 if mode == "bounded" else None, lr=0.01)
+    if ps.is_worker:
+        rng = np.random.default_rng((3, comm.rank))
+        # Workers push different numbers of times.
+        for c in range(1, 4 + 2 * comm.rank):
+            ps.step(gradient(params, comm.rank, c))
+            if rng.uniform() < 0.5:
+                time.sleep(0.002)
+        ps.close()
+    flat = np.concatenate([p.ravel() for p in params])
+    every = comm.allgather(flat).reshape(comm.size, -1)
+    assert np.isfinite(flat).all()
+    for r in range(comm.size):
+        np.testing.assert_array_equal(every[r], every[0])
+    assert not np.array_equal(flat, np.concatenate([p.ravel() for p in problem()]))
+    if ps.is_server:
+        state = ps.stats()["server"]
+        # The optimizer state of a shard only: AdamW keeps two arrays.
+        assert state["optimizer_state_bytes"] == 2 * state["shard_elements"] * 8
+
+
+def test_bad_input_raises_everywhere(comm_default):
+    comm = comm_default
+    cls, kw = OPTIMIZERS["sgd_momentum"]
+    errors = {}
+    # Shapes differ on the last rank (at P = 1 there is nobody to differ from).
+    if comm.size > 1:
+        params = problem()
+        if comm.rank == comm.size - 1:
+            params[1] = np.zeros(8)
+        try:
+            ParameterServer(params, cls, comm=comm, **kw)
+        except Exception as e:  # noqa: BLE001 - recorded, checked below
+            errors["mismatch"] = e
+    # Arguments only this rank sees.
+    for key, args in {
+        "dtype": dict(params=[np.zeros(3, dtype=np.int32)]),
+        "mode": dict(mode="eventual"),
+        "staleness": dict(mode="bounded"),
+        "servers": dict(servers=comm.size),
+        "compression": dict(compression="int8"),
+        "optimizer": dict(optimizer_cls=dict),
+    }.items():
+        call = dict(params=problem(), optimizer_cls=cls, comm=comm, **kw)
+        call.update(args)
+        try:
+            ParameterServer(**call)
+        except Exception as e:  # noqa: BLE001
+            errors[key] = e
+    params = problem()
+    ps = ParameterServer(params, cls, comm=comm, mode="async", **kw)
+    try:
+        ps.push([np.zeros(3) for _ in SHAPES])
+    except Exception as e:  # noqa: BLE001
+        errors["push_shapes"] = e
+    try:
+        ps.push([np.zeros(s) for s in SHAPES][:2])
+    except Exception as e:  # noqa: BLE001
+        errors["push_count"] = e
+    try:
+        ps.pull([np.zeros(s, dtype=np.float32) for s in SHAPES])
+    except Exception as e:  # noqa: BLE001
+        errors["pull_dtype"] = e
+    ps.step(gradient(params, comm.rank, 1))
+    ps.close()
+    for call in ("pull", "push"):
+        try:
+            ps.pull() if call == "pull" else ps.push(gradient(params, comm.rank, 2))
+        except Exception as e:  # noqa: BLE001
+            errors[f"{call}_after_close"] = e
+
+    if comm.size > 1:
+        assert isinstance(errors.get("mismatch"), distml.MismatchError), errors
+        assert "shapes" in str(errors["mismatch"]) and f"rank(s) [{comm.size - 1}]" in str(errors["mismatch"])
+    assert isinstance(errors.get("dtype"), TypeError), errors
+    assert isinstance(errors.get("mode"), ValueError), errors
+    assert isinstance(errors.get("staleness"), ValueError), errors
+    assert isinstance(errors.get("servers"), ValueError), errors
+    assert isinstance(errors.get("compression"), ValueError), errors
+    assert isinstance(errors.get("optimizer"), TypeError), errors
+    assert isinstance(errors.get("push_shapes"), ValueError), errors
+    assert isinstance(errors.get("push_count"), ValueError), errors
+    assert isinstance(errors.get("pull_dtype"), TypeError), errors
+    assert isinstance(errors.get("pull_after_close"), distml.CommunicatorError), errors
+    assert isinstance(errors.get("push_after_close"), distml.CommunicatorError), errors
