@@ -103,3 +103,43 @@ def table_row(*cells) -> None:
 def seen(records, key="saw") -> str:
     """'r0: X; r1: Y': what each rank reported, for a fault table row."""
     return "; ".join(f"r{r['rank']}: {r[key]}" for r in sorted(records, key=lambda r: r["rank"]))
+
+
+def launch_command(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -> Launch:
+    """Runs any command (a launcher such as distmlrun, which starts mpiexec
+    itself) like :func:`launch`: own process group, killed whole at the time
+    limit, ``FAULT {json}`` lines parsed."""
+    full_env = dict(os.environ)
+    for k in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "DISTML_TIMEOUT", "DISTML_CHECK", "DISTML_STALL_WARNING"):
+        full_env.pop(k, None)
+    full_env.setdefault("PYTHONFAULTHANDLER", "1")
+    full_env.update(env or {})
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code: Optional[int] = proc.returncode
+    except subprocess.TimeoutExpired:
+        # The launcher's own children may have left its group: SIGTERM first
+        # so that it can clean up, then SIGKILL what is left.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        code = None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    result = Launch(cmd, code, out, err, time.monotonic() - start, time.time())
+    for line in out.splitlines():
+        at = line.find("FAULT {")
+        if at >= 0:
+            try:
+                result.records.append(json.loads(line[at + len("FAULT "):]))
+            except json.JSONDecodeError:
+                pass
+    return result

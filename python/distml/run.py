@@ -19,6 +19,12 @@ Defaults added:
 
 Everything after the program name is passed to it unchanged; options for
 ``mpiexec`` itself go after ``--mpiexec-args`` as one quoted string.
+
+With ``--max-restarts N`` the job is elastic (:mod:`distml.elastic`): when
+ranks are lost, the launcher cleans up what the job left (processes,
+/dev/shm segments) and relaunches it on the ranks that are left, at most N
+times and never below ``--min-ranks``; the program resumes from its last
+commit.
 """
 
 from __future__ import annotations
@@ -112,6 +118,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--hostfile", help="host file (one host per line, optionally host:slots)")
     ap.add_argument("-H", "--hosts", help="comma-separated host list")
     ap.add_argument("--dry-run", action="store_true", help="print the command without running it")
+    ap.add_argument("--max-restarts", type=int, default=None,
+                    help="elastic: relaunch on the ranks that are left after a lost rank, up to N times "
+                         "(the program uses distml.elastic.run)")
+    ap.add_argument("--min-ranks", type=int, default=1, help="elastic: never relaunch with fewer ranks")
+    ap.add_argument("--elastic-dir", default=None,
+                    help="elastic: run directory for the ranks' records and default commits "
+                         "(default: a fresh one in /dev/shm, removed at the end)")
+    ap.add_argument("--elastic-report", default=None, help="elastic: write a JSON account of every launch here")
     ap.add_argument("-m", dest="module", help="run a module, like python -m")
     ap.add_argument("program", nargs=argparse.REMAINDER, help="script.py or command, then its arguments")
     args = ap.parse_args(argv)
@@ -146,6 +160,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ver and want_ver and ver.split(".")[:2] != want_ver.split(".")[:2]:
         print(f"distmlrun: warning: {mpiexec} is {fam} {ver}, distml was built against {compiled}",
               file=sys.stderr)
+    if args.max_restarts is not None:
+        if args.max_restarts < 0:
+            ap.error("--max-restarts must be at least 0")
+        return _elastic(args, mpiexec, fam, program)
     cmd = build_command(mpiexec, fam, args.nprocs, program, shlex.split(args.mpiexec_args),
                         args.hostfile, args.hosts)
     print("distmlrun: " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
@@ -159,6 +177,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         except KeyboardInterrupt:  # mpiexec got the signal too (same process group); wait for it
             continue
     return code if code >= 0 else 128 - code
+
+
+def _elastic(args: argparse.Namespace, mpiexec: str, family: str, program: List[str]) -> int:
+    """``--max-restarts``: run under distml.elastic's supervisor, which
+    relaunches the job on the ranks left after a lost rank."""
+    from .elastic._supervisor import format_hosts, parse_hosts, supervise
+
+    extra = shlex.split(args.mpiexec_args)
+    hosts = parse_hosts(args.hosts, args.hostfile)
+
+    def command(n: int, hosts_now: Optional[list]) -> List[str]:
+        return build_command(mpiexec, family, n, program, extra, None,
+                             format_hosts(hosts_now) if hosts_now else None)
+
+    if args.dry_run:
+        print("distmlrun: " + " ".join(shlex.quote(c) for c in command(args.nprocs, hosts)), file=sys.stderr)
+        return 0
+    return supervise(command, args.nprocs, hosts, args.max_restarts, args.min_ranks,
+                     run_directory=args.elastic_dir, report=args.elastic_report)
 
 
 def console_main() -> None:
