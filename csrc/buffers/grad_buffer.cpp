@@ -199,6 +199,11 @@ engine::Communicator& GradBuffer::comm() {
 
 // ---- one step -------------------------------------------------------------------
 
+std::shared_ptr<void> GradBuffer::keep() {
+  if (!inflight_) inflight_ = std::make_shared<std::shared_ptr<Storage>>(storage_);
+  return inflight_;
+}
+
 void GradBuffer::reset() {
   std::fill(ready_.begin(), ready_.end(), 0);
   missing_.resize(buckets_.size());
@@ -264,7 +269,7 @@ void GradBuffer::launch_replicated(int k, const Bucket& b) {
   call.count = count;
   call.in = p;
   call.out = p;
-  works_[k] = comm_->submit(call, storage_);
+  works_[k] = comm_->submit(call, keep());
 }
 
 // Copies rank j's piece of window `b`, for every j, to position j of `dst`
@@ -332,7 +337,7 @@ void GradBuffer::launch_shard(int k, const Bucket& b) {
     gather_window(b, staging.data());
     call.in = staging.data();
   }
-  works_[k] = comm_->submit(call, storage_);
+  works_[k] = comm_->submit(call, keep());
 }
 
 void GradBuffer::finish(int k) {
@@ -371,6 +376,11 @@ void GradBuffer::wait_all() {
     } catch (...) {
       if (!first) first = std::current_exception();
     }
+  }
+  // Every call of the step is done: what they kept holds nothing now.
+  if (inflight_) {
+    inflight_->reset();
+    inflight_.reset();
   }
   reset();
   if (first) std::rethrow_exception(first);

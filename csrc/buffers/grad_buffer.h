@@ -38,9 +38,12 @@
 //
 // Threads: mark_ready, launch_all, wait_all and zero may be called from any
 // thread, one at a time per buffer (a mutex serializes them); none of them
-// needs Python. The memory the queued collectives use is owned by a Storage
-// that every submitted call keeps alive, so a buffer dropped with work in
-// flight cannot free memory under the engine.
+// needs Python. The memory the queued collectives use is owned by a Storage.
+// Every call submitted in a step keeps alive one holder of it, which
+// wait_all empties once the step's calls are done: a buffer dropped with
+// work in flight cannot free memory under the engine, and one dropped after
+// its step frees its memory at once, not whenever the engine lets go of
+// what its finished calls kept.
 #pragma once
 
 #include <cstddef>
@@ -212,6 +215,9 @@ class GradBuffer {
   std::vector<std::vector<int>> buckets_of_;  // per parameter
   std::size_t numel_ = 0, shard_ = 0, width_ = 0;
   std::shared_ptr<Storage> storage_;
+  // What this step's submitted calls keep (see the comment at the top).
+  std::shared_ptr<std::shared_ptr<Storage>> inflight_;
+  std::shared_ptr<void> keep();
 
   std::mutex mu_;
   std::vector<char> ready_;

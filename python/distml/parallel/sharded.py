@@ -1,4 +1,5 @@
-"""ZeRO-style sharded optimizer (stages 1 and 2).
+"""ZeRO-style sharded optimizer (stages 1 and 2), over the core's gradient
+buffer in shard mode (``csrc/buffers/grad_buffer.h``).
 
 Partition: all parameters, concatenated in parameter order, form one flat
 vector of ``numel`` elements, padded with zeros to ``P * shard_size`` where
@@ -14,20 +15,20 @@ one flat parameter, this rank's shard.
 
 One step:
 
-1. stage 1: gradients -> flat padded gradient buffer (``self.grads`` are
-   views of it, so writing them there avoids the copy), then allreduce(avg)
-   of the whole buffer, of which the shard's part is used (every rank keeps
-   the full averaged gradient, as in ZeRO-1);
-   stage 2: the gradients are reduced bucket by bucket straight into this
-   rank's gradient shard, and no buffer of the full size is kept (ZeRO-2).
-   A *bucket* is a window of ``width`` elements at the same offset of every
-   rank's shard: bucket k holds elements ``[j * shard_size + k * width, ...)``
-   of the flat gradient for each rank j, ``P * width`` elements in all
-   (about ``bucket_bytes``). Those pieces are copied from the gradients into
-   the one bucket buffer, rank j's piece at position j, so that a
-   reduce_scatter(avg) of the bucket hands each rank the average of its own
-   piece, which is written into its shard at ``k * width``. A rank thus holds
-   its averaged gradient shard and one bucket;
+1. the gradients are reduced (averaged) straight into this rank's gradient
+   shard by reduce_scatter.
+   Stage 1 keeps a flat padded gradient buffer (``self.grads`` are views of
+   it, so writing them there avoids the copy) and reduces it whole, in one
+   reduce_scatter read straight from the buffer.
+   Stage 2 keeps no buffer of the full size: the gradients are reduced
+   bucket by bucket. A *bucket* is a window of ``width`` elements at the
+   same offset of every rank's shard: bucket k holds elements
+   ``[j * shard_size + lo, ...)`` of the flat gradient for each rank j,
+   ``P * width`` elements in all (about ``bucket_bytes``). The core copies
+   those pieces from the gradients into its one staging slot, rank j's piece
+   at position j, so that a reduce_scatter(avg) of the slot hands each rank
+   the average of its own piece, written into its shard at ``lo``. A rank
+   thus holds its averaged gradient shard and one bucket;
 2. the wrapped optimizer updates the shard of the flat parameters, with
    state for the shard only;
 3. allgather of the shards rebuilds the flat parameters on every rank, and
@@ -36,11 +37,12 @@ One step:
 
 from __future__ import annotations
 
-import bisect
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .. import _core
+from .._dtypes import dtype_code
 from .data_parallel import _default_comm, aligned_empty
 
 __all__ = ["ShardedOptimizer"]
@@ -99,56 +101,51 @@ class ShardedOptimizer:
         self.stage = stage
         self.params = params
         self.dtype = dtypes.pop()
-        P, r = self.comm.size, self.comm.rank
+        P = self.comm.size
         self._sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
         self.offsets = [int(o) for o in np.cumsum([0] + self._sizes[:-1])]
-        self._ends = [o + n for o, n in zip(self.offsets, self._sizes)]
-        self.numel = int(sum(self._sizes))
-        self.shard_size = -(-self.numel // P)
-        padded = self.shard_size * P
-        self.start, self.stop = r * self.shard_size, (r + 1) * self.shard_size
+        # Stage 1 reduces its whole flat buffer in one window; stage 2 in
+        # windows of about bucket_bytes, through one staging slot.
+        self._buf = _core.GradBuffer(
+            self.comm._core, self._sizes, [int(dtype_code(self.dtype, "parameters"))] * len(params), shard=True,
+            op=1, bucket_bytes=(1 << 62) if stage == 1 else int(bucket_bytes), flat=stage == 1, slots=1)
+        self.numel = int(self._buf.numel)
+        self.shard_size = int(self._buf.shard)
+        self.start, self.stop = int(self._buf.start), int(self._buf.start) + self.shard_size
+        if stage == 2:
+            self.bucket_width = int(self._buf.width)
 
-        self._flat_params = aligned_empty(padded, self.dtype)
+        self._flat_params = aligned_empty(self.shard_size * P, self.dtype)
         self._flat_params[self.numel:] = 0
         self._param_views = [self._flat_params[o:o + n].reshape(p.shape)
                              for o, n, p in zip(self.offsets, self._sizes, params)]
         for v, p in zip(self._param_views, params):
             np.copyto(v, p)
-        self._flat_grads: Optional[np.ndarray] = None
         self._grads: Optional[List[np.ndarray]] = None
         if stage == 1:
-            self._allocate_grads()
-            self._grad_shard = None
-            self._bucket = None
-        else:
-            self._grad_shard = aligned_empty(self.shard_size, self.dtype)
-            # elements per rank per bucket: P * width elements in a bucket
-            self.bucket_width = min(self.shard_size, max(1, int(bucket_bytes) // (P * self.dtype.itemsize)))
-            self._bucket = aligned_empty(P * self.bucket_width, self.dtype)
-        self._send = aligned_empty(self.shard_size, self.dtype)
+            self._attach_grads()
+        self._grad_shard = self._buf.grad_shard().view(self.dtype)
         self.shard = self._flat_params[self.start:self.stop]
         self.optimizer = optimizer_cls([self.shard], **optimizer_kwargs)
 
-    def _allocate_grads(self) -> None:
-        self._flat_grads = aligned_empty(self.shard_size * self.comm.size, self.dtype)
-        self._flat_grads.fill(0)
-        self._grads = [self._flat_grads[o:o + n].reshape(p.shape)
-                       for o, n, p in zip(self.offsets, self._sizes, self.params)]
+    def _attach_grads(self) -> None:
+        self._buf.allocate_flat()
+        flat = self._buf.flat(0).view(self.dtype)
+        self._grads = [flat[o:o + n].reshape(p.shape) for o, n, p in zip(self.offsets, self._sizes, self.params)]
 
     @property
     def grads(self) -> List[np.ndarray]:
         if self._grads is None:
-            self._allocate_grads()
+            self._attach_grads()
         return self._grads  # type: ignore[return-value]
 
     def grad_nbytes(self) -> int:
         """Bytes of gradient storage this rank holds: stage 1 the padded flat
-        gradient buffer (all of the gradient); stage 2 its averaged gradient
-        shard and one bucket (about ``numel / P`` elements plus
-        ``bucket_bytes``), plus the arrays of :attr:`grads` if they were
-        asked for."""
-        held = [self._flat_grads, self._grad_shard, self._bucket]
-        return sum(a.nbytes for a in held if a is not None)
+        gradient buffer (all of the gradient) and its averaged shard; stage 2
+        its averaged gradient shard and one bucket (about ``numel / P``
+        elements plus ``bucket_bytes``), plus the arrays of :attr:`grads` if
+        they were asked for."""
+        return int(self._buf.grad_bytes)
 
     # ---- stepping ------------------------------------------------------------
 
@@ -179,59 +176,36 @@ class ShardedOptimizer:
             for i, (g, p) in enumerate(zip(grads, self.params)):
                 if np.shape(g) != p.shape:
                     raise ValueError(f"gradient {i} has shape {np.shape(g)}, expected {p.shape}")
-        if self.stage == 1:
-            for g, v in zip(grads, self._grads):  # type: ignore[arg-type]
-                if g is not v:
-                    np.copyto(v, g, casting="same_kind")
-            self.comm.allreduce(self._flat_grads, op="avg", out=self._flat_grads)
-            grad_shard = self._flat_grads[self.start:self.stop]  # type: ignore[index]
-        else:
-            self._reduce_scatter_buckets(grads)
-            grad_shard = self._grad_shard
-        self.optimizer.step([grad_shard])
+        held = []  # gradients read in place this step, alive until the reduction is done
+        for i, g in enumerate(grads):
+            mine = self._grads[i] if self._grads is not None else None
+            if g is mine:
+                continue
+            if self.stage == 1:
+                np.copyto(mine, g, casting="same_kind")
+                continue
+            a = np.asarray(g)
+            if a.dtype != self.dtype or not a.flags.c_contiguous:
+                if not np.can_cast(a.dtype, self.dtype, casting="same_kind"):
+                    raise TypeError(f"gradient {i} has dtype {a.dtype}, which does not cast to {self.dtype}")
+                a = np.ascontiguousarray(a, dtype=self.dtype)
+            held.append((i, a))
+        for i, a in held:
+            self._buf.set_source(i, a, self._sizes[i] * self.dtype.itemsize)
+        self._buf.wait_all()
+        del held
+        self.optimizer.step([self._grad_shard])
         self._gather()
 
-    def _reduce_scatter_buckets(self, grads: Sequence[np.ndarray]) -> None:
-        """Stage 2: the averaged gradient shard, one bucket at a time (see the
-        module docstring). Every rank runs the same buckets in the same order:
-        their number and widths depend only on the partition."""
-        flats = [np.ascontiguousarray(g).reshape(-1) for g in grads]
-        P, S, width = self.comm.size, self.shard_size, self.bucket_width
-        for lo in range(0, S, width):
-            w = min(width, S - lo)
-            bucket = self._bucket[:P * w]  # type: ignore[index]
-            for j in range(P):
-                self._copy_flat(flats, j * S + lo, bucket[j * w:(j + 1) * w])
-            self.comm.reduce_scatter(bucket, op="avg", out=self._grad_shard[lo:lo + w])  # type: ignore[index]
-
-    def _copy_flat(self, flats: Sequence[np.ndarray], lo: int, out: np.ndarray) -> None:
-        """Copies elements [lo, lo + len(out)) of the concatenated gradients
-        into ``out``; the padding past ``numel`` reads as zeros."""
-        hi = lo + len(out)
-        pos = lo
-        i = bisect.bisect_right(self._ends, lo)  # the first parameter ending after lo
-        while pos < hi and i < len(flats):
-            o = self.offsets[i]
-            end = min(hi, self._ends[i])
-            np.copyto(out[pos - lo:end - lo], flats[i][pos - o:end - o], casting="same_kind")
-            pos = end
-            i += 1
-        if pos < hi:
-            out[pos - lo:] = 0
-
     def _gather(self) -> None:
-        # The shard is part of the allgather's output, so it goes out from a
-        # separate send buffer (allgather refuses overlapping in and out).
-        np.copyto(self._send, self.shard)
-        self.comm.allgather(self._send, out=self._flat_params)
+        self._buf.gather(self._flat_params)
         for p, v in zip(self.params, self._param_views):
             if p is not v:
                 np.copyto(p, v)
 
     def zero_grad(self) -> None:
         """Zeroes :attr:`grads` (stage 2 keeps nothing else between steps)."""
-        if self._flat_grads is not None:
-            self._flat_grads.fill(0)
+        self._buf.zero()
 
     def broadcast_parameters(self, root: int = 0) -> None:
         """Copies the parameters from ``root`` to every rank (into ``params``
