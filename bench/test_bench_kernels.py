@@ -16,9 +16,9 @@ from distml import _core
 
 from conftest import ROTATE
 
-# Codes of the core's kernel_reduce (csrc/common/types.h).
-DTYPES = {"float32": (np.dtype(np.float32), 2), "bfloat16": (distml.bfloat16, 1), "float16": (np.dtype(np.float16), 0)}
-OP_SUM = 0
+DTYPES = {name: (np.dtype(distml.bfloat16 if name == "bfloat16" else name), _core.DType.__members__[name])
+          for name in ("float32", "bfloat16", "float16")}
+OP_SUM = _core.Op.sum
 SIZES = {"4KiB": 4 << 10, "1MiB": 1 << 20, "64MiB": 64 << 20}
 
 

@@ -14,22 +14,10 @@ import pytest
 
 from distml import _core
 
-# Codes of csrc/common/types.h (DType, Op): the binding's contract.
-DTYPE_CODES = {
-    np.dtype(np.float16): 0,
-    np.dtype(ml_dtypes.bfloat16): 1,
-    np.dtype(np.float32): 2,
-    np.dtype(np.float64): 3,
-    np.dtype(np.int8): 4,
-    np.dtype(np.int16): 5,
-    np.dtype(np.int32): 6,
-    np.dtype(np.int64): 7,
-    np.dtype(np.uint8): 8,
-    np.dtype(np.uint16): 9,
-    np.dtype(np.uint32): 10,
-    np.dtype(np.uint64): 11,
-}
-OP_CODES = {"sum": 0, "avg": 1, "prod": 2, "min": 3, "max": 4, "band": 5, "bor": 6, "bxor": 7}
+# The core's codes, by the names it gives them (numpy's dtype names).
+DTYPE_CODES = {np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name): code
+               for name, code in _core.DType.__members__.items()}
+OP_CODES = dict(_core.Op.__members__)
 
 DTYPES = list(DTYPE_CODES)
 HALF_DTYPES = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
@@ -126,7 +114,7 @@ def codes(dtype, op):
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize(("dtype", "op"), VALID_PAIRS)
 def test_reduce(isa, dtype, op, n):
-    rng = np.random.default_rng([n, DTYPE_CODES[dtype], OP_CODES[op]])
+    rng = np.random.default_rng([n, int(DTYPE_CODES[dtype]), int(OP_CODES[op])])
     a, b = random_values(rng, dtype, n), random_values(rng, dtype, n)
     want = ref_chain([a, b], dtype, op)
 
@@ -154,7 +142,7 @@ def test_reduce_many(isa, dtype, op, nsrc, stream):
     # of 8 KiB: lengths past a block, and unaligned starts, reach its head,
     # body and tail.
     for n in LENGTHS + ((5000,) if stream else ()):
-        rng = np.random.default_rng([n, nsrc, DTYPE_CODES[dtype], OP_CODES[op]])
+        rng = np.random.default_rng([n, nsrc, int(DTYPE_CODES[dtype]), int(OP_CODES[op])])
         srcs = [random_values(rng, dtype, n) for _ in range(nsrc)]
         want = ref_chain(srcs, dtype, op)
 
@@ -207,7 +195,7 @@ def test_reduce_many_rejects_dst_as_a_later_source():
 def test_scale_avg(isa, dtype):
     for n in LENGTHS:
         for divisor in (1, 2, 3, 4, 7, 8, 200, 256, 1000, 2**40):
-            rng = np.random.default_rng([n, divisor % 1001, DTYPE_CODES[dtype]])
+            rng = np.random.default_rng([n, divisor % 1001, int(DTYPE_CODES[dtype])])
             x = random_values(rng, dtype, n)
             with np.errstate(all="ignore"):
                 if dtype in HALF_DTYPES:
@@ -223,7 +211,7 @@ def test_scale_avg(isa, dtype):
             assert_same(buf, want)
 
 
-@pytest.mark.parametrize("dtype", sorted(FLOAT_DTYPES, key=DTYPE_CODES.get), ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", sorted(FLOAT_DTYPES, key=lambda d: int(DTYPE_CODES[d])), ids=lambda d: d.name)
 @pytest.mark.parametrize("op", BITWISE_OPS)
 def test_bitwise_on_floats_raises(dtype, op):
     x = np.zeros(4, dtype)
@@ -233,12 +221,18 @@ def test_bitwise_on_floats_raises(dtype, op):
         _core.kernel_reduce_many(x, [x.copy(), x.copy()], *codes(dtype, op))
 
 
-def test_unknown_codes_raise():
+def test_codes_are_the_cores_enums():
+    # Every dtype distml supports has a code, named as numpy names it.
+    assert len(DTYPE_CODES) == 12 and set(OP_CODES) == {"sum", "avg", "prod", "min", "max", "band", "bor", "bxor"}
     x = np.zeros(4, np.float32)
-    with pytest.raises(ValueError):
-        _core.kernel_reduce(x, x.copy(), DTYPE_CODES[x.dtype], len(OP_CODES))
+    # A bare integer is not a code: only the enums cross the binding.
+    with pytest.raises(TypeError):
+        _core.kernel_reduce(x, x.copy(), int(DTYPE_CODES[x.dtype]), 0)
     with pytest.raises(ValueError):
         _core.kernel_scale_avg(x, DTYPE_CODES[x.dtype], 0)
+    # The item size must match the code.
+    with pytest.raises(ValueError, match="item size"):
+        _core.kernel_reduce(x, x.copy(), DTYPE_CODES[np.dtype(np.float64)], OP_CODES["sum"])
 
 
 def test_isa_selection():

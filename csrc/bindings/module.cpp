@@ -39,13 +39,13 @@ const void* data_of(const py::object& arr, std::size_t* nbytes) {
   return a.data();
 }
 
-engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
+engine::Call make_call(engine::Kind kind, DType dtype, Op op, std::size_t count, std::size_t unit, int root,
                        const std::string& algo, const std::vector<std::int64_t>& shape,
                        const py::object& in, const py::object& out) {
   engine::Call c;
-  c.kind = static_cast<engine::Kind>(kind);
-  c.dtype = static_cast<DType>(dtype);
-  c.op = static_cast<Op>(op);
+  c.kind = kind;
+  c.dtype = dtype;
+  c.op = op;
   c.count = count;
   c.unit = unit;
   c.root = root;
@@ -168,6 +168,20 @@ PYBIND11_MODULE(_core, m) {
         return done;
       });
 
+  // The codes of collectives, element types and operators, named as the
+  // core names them: the one definition the Python layer uses.
+  py::enum_<engine::Kind> kind(m, "Kind", "Collectives, as the core numbers them.", py::arithmetic());
+  for (int i = 0; i < engine::kKinds; ++i) kind.value(engine::kind_name(engine::Kind(i)), engine::Kind(i));
+  py::enum_<DType> dtype(m, "DType", "Element types, as the core numbers them.", py::arithmetic());
+  for (int i = 0; i < kNumDTypes; ++i) dtype.value(dtype_name(DType(i)), DType(i));
+  py::enum_<Op> op(m, "Op", "Reduction operators, as the core numbers them.", py::arithmetic());
+  for (int i = 0; i < kNumOps; ++i) op.value(op_name(Op(i)), Op(i));
+  m.def("accepted_algorithms", [](engine::Kind k) {
+    std::vector<std::string> names;
+    for (engine::Algo a : engine::accepted_algorithms(k)) names.emplace_back(engine::algo_name(a));
+    return names;
+  }, "The algorithm names a collective accepts, \"auto\" and \"mpi\" first.");
+
   // This rank's part of a node-shared window, as a writable byte buffer.
   py::class_<transport::ShmWindow, std::shared_ptr<transport::ShmWindow>>(m, "SharedBuffer",
                                                                           py::buffer_protocol())
@@ -197,7 +211,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("size", &engine::Communicator::size)
       .def(
           "run",
-          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
+          [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count,
              std::size_t unit, int root, const std::string& algo,
              const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
@@ -207,7 +221,7 @@ PYBIND11_MODULE(_core, m) {
           })
       .def(
           "refuse",
-          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
+          [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count, int root,
              const std::string& algo, bool no_memory) {
             auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
             call.invalid = no_memory ? engine::kNoMemory : engine::kInvalidArguments;
@@ -219,7 +233,7 @@ PYBIND11_MODULE(_core, m) {
           "Takes part in a collective's agreement as unable to run it (invalid arguments, or no "
           "memory for its buffers), so that every rank raises; then raises here.")
       .def("submit",
-           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
+           [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,
               const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
@@ -230,10 +244,10 @@ PYBIND11_MODULE(_core, m) {
            })
       .def(
           "run_rows",
-          [](engine::Communicator& self, int kind, int dtype, std::size_t count, std::size_t unit,
+          [](engine::Communicator& self, engine::Kind kind, DType dtype, std::size_t count, std::size_t unit,
              const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
              const py::object& out, std::vector<std::int64_t> rows, bool async) -> py::object {
-            auto call = make_call(kind, dtype, 0, count, unit, 1, algo, shape, in, out);
+            auto call = make_call(kind, dtype, Op::kSum, count, unit, 1, algo, shape, in, out);
             call.rows = std::make_shared<const std::vector<std::int64_t>>(std::move(rows));
             if (async) {
               auto keep = keep_alive(in, out);
@@ -251,11 +265,11 @@ PYBIND11_MODULE(_core, m) {
           "The data round of alltoallv or allgatherv (see engine::Call): `rows` holds the row "
           "counts; returns a Work when `async`.")
       .def("resolve",
-           [](engine::Communicator& self, int kind, int dtype, std::size_t count,
+           [](engine::Communicator& self, engine::Kind kind, DType dtype, std::size_t count,
               const std::string& algo) {
              engine::Call c;
-             c.kind = static_cast<engine::Kind>(kind);
-             c.dtype = static_cast<DType>(dtype);
+             c.kind = kind;
+             c.dtype = dtype;
              c.count = count;
              c.algo = engine::parse_algo(c.kind, algo);
              return std::string(engine::algo_name(self.resolve(c)));
@@ -339,15 +353,14 @@ PYBIND11_MODULE(_core, m) {
              return out;
            })
       .def("set_table",
-           [](engine::Communicator& s, int kind, const std::vector<std::pair<std::size_t, std::string>>& rows) {
-             DISTML_CHECK_ARG(kind >= 0 && kind < 7, "unknown collective code " << kind);
+           [](engine::Communicator& s, engine::Kind kind, const std::vector<std::pair<std::size_t, std::string>>& rows) {
              std::vector<std::pair<std::size_t, engine::Algo>> table;
              for (const auto& [bytes, name] : rows) {
-               engine::Algo a = engine::parse_algo(static_cast<engine::Kind>(kind), name);
+               engine::Algo a = engine::parse_algo(kind, name);
                DISTML_CHECK_ARG(a != engine::Algo::kAuto, "a table row cannot name 'auto'");
                table.emplace_back(bytes, a);
              }
-             change(s, [&](engine::Settings& x) { x.table[kind] = table; });
+             change(s, [&](engine::Settings& x) { x.table[static_cast<int>(kind)] = table; });
            })
       .def("thresholds", [](engine::Communicator& s) {
         py::dict d;
@@ -383,20 +396,19 @@ PYBIND11_MODULE(_core, m) {
     DISTML_CHECK_ARG(a.flags() & py::array::c_style, what << " is not C-contiguous");
     return a.data();
   };
-  m.def("kernel_reduce", [=](py::array dst, py::array src, int dtype, int op) {
+  m.def("kernel_reduce", [=](py::array dst, py::array src, DType dtype, Op op) {
     DISTML_CHECK_ARG(dst.size() == src.size(), "dst and src differ in length");
-    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(dtype),
                      "item size does not match dtype");
     void* d = writable(dst, "dst");
     const void* s = readable(src, "src");
     py::gil_scoped_release nogil;
-    kernels::reduce(d, s, static_cast<std::size_t>(dst.size()), static_cast<DType>(dtype),
-                    static_cast<Op>(op));
+    kernels::reduce(d, s, static_cast<std::size_t>(dst.size()), dtype, op);
   });
-  m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, int dtype, int op,
+  m.def("kernel_reduce_many", [=](py::array dst, std::vector<py::array> srcs, DType dtype, Op op,
                                   bool stream) {
     DISTML_CHECK_ARG(!srcs.empty(), "reduce_many needs at least one source");
-    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(dtype),
                      "item size does not match dtype");
     std::vector<const void*> ptrs;
     for (auto& s : srcs) {
@@ -406,8 +418,7 @@ PYBIND11_MODULE(_core, m) {
     void* d = writable(dst, "dst");
     py::gil_scoped_release nogil;
     (stream ? kernels::reduce_many_stream : kernels::reduce_many)(
-        d, ptrs.data(), static_cast<int>(ptrs.size()), static_cast<std::size_t>(dst.size()),
-        static_cast<DType>(dtype), static_cast<Op>(op));
+        d, ptrs.data(), static_cast<int>(ptrs.size()), static_cast<std::size_t>(dst.size()), dtype, op);
   }, py::arg("dst"), py::arg("srcs"), py::arg("dtype"), py::arg("op"), py::arg("stream") = false);
   m.def("kernel_copy_stream", [=](py::array dst, py::array src) {
     DISTML_CHECK_ARG(dst.nbytes() == src.nbytes(), "dst and src differ in size");
@@ -416,13 +427,13 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     kernels::copy_stream(d, s, static_cast<std::size_t>(dst.nbytes()));
   });
-  m.def("kernel_scale_avg", [=](py::array buf, int dtype, std::size_t divisor) {
+  m.def("kernel_scale_avg", [=](py::array buf, DType dtype, std::size_t divisor) {
     DISTML_CHECK_ARG(divisor > 0, "divisor must be positive");
-    DISTML_CHECK_ARG(static_cast<std::size_t>(buf.itemsize()) == dtype_size(static_cast<DType>(dtype)),
+    DISTML_CHECK_ARG(static_cast<std::size_t>(buf.itemsize()) == dtype_size(dtype),
                      "item size does not match dtype");
     void* b = writable(buf, "buf");
     py::gil_scoped_release nogil;
-    kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), static_cast<DType>(dtype), divisor);
+    kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), dtype, divisor);
   });
   void bind_buffers(py::module_&); bind_buffers(m);  // the gradient buffer: csrc/bindings/buffers.cpp
   void register_ps(py::module_&); register_ps(m);  // the parameter server: csrc/bindings/ps.cpp

@@ -9,6 +9,45 @@ def runtime_mpi() -> str: ...
 def mpi_version() -> tuple[int, int]: ...
 def abort(code: int) -> None: ...
 
+import enum
+
+class Kind(enum.IntEnum):
+    allreduce: int
+    reduce: int
+    broadcast: int
+    allgather: int
+    reduce_scatter: int
+    alltoall: int
+    barrier: int
+    alltoallv: int
+    allgatherv: int
+
+class DType(enum.IntEnum):
+    float16: int
+    bfloat16: int
+    float32: int
+    float64: int
+    int8: int
+    int16: int
+    int32: int
+    int64: int
+    uint8: int
+    uint16: int
+    uint32: int
+    uint64: int
+
+class Op(enum.IntEnum):
+    sum: int
+    avg: int
+    prod: int
+    min: int
+    max: int
+    band: int
+    bor: int
+    bxor: int
+
+def accepted_algorithms(kind: Kind) -> list[str]: ...
+
 class Work:
     def wait(self) -> None: ...
     def test(self) -> bool: ...
@@ -37,12 +76,12 @@ class Communicator:
     def allocate_shared(self, nbytes: int) -> SharedBuffer: ...
     def set_trace(self, on: bool) -> None: ...
     def drain_trace(self) -> list[dict]: ...
-    def set_table(self, kind: int, rows: Sequence[tuple[int, str]]) -> None: ...
+    def set_table(self, kind: Kind, rows: Sequence[tuple[int, str]]) -> None: ...
     def run(
         self,
-        kind: int,
-        dtype: int,
-        op: int,
+        kind: Kind,
+        dtype: DType,
+        op: Op,
         count: int,
         unit: int,
         root: int,
@@ -53,9 +92,9 @@ class Communicator:
     ) -> None: ...
     def submit(
         self,
-        kind: int,
-        dtype: int,
-        op: int,
+        kind: Kind,
+        dtype: DType,
+        op: Op,
         count: int,
         unit: int,
         root: int,
@@ -66,8 +105,8 @@ class Communicator:
     ) -> Work: ...
     def run_rows(
         self,
-        kind: int,
-        dtype: int,
+        kind: Kind,
+        dtype: DType,
         count: int,
         unit: int,
         algorithm: str,
@@ -77,8 +116,9 @@ class Communicator:
         rows: Sequence[int],
         async_op: bool,
     ) -> Optional[Work]: ...
-    def refuse(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str) -> None: ...
-    def resolve(self, kind: int, dtype: int, count: int, algorithm: str) -> str: ...
+    def refuse(self, kind: Kind, dtype: DType, op: Op, count: int, root: int, algorithm: str,
+               no_memory: bool = ...) -> None: ...
+    def resolve(self, kind: Kind, dtype: DType, count: int, algorithm: str) -> str: ...
     def free(self) -> None: ...
     def set_thresholds(self, allreduce: int, broadcast: int, reduce: int) -> None: ...
     def thresholds(self) -> dict[str, int]: ...
@@ -86,8 +126,8 @@ class Communicator:
 def kernel_isas() -> list[str]: ...
 def kernel_current_isa() -> str: ...
 def kernel_set_isa(name: str) -> None: ...
-def kernel_reduce(dst: np.ndarray, src: np.ndarray, dtype: int, op: int) -> None: ...
-def kernel_reduce_many(dst: np.ndarray, srcs: Sequence[np.ndarray], dtype: int, op: int,
+def kernel_reduce(dst: np.ndarray, src: np.ndarray, dtype: DType, op: Op) -> None: ...
+def kernel_reduce_many(dst: np.ndarray, srcs: Sequence[np.ndarray], dtype: DType, op: Op,
                        stream: bool = False) -> None: ...
 def kernel_copy_stream(dst: np.ndarray, src: np.ndarray) -> None: ...
-def kernel_scale_avg(buf: np.ndarray, dtype: int, divisor: int) -> None: ...
+def kernel_scale_avg(buf: np.ndarray, dtype: DType, divisor: int) -> None: ...

@@ -7,23 +7,13 @@ import enum
 import ml_dtypes
 import numpy as np
 
+from . import _core
+
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
 
-# Codes match csrc/common/types.h (DType).
-_DTYPE_CODES = {
-    np.dtype(np.float16): 0,
-    bfloat16: 1,
-    np.dtype(np.float32): 2,
-    np.dtype(np.float64): 3,
-    np.dtype(np.int8): 4,
-    np.dtype(np.int16): 5,
-    np.dtype(np.int32): 6,
-    np.dtype(np.int64): 7,
-    np.dtype(np.uint8): 8,
-    np.dtype(np.uint16): 9,
-    np.dtype(np.uint32): 10,
-    np.dtype(np.uint64): 11,
-}
+# The core's code for each dtype (its names are numpy's, bfloat16 ml_dtypes').
+_DTYPE_CODES = {(bfloat16 if name == "bfloat16" else np.dtype(name)): code
+                for name, code in _core.DType.__members__.items()}
 
 SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
 
@@ -44,8 +34,7 @@ class Op(str, enum.Enum):
         return self.value
 
 
-# Codes match csrc/common/types.h (Op).
-_OP_CODES = {op: i for i, op in enumerate(Op)}
+_OP_CODES = {op: _core.Op.__members__[op.value] for op in Op}
 _BITWISE = (Op.BAND, Op.BOR, Op.BXOR)
 
 

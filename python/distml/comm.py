@@ -21,9 +21,13 @@ from ._errors import DistmlError
 
 __all__ = ["Communicator", "Handle"]
 
-# Codes match csrc/engine/communicator.h (Kind).
-_ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIER = range(7)
-_ALLTOALLV, _ALLGATHERV = 7, 8
+# The core's codes of collectives; _NO_OP stands for the operator of those
+# that do not reduce.
+_K = _core.Kind
+_ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIER = (
+    _K.allreduce, _K.reduce, _K.broadcast, _K.allgather, _K.reduce_scatter, _K.alltoall, _K.barrier)
+_ALLTOALLV, _ALLGATHERV = _K.alltoallv, _K.allgatherv
+_NO_OP = _core.Op.sum
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
@@ -346,12 +350,12 @@ class Communicator:
 
     def _launch(
         self,
-        kind: int,
+        kind: Any,
         src: np.ndarray,
         dst: Optional[np.ndarray],
         *,
         dtype: int,
-        op: int = 0,
+        op: Any = _NO_OP,
         count: int = 0,
         unit: int = 1,
         root: int = 0,
@@ -377,7 +381,7 @@ class Communicator:
         self._core.run(*args)
         return finish()
 
-    def _refuse(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str, error: Exception):
+    def _refuse(self, kind: Any, dtype: int, op: int, count: int, root: int, algorithm: str, error: Exception):
         """Raises ``error``, a problem only this rank can see (the root's
         ``out=``, memory for a result), after taking part in the collective's
         agreement as unable to run it, so that the other ranks raise
@@ -389,7 +393,7 @@ class Communicator:
                 pass
         raise error
 
-    def _local(self, kind: int, dtype: int, op: int, count: int, root: int, algorithm: str,
+    def _local(self, kind: Any, dtype: int, op: int, count: int, root: int, algorithm: str,
                prepare: Callable[[], Any]) -> Any:
         """``prepare()`` (copies and result arrays, work only this rank
         does), refused through the agreement if it runs out of memory."""
@@ -556,16 +560,16 @@ class Communicator:
                 and type(algorithm) is str):
             code = _DTYPE_CODES.get(x.dtype)
             if code is not None and x.flags.c_contiguous and x.flags.writeable:
-                self._core.run(_BROADCAST, code, 0, x.size, 1, root, algorithm, (), x, x)
+                self._core.run(_BROADCAST, code, _NO_OP, x.size, 1, root, algorithm, (), x, x)
                 return x
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
         root = self._root(root)
         algorithm = self._algorithm(algorithm)
         if self.rank != root and not arr.flags.writeable:
-            self._refuse(_BROADCAST, code, 0, arr.size, root, algorithm,
+            self._refuse(_BROADCAST, code, _NO_OP, arr.size, root, algorithm,
                          ValueError("x is read-only; broadcast writes into x on every rank but the root"))
-        buf = self._local(_BROADCAST, code, 0, arr.size, root, algorithm, lambda: self._contiguous_in(arr))
+        buf = self._local(_BROADCAST, code, _NO_OP, arr.size, root, algorithm, lambda: self._contiguous_in(arr))
 
         finish = _delivery(buf, arr)
         return self._launch(_BROADCAST, buf, buf, dtype=code, count=arr.size, root=root,
@@ -596,7 +600,7 @@ class Communicator:
         shape = (self.size * arr.shape[0],) + arr.shape[1:]
         if out is not None and np.may_share_memory(out, arr):
             raise ValueError("out overlaps x; allgather needs separate input and output")
-        src, (dst, ret) = self._local(_ALLGATHER, code, 0, arr.size, 0, algorithm,
+        src, (dst, ret) = self._local(_ALLGATHER, code, _NO_OP, arr.size, 0, algorithm,
                                       lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, shape)))
 
         finish = _delivery(dst, ret)
@@ -677,28 +681,28 @@ class Communicator:
             )
         if out is not None and _same_buffer(out, arr):
             _check_out(out, arr.shape, arr.dtype)
-            src = self._local(_ALLTOALL, code, 0, arr.size, 0, algorithm, lambda: self._contiguous_in(arr))
+            src = self._local(_ALLTOALL, code, _NO_OP, arr.size, 0, algorithm, lambda: self._contiguous_in(arr))
             dst, ret = src, out
         else:
             if out is not None and np.may_share_memory(out, arr):
                 raise ValueError("out overlaps x without being x; pass out=x for an in-place alltoall")
             src, (dst, ret) = self._local(
-                _ALLTOALL, code, 0, arr.size, 0, algorithm,
+                _ALLTOALL, code, _NO_OP, arr.size, 0, algorithm,
                 lambda: (self._contiguous_in(arr), self._result_buffer(arr, out, arr.shape)))
 
         finish = _delivery(dst, ret)
         return self._launch(_ALLTOALL, src, dst, dtype=code, count=arr.size, algorithm=algorithm,
                             shape=arr.shape, async_op=async_op, finish=finish)
 
-    def _sizes_round(self, kind: int, code: int, shape: tuple, algorithm: str, mine: np.ndarray) -> np.ndarray:
+    def _sizes_round(self, kind: Any, code: int, shape: tuple, algorithm: str, mine: np.ndarray) -> np.ndarray:
         """The first round of alltoallv and allgatherv: one int64 from every
         rank to every rank (``mine[d]`` goes to rank d). Ranks compare the
         collective, dtype, row shape and algorithm here, before any row moves."""
         got = np.empty(self.size, dtype=np.int64)
-        self._core.run(kind, code, 0, self.size, 1, 0, algorithm, _shape_list(shape), mine, got)
+        self._core.run(kind, code, _NO_OP, self.size, 1, 0, algorithm, _shape_list(shape), mine, got)
         return got
 
-    def _rows_round(self, kind: int, code: int, arr: np.ndarray, unit: int, algorithm: str, rows: np.ndarray,
+    def _rows_round(self, kind: Any, code: int, arr: np.ndarray, unit: int, algorithm: str, rows: np.ndarray,
                     out: Optional[np.ndarray], shape: tuple, async_op: bool, result: Callable[[Any], Any]) -> Any:
         """The second round: this rank's result array (checked ``out``, or a new
         one; a failure here is refused through the agreement), then the rows."""
@@ -710,7 +714,7 @@ class Communicator:
         try:
             src, (dst, ret) = prepare()
         except (TypeError, ValueError, MemoryError) as e:
-            self._refuse(kind, code, 0, arr.size, 1, algorithm, e)
+            self._refuse(kind, code, _NO_OP, arr.size, 1, algorithm, e)
         finish = _delivery(dst, ret)
         args = (kind, code, int(arr.size), int(unit), algorithm, _shape_list(arr.shape), src, dst,
                 [int(n) for n in rows])
@@ -784,7 +788,7 @@ class Communicator:
             if int(counts.sum()) != arr.shape[0]:
                 raise ValueError(f"send_counts add up to {int(counts.sum())}, but x has {arr.shape[0]} rows")
         except ValueError as e:
-            self._refuse(_ALLTOALLV, code, 0, size, 0, algorithm, e)
+            self._refuse(_ALLTOALLV, code, _NO_OP, size, 0, algorithm, e)
         recv_counts = self._sizes_round(_ALLTOALLV, code, arr.shape, algorithm, counts)
         unit = int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim > 1 else 1
         shape = (int(recv_counts.sum()),) + arr.shape[1:]
@@ -836,7 +840,7 @@ class Communicator:
     def barrier(self, algorithm: str = "auto", async_op: bool = False) -> Any:
         """Returns once every rank has entered the barrier. Must be called on all ranks."""
         algorithm = self._algorithm(algorithm)
-        return self._launch(_BARRIER, None, None, dtype=8, algorithm=algorithm, async_op=async_op)
+        return self._launch(_BARRIER, None, None, dtype=_core.DType.uint8, algorithm=algorithm, async_op=async_op)
 
     # ---- node-shared buffers -------------------------------------------------
 
@@ -881,12 +885,8 @@ class Communicator:
 
     def algorithm_for(self, collective: str, nbytes: int) -> str:
         """The algorithm ``"auto"`` picks for ``collective`` on ``nbytes`` bytes of uint8."""
-        kinds = {
-            "allreduce": _ALLREDUCE, "reduce": _REDUCE, "broadcast": _BROADCAST,
-            "allgather": _ALLGATHER, "reduce_scatter": _REDUCE_SCATTER,
-            "alltoall": _ALLTOALL, "barrier": _BARRIER,
-        }
+        kinds = [k for k in _K.__members__ if k not in ("alltoallv", "allgatherv")]
         if collective not in kinds:
             raise ValueError(f"unknown collective {collective!r}; expected one of {', '.join(kinds)}")
-        return self._core.resolve(kinds[collective], 8, int(nbytes), "auto")
+        return self._core.resolve(_K.__members__[collective], _core.DType.uint8, int(nbytes), "auto")
 

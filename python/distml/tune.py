@@ -24,17 +24,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _core
+
 __all__ = ["default_path", "load_table", "apply_table", "measure", "main"]
 
-# Codes match csrc/engine/communicator.h (Kind).
-_KINDS = {"allreduce": 0, "reduce": 1, "broadcast": 2, "allgather": 3, "reduce_scatter": 4, "alltoall": 5}
-_CANDIDATES = {
-    "allreduce": ["shm", "hierarchical", "ring", "recursive_doubling", "mpi"],
-    "reduce": ["shm", "tree", "ring", "mpi"],
-    "broadcast": ["shm", "tree", "scatter_allgather", "mpi"],
-    "allgather": ["shm", "ring", "mpi"],
-    "reduce_scatter": ["shm", "ring", "mpi"],
-}
+# The collectives a table can tune (alltoall takes a table too, but its
+# schedules are not measured here), and the algorithms each may choose.
+_TUNED = ("allreduce", "reduce", "broadcast", "allgather", "reduce_scatter")
+_CANDIDATES = {name: [a for a in _core.accepted_algorithms(_core.Kind.__members__[name]) if a != "auto"]
+               for name in _TUNED}
 
 
 def default_path() -> Path:
@@ -74,8 +72,8 @@ def apply_table(comm: Any, tables: Optional[dict]) -> None:
     if not tables:
         return
     for name, rows in tables.items():
-        if name in _KINDS:
-            comm._core.set_table(_KINDS[name], [(int(b), str(a)) for b, a in rows])
+        if name in _core.Kind.__members__:
+            comm._core.set_table(_core.Kind.__members__[name], [(int(b), str(a)) for b, a in rows])
 
 
 def _time(comm: Any, fn, iters: int) -> float:

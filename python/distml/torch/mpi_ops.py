@@ -74,7 +74,7 @@ Max = "max"
 Product = "product"
 
 _OPS = {Average: Op.AVG, Sum: Op.SUM, Min: Op.MIN, Max: Op.MAX, Product: Op.PROD}
-_CODE_OPS = {code: op for op, code in _OP_CODES.items()}
+_CODE_OPS = {int(code): op for op, code in _OP_CODES.items()}
 
 class HorovodInternalError(RuntimeError):
     """Horovod's error for a failed collective, which user code catches
@@ -549,7 +549,7 @@ def _neutral(op: Op, dtype: np.dtype, count: int) -> np.ndarray:
     return np.full(count, fill, dtype)
 
 
-_CODE_DTYPES = {dtype_code(d): d for d in _NUMPY_OF.values()}
+_CODE_DTYPES = {int(dtype_code(d)): d for d in _NUMPY_OF.values()}
 
 # Optimizers a joined rank may have to stand in for, by id (assigned in
 # creation order, which every rank follows).
