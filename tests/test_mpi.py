@@ -33,6 +33,7 @@ GROUPS = {
     "data_movement": ["test_data_movement.py", "test_variable.py", "test_large.py"],
     "api": ["test_api.py", "test_errors.py", "test_communicators.py", "test_containment.py"],
     "ps": ["test_ps.py"],
+    "buffers": ["test_buffers.py"],
 }
 
 
