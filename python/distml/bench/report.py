@@ -1,0 +1,140 @@
+"""Results: the memory-bandwidth bound beside each row, the printed table,
+the JSON file, and markdown summaries of result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+
+from .common import BASELINE, format_size
+
+
+def memory_bound_factor(implementation: str, P: int) -> Optional[float]:
+    """Bytes an allreduce must move per rank through memory, in memcpys of
+    the message (a memcpy of n bytes reads n and writes n).
+
+    Out of place, a schedule that copies the input into shared memory,
+    reduces a 1/P slice from every rank's copy and copies the result out
+    moves about 2.5 memcpys' worth. In place on node-shared arrays
+    (distml:shared-buffer) a rank reads its 1/P slice of every rank (n),
+    writes it (n/P), and copies the other slices in ((P-1)/P n each way):
+    (1 + 1/P + 2(P-1)/P) / 2 memcpys. None for MPI's in-place variant,
+    whose schedule is MPI's own.
+    """
+    if P < 2 or implementation == "mpi4py:in-place":
+        return None
+    if implementation == "distml:shared-buffer":
+        return (1 + 1 / P + 2 * (P - 1) / P) / 2
+    return 2.5
+
+
+def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) -> None:
+    """For allreduce rows: the time the memory bound allows at the measured
+    memcpy rate (``memory_bound_s``) and the fraction of it reached
+    (``of_memory_bound``, above 1 where caches beat main memory). The
+    baseline's row also gets ``max_ratio_at_bound``: the ratio to MPI a
+    schedule running exactly at the 2.5-memcpy bound would show.
+
+    ``memcpy_Bps`` is one rank's rate; with more ranks than ``cores`` the
+    ranks sharing a core copy one after the other, so the bound stretches
+    by P / cores."""
+    for r in rows:
+        factor = memory_bound_factor(r["implementation"], r["P"]) if r["collective"] == "allreduce" else None
+        if factor is None:
+            continue
+        bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
+        r["memory_bound_s"] = bound
+        r["of_memory_bound"] = bound / r["time_s"]
+        if r["implementation"] == BASELINE:
+            r["max_ratio_at_bound"] = r["time_s"] / bound
+
+
+_HEADER = f"{'collective':<15}{'implementation':<28}{'bytes':>10}{'time(us)':>12}{'algbw GB/s':>12}" \
+          f"{'busbw GB/s':>12}{'ratio':>8}"
+
+
+def _format_row(m: Dict[str, Any]) -> str:
+    impl = m["implementation"]
+    if m["algorithm"] == "auto" and m.get("resolved"):
+        impl += f"({m['resolved']})"
+    ratio = "" if m["ratio"] is None else f"{m['ratio']:.2f}"
+    return (f"{m['collective']:<15}{impl:<28}{format_size(m['bytes']):>10}{m['time_s'] * 1e6:>12.1f}"
+            f"{m['algbw_GBps']:>12.3f}{m['busbw_GBps']:>12.3f}{ratio:>8}")
+
+
+def print_table(result: Dict[str, Any], file: Any = sys.stdout) -> None:
+    mi = result["machine"]
+    print(f"\ndistml {mi['distml']} | P={mi['P']} | {mi['cpu_model']} ({mi['cores']} cores) | kernels {mi['kernel_isa']}"
+          f" | {mi['mpi_library']} | mpi4py {mi['mpi4py']} | numpy {mi['numpy']}", file=file)
+    if result.get("memcpy"):
+        mc = result["memcpy"]
+        print(f"memcpy ceiling (np.copyto {format_size(mc['bytes'])}, one rank): {mc['bandwidth_GBps']:.2f} GB/s",
+              file=file)
+    if result.get("loadavg_before"):
+        print(f"load average before/after: {result['loadavg_before'][0]} / {result['loadavg_after'][0]} "
+              f"(on {mi['cores']} cores; above P, other work shared the machine)", file=file)
+    print("ratio = mpi4py time / distml time (above 1: distml faster); busbw as in the NCCL tests\n", file=file)
+    print(_HEADER, file=file)
+    last = None
+    for m in result["rows"]:
+        key = (m["collective"], m["bytes"])
+        if last is not None and key[0] != last[0]:
+            print(file=file)
+        last = key
+        print(_format_row(m), file=file)
+    print(f"\n{len(result['rows'])} rows in {result['elapsed_s']:.0f} s", file=file)
+
+
+def write_json(result: Dict[str, Any], path: str) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_bytes: int = 0,
+                   max_bytes: Optional[int] = None, field: str = "ratio") -> str:
+    """A markdown table, one row per size, one column per (file, implementation):
+    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw" or
+    "bound" (allreduce: fraction of the memory-bandwidth bound reached)."""
+    results = []
+    for p in paths:
+        with open(p) as f:
+            results.append(json.load(f))
+    columns: List[Tuple[str, int, str]] = []
+    cells: Dict[Tuple[int, str, int], str] = {}
+    sizes = set()
+    for fi, res in enumerate(results):
+        pl = f"P={res['machine']['P']}"
+        for r in res["rows"]:
+            if r["collective"] != collective or r["bytes"] < min_bytes or (max_bytes and r["bytes"] > max_bytes):
+                continue
+            impl = r["implementation"]
+            if field == "ratio" and impl == BASELINE:
+                continue
+            col = (pl, fi, impl)
+            if col not in columns:
+                columns.append(col)
+            sizes.add(r["bytes"])
+            if field == "ratio":
+                v = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+            elif field == "time_us":
+                v = f"{r['time_s'] * 1e6:.1f}"
+            elif field == "bound":
+                v = f"{r['of_memory_bound']:.2f}" if "of_memory_bound" in r else "-"
+            else:
+                v = f"{r['busbw_GBps']:.2f}"
+            cells[(r["bytes"], impl, fi)] = v
+    head = "| size | " + " | ".join(f"{pl} {impl}" for pl, _, impl in columns) + " |"
+    sep = "|---:|" + "---:|" * len(columns)
+    lines = [head, sep]
+    for b in sorted(sizes):
+        lines.append(f"| {format_size(b)} | " + " | ".join(cells.get((b, impl, fi), "") for _, fi, impl in columns) + " |")
+    return "\n".join(lines)

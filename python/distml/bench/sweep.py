@@ -1,0 +1,348 @@
+"""The sweep: the calls timed for each collective and algorithm, their
+interleaved timing against the baseline, and the run over sizes."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .common import BASELINE, COLLECTIVES, DEFAULT_SIZES, format_size
+from .machine import _loadavg, machine_info, memcpy_ceiling
+from .report import _HEADER, _format_row, add_memory_bound
+
+
+def iteration_counts(nbytes: int, args: argparse.Namespace) -> Tuple[int, int]:
+    """(timed, warm-up) iterations for a message of ``nbytes``."""
+    iters = max(args.min_iters, min(args.iters, args.byte_budget // max(nbytes, 1)))
+    warmup = min(args.warmup, max(1, iters // 4))
+    return int(iters), int(warmup)
+
+
+def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: int, warmup: int) -> np.ndarray:
+    """Times several implementations of one collective, interleaved.
+
+    Round ``i`` runs every implementation once, each after a barrier on
+    ``mcomm``, in an order drawn anew for each round, so all of them see the
+    same background load and the same predecessors: on a shared machine a
+    slow phase then shifts every implementation alike instead of whichever
+    happened to be running. ``runs[k](j)`` performs one call of
+    implementation ``k``; ``j`` counts calls across implementations, so
+    consecutive calls use different buffer sets.
+
+    Returns times in seconds, shape ``(len(runs), iters)``, each the maximum
+    over ranks (one MAX reduction at the end, none inside the timed loop).
+    """
+    from mpi4py import MPI
+
+    n = len(runs)
+    for w in range(warmup):
+        for k, run in enumerate(runs):
+            run(w * n + k)
+    times = np.empty((n, iters), dtype=np.float64)
+    perf = time.perf_counter
+    barrier = mcomm.Barrier
+    # A new order every round, the same on every rank (fixed seed), so that
+    # each implementation follows every other one about equally often: the
+    # after-effects of a call (caches, a peer still finishing) would
+    # otherwise always land on the same successor, as they do when the order
+    # only rotates.
+    orders = np.random.default_rng(12345).permuted(np.tile(np.arange(n), (iters, 1)), axis=1)
+    for i in range(iters):
+        for j in range(n):
+            k = int(orders[i, j])
+            barrier()
+            t0 = perf()
+            runs[k](i * n + j)
+            times[k, i] = perf() - t0
+    mcomm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
+    return times
+
+
+class Case:
+    """Buffers for one (collective, size), and the calls that time it.
+
+    ``count`` elements per rank's input (allgather: per rank's part);
+    ``nbytes`` as defined in the module docstring.
+    """
+
+    def __init__(self, name: str, nbytes: int, dtype: np.dtype, rank: int, size: int, nsets: int) -> None:
+        self.name = name
+        self.rank, self.size = rank, size
+        item = dtype.itemsize
+        elems = max(1, nbytes // item)
+        if name == "allgather":
+            # nbytes is the gathered buffer; each rank contributes a 1/P part.
+            part = max(1, -(-elems // size))
+            in_count, out_count = part, part * size
+            self.count, self.nbytes = part, part * size * item
+        elif name in ("reduce_scatter", "alltoall"):
+            elems = -(-elems // size) * size  # a whole number of elements per rank
+            in_count = elems
+            out_count = elems // size if name == "reduce_scatter" else elems
+            self.count, self.nbytes = elems, elems * item
+        else:
+            in_count = out_count = elems
+            self.count, self.nbytes = elems, elems * item
+        if name == "broadcast":
+            out_count = 0  # in place
+        if name == "reduce" and rank != 0:
+            out_count = 0
+        # Small values that stay exact through repeated sums, in every dtype.
+        fill = np.asarray(1, dtype=dtype)
+        self.ins = [np.full(in_count, fill, dtype=dtype) for _ in range(nsets)]
+        # Written once so that no page is first touched inside a timed call.
+        self.outs = [np.full(out_count, fill, dtype=dtype) for _ in range(nsets)]
+        self.nsets = nsets
+        self.footprint = (in_count + out_count) * item * nsets
+
+    def distml_call(self, comm: Any, algorithm: str) -> Callable[[int], Any]:
+        ins, outs, n = self.ins, self.outs, self.nsets
+        name = self.name
+        if name == "allreduce":
+            return lambda i: comm.allreduce(ins[i % n], "sum", out=outs[i % n], algorithm=algorithm)
+        if name == "reduce":
+            if self.rank == 0:
+                return lambda i: comm.reduce(ins[i % n], 0, "sum", out=outs[i % n], algorithm=algorithm)
+            return lambda i: comm.reduce(ins[i % n], 0, "sum", algorithm=algorithm)
+        if name == "broadcast":
+            return lambda i: comm.broadcast(ins[i % n], 0, algorithm=algorithm)
+        if name == "allgather":
+            return lambda i: comm.allgather(ins[i % n], out=outs[i % n], algorithm=algorithm)
+        if name == "reduce_scatter":
+            return lambda i: comm.reduce_scatter(ins[i % n], "sum", out=outs[i % n], algorithm=algorithm)
+        if name == "alltoall":
+            return lambda i: comm.alltoall(ins[i % n], out=outs[i % n], algorithm=algorithm)
+        raise ValueError(name)
+
+    def inplace_baseline_call(self, mcomm: Any) -> Callable[[int], Any]:
+        """MPI_Allreduce with MPI_IN_PLACE on the output buffers."""
+        from mpi4py import MPI
+
+        outs, n = self.outs, self.nsets
+        return lambda i: mcomm.Allreduce(MPI.IN_PLACE, outs[i % n], op=MPI.SUM)
+
+    def shared_buffer_call(self, comm: Any) -> Callable[[int], Any]:
+        """distml's in-place allreduce on arrays in node-shared memory
+        (allocated here: collective, so every rank builds the same Case)."""
+        shared = []
+        for src in self.ins:
+            a = comm.empty(src.shape, src.dtype)
+            a[...] = src
+            shared.append(a)
+        self.shared = shared
+        n = self.nsets
+        return lambda i: comm.allreduce(shared[i % n], "sum", out=shared[i % n])
+
+    def baseline_call(self, mcomm: Any) -> Callable[[int], Any]:
+        from mpi4py import MPI
+
+        ins, outs, n = self.ins, self.outs, self.nsets
+        if ins and ins[0].dtype.kind == "V":  # bfloat16: MPI has no datatype for it
+            raise NotImplementedError("mpi4py cannot send ml_dtypes.bfloat16 arrays")
+        SUM = MPI.SUM
+        name = self.name
+        if name == "allreduce":
+            return lambda i: mcomm.Allreduce(ins[i % n], outs[i % n], op=SUM)
+        if name == "reduce":
+            if self.rank == 0:
+                return lambda i: mcomm.Reduce(ins[i % n], outs[i % n], op=SUM, root=0)
+            return lambda i: mcomm.Reduce(ins[i % n], None, op=SUM, root=0)
+        if name == "broadcast":
+            return lambda i: mcomm.Bcast(ins[i % n], root=0)
+        if name == "allgather":
+            return lambda i: mcomm.Allgather(ins[i % n], outs[i % n])
+        if name == "reduce_scatter":
+            return lambda i: mcomm.Reduce_scatter_block(ins[i % n], outs[i % n], op=SUM)
+        if name == "alltoall":
+            return lambda i: mcomm.Alltoall(ins[i % n], outs[i % n])
+        raise ValueError(name)
+
+
+def accepted_algorithms(name: str) -> Tuple[str, ...]:
+    """The algorithms the installed core accepts for collective ``name``:
+    "auto" first, "mpi" last, distml's own between (so algorithms added to
+    the core are swept without editing this file)."""
+    from distml import _core
+
+    names = _core.accepted_algorithms(_core.Kind.__members__[name])
+    return tuple(["auto"] + [a for a in names if a not in ("auto", "mpi")] + ["mpi"])
+
+
+def usable_algorithms(comm: Any, mcomm: Any, name: str, algs: Sequence[str], dtype: np.dtype,
+                      rank: int, nranks: int) -> Tuple[Tuple[str, ...], Dict[str, str]]:
+    """(algorithms that run here, {refused algorithm: reason}).
+
+    Some algorithms refuse a topology (e.g. a hierarchical schedule on one
+    node). The core refuses before any communication and on every rank
+    alike, so one small call per algorithm finds out; the verdict is then
+    agreed across ranks all the same.
+    """
+    from distml import DistmlError
+
+    ok, refused = [], {}
+    for alg in algs:
+        case = Case(name, 64 * nranks, dtype, rank, nranks, 1)
+        why = ""
+        try:
+            case.distml_call(comm, alg)(0)
+        except (ValueError, DistmlError) as e:
+            why = str(e) or type(e).__name__
+        reasons = [r for r in mcomm.allgather(why) if r]
+        if reasons:
+            refused[alg] = reasons[0]
+        else:
+            ok.append(alg)
+    return tuple(ok), refused
+
+
+def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
+    # Per set: the input plus the output (allreduce, alltoall: both full size).
+    per_set = {"broadcast": 1.0, "reduce_scatter": 1.0 + 1.0 / size, "allgather": 1.0 + 1.0 / size}.get(name, 2.0)
+    per_set *= max(nbytes, item)
+    return int(max(1, min(args.rotate, args.buffer_budget // per_set)))
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    unknown = [c for c in args.collectives if c not in COLLECTIVES]
+    if unknown:
+        raise SystemExit(f"distml-bench: unknown collective(s) {', '.join(unknown)}; "
+                         f"expected some of {', '.join(COLLECTIVES)}")
+    if args.iters < 1 or args.min_iters < 1 or args.warmup < 0 or args.rotate < 1:
+        raise SystemExit("distml-bench: --iters, --min-iters and --rotate must be >= 1, --warmup >= 0")
+
+
+def default_name(collectives: Sequence[str], nranks: int, dtype: str) -> str:
+    coll = "all" if list(collectives) == list(COLLECTIVES) else "-".join(collectives)
+    suffix = "" if dtype == "float32" else f"_{dtype}"
+    return f"{coll}_P{nranks}{suffix}_{_dt.date.today().isoformat()}"
+
+
+def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """Runs the sweep on all ranks; returns the results on rank 0, None elsewhere."""
+    from mpi4py import MPI
+
+    import distml
+
+    _check_args(args)
+    world = MPI.COMM_WORLD
+    rank, nranks = world.Get_rank(), world.Get_size()
+    dtype = np.dtype(distml.bfloat16 if args.dtype == "bfloat16" else args.dtype)
+    sizes = sorted(set(args.sizes or DEFAULT_SIZES))
+    if args.max_bytes is not None:
+        sizes = [s for s in sizes if s <= args.max_bytes]
+
+    mcomm = world.Dup()  # the baseline's and the harness's communicator
+    comm = distml.Communicator(world, check=False if args.no_check else None, segment_bytes=args.segment_bytes)
+    # Progress goes to stderr as rows are measured; the table follows on stdout.
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 and not args.quiet else (lambda *a: None)
+    load_before = _loadavg()
+
+    info = machine_info(nranks)
+    memcpy = None if args.no_memcpy else memcpy_ceiling(mcomm)
+    if memcpy:
+        say(f"memcpy ceiling: np.copyto of {format_size(memcpy['bytes'])}: {memcpy['bandwidth_GBps']:.2f} GB/s")
+
+    say(_HEADER)
+    if args.algorithms is not None:
+        known = {a for c in args.collectives for a in accepted_algorithms(c)}
+        bad = [a for a in args.algorithms if a not in known]
+        if bad:
+            comm.free()
+            mcomm.Free()
+            raise SystemExit(f"distml-bench: unknown algorithm(s) {', '.join(bad)} for "
+                             f"{', '.join(args.collectives)}; expected some of {', '.join(sorted(known))}")
+    rows: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
+    started = time.perf_counter()
+    for name in args.collectives:
+        factor_of = COLLECTIVES[name]
+        algs = tuple(a for a in accepted_algorithms(name) if args.algorithms is None or a in args.algorithms)
+        algs, refused = usable_algorithms(comm, mcomm, name, algs, dtype, rank, nranks)
+        for alg, why in refused.items():
+            say(f"{name}: skipping distml:{alg}: {why}")
+            skipped.append({"collective": name, "algorithm": alg, "reason": why})
+        factor = factor_of(nranks)
+        for nbytes in sizes:
+            nsets = buffer_sets(name, nbytes, dtype.itemsize, nranks, args)
+            case = Case(name, nbytes, dtype, rank, nranks, nsets)
+            iters, warmup = iteration_counts(case.nbytes, args)
+            impls: List[Tuple[str, str, Callable[[int], Any]]] = []
+            try:
+                impls.append((BASELINE, "", case.baseline_call(mcomm)))
+            except (KeyError, TypeError, NotImplementedError):  # e.g. no MPI datatype for bfloat16
+                pass
+            impls += [(f"distml:{a}", a, case.distml_call(comm, a)) for a in algs]
+            if name == "allreduce" and not args.no_extras:
+                # In place, both sides: MPI with MPI_IN_PLACE, and distml on
+                # arrays that live in node-shared memory (comm.empty).
+                impls.append(("mpi4py:in-place", "", case.inplace_baseline_call(mcomm)))
+                if comm.shared_memory == "one node":
+                    impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
+            all_times = time_interleaved(mcomm, [run for _, _, run in impls], iters, warmup)
+            measured: List[Dict[str, Any]] = []
+            for (impl, alg, _), times in zip(impls, all_times):
+                med = float(np.median(times))
+                algbw = case.nbytes / med
+                measured.append({
+                    "collective": name, "implementation": impl, "algorithm": alg,
+                    # Arrays in a shared window always take the shared-memory path.
+                    "resolved": ("shm" if impl == "distml:shared-buffer"
+                                 else comm.algorithm_for(name, case.nbytes) if alg == "auto" else alg),
+                    "bytes": case.nbytes, "count": case.count, "dtype": str(dtype), "P": nranks,
+                    "iters": iters, "warmup": warmup, "buffer_sets": nsets,
+                    "time_s": med, "min_time_s": float(times.min()),
+                    "p90_time_s": float(np.percentile(times, 90)),
+                    "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * factor / 1e9,
+                })
+            base = next((m for m in measured if m["implementation"] == BASELINE), None)
+            for m in measured:
+                m["ratio"] = base["time_s"] / m["time_s"] if base else None
+                say(_format_row(m))
+            rows.extend(measured)
+            del case
+    elapsed = time.perf_counter() - started
+    if memcpy:
+        # Measured again after the sweep; the ceiling is the better of the
+        # two, since other work on a shared machine only ever lowers it.
+        again = memcpy_ceiling(mcomm)
+        memcpy["runs_GBps"] = [memcpy["bandwidth_GBps"], again["bandwidth_GBps"]]
+        if again["bandwidth_GBps"] > memcpy["bandwidth_GBps"]:
+            again["runs_GBps"] = memcpy["runs_GBps"]
+            memcpy = again
+
+    if memcpy:
+        add_memory_bound(rows, memcpy["bandwidth_GBps"] * 1e9, os.cpu_count() or 1)
+    result = None
+    if rank == 0:
+        result = {
+            "schema": "distml-bench/1",
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+            "machine": info,
+            "config": {
+                "collectives": list(args.collectives), "algorithms": args.algorithms, "dtype": str(dtype),
+                "sizes": sizes, "iters": args.iters, "warmup": args.warmup, "min_iters": args.min_iters,
+                "byte_budget": args.byte_budget, "rotate": args.rotate, "buffer_budget": args.buffer_budget,
+                "check": comm.check, "segment_bytes": args.segment_bytes,
+                "baseline": "mpi4py buffer collective on COMM_WORLD.Dup()",
+                "timing": "implementations interleaved, random order per round; barrier before every call; "
+                          "per-call max over ranks; median over iterations",
+                "busbw_factors": {n: COLLECTIVES[n](nranks) for n in args.collectives},
+            },
+            "memcpy": memcpy,
+            "elapsed_s": elapsed,
+            # Other work on the machine shows up here: on a shared machine
+            # absolute figures drift, ratios (measured interleaved) much less.
+            "loadavg_before": load_before, "loadavg_after": _loadavg(),
+            "rows": rows,
+            "skipped": skipped,
+        }
+    comm.free()
+    mcomm.Free()
+    return result
