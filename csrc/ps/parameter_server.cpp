@@ -346,21 +346,26 @@ class Server {
     return {mask, more};
   }
 
+  // A server's verdict on a late worker comes at 3/4 of the timeout, so the
+  // workers waiting on it hear which worker it was before their own
+  // deadline (the whole timeout) passes.
+  double verdict_seconds() const { return 0.75 * cfg_.timeout; }
+
   void check_deadlines() {
     if (cfg_.timeout <= 0 || failed_) return;
     for (const auto& p : pending_) {
-      if (seconds_since(p.since) <= cfg_.timeout) continue;
+      if (seconds_since(p.since) <= verdict_seconds()) continue;
       auto [mask, more] = mask_of([&](int w) { return pushed_[w] < p.need && !(closed_[w] && final_clock_[w] < p.need); });
       std::ostringstream os;
-      os << "parameter server on rank " << mail_.rank() << " timed out after " << cfg_.timeout
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << verdict_seconds()
          << " s waiting for worker(s) " << ranks_in(mask, more) << " to push clock " << p.need;
       fail(kWorkersLate, mask | (more << 62), p.need, os.str(), true);
       return;
     }
-    if (!closers_.empty() && seconds_since(first_close_) > cfg_.timeout) {
+    if (!closers_.empty() && seconds_since(first_close_) > verdict_seconds()) {
       auto [mask, more] = mask_of([&](int w) { return !closed_[w]; });
       std::ostringstream os;
-      os << "parameter server on rank " << mail_.rank() << " timed out after " << cfg_.timeout
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << verdict_seconds()
          << " s waiting for worker(s) " << ranks_in(mask, more) << " to close";
       fail(kNotClosed, mask | (more << 62), 0, os.str(), true);
     }
@@ -503,10 +508,10 @@ void ParameterServer::check_usable() const {
 }
 
 Clock::time_point ParameterServer::worker_deadline() const {
-  // The servers' own verdict (which names the late workers) comes first:
-  // they give up after the timeout; a worker after a quarter more.
+  // The servers' own verdict (which names the late workers) comes first,
+  // at 3/4 of the timeout (Server::verdict_seconds).
   if (config_.timeout <= 0) return Clock::time_point::max();
-  return Clock::now() + to_duration(config_.timeout * 1.25 + 0.5);
+  return Clock::now() + to_duration(config_.timeout);
 }
 
 void ParameterServer::request(int op, const std::vector<int>& which, std::int64_t need, bool data,
@@ -688,7 +693,7 @@ void ParameterServer::pull(const std::vector<tp::Piece>& out) {
 void ParameterServer::final_broadcast(const std::vector<tp::Piece>& out) {
   const std::size_t elem = dtype_size(config_.dtype);
   const bool has_deadline = config_.timeout > 0;
-  const auto until = has_deadline ? Clock::now() + to_duration(config_.timeout * 1.25 + 0.5) : Clock::time_point::max();
+  const auto until = has_deadline ? Clock::now() + to_duration(config_.timeout) : Clock::time_point::max();
   for (std::size_t i = 0; i < config_.servers.size(); ++i) {
     const int root = config_.servers[i];
     auto mine = slice(out, elem, bounds_[i], bounds_[i + 1]);

@@ -1,0 +1,104 @@
+"""A parameter-server worker or server that stops for good is reported within
+the timeout, never a hang: runs tests/fault_scripts/ps_faults.py under mpiexec
+with one rank stopped (SIGSTOP: to its peers a dead process) and reads what
+every other rank raised. A SIGKILLed rank ends the whole job (Hydra's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mpirun import ROOT, launch, mpiexec
+
+SCRIPT = os.path.join("tests", "fault_scripts", "ps_faults.py")
+TIMEOUT = 3.0  # the parameter server's timeout in the script
+# Scheduling slack on a shared two-core machine, on top of the timeout.
+SLACK = 1.5
+
+pytestmark = pytest.mark.mpi
+
+
+def run_stopped(tmp_path, P, case, mode, layout, limit=90):
+    """Launches the script, waits for every survivor's report (or `limit`
+    seconds), then kills the job. Returns {rank: report}."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    cmd = [mpiexec(), "-n", str(P), sys.executable, SCRIPT, case, mode, layout, str(TIMEOUT), str(outdir)]
+    env = dict(os.environ)
+    for k in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "DISTML_TIMEOUT", "DISTML_CHECK"):
+        env.pop(k, None)
+    victim = (P - 2 if layout == "dedicated" else P - 1) if case == "worker" else P - 1
+    survivors = [r for r in range(P) if r != victim]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < limit:
+            if all((outdir / f"rank-{r}.json").exists() for r in survivors) or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        # The stopped rank never finishes: end the job (continue first, so
+        # the kill is delivered to a running process group).
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        output, _ = proc.communicate()
+    reports = {}
+    for r in survivors:
+        path = outdir / f"rank-{r}.json"
+        assert path.exists(), f"rank {r} never reported within {limit}s (a hang); output:\n{output[-5000:]}"
+        reports[r] = json.loads(path.read_text())
+    return victim, reports
+
+
+def names(msg, rank):
+    return re.search(rf"\[(?:[0-9, ]*, )?{rank}(?:, [0-9, ]*)?\]", msg) is not None
+
+
+@pytest.mark.parametrize("P,mode", [(3, "sync"), (4, "bounded")])
+def test_stopped_worker_sync_modes_raise_naming_it(tmp_path, P, mode):
+    victim, reports = run_stopped(tmp_path, P, "worker", mode, "dedicated")
+    for r, rep in reports.items():
+        assert rep["saw"] == "CommTimeoutError", rep
+        assert names(rep["msg"], victim) and "to push clock" in rep["msg"], rep
+        if rep["stage"] == "train":  # workers: the pull that waited for the victim
+            assert rep["seconds"] <= TIMEOUT + SLACK, rep
+
+
+def test_stopped_worker_async_others_train_on_then_close_names_it(tmp_path):
+    victim, reports = run_stopped(tmp_path, 3, "worker", "async", "dedicated")
+    worker, server = reports[0], reports[2]
+    # The survivor trained on while the victim was stopped (the script's 40
+    # steps, 37 of them after the victim's last), then close() reported it.
+    assert worker["steps"] == 40 and worker["stage"] == "close", worker
+    for rep in (worker, server):
+        assert rep["saw"] == "CommTimeoutError", rep
+        assert names(rep["msg"], victim) and "to close" in rep["msg"], rep
+    assert worker["seconds"] <= TIMEOUT + SLACK, worker
+
+
+@pytest.mark.parametrize("mode,layout", [("sync", "dedicated"), ("async", "colocated")])
+def test_stopped_server_raises_on_every_worker(tmp_path, mode, layout):
+    victim, reports = run_stopped(tmp_path, 3, "server", mode, layout)
+    for r, rep in reports.items():
+        assert rep["saw"] == "CommTimeoutError", rep
+        assert "parameter server rank(s)" in rep["msg"] and names(rep["msg"], victim), rep
+        assert rep["seconds"] <= TIMEOUT + SLACK, rep
+
+
+def test_killed_rank_ends_the_job(tmp_path):
+    result = launch(3, [SCRIPT, "worker", "sync", "dedicated", str(TIMEOUT), str(tmp_path), "KILL"], timeout=90)
+    assert not result.hung, result.describe()
+    assert result.returncode != 0, result.describe()
+    assert (tmp_path / "victim.json").exists(), result.describe()
