@@ -350,6 +350,14 @@ def supervise(command: Callable[[int, Optional[Hosts]], List[str]], nprocs: int,
                 entry["outcome"] = "done"
                 if restarts:
                     _say(f"done after {restarts} restart(s); {n} rank(s) at the end")
+                    for before, after in zip(launches, launches[1:]):
+                        resumed = after.get("resumed") or {}
+                        if before.get("first_ended_at") and resumed.get("time"):
+                            after["recovery_seconds"] = resumed["time"] - before["first_ended_at"]
+                            _say(f"  launch {before['launch']} -> {after['launch']}: lost rank(s) "
+                                 f"{before.get('lost')}, {before['ranks']} -> {after['ranks']} rank(s); "
+                                 f"{resumed.get('redone_steps', '?')} step(s) redone; training resumed "
+                                 f"{after['recovery_seconds']:.1f} s after the loss")
                 return 0
             # Why did it end?
             lost: List[int] = []
