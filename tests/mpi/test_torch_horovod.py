@@ -394,3 +394,16 @@ def test_process_sets_run_on_their_ranks_only():
     if outside is not None:
         assert isinstance(outside, ValueError) and "not in" in str(outside), repr(outside)
     assert world.item() == float(P) and all(removed)
+
+
+def test_an_empty_process_set_has_no_members():
+    """A set of no ranks (the odd ranks of a one-rank job) can be added and
+    removed on every rank; every rank is outside it, so an operation on it
+    raises ValueError."""
+    empty = hvd.add_process_set([])
+    refused = raised(lambda: hvd.allreduce(torch.ones(1), process_set=empty))
+    after = hvd.allreduce(torch.ones(1), op=hvd.Sum)
+    removed = hvd.remove_process_set(empty)
+    assert empty.size() == 0 and empty.rank() == -1 and not empty.included()
+    assert isinstance(refused, ValueError) and "not in" in str(refused), repr(refused)
+    assert after.item() == float(hvd.size()) and removed

@@ -662,9 +662,8 @@ class ProcessSet:
         values = list(ranks)
         if any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in values):
             raise ValueError(f"a process set's ranks must be ints, got {values}")
+        # May be empty (as in Horovod): every rank is then outside it.
         self.ranks: List[int] = sorted(set(int(r) for r in values))
-        if not self.ranks:
-            raise ValueError("a process set needs at least one rank")
         self.process_set_id: Optional[int] = None
         self._comm: Optional[distml.Communicator] = None
         self._mpi: Any = None
@@ -692,8 +691,7 @@ class ProcessSet:
         return f"<distml.torch.ProcessSet {self.process_set_id} of {who}>"
 
 
-global_process_set = ProcessSet([0])
-global_process_set.ranks = []  # every rank, whatever the size
+global_process_set = ProcessSet([])  # ranks stay empty: every rank, whatever the size
 global_process_set.process_set_id = 0
 _process_sets: Dict[int, ProcessSet] = {0: global_process_set}
 _process_set_ids = itertools.count(1)
@@ -722,7 +720,7 @@ def add_process_set(process_set: Any) -> ProcessSet:
     problem = None
     if ps.process_set_id is not None:
         problem = f"{ps!r} was already added"
-    elif ps.ranks[0] < 0 or ps.ranks[-1] >= comm.size:
+    elif ps.ranks and (ps.ranks[0] < 0 or ps.ranks[-1] >= comm.size):
         problem = f"process set ranks {ps.ranks} are out of range for {comm.size} ranks"
     seen = allgather_object((tuple(ps.ranks), problem))
     if any(p is not None for _, p in seen):
