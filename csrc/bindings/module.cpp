@@ -181,6 +181,13 @@ PYBIND11_MODULE(_core, m) {
     for (engine::Algo a : engine::accepted_algorithms(k)) names.emplace_back(engine::algo_name(a));
     return names;
   }, "The algorithm names a collective accepts, \"auto\" and \"mpi\" first.");
+  // The one split of a range over ranks (algorithms::Blocks): numpy.array_split's.
+  m.def("split_range", [](std::size_t n, int parts, int index) {
+    DISTML_CHECK_ARG(parts >= 1 && index >= 0 && index < parts, "part " << index << " of " << parts << " does not exist");
+    const algorithms::Blocks blocks{n, parts};
+    return std::make_pair(blocks.offset(index), blocks.offset(index) + blocks.size(index));
+  }, py::arg("n"), py::arg("parts"), py::arg("index"),
+     "[start, stop) of part `index` when n items are split into `parts` as numpy.array_split does.");
 
   // This rank's part of a node-shared window, as a writable byte buffer.
   py::class_<transport::ShmWindow, std::shared_ptr<transport::ShmWindow>>(m, "SharedBuffer",

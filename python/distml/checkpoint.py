@@ -59,6 +59,7 @@ import numpy as np
 
 from ._agree import agree
 from ._errors import DistmlError
+from ._partition import split_range
 
 __all__ = ["save", "load", "CheckpointError", "MANIFEST"]
 
@@ -124,14 +125,6 @@ class _Flat:
                 np.copyto(a.reshape(-1)[a0 - o:a1 - o], part, casting="same_kind")
             else:
                 a.flat[a0 - o:a1 - o] = part
-
-
-def _split_range(numel: int, size: int, rank: int) -> Tuple[int, int]:
-    """Part ``rank`` of ``numpy.array_split`` of ``range(numel)`` into ``size``
-    parts: the first ``numel % size`` parts hold one element more."""
-    base, extra = divmod(numel, size)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def _unwrap(optimizer: Any) -> Tuple[str, Any]:
@@ -336,7 +329,7 @@ def _save_contents(params: Optional[Sequence[np.ndarray]], kind: Optional[str], 
     if kind == "sharded":
         lo, hi = min(opt.start, numel), min(opt.stop, numel)
     else:
-        lo, hi = _split_range(numel, size, rank)
+        lo, hi = split_range(numel, size, rank)
 
     arrays: Dict[str, np.ndarray] = {}
     if params is not None:

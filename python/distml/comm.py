@@ -18,6 +18,7 @@ import numpy as np
 from . import _core
 from ._dtypes import _DTYPE_CODES, _op_cache, dtype_code, op_code
 from ._errors import DistmlError
+from ._partition import part_size
 
 __all__ = ["Communicator", "Handle"]
 
@@ -637,7 +638,7 @@ class Communicator:
         opc = op_code(op, arr.dtype)
         algorithm = self._algorithm(algorithm)
         rows, size = arr.shape[0], self.size
-        mine = rows // size + (1 if self.rank < rows % size else 0)
+        mine = part_size(rows, size, self.rank)
         shape = (mine,) + arr.shape[1:]
         if out is not None and np.may_share_memory(out, arr):
             raise ValueError("out overlaps x; reduce_scatter needs separate input and output")

@@ -45,10 +45,11 @@ and must be called on all ranks of the group, in the same order.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .._partition import split_range
 from ..nn import WeightBias
 from .data_parallel import _default_comm
 
@@ -58,14 +59,6 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "split_range"]
 _INIT_BLOCK_ROWS = 256
 
 
-def split_range(n: int, parts: int, index: int) -> Tuple[int, int]:
-    """``[start, stop)`` of part ``index`` when ``n`` items are split into
-    ``parts`` as ``numpy.array_split`` does."""
-    if parts < 1 or not 0 <= index < parts:
-        raise ValueError(f"part {index} of {parts} does not exist")
-    base, extra = divmod(int(n), int(parts))
-    start = index * base + min(index, extra)
-    return start, start + base + (1 if index < extra else 0)
 
 
 def _seeded_part(in_features: int, out_features: int, seed: Any, dtype: Any, bias: bool,
