@@ -1,25 +1,32 @@
 """DistributedOptimizer for torch optimizers: gradients averaged by bucketed
 allreduces that start during the backward pass.
 
-Vocabulary (as in :mod:`distml.parallel.data_parallel`):
+The buffers are the core's gradient buffer (``csrc/buffers/grad_buffer.h``);
+this module is its torch face. Vocabulary (as in
+:mod:`distml.parallel.data_parallel`):
 
-- *flat buffer*: one tensor per gradient dtype holding the gradients of all
-  parameters of that dtype, in **reverse** parameter order (backward produces
-  the last layer's gradients first). Each ``p.grad`` is set to a view of it,
-  so autograd accumulates straight into the buffer and no gradient is copied
-  into a staging area.
+- *flat buffer*: one allocation per gradient dtype holding the gradients of
+  all parameters of that dtype, in **reverse** parameter order (backward
+  produces the last layer's gradients first). Each ``p.grad`` is set to a
+  view of it (a tensor over the core's memory, no copy), so autograd
+  accumulates straight into the buffer and no gradient is copied into a
+  staging area.
 - *bucket*: a contiguous slice of a flat buffer holding whole gradients,
   about ``bucket_bytes`` long, reduced by one allreduce in place.
 - *ready*: a parameter's gradient has been accumulated
   ``backward_passes_per_step`` times since the last step; a post-accumulate
-  gradient hook counts this.
+  gradient hook counts this and tells the core, which launches every bucket
+  that this completes on the communicator's async queue (the wire format
+  conversion included), without the GIL.
 
 Invariant that keeps ranks from deadlocking: buckets are launched strictly in
-bucket order. A bucket that is complete before an earlier one waits for it,
-so every rank issues the same allreduces in the same order, whatever order
-its hooks fire in. The first launch of a step is preceded by a control round
-(see :mod:`distml.torch.mpi_ops`) so that ranks inside ``join()`` can stand
-in for this step's allreduces.
+bucket order, by the core. A bucket that is complete before an earlier one
+waits for it, so every rank issues the same allreduces in the same order,
+whatever order its hooks fire in. The first launch of a step is preceded by a
+control round (see :mod:`distml.torch.mpi_ops`) so that ranks inside
+``join()`` can stand in for this step's allreduces; and a launch waits until
+the collectives :mod:`distml.torch.mpi_ops` holds back (its backlog) are
+queued, so that those keep their place in the order.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import torch
 
 from .. import _core
 from . import mpi_ops
-from .compression import Compression
+from .._dtypes import dtype_code
+from .compression import Compression, NoneCompressor, _CastCompressor
 from .mpi_ops import Average, _comm, _control, _K_STEP, _np, _parse_op, _register_optimizer
 
 __all__ = ["DistributedOptimizer"]
@@ -55,17 +63,18 @@ def _move_into(view: torch.Tensor, grad: torch.Tensor) -> None:
         view.copy_(grad)
 
 
-class _Bucket:
-    __slots__ = ("flat", "start", "stop", "params")
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return _np(torch.empty(0, dtype=dtype)).dtype
 
-    def __init__(self, flat: torch.Tensor, start: int) -> None:
-        self.flat = flat
-        self.start = start
-        self.stop = start
-        self.params: List[int] = []
 
-    def view(self) -> torch.Tensor:
-        return self.flat[self.start:self.stop]
+def _wire_code(compression: Any) -> int:
+    """The core's code of the wire format ``compression`` stands for (-1: none)."""
+    if isinstance(compression, type) and issubclass(compression, _CastCompressor):
+        return int(dtype_code(_numpy_dtype(compression.wire)))
+    if isinstance(compression, type) and issubclass(compression, NoneCompressor):
+        return -1
+    raise ValueError(f"DistributedOptimizer takes Compression.none, .fp16 or .bf16, not {compression!r} "
+                     "(the core converts the wire format)")
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
@@ -123,37 +132,23 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                 "distml.torch works on CPU tensors only")
             mpi_ops._check_tensor(p, f"parameter {self._names[id(p)]}")
 
-        # Layout: one flat buffer per dtype, parameters in reverse order.
-        by_dtype: Dict[torch.dtype, List[int]] = {}
+        # Layout (the core's): one flat buffer per dtype, parameters in
+        # reverse order. On one node the flat buffers live in node-shared
+        # memory, so each bucket's in-place allreduce reads peers' gradients
+        # where they lie.
+        wire = _wire_code(self._compression)
+        self._gb = _core.GradBuffer(self._comm._core, [p.numel() for p in params],
+                                    [int(dtype_code(_numpy_dtype(p.dtype))) for p in params],
+                                    op=1 if self._op.value == "avg" else 0, bucket_bytes=bucket_bytes, wire=wire,
+                                    shared=True)
+        group_dtypes = {}
+        for p in params:
+            group_dtypes.setdefault(p.dtype, None)
+        self._flats = [torch.from_numpy(self._gb.flat(g)).view(dtype) for g, dtype in enumerate(group_dtypes)]
+        self._grad_views: List[torch.Tensor] = []
         for i, p in enumerate(params):
-            by_dtype.setdefault(p.dtype, []).append(i)
-        self._buckets: List[_Bucket] = []
-        self._bucket_of = [0] * len(params)
-        self._grad_views: List[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
-        # On one node the flat buffers live in node-shared memory, so each
-        # bucket's in-place allreduce reads peers' gradients where they lie.
-        shared = self._comm.shared_memory == "one node"
-        for dtype, idx in by_dtype.items():
-            total = sum(params[i].numel() for i in idx)
-            if shared:
-                itemsize = torch.empty((), dtype=dtype).element_size()
-                flat = torch.from_numpy(self._comm.zeros(total * itemsize, np.uint8)).view(dtype)
-            else:
-                flat = torch.zeros(total, dtype=dtype)
-            cursor = 0
-            current: Optional[_Bucket] = None
-            for i in reversed(idx):
-                if current is None:
-                    current = _Bucket(flat, cursor)
-                    self._buckets.append(current)
-                n = params[i].numel()
-                self._grad_views[i] = flat[cursor:cursor + n].view(params[i].shape)
-                cursor += n
-                current.stop = cursor
-                current.params.append(i)
-                self._bucket_of[i] = len(self._buckets) - 1
-                if (current.stop - current.start) * flat.element_size() >= bucket_bytes:
-                    current = None
+            o = self._gb.offset(i)
+            self._grad_views.append(self._flats[self._gb.group_of(i)][o:o + p.numel()].view(p.shape))
         for i, p in enumerate(params):
             if p.grad is not None:
                 self._grad_views[i].copy_(p.grad)
@@ -166,9 +161,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _reset(self) -> None:
         self._passes = [0] * len(self._params)
-        self._missing = [len(b.params) for b in self._buckets]
-        self._inflight: List[Any] = [None] * len(self._buckets)
-        self._next_bucket = 0
         self._ctl: Optional[mpi_ops._Control] = None
 
     # ---- the reduction ----------------------------------------------------------
@@ -189,34 +181,30 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 _move_into(view, self._dense(g))
                 p.grad = view
             if self._passes[i] == self._passes_per_step:
-                self._missing[self._bucket_of[i]] -= 1
-                while self._next_bucket < len(self._buckets) and self._missing[self._next_bucket] == 0:
-                    self._launch(self._next_bucket)
-                    self._next_bucket += 1
+                if self._gb.would_launch(i):
+                    self._before_launch()
+                self._gb.mark_ready(i)  # the core launches what this completes
 
         return hook
 
-    def _launch(self, k: int) -> None:
-        if self._ctl is None and k == 0:
+    def _before_launch(self) -> None:
+        """What must precede this step's first launch: the collectives
+        mpi_ops holds back are queued (so they keep their place), then the
+        control round."""
+        mpi_ops._quiesce()
+        if self._ctl is None and self._gb.launched == 0:
             self._ctl = _control(_K_STEP, self._oid, comm=self._comm)
-        bucket = self._buckets[k]
+
+    def _own_gradient(self, i: int) -> None:
         # A gradient replaced behind our back (model.zero_grad() sets None,
         # autograd then allocates a new one) goes back into the buffer.
-        for i in bucket.params:
-            p, view = self._params[i], self._grad_views[i]
-            if p.grad is None:
-                view.zero_()
-                p.grad = view
-            elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(self._dense(p.grad))
-                p.grad = view
-        flat = bucket.view()
-        wire, ctx = self._compression.compress(flat)
-        wire = wire.contiguous()
-        arr = _np(wire)
-        comm, op = self._comm, self._op
-        handle = mpi_ops._issue(lambda: comm.allreduce(arr, op=op, out=arr, async_op=True))
-        self._inflight[k] = (handle, wire, ctx)
+        p, view = self._params[i], self._grad_views[i]
+        if p.grad is None:
+            view.zero_()
+            p.grad = view
+        elif p.grad.data_ptr() != view.data_ptr():
+            view.copy_(self._dense(p.grad))
+            p.grad = view
 
     def _dense(self, grad: torch.Tensor) -> torch.Tensor:
         if grad.layout == torch.strided:
@@ -228,42 +216,31 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def _stand_in(self) -> None:
         """On a rank inside join(): this step's allreduces, with zeros.
 
-        The zeros go through the bucket's own buffer, compressed as usual, so
-        that the call matches the other ranks' exactly (node-shared buffer
-        included)."""
-        for b in self._buckets:
-            flat = b.view()
-            flat.zero_()
-            wire, _ = self._compression.compress(flat)
-            arr = _np(wire.contiguous())
-            self._comm.allreduce(arr, op=self._op, out=arr)  # join() emptied the backlog first
+        The zeros go through the core buffer's own buckets, compressed as
+        usual, so that the calls match the other ranks' exactly (node-shared
+        buffer included)."""
+        self._gb.zero()
+        self._gb.wait_all()  # join() emptied the backlog first
 
     def synchronize(self) -> None:
         """Launches the buckets not launched yet (every gradient counts as
         ready), waits for all of them, and leaves the reduced gradients in
         ``p.grad``. Must be called on all ranks."""
-        while self._next_bucket < len(self._buckets):
-            self._launch(self._next_bucket)
-            self._next_bucket += 1
-        error: Optional[BaseException] = None
-        for k, (handle, wire, ctx) in enumerate(self._inflight):
-            try:
-                handle.wait()
-            except BaseException as exc:  # noqa: BLE001 - wait for every bucket, raise the first error
-                error = error or exc
-                continue
-            flat = self._buckets[k].view()
-            if wire.data_ptr() != flat.data_ptr():
-                flat.copy_(self._compression.decompress(wire, ctx))
+        for i, n in enumerate(self._passes):
+            if n < self._passes_per_step:
+                self._own_gradient(i)
+        if self._gb.launched < len(self._gb.buckets()):
+            self._before_launch()
         ctl = self._ctl
-        self._reset()
-        if error is not None:
-            raise error
+        try:
+            self._gb.wait_all()
+        finally:
+            self._reset()
         if ctl is not None and self._op.value == "avg":
             n = ctl.n_active()
             if n != ctl.size:  # some ranks joined: average over those that contributed
-                for b in self._buckets:
-                    b.view().mul_(ctl.size / n)
+                for flat in self._flats:
+                    flat.mul_(ctl.size / n)
         self._synchronized = True
 
     @contextlib.contextmanager
@@ -299,15 +276,14 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             AssertionError: gradients of this step are being reduced (called
                 between backward() and step()/synchronize()), as in Horovod.
         """
-        if any(x is not None for x in self._inflight) or any(self._passes):
+        if self._gb.pending or any(self._passes):
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
                                  "optimizer.step() or optimizer.synchronize(); gradients are being reduced")
         if set_to_none:
             for p in self._params:
                 p.grad = None
             return
-        for b in self._buckets:
-            b.view().zero_()
+        self._gb.zero()
         for i, p in enumerate(self._params):
             if p.grad is None or p.grad.data_ptr() != self._grad_views[i].data_ptr():
                 p.grad = self._grad_views[i]
