@@ -10,6 +10,10 @@ of one variant hit the others alike)::
 The model is an MLP of about 25 M float32 parameters; each rank trains on its
 own batch. A step is forward, backward (with the gradient allreduce
 overlapped, both for distml's hooks and DDP's buckets) and an SGD update.
+``distml_no_overlap`` is distml's step with its hooks removed, so every
+bucket is reduced by ``step()`` after the backward: the share of
+communication hidden by overlap is ``(no_overlap - distml) / (no_overlap -
+compute_only)``.
 One torch thread per rank, so P ranks on a small machine do not fight over
 cores for compute. Rank 0 reports the median over rounds of the max over
 ranks of each step's time.
@@ -61,6 +65,18 @@ def run(args) -> None:
                                           named_parameters=m_distml.named_parameters(),
                                           bucket_bytes=args.bucket_mib << 20)
     torch.manual_seed(0)
+    m_plain = _model(torch, args.width, args.depth)
+    opt_plain = hvd.DistributedOptimizer(torch.optim.SGD(m_plain.parameters(), lr=1e-3),
+                                         named_parameters=m_plain.named_parameters(),
+                                         bucket_bytes=args.bucket_mib << 20)
+    opt_plain.remove_hooks()
+
+    def step_no_overlap() -> None:
+        opt_plain.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(m_plain(x), y).backward()
+        opt_plain.step()
+
+    torch.manual_seed(0)
     m_ddp = torch.nn.parallel.DistributedDataParallel(_model(torch, args.width, args.depth),
                                                       bucket_cap_mb=args.ddp_bucket_mib)
     opt_ddp = torch.optim.SGD(m_ddp.parameters(), lr=1e-3)
@@ -83,7 +99,8 @@ def run(args) -> None:
         torch.nn.functional.cross_entropy(m_local(x), y).backward()
         opt_local.step()
 
-    impls = {"distml": step_distml, "ddp_gloo": step_ddp, "compute_only": local_step}
+    impls = {"distml": step_distml, "ddp_gloo": step_ddp, "compute_only": local_step,
+             "distml_no_overlap": step_no_overlap}
     times = {k: [] for k in impls}
     for _ in range(args.warmup):
         for fn in impls.values():
@@ -105,12 +122,15 @@ def run(args) -> None:
     diff = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(m_distml.parameters(), m_ddp.module.parameters()))
     if r == 0:
         med = {k: statistics.median(v) for k, v in times.items()}
+        comm_time = med["distml_no_overlap"] - med["compute_only"]
         result = {
             "P": P, "params": n_params, "batch_per_rank": args.batch, "width": args.width,
             "depth": args.depth, "rounds": args.rounds, "bucket_mib_distml": args.bucket_mib,
             "bucket_mib_ddp": args.ddp_bucket_mib, "torch": torch.__version__, "threads_per_rank": 1,
             "median_s": med, "times_s": times,
             "ratio_ddp_over_distml": med["ddp_gloo"] / med["distml"],
+            "overlap_hidden_share": (med["distml_no_overlap"] - med["distml"]) / comm_time if comm_time > 0 else None,
+            "load_average": os.getloadavg(),
             "max_param_diff_distml_vs_ddp": diff,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": sys.version.split()[0]},

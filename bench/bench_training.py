@@ -17,6 +17,10 @@ noise:
   buckets launched only by ``step()``;
 - ``distml_overlap``: the same with ``mark_ready`` after every gradient, so
   buckets are reduced while backward continues;
+- ``distml_overlap_private``: the same with the gradient buffer in ordinary
+  memory (``node_shared=False``) instead of node-shared memory (which lets
+  the allreduce work in place on one node); only where the installed distml
+  has that option;
 - ``compute_only``: backward and update with no communication.
 
 Figures are medians over steps of the slowest rank's time. The share of
@@ -28,6 +32,7 @@ rank are compared with a replicated Adam's, and its step time is reported.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -108,12 +113,23 @@ def main() -> None:
         backward(params, dopt.grads, args.work, on_ready=dopt.mark_ready)
         dopt.step()
 
+    private = None
+    if "node_shared" in inspect.signature(distml.DistributedOptimizer).parameters:
+        private = distml.DistributedOptimizer(optim.SGD(params, lr=lr), comm=comm,
+                                              bucket_bytes=int(args.bucket_mib * (1 << 20)), node_shared=False)
+
+    def distml_overlap_private():
+        backward(params, private.grads, args.work, on_ready=private.mark_ready)
+        private.step()
+
     def compute_only():
         backward(params, flat.grads, args.work)
         sgd_sep.step(flat.grads)
 
     variants = {f.__name__: f for f in (mpi4py_per_grad, mpi4py_fused, distml_no_overlap, distml_overlap,
                                         compute_only)}
+    if private is not None:
+        variants["distml_overlap_private"] = distml_overlap_private
     times = {k: [] for k in variants}
     for f in variants.values():  # warm-up (page faults, first-touch)
         f()
@@ -159,6 +175,7 @@ def main() -> None:
         print("|---|---|---|---|")
         for k, v in med.items():
             print(f"| {k} | {v * 1e3:.1f} | {med['mpi4py_per_grad'] / v:.2f}x | {med['mpi4py_fused'] / v:.2f}x |")
+        print(f"\nload average {os.getloadavg()}")
         print(f"\ncommunication (distml_no_overlap - compute_only): {comm_time * 1e3:.1f} ms; "
               f"share hidden by overlap: {hidden * 100:.0f}%")
         print(f"\nAdam state per rank: replicated {replicated.state_nbytes() / 2**20:.1f} MiB "
