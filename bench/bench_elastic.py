@@ -152,7 +152,8 @@ def recover(sizes, trials: int, data: str) -> list:
             a, b = launches[0], launches[1]
             lost_at = a["first_ended_at"]
             row = {"P": P, "trial": t, "mpiexec_exit": a["exited"] - lost_at,
-                   "relaunched": b["started"] - lost_at, "resumed": b["resumed"]["time"] - lost_at,
+                   "relaunched": b["started"] - lost_at, "registered": b["registered"] - lost_at,
+                   "resumed": b["resumed"]["time"] - lost_at,
                    "redone_steps": b["resumed"]["redone_steps"]}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -335,6 +335,7 @@ def supervise(command: Callable[[int, Optional[Hosts]], List[str]], nprocs: int,
             entry = {"launch": restarts, "ranks": n, "hosts": format_hosts(hosts) if hosts else None,
                      "command": cmd, "exit_code": code, "started": started, "exited": exited,
                      "pids": {str(r): rec["pid"] for r, rec in sorted(ranks.items())},
+                     "registered": max((rec.get("time", 0.0) for rec in ranks.values()), default=None),
                      "first_ended": first[1] if first else None, "first_ended_at": first[0] if first else None,
                      "killed_after": killed, "segments": segments, "segments_removed": removed,
                      "resumed": read_json(os.path.join(launch_dir, "resumed.json"))}
