@@ -280,22 +280,25 @@ class State:
 
 
 _registered_min_ranks: Optional[int] = None
+_registered_at: Optional[float] = None
 
 
 def register(comm: Any, min_ranks: int) -> None:
     """Tells the launcher this rank's process id, host and shared-memory
     segments (so that it can tell which rank was lost, and clean up)."""
-    global _registered_min_ranks
+    global _registered_min_ranks, _registered_at
     base = run_dir()
     if base is None:
         return
     _registered_min_ranks = int(min_ranks)
+    if _registered_at is None:
+        _registered_at = time.time()
     gen = os.path.join(base, f"launch-{restart_count()}")
     try:
         os.makedirs(gen, exist_ok=True)
         _write_json(os.path.join(gen, f"rank-{comm.rank}.json"),
                     {"rank": comm.rank, "size": comm.size, "pid": os.getpid(), "host": socket.gethostname(),
-                     "min_ranks": int(min_ranks), "segments": _shm_segments(), "time": time.time()})
+                     "min_ranks": int(min_ranks), "segments": _shm_segments(), "time": _registered_at})
     except OSError:
         pass
 

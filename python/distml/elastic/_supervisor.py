@@ -97,7 +97,11 @@ def host_of_rank(hosts: Hosts, rank: int) -> int:
 def _mapped_everywhere() -> Set[str]:
     """Every /dev/shm path some process on this machine maps or holds open."""
     found: Set[str] = set()
-    for pid in os.listdir("/proc"):
+    try:
+        pids = os.listdir("/proc")
+    except OSError:
+        return found
+    for pid in pids:
         if not pid.isdigit():
             continue
         try:
@@ -124,7 +128,7 @@ def _mapped_everywhere() -> Set[str]:
 def leaked_segments(candidates: Sequence[str]) -> List[str]:
     """Those of ``candidates`` (paths in /dev/shm) that exist and that no process maps or holds open."""
     present = [p for p in candidates if os.path.exists(p)]
-    if not present:
+    if not present or not os.path.isdir("/proc/self"):  # no way to tell what is in use
         return []
     used = _mapped_everywhere()
     return [p for p in present if p not in used]
@@ -143,6 +147,16 @@ def remove_segments(candidates: Sequence[str]) -> List[str]:
 
 
 # ---- watching the ranks of one launch ---------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Watch(threading.Thread):
@@ -173,6 +187,8 @@ class _Watch(threading.Thread):
             rank, pid = int(rec["rank"]), int(rec["pid"])
             with self.lock:
                 self.pids[rank] = pid
+            if not hasattr(os, "pidfd_open"):  # not Linux: polled by signal 0 in run()
+                continue
             try:
                 fd = os.pidfd_open(pid)
             except OSError:  # already gone
@@ -192,11 +208,16 @@ class _Watch(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             self._scan()
-            events = self.poller.poll(10)
             ranks = []
-            for fd, _ in events:
-                ranks.append(self.fds[fd])
-                self.poller.unregister(fd)
+            if hasattr(os, "pidfd_open"):
+                for fd, _ in self.poller.poll(10):
+                    ranks.append(self.fds[fd])
+                    self.poller.unregister(fd)
+            else:
+                time.sleep(0.01)
+                for rank, pid in list(self.pids.items()):
+                    if rank not in self.ended and not _alive(pid):
+                        ranks.append(rank)
             if ranks:
                 self._ended(ranks)
         self._scan()
@@ -208,6 +229,15 @@ class _Watch(threading.Thread):
     def kill_left(self) -> List[int]:
         """SIGKILLs every registered rank still alive and waits for it; returns their pids."""
         killed = []
+        if not hasattr(os, "pidfd_open"):
+            for rank, pid in self.pids.items():
+                if rank not in self.ended and _alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except OSError:
+                        pass
+            return killed
         for fd, rank in list(self.fds.items()):
             if rank in self.ended:
                 continue
