@@ -126,6 +126,7 @@ def test_timeline_one_event_per_collective(tmp_path, P):
         assert top[0]["args"]["bytes"] == 4000 and top[0]["args"]["dtype"] == "float32"
         assert top[3]["args"]["async"] is True
         assert all(e["args"]["algorithm"] for e in top)
+        assert all(e["args"]["schedule"].startswith(e["args"]["algorithm"]) for e in top)
         phases = [e for e in events if e.get("cat") == "phase"]
         for p in phases:  # nested inside its collective
             assert any(t["ts"] <= p["ts"] and p["ts"] + p["dur"] <= t["ts"] + t["dur"] + 1e-3 for t in top)

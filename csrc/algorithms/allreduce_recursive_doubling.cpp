@@ -33,7 +33,7 @@ void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std:
       vrank = -1;
     } else {
       comm.recv(tmp, bytes, r - 1, kTagRecursiveDoubling);
-      red.step(acc, tmp, count);
+      red.combine(acc, tmp, count);
       vrank = r / 2;
     }
   } else {
@@ -46,7 +46,7 @@ void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std:
       const int vpeer = vrank ^ mask;
       const int peer = vpeer < rem ? vpeer * 2 + 1 : vpeer + rem;
       comm.sendrecv(acc, bytes, peer, tmp, bytes, peer, kTagRecursiveDoubling);
-      red.step(acc, tmp, count);
+      red.combine(acc, tmp, count);
     }
   }
 

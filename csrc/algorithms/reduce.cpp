@@ -25,7 +25,7 @@ void reduce_binomial(MpiComm& comm, const void* in, void* out, std::size_t count
     }
     if (vr + mask < P) {
       comm.recv(scratch, bytes, mod(vr + mask + root, P), kTagReduce);
-      red.step(acc, scratch, count);
+      red.combine(acc, scratch, count);
     }
   }
 }

@@ -38,9 +38,9 @@ void reduce_scatter_ring(MpiComm& comm, const void* in, void* work, const Blocks
     ring_exchange(comm, send, blocks.size(sb), landing, blocks.size(rb), elem, tuning,
                   kTagReduceScatter, [&](std::size_t first, std::size_t n) {
                     if (in_place) {
-                      red.step(own + first * elem, landing + first * elem, n);
+                      red.combine(own + first * elem, landing + first * elem, n);
                     } else {
-                      red.step(own + first * elem, mine + first * elem, n);
+                      red.combine(own + first * elem, mine + first * elem, n);
                     }
                   });
   }

@@ -32,15 +32,15 @@ using transport::Request;
 
 struct Reduction {
   DType dtype;
-  Op op;  // the step operator (never kAvg)
+  Op op;  // the combining operator (never kAvg)
   std::size_t elem;
-  kernels::ReduceFn step;
+  kernels::ReduceFn combine;
   // Nonzero: an average over this many ranks, which the schedule finishes
   // itself (see finish()). Zero: the caller finishes averages, if any.
   std::size_t average_over = 0;
 
   Reduction(DType d, Op o)
-      : dtype(d), op(step_op(o)), elem(dtype_size(d)), step(kernels::lookup(d, step_op(o))) {}
+      : dtype(d), op(combining_op(o)), elem(dtype_size(d)), combine(kernels::lookup(d, combining_op(o))) {}
 
   // Schedules in which exactly one rank computes each element's final value
   // call this on it (while it is still in cache) before handing it out, so an

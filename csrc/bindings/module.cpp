@@ -119,8 +119,6 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const TypeMismatch& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const MpiError& e) {
       py::object cls = error_class("MPIError");
       py::object exc = cls(py::str(e.what()), e.error_class(), py::str(e.mpi_string()));
@@ -348,6 +346,7 @@ PYBIND11_MODULE(_core, m) {
                d["collective"] = engine::kind_name(e.kind);
                d["dtype"] = dtype_name(e.dtype);
                d["algorithm"] = engine::algo_name(e.algo);
+               d["schedule"] = engine::variant_name(e.algo, e.variant);
                d["bytes"] = e.bytes;
                d["async"] = e.async;
                d["ok"] = e.ok;

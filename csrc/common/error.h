@@ -20,12 +20,6 @@ class InvalidArgument : public Error {
   using Error::Error;
 };
 
-// A wrong type for an argument (Python: TypeError).
-class TypeMismatch : public Error {
- public:
-  using Error::Error;
-};
-
 // An MPI call returned an error; carries MPI's error class and string.
 class MpiError : public Error {
  public:

@@ -45,7 +45,7 @@ const char* op_name(Op op);
 bool is_float(DType dtype);
 // True when `op` has a meaning for `dtype` (bitwise ops only for integers).
 bool op_supported(DType dtype, Op op);
-// The operator that the reduction steps apply (kAvg -> kSum).
-inline Op step_op(Op op) { return op == Op::kAvg ? Op::kSum : op; }
+// The operator that combines two values in a reduction (kAvg -> kSum).
+inline Op combining_op(Op op) { return op == Op::kAvg ? Op::kSum : op; }
 
 }  // namespace distml

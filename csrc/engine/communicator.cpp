@@ -180,6 +180,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     ev.kind = call.kind;
     ev.dtype = call.dtype;
     ev.algo = plan.algo;
+    ev.variant = plan.variant;
     ev.bytes = call.count * dtype_size(call.dtype);
     ev.ok = ok;
     ev.end = now_us();

@@ -165,6 +165,7 @@ struct TraceEvent {
   Kind kind;
   DType dtype;
   Algo algo;
+  std::uint8_t variant;  // Plan::variant: which of the algorithm's schedules ran
   std::uint64_t bytes;
   bool async;
   bool ok;

@@ -11,7 +11,7 @@
 // Vocabulary:
 //   element  - a value as stored in the user's buffer (T, or uint16_t bits
 //              for float16/bfloat16);
-//   step op  - a functor with `static T apply(T a, T b)`, the contract being
+//   combining op - a functor with `static T apply(T a, T b)`, the contract being
 //              elementwise, no state, same result for every ISA;
 //   block    - a stretch of elements small enough to stay in L1 while every
 //              source is folded into it.

@@ -34,7 +34,7 @@ const char* isa_name(Isa isa);
 // Every ISA this CPU and build can run, baseline first.
 std::vector<Isa> supported_isas();
 
-// The two-operand step for dtype x op on the current ISA. Throws
+// The two-operand reduction (dst = dst op src) for dtype x op on the current ISA. Throws
 // InvalidArgument when op has no meaning for dtype.
 ReduceFn lookup(DType dtype, Op op);
 

@@ -11,7 +11,7 @@
 
 namespace distml::transport {
 
-// `op` is the step operator (no kAvg; callers finish averages).
+// `op` is the combining operator (no kAvg; callers finish averages).
 void mpi_allreduce(MpiComm& comm, const void* in, void* out, std::size_t count, DType dtype, Op op);
 void mpi_reduce(MpiComm& comm, const void* in, void* out, std::size_t count, DType dtype, Op op,
                 int root);

@@ -1,4 +1,5 @@
-// The transport: the only code (with mpi_collectives.cpp) that calls MPI.
+// Point-to-point messages over MPI. transport/ is the only code that calls
+// MPI (with mpi_collectives.cpp, topology.cpp and the windows of shm.cpp).
 //
 // MpiComm owns a duplicate of a user's communicator, so distml's messages
 // never match the user's. Point-to-point calls take byte counts of any size

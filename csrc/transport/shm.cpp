@@ -51,7 +51,6 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   c.posted.store(0);
   c.reduced.store(0);
   c.released.store(0);
-  c.aux.store(0);
   c.arrived.store(0);
   c.pid = static_cast<std::uint64_t>(getpid());
   c.in_addr = reinterpret_cast<std::uint64_t>(&c.pid);
@@ -157,10 +156,9 @@ std::atomic<std::uint64_t>& ShmGroup::counter(int r, Counter c) {
     case Counter::kPosted: return ctl.posted;
     case Counter::kReduced: return ctl.reduced;
     case Counter::kReleased: return ctl.released;
-    case Counter::kAux: return ctl.aux;
     case Counter::kArrived: return ctl.arrived;
   }
-  return ctl.aux;
+  return ctl.arrived;
 }
 
 void ShmGroup::publish(Counter c, std::uint64_t step) {

@@ -31,17 +31,15 @@ struct alignas(64) ShmControl {
   char pad1[56];
   std::atomic<std::uint64_t> released;  // I have finished reading every slot for step v
   char pad2[56];
-  std::atomic<std::uint64_t> aux;       // free for one schedule's own use
-  char pad3[56];
   std::atomic<std::uint64_t> arrived;   // I have entered collective number v
-  char pad4[56];
+  char pad3[56];
   // For single-copy schedules: my process id, and the addresses of my input
   // and output for the step being posted (written before `posted`, read by
   // peers after they see it; stable until every peer has released).
   std::uint64_t pid;
   std::uint64_t in_addr;
   std::uint64_t out_addr;
-  char pad5[40];
+  char pad4[40];
   // What I called collective v with, in note[v & 1]: peers compare it after
   // waiting for `arrived`, and a peer cannot reach collective v + 2 (and
   // overwrite the note) before I have arrived at v + 1.
@@ -102,7 +100,7 @@ class ShmGroup {
   ShmControl& control(int r) { return *reinterpret_cast<ShmControl*>(regions_[r]); }
   char* slot(int r, int k) { return regions_[r] + kControlBytes + static_cast<std::size_t>(k & 1) * slot_bytes_; }
 
-  enum class Counter { kPosted, kReduced, kReleased, kAux, kArrived };
+  enum class Counter { kPosted, kReduced, kReleased, kArrived };
   void publish(Counter c, std::uint64_t step);
   // Waits until every rank's counter `c` is at least `step`.
   void wait_all(Counter c, std::uint64_t step);

@@ -133,19 +133,19 @@ def barrier(algorithm: str = "auto", async_op: bool = False) -> Any:
     """:meth:`Communicator.barrier` on the default communicator."""
     return get_default().barrier(algorithm=algorithm, async_op=async_op)
 
-# Training layer (issue 5).
+# Training layer.
 from . import checkpoint, data, nn, optim  # noqa: E402
 from .parallel import DistributedOptimizer, GradientBuffer, ShardedOptimizer, broadcast_parameters  # noqa: E402
 
 __all__ += ["optim", "nn", "data", "checkpoint",
             "GradientBuffer", "DistributedOptimizer", "ShardedOptimizer", "broadcast_parameters"]
 
-# Model parallelism (issue 6): distml.parallel.ColumnParallelLinear, RowParallelLinear, ProcessGrid, Pipeline.
+# Model parallelism: distml.parallel.ColumnParallelLinear, RowParallelLinear, ProcessGrid, Pipeline.
 from . import parallel  # noqa: E402
 
 __all__ += ["parallel"]
 
-# Tooling (issue 7): distml.timeline (Chrome traces), python -m distml.run, python -m distml.info.
+# Tooling: distml.timeline (Chrome traces), python -m distml.run, python -m distml.info.
 from . import timeline  # noqa: E402
 
 __all__ += ["timeline"]

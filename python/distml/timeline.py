@@ -9,8 +9,10 @@ replaced by the rank, otherwise ``trace.json`` becomes ``trace.rank<r>.json``
 one file on rank 0 with every rank as a process.
 
 Each collective is one complete event (``"ph": "X"``) named after it, with
-``bytes``, ``dtype``, ``algorithm``, ``async``, ``ok`` and ``seq`` in its
-args, and three nested events for its phases:
+``bytes``, ``dtype``, ``algorithm``, ``schedule`` (the algorithm and the
+variant of it that ran, e.g. "shm (cross-memory reads of peers' arrays)"),
+``async``, ``ok`` and ``seq`` in its args, and three nested events for its
+phases:
 
 - ``queued``: waiting in the communicator's async queue (async calls);
 - ``negotiate``: arrival of every rank and the cross-rank argument check;
@@ -122,7 +124,7 @@ def events_to_trace(records: Dict[int, List[dict]], rank: int, size: Optional[in
                     "args": {"name": f"communicator {tid}"}})
         for e in events:
             queued, start, arrived, end = e["queued"], e["start"], e["arrived"], e["end"]
-            args = {k: e[k] for k in ("bytes", "dtype", "algorithm", "async", "ok", "seq")}
+            args = {k: e[k] for k in ("bytes", "dtype", "algorithm", "schedule", "async", "ok", "seq")}
             out.append({"ph": "X", "cat": "collective", "name": e["collective"], "pid": rank, "tid": tid,
                         "ts": queued, "dur": max(end - queued, 0.0), "args": args})
             for name, a, b in (("queued", queued, start), ("negotiate", start, arrived), ("transfer", arrived, end)):

@@ -132,5 +132,8 @@ def test_auto_allreduce_choices_on_one_node(comm_default, world):
         check.expect_true(f"algorithm_for({nbytes}) agrees", comm.algorithm_for("allreduce", nbytes) == want)
     if len(ran) == len(cases) + 1:
         check.expect_true(f"shared window ran {ran[-1]}, expected shm", ran[-1] == "shm")
+        # The schedule names the path, not only the algorithm.
+        schedule = [e["schedule"] for e in events if e["collective"] == "allreduce"][-1]
+        check.expect_true(f"shared window's schedule is {schedule!r}", "in place in a shared window" in schedule)
     check.expect("shared window result", got_shared, np.full(mib, P, np.float32), same=shared)
     check.verify()

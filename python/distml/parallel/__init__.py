@@ -6,7 +6,7 @@ from .sharded import ShardedOptimizer
 
 __all__ = ["GradientBuffer", "DistributedOptimizer", "ShardedOptimizer", "broadcast_parameters"]
 
-# Model parallelism (issue 6).
+# Model parallelism.
 from .grid import ProcessGrid  # noqa: E402
 from .pipeline import Pipeline  # noqa: E402
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
