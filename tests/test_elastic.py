@@ -1,7 +1,8 @@
 """Elastic training survives lost ranks: SIGKILL of a worker mid-epoch,
 mid-allreduce and mid-commit at P = 3 and 4, under ``distmlrun --max-restarts``.
 
-Each run must complete on the ranks that are left, with final parameters
+A rank that hangs instead (SIGSTOP) is timed out by its peers and counted
+as lost the same way. Each run must complete on the ranks that are left, with final parameters
 equal (float64, 1e-9) to a run that went to P - 1 ranks at the same commit
 without a failure (the reference: ``--stop-after-commit C`` at P, then a
 resume at P - 1), redo at most one commit interval, and leave no process of
@@ -167,6 +168,18 @@ def test_killed_worker_is_survived(data, tmp_path, tmp_path_factory, P, case):
     run, report, out = elastic(data, tmp_path, P, [kill])
     check_recovered(run, report, P, lost_rank=1, resumed_step=step)
     want = reference(data, str(tmp_path_factory.getbasetemp()), [P, P - 1], [step], [])
+    np.testing.assert_allclose(final_params(out), want, rtol=0, atol=1e-9)
+
+
+def test_hung_worker_is_timed_out_and_survived(data, tmp_path, tmp_path_factory):
+    """A rank that hangs (SIGSTOP) rather than dies: the process manager
+    does not notice, the others raise CommTimeoutError after the timeout
+    elastic.run set (5 s here) and leave with exit code 75; the launcher
+    counts the silent rank as lost and relaunches without it."""
+    run, report, out = elastic(data, tmp_path, 3, ["0:1:25:stop"], extra=["--timeout", "5"])
+    assert "CommTimeoutError" in run.stderr and "a peer is lost" in run.stderr, run.describe()
+    check_recovered(run, report, 3, lost_rank=1, resumed_step=20)
+    want = reference(data, str(tmp_path_factory.getbasetemp()), [3, 2], [20], [])
     np.testing.assert_allclose(final_params(out), want, rtol=0, atol=1e-9)
 
 

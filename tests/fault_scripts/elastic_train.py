@@ -11,7 +11,9 @@ LAUNCH (0 = the first) at global step STEP:
 - ``allreduce``: right after the backward pass, with the step's gradient
   buckets in flight (its peers are inside those allreduces);
 - ``commit``: inside the commit made after step STEP, once its shard file is
-  written and before rank 0 commits the manifest (the commit must not count).
+  written and before rank 0 commits the manifest (the commit must not count);
+- ``stop``: SIGSTOP instead of SIGKILL before the step: the rank hangs
+  rather than dies, and its peers must time out (--timeout).
 
 --stop-after-commit S ends training cleanly after the commit at step S (the
 first half of a reference run that then resumes at another size). Rank 0
@@ -115,6 +117,8 @@ def main() -> None:
             epoch, s = divmod(state.step, per_epoch)
             if kills.get(state.step) == "epoch":
                 die()
+            if kills.get(state.step) == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)  # hangs: its peers time out
             idx = elastic.batch_indices(len(X), args.batch, epoch, s, rank, P, seed=3)
             logits = model(X[idx])
             loss_fn(logits, y[idx])

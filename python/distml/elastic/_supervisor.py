@@ -393,10 +393,13 @@ def supervise(command: Callable[[int, Optional[Hosts]], List[str]], nprocs: int,
             # Why did it end?
             lost: List[int] = []
             if first is not None:
-                for r in first[1]:
-                    rec = exits.get(r)
-                    if rec is None or rec.get("reason") == "peer_lost":
-                        lost.append(r)
+                # Ranks that ended without a word (killed, crashed) are the lost ones.
+                lost = [r for r in first[1] if r not in exits]
+                if not lost and all(exits[r].get("reason") == "peer_lost" for r in first[1]):
+                    # The first to end had timed out waiting for a peer that hung
+                    # (stopped, cut off): the lost ones are those that never said
+                    # anything, ended afterwards by the process manager or here.
+                    lost = sorted(r for r in ranks if r not in exits)
             program_error = [r for r, rec in exits.items() if rec.get("reason") in ("error", "below_min_ranks")
                              and (first is None or r in first[1])]
             entry["lost"] = lost
