@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from .._errors import CommTimeoutError, CommunicatorError, DistmlError, MPIError
 from ._state import State, note_exit, note_resumed, read_json, register, restart_count, run_dir
@@ -148,7 +148,7 @@ def run(train_fn: Callable[[State], T], state: State, *, min_ranks: int = 1,
         note_exit(comm, "peer_lost", msg)
         if run_dir() is None:
             raise
-        _log(msg + f"; leaving for the launcher to relaunch from the last commit")
+        _log(msg + "; leaving for the launcher to relaunch from the last commit")
         sys.stdout.flush()
         # MPI cannot finalize with a peer gone; the launcher cleans up what this job made.
         os._exit(EXIT_PEER_LOST)

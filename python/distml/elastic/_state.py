@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -336,6 +336,3 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
 
-
-def existing(paths: Iterable[str]) -> List[str]:
-    return [p for p in paths if os.path.exists(p)]

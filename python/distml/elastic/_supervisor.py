@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from ._run import EXIT_BELOW_MIN_RANKS, EXIT_PEER_LOST
+from ._run import EXIT_BELOW_MIN_RANKS
 from ._state import ENV_RESTART, ENV_RUN, read_json
 
 __all__ = ["supervise", "parse_hosts", "format_hosts", "leaked_segments", "remove_segments"]
