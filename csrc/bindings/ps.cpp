@@ -53,13 +53,16 @@ ps::OptimizerConfig optimizer_config(int kind, const py::dict& hp) {
 
 void register_ps(py::module_& m) {
   py::class_<ps::ParameterServer>(m, "ParameterServer")
-      .def(py::init([](std::int64_t fortran_handle, int dtype, int wire, std::int64_t total, std::vector<int> servers,
+      .def(py::init([](std::int64_t fortran_handle, int dtype, int wire, std::vector<std::int64_t> segments,
+                       std::vector<int> servers,
                        int mode, int staleness, int optimizer, const py::dict& hyperparameters, double timeout,
                        long poll_min_us, long poll_max_us, const std::vector<py::array>& initial) {
              ps::Config c;
              c.dtype = static_cast<DType>(dtype);
              c.wire = static_cast<DType>(wire);
-             c.total = total;
+             c.total = 0;
+             for (auto n : segments) c.total += n;
+             c.segments = std::move(segments);
              c.servers = std::move(servers);
              c.mode = static_cast<ps::Mode>(mode);
              c.staleness = staleness;
@@ -72,7 +75,7 @@ void register_ps(py::module_& m) {
              py::gil_scoped_release nogil;
              return std::make_unique<ps::ParameterServer>(comm, c, pieces);
            }),
-           py::arg("fortran_handle"), py::arg("dtype"), py::arg("wire"), py::arg("total"), py::arg("servers"),
+           py::arg("fortran_handle"), py::arg("dtype"), py::arg("wire"), py::arg("segments"), py::arg("servers"),
            py::arg("mode"), py::arg("staleness"), py::arg("optimizer"), py::arg("hyperparameters"),
            py::arg("timeout"), py::arg("poll_min_us"), py::arg("poll_max_us"), py::arg("initial"))
       .def_property_readonly("is_server", &ps::ParameterServer::is_server)

@@ -18,12 +18,33 @@ namespace {
 
 constexpr int kPush = 1, kPull = 2, kClose = 3;  // request tags (= Header::op)
 constexpr int kReplyTag = 1;
+constexpr int kPushData = 1, kReplyData = 2;  // data channel tags
 // Reply status codes.
 constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3;
 
 static_assert(sizeof(Header) == 64, "the header is part of the wire format");
 
-tp::Piece header_piece(const Header* h) { return {h, sizeof(Header)}; }
+// Longest message, in elements (512 MiB of float64: below MPI's int count).
+constexpr std::int64_t kCutElements = std::int64_t{1} << 26;
+
+// Where range [lo, hi) is cut into messages: at every parameter's boundary
+// (seg_bounds, prefix sums of the parameters' sizes) and every kCutElements
+// from each one's start, so that each message is contiguous in every
+// rank's arrays. Sender and receiver compute the same cuts.
+std::vector<std::pair<std::int64_t, std::int64_t>> cuts(const std::vector<std::int64_t>& seg_bounds, std::int64_t lo,
+                                                        std::int64_t hi) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  for (std::size_t j = 0; j + 1 < seg_bounds.size(); ++j) {
+    const std::int64_t a0 = std::max(lo, seg_bounds[j]), b0 = std::min(hi, seg_bounds[j + 1]);
+    for (std::int64_t a = a0; a < b0;) {
+      const std::int64_t next = seg_bounds[j] + ((a - seg_bounds[j]) / kCutElements + 1) * kCutElements;
+      const std::int64_t b = std::min(b0, next);
+      out.emplace_back(a, b);
+      a = b;
+    }
+  }
+  return out;
+}
 
 // The part of `all` (pieces covering the flat space in order, `elem` bytes
 // per element) that holds elements [lo, hi).
@@ -40,6 +61,16 @@ std::vector<tp::Piece> slice(const std::vector<tp::Piece>& all, std::size_t elem
     if (at >= end) break;
   }
   return out;
+}
+
+// The address of elements [a, b) in `all`, which must hold them in one piece.
+char* address(const std::vector<tp::Piece>& all, std::size_t elem, std::int64_t a, std::int64_t b) {
+  auto part = slice(all, elem, a, b);
+  if (part.size() != 1 || part[0].bytes != static_cast<std::size_t>(b - a) * elem) {
+    DISTML_THROW(InvalidArgument, "elements " << a << " to " << b << " are not contiguous in the arrays given "
+                                              << "(pass one array per parameter, or one flat array)");
+  }
+  return static_cast<char*>(const_cast<void*>(part[0].ptr));
 }
 
 std::size_t total_bytes(const std::vector<tp::Piece>& pieces) {
@@ -78,7 +109,7 @@ class Server {
  public:
   Server(tp::Mailbox& mail, const Config& cfg, std::int64_t lo, std::int64_t hi, std::vector<int> workers,
          const std::vector<tp::Piece>& initial)
-      : mail_(mail), cfg_(cfg), count_(static_cast<std::size_t>(hi - lo)),
+      : mail_(mail), cfg_(cfg), lo_(lo), hi_(hi), count_(static_cast<std::size_t>(hi - lo)),
         elem_(dtype_size(cfg.dtype)), wire_elem_(dtype_size(cfg.wire)), workers_(std::move(workers)),
         opt_(cfg.optimizer, cfg.dtype, count_) {
     const int P = mail.size();
@@ -90,6 +121,8 @@ class Server {
     max_stale_.assign(P, 0);
     closed_.assign(P, 0);
     final_clock_.assign(P, 0);
+    seg_bounds_.assign(1, 0);
+    for (auto n : cfg.segments) seg_bounds_.push_back(seg_bounds_.back() + n);
     params_.resize(bytes_words(count_ * elem_));
     std::size_t at = 0;
     for (const auto& p : slice(initial, elem_, lo, hi)) {
@@ -111,6 +144,13 @@ class Server {
   bool timed_out() const { return timed_out_; }
   const std::string& failure() const { return failure_; }
   bool done() const { return done_ && replies_.empty(); }
+  // Replies are being sent: poll without sleeping (see wait()).
+  bool sending() const { return !replies_.empty(); }
+
+  // Completes every transfer in `ps` (see wait()).
+  void wait_all(std::vector<tp::Pending>& ps, const char* what) {
+    for (auto& p : ps) wait(p, what);
+  }
 
   // One round: at most one request, the replies in flight, the deadlines.
   bool poll() {
@@ -122,7 +162,9 @@ class Server {
         progressed = true;
       }
       for (auto it = replies_.begin(); it != replies_.end();) {
-        if (it->second.test()) {
+        bool all = true;
+        for (auto& p : it->second) all = p.test() && all;
+        if (all) {
           it = replies_.erase(it);
           progressed = true;
         } else {
@@ -150,15 +192,17 @@ class Server {
     return cfg_.timeout > 0 ? Clock::now() + to_duration(cfg_.timeout) : Clock::time_point::max();
   }
 
+  // Completes a transfer already under way (a matched receive, a reply the
+  // worker is waiting for): polls, yielding between polls, never sleeping,
+  // since the data moves only while both sides poll.
   void wait(tp::Pending& p, const char* what) {
     const auto until = deadline();
-    tp::Backoff backoff(cfg_.poll_min_us, cfg_.poll_max_us);
     while (!p.test()) {
       if (Clock::now() > until) {
         DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
                                                           << " rank " << p.peer());
       }
-      backoff.pause();
+      tp::Backoff::yield();
     }
   }
 
@@ -166,23 +210,27 @@ class Server {
     Header h;
     const int w = in.source;
     ++requests_;
+    if (in.bytes != sizeof(Header)) {
+      std::vector<char> junk(in.bytes + 1);
+      tp::Pending p = mail_.receive(in, junk.data(), in.bytes);
+      wait(p, "receive a request from");
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a request of " << in.bytes
+                                                       << " bytes from rank " << w);
+    }
+    tp::Pending hp = mail_.receive(in, &h, sizeof(Header));
+    wait(hp, "receive a request from");
     if (in.tag == kPush) {
-      const std::size_t payload = count_ * wire_elem_;
-      if (in.bytes != sizeof(Header) + payload) {
-        std::vector<char> junk(in.bytes + 1);
-        tp::Pending p = mail_.receive(in, {{junk.data(), in.bytes}});
-        wait(p, "receive a push from");
-        DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a push of " << in.bytes
-                                                         << " bytes from rank " << w << ", expected "
-                                                         << sizeof(Header) + payload);
+      // The gradient follows on the data channel, one message per cut.
+      std::vector<tp::Pending> data;
+      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
+        data.push_back(mail_.recv(tp::Mailbox::kData, w, kPushData,
+                                  reinterpret_cast<char*>(staging_.data()) + (a - lo_) * wire_elem_,
+                                  static_cast<std::size_t>(b - a) * wire_elem_));
       }
-      tp::Pending p = mail_.receive(in, {header_piece(&h), {staging_.data(), payload}});
-      wait(p, "receive a push from");
-      bytes_received_ += static_cast<std::int64_t>(payload);
+      wait_all(data, "receive a push from");
+      bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
       if (!failed_) on_push(w, h);
     } else if (in.tag == kPull || in.tag == kClose) {
-      tp::Pending p = mail_.receive(in, {header_piece(&h)});
-      wait(p, "receive a request from");
       if (failed_) {
         reply_error(w, fail_status_, fail_info0_, fail_info1_);
       } else if (in.tag == kPull) {
@@ -301,7 +349,7 @@ class Server {
   // Completes the replies in flight, which read the shard: called before
   // the shard changes.
   void quiesce() {
-    for (auto& r : replies_) wait(r.second, "deliver parameters to");
+    for (auto& r : replies_) wait_all(r.second, "deliver parameters to");
     replies_.clear();
   }
 
@@ -317,13 +365,17 @@ class Server {
     h->stale = max_stale_[w];
     h->info0 = info0;
     h->info1 = info1;
-    std::vector<tp::Piece> pieces{header_piece(h.get())};
+    std::vector<tp::Pending> sends;
+    sends.push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, h.get(), sizeof(Header)));
     if (data) {
-      pieces.push_back({params_.data(), count_ * elem_});
+      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
+        sends.push_back(mail_.send(tp::Mailbox::kData, w, kReplyData,
+                                   reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
+                                   static_cast<std::size_t>(b - a) * elem_));
+      }
       bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
     }
-    tp::Pending p = mail_.send(tp::Mailbox::kReplies, w, kReplyTag, pieces);
-    replies_.emplace_back(std::move(h), std::move(p));
+    replies_.emplace_back(std::move(h), std::move(sends));
   }
 
   void reply_error(int w, std::int64_t status, std::int64_t info0, std::int64_t info1) {
@@ -410,6 +462,8 @@ class Server {
 
   tp::Mailbox& mail_;
   Config cfg_;
+  std::int64_t lo_, hi_;
+  std::vector<std::int64_t> seg_bounds_;
   std::size_t count_, elem_, wire_elem_;
   std::vector<int> workers_;
   ShardOptimizer opt_;
@@ -421,7 +475,7 @@ class Server {
   std::int64_t version_ = 0, max_stale_all_ = 0, requests_ = 0, bytes_received_ = 0, bytes_sent_ = 0;
   double busy_ = 0;
   std::deque<PendingPull> pending_;
-  std::deque<std::pair<std::unique_ptr<Header>, tp::Pending>> replies_;
+  std::deque<std::pair<std::unique_ptr<Header>, std::vector<tp::Pending>>> replies_;
   std::vector<int> closers_;
   Clock::time_point first_close_{};
   bool done_ = false;
@@ -453,6 +507,10 @@ ParameterServer::ParameterServer(MPI_Comm user, const Config& config, const std:
   bounds_.assign(S + 1, 0);
   for (int i = 0; i < S; ++i) bounds_[i + 1] = bounds_[i] + config.total / S + (i < config.total % S ? 1 : 0);
   known_version_.assign(S, 0);
+  seg_bounds_.assign(1, 0);
+  for (auto n : config.segments) seg_bounds_.push_back(seg_bounds_.back() + n);
+  DISTML_CHECK_ARG(seg_bounds_.back() == config.total, "the parameters' sizes add up to " << seg_bounds_.back()
+                                                                                         << ", not " << config.total);
   for (int i = 0; i < S; ++i) {
     if (config.servers[i] == me) {
       server_ = std::make_unique<Server>(*mail_, config, bounds_[i], bounds_[i + 1], workers, initial);
@@ -475,6 +533,8 @@ void ParameterServer::start_progress() {
     while (!stop_.load(std::memory_order_relaxed) && !server_->done()) {
       if (server_->poll()) {
         backoff.reset();
+      } else if (server_->sending()) {
+        tp::Backoff::yield();
       } else {
         backoff.pause();
       }
@@ -519,33 +579,59 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
   const std::size_t elem = dtype_size(config_.dtype);
   const std::size_t n = which.size();
   std::vector<Header> sent(n), got(n);
-  std::vector<tp::Pending> recvs, sends;
-  recvs.reserve(n);
+  // A reply's header is received once it has arrived (probed): until then
+  // the wait may be long (a sync pull waits for the slowest worker) and
+  // sleeps between polls. The parameters follow the header on the data
+  // channel; once they are expected the data is moving, and the wait only
+  // yields.
+  std::vector<std::vector<tp::Pending>> recvs(n);
+  std::vector<tp::Pending> sends;
+  std::vector<char> matched(n, 0);
   sends.reserve(n);
   const auto t0 = Clock::now();
   const auto until = worker_deadline();
   try {
     for (std::size_t k = 0; k < n; ++k) {
-      const int i = which[k];
-      std::vector<tp::Piece> pieces{header_piece(&got[k])};
-      if (data) {
-        auto part = slice(out, elem, bounds_[i], bounds_[i + 1]);
-        pieces.insert(pieces.end(), part.begin(), part.end());
-      }
-      recvs.push_back(mail_->recv(tp::Mailbox::kReplies, config_.servers[i], kReplyTag, pieces));
-    }
-    for (std::size_t k = 0; k < n; ++k) {
       sent[k].op = op;
       sent[k].clock = wstats_.clock;
       sent[k].need = need;
       sent[k].info0 = data ? 1 : 0;
-      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, {header_piece(&sent[k])}));
+      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, &sent[k], sizeof(Header)));
     }
     tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
     for (;;) {
-      bool all = true;
+      bool all = true, moving = false;
       for (auto& s : sends) all = s.test() && all;
-      for (auto& r : recvs) all = r.test() && all;
+      for (std::size_t k = 0; k < n; ++k) {
+        const int i = which[k], server = config_.servers[i];
+        if (!matched[k]) {
+          tp::Incoming in;
+          if (!mail_->probe_from(tp::Mailbox::kReplies, server, kReplyTag, &in)) {
+            all = false;
+            continue;
+          }
+          if (in.bytes != sizeof(Header)) {
+            DISTML_THROW(Error, "parameter server on rank " << server << " replied with a header of " << in.bytes
+                                                            << " bytes");
+          }
+          tp::Pending hp = mail_->receive(in, &got[k], sizeof(Header));
+          while (!hp.test()) tp::Backoff::yield();  // arrived already: completes at once
+          matched[k] = 1;
+          backoff.reset();
+          if (data && got[k].status == kOk) {
+            for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
+              recvs[k].push_back(mail_->recv(tp::Mailbox::kData, server, kReplyData, address(out, elem, a, b),
+                                             static_cast<std::size_t>(b - a) * elem));
+            }
+          }
+        }
+        for (auto& r : recvs[k]) {
+          if (!r.test()) {
+            all = false;
+            moving = true;
+          }
+        }
+      }
       if (all) break;
       if (Clock::now() > until) {
         std::ostringstream os;
@@ -553,7 +639,9 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
            << " parameter server rank(s) [";
         bool first = true;
         for (std::size_t k = 0; k < n; ++k) {
-          if (recvs[k].active() || sends[k].active()) {
+          bool active = !matched[k] || sends[k].active();
+          for (auto& r : recvs[k]) active = active || r.active();
+          if (active) {
             os << (first ? "" : ", ") << config_.servers[which[k]];
             first = false;
           }
@@ -561,7 +649,11 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
         os << "]";
         DISTML_THROW(Timeout, os.str());
       }
-      backoff.pause();
+      if (moving) {
+        tp::Backoff::yield();
+      } else {
+        backoff.pause();
+      }
     }
   } catch (const Error& e) {
     broken_ = true;
@@ -595,14 +687,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
       DISTML_THROW(Unusable, broken_reason_);
     }
     if (data) {
-      const std::size_t expect = sizeof(Header) + static_cast<std::size_t>(bounds_[which[k] + 1] - bounds_[which[k]]) * elem;
-      if (recvs[k].received() != expect) {
-        broken_ = true;
-        broken_reason_ = "a reply of the wrong size";
-        DISTML_THROW(Error, "parameter server on rank " << server << " replied with " << recvs[k].received()
-                                                        << " bytes, expected " << expect);
-      }
-      wstats_.bytes_pulled += static_cast<std::int64_t>(expect - sizeof(Header));
+      wstats_.bytes_pulled += (bounds_[which[k] + 1] - bounds_[which[k]]) * static_cast<std::int64_t>(elem);
     }
     known_version_[which[k]] = std::max(known_version_[which[k]], h.version);
     min_version = min_version < 0 ? h.version : std::min(min_version, h.version);
@@ -635,23 +720,26 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
     if (!behind.empty()) request(kPull, behind, need, false, {}, "push to (waiting for the staleness bound)");
   }
   std::vector<Header> hdrs(S);
-  std::vector<tp::Pending> sends;
-  sends.reserve(S);
+  std::vector<std::vector<tp::Pending>> sends(S);
   const auto t0 = Clock::now();
   const auto until = worker_deadline();
   try {
     for (int i = 0; i < S; ++i) {
       hdrs[i].op = kPush;
       hdrs[i].clock = c;
-      std::vector<tp::Piece> pieces{header_piece(&hdrs[i])};
-      auto part = slice(grads, wire, bounds_[i], bounds_[i + 1]);
-      pieces.insert(pieces.end(), part.begin(), part.end());
-      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[i], kPush, pieces));
+      const int server = config_.servers[i];
+      sends[i].push_back(mail_->send(tp::Mailbox::kRequests, server, kPush, &hdrs[i], sizeof(Header)));
+      for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
+        sends[i].push_back(mail_->send(tp::Mailbox::kData, server, kPushData, address(grads, wire, a, b),
+                                       static_cast<std::size_t>(b - a) * wire));
+      }
     }
-    tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+    // A push is taken by the server's next poll, then moves: yield only.
     for (;;) {
       bool all = true;
-      for (auto& s : sends) all = s.test() && all;
+      for (auto& v : sends) {
+        for (auto& s : v) all = s.test() && all;
+      }
       if (all) break;
       if (Clock::now() > until) {
         std::ostringstream os;
@@ -659,7 +747,9 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
            << " s waiting to push to parameter server rank(s) [";
         bool first = true;
         for (int i = 0; i < S; ++i) {
-          if (sends[i].active()) {
+          bool active = false;
+          for (auto& s : sends[i]) active = active || s.active();
+          if (active) {
             os << (first ? "" : ", ") << config_.servers[i];
             first = false;
           }
@@ -667,7 +757,7 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
         os << "]";
         DISTML_THROW(Timeout, os.str());
       }
-      backoff.pause();
+      tp::Backoff::yield();
     }
   } catch (const Error& e) {
     broken_ = true;
@@ -696,19 +786,18 @@ void ParameterServer::final_broadcast(const std::vector<tp::Piece>& out) {
   const auto until = has_deadline ? Clock::now() + to_duration(config_.timeout) : Clock::time_point::max();
   for (std::size_t i = 0; i < config_.servers.size(); ++i) {
     const int root = config_.servers[i];
-    auto mine = slice(out, elem, bounds_[i], bounds_[i + 1]);
-    if (root == mail_->rank()) {
-      mail_->broadcast(root, {{server_->params(), server_->bytes()}}, until, has_deadline,
-                       "the final parameters");
-      std::size_t at = 0;
-      for (const auto& p : mine) {
-        std::memcpy(const_cast<void*>(p.ptr), static_cast<const char*>(server_->params()) + at, p.bytes);
-        at += p.bytes;
+    std::ostringstream what;
+    what << "the final parameters from server rank " << root;
+    for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
+      char* mine = address(out, elem, a, b);
+      const std::size_t bytes = static_cast<std::size_t>(b - a) * elem;
+      if (root == mail_->rank()) {
+        char* shard = static_cast<char*>(server_->params()) + (a - bounds_[i]) * elem;
+        mail_->broadcast(root, shard, bytes, until, has_deadline, what.str());
+        std::memcpy(mine, shard, bytes);
+      } else {
+        mail_->broadcast(root, mine, bytes, until, has_deadline, what.str());
       }
-    } else {
-      std::ostringstream what;
-      what << "the final parameters from server rank " << root;
-      mail_->broadcast(root, mine, until, has_deadline, what.str());
     }
   }
 }
@@ -719,6 +808,8 @@ void ParameterServer::serve(const std::vector<tp::Piece>& out) {
   while (!server_->done()) {
     if (server_->poll()) {
       backoff.reset();
+    } else if (server_->sending()) {
+      tp::Backoff::yield();
     } else {
       backoff.pause();
     }

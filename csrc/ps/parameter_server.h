@@ -11,11 +11,13 @@
 // average over the workers), in async mode the pushes it has applied (one
 // update per push).
 //
-// Messages (transport::Mailbox; every message starts with a Header):
-//   push  worker -> server  Header + the server's range of the gradient
+// Messages (transport::Mailbox). Headers on the request and reply channels;
+// the ranges that follow a header on the data channel, one contiguous
+// message per piece of the range that lies in one parameter (see cuts()):
+//   push  worker -> server  Header, then the server's range of the gradient
 //   pull  worker -> server  Header (need: the version the reply must reach)
 //   close worker -> server  Header (the worker's final clock)
-//   reply server -> worker  Header (+ the shard, when data was asked for)
+//   reply server -> worker  Header, then the shard when data was asked for
 // Consistency. Sync is bounded staleness with s = 0. In sync/bounded mode a
 // server sums the clock-c gradients of every worker into slot c mod (s+1)
 // and applies their average once all have arrived, in clock order; a pull
@@ -56,6 +58,7 @@ struct Config {
   DType dtype = DType::kFloat32;  // parameters (float32 or float64)
   DType wire = DType::kFloat32;   // gradients on the wire (dtype, float16, bfloat16)
   std::int64_t total = 0;         // elements of the flat parameter space
+  std::vector<std::int64_t> segments;  // elements of each parameter, in order (sum: total)
   std::vector<int> servers;       // ranks that serve, ascending
   Mode mode = Mode::kAsync;
   int staleness = 0;              // sync/bounded only
@@ -146,6 +149,7 @@ class ParameterServer {
   Config config_;
   std::unique_ptr<transport::Mailbox> mail_;
   std::vector<std::int64_t> bounds_;
+  std::vector<std::int64_t> seg_bounds_;  // prefix sums of config_.segments
   std::unique_ptr<Server> server_;
   bool worker_ = false;
   std::thread progress_;

@@ -3,6 +3,8 @@
 #include <sched.h>
 #include <time.h>
 
+#include <climits>
+#include <cstdlib>
 #include <sstream>
 
 #include "common/error.h"
@@ -12,41 +14,13 @@ namespace distml::transport {
 
 namespace {
 
-// Blocks of a gathered datatype stay below INT_MAX bytes (MPI's int counts).
-constexpr std::size_t kBlockBytes = std::size_t{1} << 30;
 // Yields before the first sleep: cheap when nobody else wants the core, and
 // they keep a ping-pong between two running ranks fast.
 constexpr long kYieldPolls = 32;
 
-// An hindexed datatype over the pieces' absolute addresses, committed; used
-// with MPI_BOTTOM. Empty pieces are skipped; no pieces at all gives a
-// zero-length type.
-struct Gathered {
-  MPI_Datatype type = MPI_DATATYPE_NULL;
-  ~Gathered() {
-    if (type != MPI_DATATYPE_NULL && mpi_alive()) MPI_Type_free(&type);
-  }
-};
-
-void build(const std::vector<Piece>& pieces, Gathered* g) {
-  std::vector<int> lengths;
-  std::vector<MPI_Aint> displs;
-  for (const Piece& p : pieces) {
-    const char* at = static_cast<const char*>(p.ptr);
-    std::size_t left = p.bytes;
-    while (left > 0) {
-      std::size_t n = left < kBlockBytes ? left : kBlockBytes;
-      MPI_Aint addr;
-      DISTML_MPI(MPI_Get_address(at, &addr));
-      lengths.push_back(static_cast<int>(n));
-      displs.push_back(addr);
-      at += n;
-      left -= n;
-    }
-  }
-  DISTML_MPI(MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), displs.data(), MPI_BYTE,
-                                      &g->type));
-  DISTML_MPI(MPI_Type_commit(&g->type));
+int int_bytes(std::size_t bytes) {
+  DISTML_CHECK_ARG(bytes <= static_cast<std::size_t>(INT_MAX), "a message of " << bytes << " bytes is too large");
+  return static_cast<int>(bytes);
 }
 
 }  // namespace
@@ -59,6 +33,17 @@ void Backoff::pause() {
   sleep_us_ = sleep_us_ == 0 ? min_us_ : (sleep_us_ * 2 > max_us_ ? max_us_ : sleep_us_ * 2);
   timespec ts{0, sleep_us_ * 1000};
   nanosleep(&ts, nullptr);
+}
+
+void Backoff::yield() {
+  // A few polls between yields: each yield on a loaded machine can cost a
+  // scheduling round, and the copy advances only while this side polls.
+  static thread_local unsigned polls = 0;
+  static const unsigned every = [] {
+    const char* v = std::getenv("DISTML_PS_YIELD_EVERY");
+    return v && *v ? static_cast<unsigned>(std::atoi(v)) : 16u;
+  }();
+  if (every <= 1 || ++polls % every == 0) sched_yield();
 }
 
 Pending& Pending::operator=(Pending&& o) noexcept {
@@ -99,10 +84,10 @@ bool Pending::test() {
 
 Mailbox::Mailbox(MPI_Comm user) {
   if (!mpi_alive()) DISTML_THROW(Unusable, "MPI is not initialised, or already finalised");
-  DISTML_MPI(MPI_Comm_dup(user, requests_.out()));
-  DISTML_MPI(MPI_Comm_set_errhandler(requests_.get(), MPI_ERRORS_RETURN));
-  DISTML_MPI(MPI_Comm_dup(user, replies_.out()));
-  DISTML_MPI(MPI_Comm_set_errhandler(replies_.get(), MPI_ERRORS_RETURN));
+  for (UniqueComm* c : {&requests_, &replies_, &data_}) {
+    DISTML_MPI(MPI_Comm_dup(user, c->out()));
+    DISTML_MPI(MPI_Comm_set_errhandler(c->get(), MPI_ERRORS_RETURN));
+  }
   DISTML_MPI(MPI_Comm_rank(requests_.get(), &rank_));
   DISTML_MPI(MPI_Comm_size(requests_.get(), &size_));
 }
@@ -110,24 +95,21 @@ Mailbox::Mailbox(MPI_Comm user) {
 void Mailbox::abandon() {
   requests_.abandon();
   replies_.abandon();
+  data_.abandon();
 }
 
-Pending Mailbox::send(Channel ch, int peer, int tag, const std::vector<Piece>& pieces) {
-  Gathered g;
-  build(pieces, &g);
+Pending Mailbox::send(Channel ch, int peer, int tag, const void* buf, std::size_t bytes) {
   Pending p;
   p.peer_ = peer;
-  DISTML_MPI(MPI_Isend(MPI_BOTTOM, 1, g.type, peer, tag, comm(ch), &p.req_));
+  DISTML_MPI(MPI_Isend(buf, int_bytes(bytes), MPI_BYTE, peer, tag, comm(ch), &p.req_));
   return p;
 }
 
-Pending Mailbox::recv(Channel ch, int peer, int tag, const std::vector<Piece>& pieces) {
-  Gathered g;
-  build(pieces, &g);
+Pending Mailbox::recv(Channel ch, int peer, int tag, void* buf, std::size_t bytes) {
   Pending p;
   p.peer_ = peer;
   p.recv_ = true;
-  DISTML_MPI(MPI_Irecv(MPI_BOTTOM, 1, g.type, peer, tag, comm(ch), &p.req_));
+  DISTML_MPI(MPI_Irecv(buf, int_bytes(bytes), MPI_BYTE, peer, tag, comm(ch), &p.req_));
   return p;
 }
 
@@ -144,23 +126,33 @@ bool Mailbox::probe(Incoming* in) {
   return true;
 }
 
-Pending Mailbox::receive(Incoming& in, const std::vector<Piece>& pieces) {
-  Gathered g;
-  build(pieces, &g);
+bool Mailbox::probe_from(Channel ch, int source, int tag, Incoming* in) {
+  int flag = 0;
+  MPI_Status st;
+  DISTML_MPI(MPI_Improbe(source, tag, comm(ch), &flag, &in->message, &st));
+  if (!flag) return false;
+  MPI_Count n = 0;
+  DISTML_MPI(MPI_Get_elements_x(&st, MPI_BYTE, &n));
+  in->source = st.MPI_SOURCE;
+  in->tag = st.MPI_TAG;
+  in->bytes = static_cast<std::size_t>(n);
+  return true;
+}
+
+Pending Mailbox::receive(Incoming& in, void* buf, std::size_t bytes) {
   Pending p;
   p.peer_ = in.source;
   p.recv_ = true;
-  DISTML_MPI(MPI_Imrecv(MPI_BOTTOM, 1, g.type, &in.message, &p.req_));
+  DISTML_MPI(MPI_Imrecv(buf, int_bytes(bytes), MPI_BYTE, &in.message, &p.req_));
   return p;
 }
 
-void Mailbox::broadcast(int root, const std::vector<Piece>& pieces, std::chrono::steady_clock::time_point deadline,
+void Mailbox::broadcast(int root, void* buf, std::size_t bytes, std::chrono::steady_clock::time_point deadline,
                         bool has_deadline, const std::string& what) {
-  Gathered g;
-  build(pieces, &g);
   MPI_Request req;
-  DISTML_MPI(MPI_Ibcast(MPI_BOTTOM, 1, g.type, root, replies_.get(), &req));
-  Backoff backoff(20, 1000);
+  DISTML_MPI(MPI_Ibcast(buf, int_bytes(bytes), MPI_BYTE, root, data_.get(), &req));
+  // Every rank arrives here together (at the end of a close), and the data
+  // moves only while ranks poll: no sleeps.
   for (;;) {
     int done = 0;
     DISTML_MPI(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
@@ -171,7 +163,7 @@ void Mailbox::broadcast(int root, const std::vector<Piece>& pieces, std::chrono:
       os << "rank " << rank_ << " timed out waiting for " << what;
       DISTML_THROW(Timeout, os.str());
     }
-    backoff.pause();
+    Backoff::yield();
   }
 }
 

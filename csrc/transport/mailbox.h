@@ -1,23 +1,22 @@
 // Request/reply messaging for the parameter server (csrc/ps/): the only MPI
 // the parameter server uses lives here.
 //
-// A Mailbox owns two duplicates of a user's communicator: the request
+// A Mailbox owns three duplicates of a user's communicator: the request
 // channel, which only a server's progress loop receives from (any source,
-// any tag: it probes, then receives the probed message), and the reply
-// channel, on which a worker receives the answers to its own requests from
-// named servers. Keeping them apart is what lets a colocated rank's worker
-// thread and its progress thread receive at the same time without either
-// matching the other's messages.
+// any tag: it probes, then receives the probed message), the reply channel,
+// on which a worker receives the headers of the answers to its own requests
+// from named servers, and the data channel, which carries the parameter and
+// gradient ranges that follow a header, each received from a named peer
+// with a tag of its direction. Keeping them apart is what lets a colocated
+// rank's worker thread and its progress thread receive at the same time
+// without either matching the other's messages.
 //
-// Every message is "gathered": one MPI message whose datatype lists the
-// pieces (address, bytes) it is made of, so a header and a parameter range
-// spread over several user arrays travel as one message with no staging
-// copy (MPI_Type_create_hindexed over absolute addresses, sent from
-// MPI_BOTTOM).
+// Every message is one contiguous buffer. (A message gathered from pieces
+// by an MPI datatype was measured 10-50x slower: MPICH moves non-contiguous
+// data through its shared-memory cells piece by piece, contiguous data with
+// one copy; see docs/ps.md.) Ranges spread over several arrays therefore
+// travel as one message per array, cut at the same places on both sides.
 //
-// Nothing here spins: waits poll with MPI_Test/MPI_Improbe and back off to
-// sleeps (Backoff), since ranks share cores with each other and with the
-// colocated rank's computation, and MPICH's blocking calls busy-poll.
 #pragma once
 
 #include <mpi.h>
@@ -44,6 +43,10 @@ class Backoff {
   Backoff(long min_sleep_us, long max_sleep_us) : min_us_(min_sleep_us), max_us_(max_sleep_us) {}
   void pause();
   void reset() { polls_ = 0; sleep_us_ = 0; }
+  // For waits on a transfer in flight: MPICH moves large messages in pieces
+  // per progress call on both sides, so sleeping between polls would stall
+  // the copy itself; yielding lets oversubscribed peers run.
+  static void yield();
 
  private:
   long min_us_, max_us_;
@@ -88,9 +91,9 @@ struct Incoming {
 
 class Mailbox {
  public:
-  enum Channel { kRequests = 0, kReplies = 1 };
+  enum Channel { kRequests = 0, kReplies = 1, kData = 2 };
 
-  // Duplicates `user` twice (collective over `user`).
+  // Duplicates `user` three times (collective over `user`).
   explicit Mailbox(MPI_Comm user);
   Mailbox(const Mailbox&) = delete;
   Mailbox& operator=(const Mailbox&) = delete;
@@ -101,23 +104,29 @@ class Mailbox {
   int rank() const { return rank_; }
   int size() const { return size_; }
 
-  Pending send(Channel ch, int peer, int tag, const std::vector<Piece>& pieces);
-  Pending recv(Channel ch, int peer, int tag, const std::vector<Piece>& pieces);
+  // One contiguous message of `bytes` (below 2 GiB).
+  Pending send(Channel ch, int peer, int tag, const void* buf, std::size_t bytes);
+  Pending recv(Channel ch, int peer, int tag, void* buf, std::size_t bytes);
   // Looks for a request (any source, any tag) on the request channel.
   bool probe(Incoming* in);
-  // Receives a probed request into `pieces` (which may hold fewer bytes
-  // than announced only if the caller then treats it as malformed).
-  Pending receive(Incoming& in, const std::vector<Piece>& pieces);
+  // Looks for a message from `source` with `tag` on `ch`.
+  bool probe_from(Channel ch, int source, int tag, Incoming* in);
+  // Receives a probed message into `buf` (at most `bytes`).
+  Pending receive(Incoming& in, void* buf, std::size_t bytes);
 
-  // Broadcast from `root` over the reply channel into `pieces`, waited for
-  // with backoff; throws Timeout (naming `what`) at `deadline`.
-  void broadcast(int root, const std::vector<Piece>& pieces, std::chrono::steady_clock::time_point deadline,
+  // Broadcast of a contiguous buffer from `root` over the data channel,
+  // polled (yielding) until done; throws Timeout (naming `what`) at
+  // `deadline`.
+  void broadcast(int root, void* buf, std::size_t bytes, std::chrono::steady_clock::time_point deadline,
                  bool has_deadline, const std::string& what);
 
  private:
-  MPI_Comm comm(Channel ch) const { return ch == kRequests ? requests_.get() : replies_.get(); }
+  MPI_Comm comm(Channel ch) const {
+    return ch == kRequests ? requests_.get() : ch == kReplies ? replies_.get() : data_.get();
+  }
   UniqueComm requests_;
   UniqueComm replies_;
+  UniqueComm data_;
   int rank_ = 0;
   int size_ = 1;
 };

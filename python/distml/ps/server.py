@@ -172,7 +172,7 @@ class ParameterServer:
             comm.broadcast(p, root=0)
 
         self._core = _core.ParameterServer(
-            comm.mpi_comm.py2f(), int(dtype_code(dtype)), int(dtype_code(self._wire)), self._total, server_ranks,
+            comm.mpi_comm.py2f(), int(dtype_code(dtype)), int(dtype_code(self._wire)), [int(n) for n in self._sizes], server_ranks,
             1 if mode == "async" else 0, s, kind, hyper, float(timeout or 0.0),
             _env_int("DISTML_PS_POLL_MIN_US", 20), _env_int("DISTML_PS_POLL_MAX_US", 1000), params)
         self._flat_wire: Optional[np.ndarray] = None
