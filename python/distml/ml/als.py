@@ -32,7 +32,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ..data import _mix64, key_hash, shuffle
+from ..data import key_hash, shuffle
+from ..data.by_key import _mix64
 from . import _collective as shared
 
 __all__ = ["ALS", "ALSModel"]
