@@ -190,28 +190,33 @@ def test_integer_scaling_as_horovod():
     assert rs.dtype == torch.int32 and torch.equal(rs, full[2 * r:2 * r + 2])
 
 
-def test_join_integer_average_over_active_ranks():
-    """The last rank joins at once; the others average int64 values: the
-    sum floor-divided by the ranks that contributed."""
+def test_join_averages_over_every_rank_as_horovod():
+    """The last rank joins at once; the others average int64 and float64
+    values: as in Horovod, the joined rank counts with zeros, so the sum of
+    the active ranks' values is divided by size() (floor for integers)."""
     P, r = hvd.size(), hvd.rank()
     if P == 1:
         pytest.skip("needs a rank to join while others reduce")
-    got = None
+    got = got_f = None
     if r != P - 1:
         got = hvd.allreduce(torch.tensor([5, -7, 1], dtype=torch.int64), op=hvd.Average)
+        got_f = hvd.allreduce(torch.tensor([3.0, -1.5], dtype=torch.float64), op=hvd.Average)
     last = hvd.join()
     n = P - 1
     assert last == (P - 2 if P > 1 else 0)
     if got is not None:
-        want = torch.div(torch.tensor([5, -7, 1]) * n, n, rounding_mode="floor")
+        want = torch.div(torch.tensor([5, -7, 1]) * n, P, rounding_mode="floor")
         assert torch.equal(got, want), (got, want)
+        torch.testing.assert_close(got_f, torch.tensor([3.0, -1.5], dtype=torch.float64) * n / P)
 
 
 def test_joined_ranks_stand_in_so_no_active_rank_waits():
     """Rank 0 keeps issuing while the others have joined: what a joined
-    rank cannot stand in for raises RuntimeError on rank 0 (the joined ranks
-    replay the queued size exchange, reduce-scatter or broadcast), and an
-    allreduce averages over rank 0 alone."""
+    rank does not stand in for (as in Horovod: allgather, alltoall,
+    reducescatter and broadcast, from any root) raises RuntimeError on rank 0
+    (the joined ranks replay the queued size exchange, reduce-scatter or
+    broadcast), and an allreduce averages over size() with the joined ranks'
+    zeros."""
     P, r = hvd.size(), hvd.rank()
     if P == 1:
         pytest.skip("needs joined ranks")
@@ -222,6 +227,7 @@ def test_joined_ranks_stand_in_so_no_active_rank_waits():
             raised(lambda: hvd.alltoall(torch.ones(P, 3), splits=[1] * P)),
             raised(lambda: hvd.reducescatter(torch.ones(P, 3, 2))),
             raised(lambda: hvd.broadcast(torch.ones(4), root_rank=P - 1)),
+            raised(lambda: hvd.broadcast(torch.ones(4), root_rank=0)),
         ]
         avg = hvd.allreduce(torch.full((2, 3, 4), 3.0))
     last = hvd.join()
@@ -229,7 +235,7 @@ def test_joined_ranks_stand_in_so_no_active_rank_waits():
     for e in errors:
         assert isinstance(e, RuntimeError) and "join" in str(e), repr(e)
     if r == 0:
-        assert torch.equal(avg, torch.full((2, 3, 4), 3.0))
+        assert torch.equal(avg, torch.full((2, 3, 4), 3.0 / P))
 
 
 # ---- shapes and checks --------------------------------------------------------------------

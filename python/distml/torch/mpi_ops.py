@@ -16,14 +16,14 @@ as dtype, count and op or root, and the shape, up to 8 dimensions). A rank
 inside ``join()`` contributes zeros to control rounds and, from the
 descriptor it receives, replays the operation with neutral contributions
 (0 for sum and average, the dtype's extremes for min and max, 1 for
-product). Active ranks learn from the same round how many ranks contributed.
-When a control round sees no active rank, every rank is inside ``join()``
+product); averages divide by ``size()``, joined ranks included, as in
+Horovod. When a control round sees no active rank, every rank is inside ``join()``
 and it returns.
 
 The control round is tiny and queued asynchronously ahead of the real
 operation; no call waits for it. For the collectives a joined rank cannot
-stand in for (allgather, alltoall, reducescatter, a broadcast whose root has
-joined) the joined rank still replays what the active ranks queued (their
+stand in for (allgather, alltoall, reducescatter and, as in Horovod,
+broadcast) the joined rank still replays what the active ranks queued (their
 size exchange, the reduce-scatter with zeros, the broadcast), so nobody is
 left waiting, and the active ranks raise RuntimeError from the result.
 ``DISTML_TORCH_JOIN=0`` turns control rounds off (join() then only works
@@ -532,7 +532,7 @@ def _require_all_active(ctl: Optional[_Control], what: str) -> None:
     if len(active) != ctl.size:
         joined = sorted(set(range(ctl.size)) - set(active.tolist()))
         raise RuntimeError(f"{what} cannot run while rank(s) {joined} are inside join(); distml.torch "
-                           "lets joined ranks stand in for allreduce, broadcast and barrier only")
+                           "lets joined ranks stand in for allreduce, barrier and DistributedOptimizer steps only")
 
 
 def _neutral(op: Op, dtype: np.dtype, count: int) -> np.ndarray:
@@ -566,11 +566,12 @@ def _register_optimizer(opt: Any) -> int:
 def join(device: int = -1) -> int:
     """Declares that this rank has no more data: until every rank has called
     ``join()``, this rank takes part in the other ranks' allreduces (including
-    DistributedOptimizer steps), broadcasts and barriers with neutral
-    contributions, then returns.
+    DistributedOptimizer steps) and barriers with neutral contributions, then
+    returns. Broadcasts, allgathers, alltoalls and reducescatters issued
+    meanwhile raise RuntimeError on the active ranks (as in Horovod).
 
-    Averages on the active ranks divide by the number of ranks that
-    contributed (not by ``size()``).
+    Allreduce averages on the active ranks divide by ``size()`` (the joined
+    ranks contribute zeros), as in Horovod.
 
     Args:
         device: ignored (Horovod's GPU selector).
@@ -605,8 +606,8 @@ def join(device: int = -1) -> int:
             scratch = _neutral(op, dtype, b).reshape(shape)
             comm.allreduce(scratch, op=op, out=scratch)
         elif kind == _K_BROADCAST:
-            # Also when the root has joined (it sends its scratch): the
-            # active ranks have queued the broadcast, and raise afterwards.
+            # The active ranks have queued the broadcast (the root may have
+            # joined: it sends its scratch); they raise afterwards.
             scratch = np.zeros(b, _CODE_DTYPES[a])
             comm.broadcast(scratch, root=c)
         elif kind == _K_BARRIER:
@@ -807,7 +808,7 @@ def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op,
     """Starts an allreduce of contiguous ``src`` into ``dst`` (which may be
     ``src``), preceded by its control round. Returns the handle, the round,
     and the op the core runs: an integer average under join control is a sum,
-    floor-divided by the ranks that contributed once they are known."""
+    floor-divided by size() afterwards (see :func:`_rescale`)."""
     if src.ndim > _MAX_DIMS:
         src, dst = src.reshape(-1), dst.reshape(-1)
     if op == Op.AVG and src.dtype.kind in "iu" and _state.join_control and comm is _state.comm and comm.size > 1:
@@ -819,14 +820,13 @@ def _allreduce_np(src: np.ndarray, dst: np.ndarray, op: Op,
 
 
 def _rescale(tensor: torch.Tensor, op: Op, ctl: Optional[_Control], op_run: Op) -> None:
-    """Turns an average over size() into one over the ranks that contributed."""
-    if ctl is None or op != Op.AVG:
+    """Finishes an integer average that the core ran as a sum: floor-divided
+    by size(), joined ranks included (they contributed zeros), as Horovod
+    averages while ranks have joined. Float averages are the core's own
+    (also over size())."""
+    if ctl is None or op != Op.AVG or op_run != Op.SUM:
         return
-    n = ctl.n_active()
-    if op_run == Op.SUM:  # integers: the core summed
-        tensor.copy_(torch.div(tensor, n, rounding_mode="floor"))
-    elif n != ctl.size:
-        tensor.mul_(ctl.size / n)
+    tensor.copy_(torch.div(tensor, ctl.size, rounding_mode="floor"))
 
 
 def _start_allreduce(tensor: torch.Tensor, output: torch.Tensor, op: Op, compression: Any,
@@ -1182,8 +1182,9 @@ def _start_broadcast(tensor: torch.Tensor, output: torch.Tensor, root_rank: int,
     handle = _issue(lambda: comm.broadcast(arr, root=root, async_op=True))
 
     def finish() -> torch.Tensor:
-        if ctl is not None and root not in ctl.active():
-            raise RuntimeError(f"broadcast from root {root}, which is inside join()")
+        # As Horovod: no broadcast while a rank has joined (whichever the
+        # root); the joined ranks replayed it, so nobody waits.
+        _require_all_active(ctl, "broadcast")
         if buf.data_ptr() != output.data_ptr():
             output.detach().copy_(buf)
         return output
