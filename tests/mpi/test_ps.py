@@ -291,3 +291,25 @@ def test_bad_input_raises_everywhere(comm_default):
     assert isinstance(errors.get("pull_dtype"), TypeError), errors
     assert isinstance(errors.get("pull_after_close"), distml.CommunicatorError), errors
     assert isinstance(errors.get("push_after_close"), distml.CommunicatorError), errors
+
+
+@pytest.mark.parametrize("s", [1, 3])
+def test_bounded_applies_the_averages_sync_applies(comm_default, s):
+    """With gradients that do not depend on the parameters, staleness cannot
+    change them: bounded mode with a sleeping rank must apply exactly sync's
+    per-clock averages, in clock order (checks the s+1 accumulation slots)."""
+    comm = comm_default
+    cls, kw = OPTIMIZERS["adam"]
+    results = []
+    for mode, staleness in (("sync", None), ("bounded", s)):
+        params = problem()
+        ps = ParameterServer(params, cls, comm=comm, mode=mode, staleness=staleness, **kw)
+        rng = np.random.default_rng((9, comm.rank))
+        for c in range(1, 13):
+            if comm.rank == comm.size - 1:
+                time.sleep(rng.uniform(0.0, 0.01))
+            ps.step(gradient(problem(), comm.rank, c))  # fixed parameters: no dependence on staleness
+        ps.close()
+        results.append(params)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
