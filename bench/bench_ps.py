@@ -1,0 +1,340 @@
+"""Parameter-server benchmarks (distml.ps), run under mpiexec:
+
+    mpiexec -n 2 python bench/bench_ps.py throughput --out bench/results/ps_throughput_P2.json
+    mpiexec -n 2 python bench/bench_ps.py straggler --out bench/results/ps_straggler_P2.json
+    python bench/bench_ps.py report bench/results/ps_*.json --md bench/results/ps.md
+
+throughput: step() (push + pull) of a 25 M-parameter float32 model in async
+mode, colocated (every rank serves a shard) and with one dedicated server,
+as bytes moved per second per worker; beside it, in the same run, the same
+messages moved by MPI alone (mpi4py Isend/Irecv of every worker's slice to
+every server, then every shard back: the step's pattern without the
+parameter server), and MPI point-to-point bandwidth between ranks 0 and 1
+for one shard's bytes. Rounds alternate between the implementations.
+
+straggler: the digits MLP (hidden 512, batch 64 per worker, Adam), one
+worker slowed by sleeping (f - 1) times its own compute time each step,
+f = 2 and 4; a budget of samples over all workers; samples/s, time to 0.95
+test accuracy (rank 0 evaluates its parameters every 8 steps) and final
+accuracy, for sync DistributedOptimizer (allreduce), the parameter server
+in bounded (s = 1, 4) and async mode, repeated in rotating order.
+
+Every run records `cat /proc/loadavg` before and after: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+# ---- throughput ---------------------------------------------------------------------
+
+SHAPES_25M = [(4096, 4096), (4096,), (4096, 1024), (1024,), (1024, 4096), (4096, 512), (512,)]
+
+
+def throughput(args) -> dict:
+    import distml
+    from mpi4py import MPI
+
+    from distml import optim
+    from distml.ps import ParameterServer
+
+    comm = distml.init(timeout=300)
+    world = MPI.COMM_WORLD
+    rank, P = comm.rank, comm.size
+    total = sum(int(np.prod(s)) for s in SHAPES_25M)
+    rows = []
+    layouts = [None] + ([1] if P >= 3 else [])
+    for servers in layouts:
+        server_ranks = list(range(P)) if servers is None else list(range(P - servers, P))
+        workers = list(range(P)) if servers is None else list(range(P - servers))
+        S = len(server_ranks)
+        bounds = [0]
+        for i in range(S):
+            bounds.append(bounds[-1] + total // S + (1 if i < total % S else 0))
+        params = [np.full(s, 0.01, dtype=np.float32) for s in SHAPES_25M]
+        grads = [np.full(s, 1e-3, dtype=np.float32) for s in SHAPES_25M]
+        flat_send = np.full(total, 1e-3, dtype=np.float32)
+        flat_recv = np.empty(total, dtype=np.float32)
+        shard = np.empty(bounds[1] - bounds[0] + 1, dtype=np.float32)
+        incoming = [np.empty_like(shard) for _ in workers]
+        step_times, mpi_times, p2p_times = [], [], []
+
+        def mpi_pattern():
+            # push: every worker's slice i to server i; pull: shard i to every worker.
+            reqs = []
+            me_server = rank in server_ranks
+            if me_server:
+                i = server_ranks.index(rank)
+                n = bounds[i + 1] - bounds[i]
+                reqs += [world.Irecv(incoming[k][:n], source=w, tag=11) for k, w in enumerate(workers)]
+            if rank in workers:
+                reqs += [world.Isend(flat_send[bounds[i]:bounds[i + 1]], dest=s, tag=11)
+                         for i, s in enumerate(server_ranks)]
+            MPI.Request.Waitall(reqs)
+            reqs = []
+            if rank in workers:
+                reqs += [world.Irecv(flat_recv[bounds[i]:bounds[i + 1]], source=s, tag=12)
+                         for i, s in enumerate(server_ranks)]
+            if me_server:
+                i = server_ranks.index(rank)
+                n = bounds[i + 1] - bounds[i]
+                reqs += [world.Isend(shard[:n], dest=w, tag=12) for w in workers]
+            MPI.Request.Waitall(reqs)
+
+        def p2p():
+            n = bounds[1] - bounds[0]
+            if rank == 0:
+                world.Send(flat_send[:n], dest=1, tag=13)
+            elif rank == 1:
+                world.Recv(flat_recv[:n], source=0, tag=13)
+
+        ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=1e-6)
+        if ps.is_worker:
+            ps.step(grads)  # warm-up
+        # Dedicated servers are inside the constructor now: only the workers
+        # time step(); the MPI rounds run on every rank after close().
+        for _ in range(args.rounds if ps.is_worker else 0):
+            t = time.perf_counter()
+            ps.step(grads)
+            step_times.append(time.perf_counter() - t)
+        st = ps.stats()
+        ps.close()
+        world.Barrier()
+        mpi_pattern()
+        for r in range(args.rounds):
+            world.Barrier()
+            t = time.perf_counter()
+            mpi_pattern()
+            mpi_times.append(time.perf_counter() - t)
+            world.Barrier()
+            t = time.perf_counter()
+            p2p()
+            p2p_times.append(time.perf_counter() - t)
+        mine = dict(rank=rank, step=step_times, mpi=mpi_times, p2p=p2p_times,
+                    wait=st.get("wait_seconds", 0.0))
+        every = world.gather(mine, root=0)
+        if rank == 0:
+            step_bytes = 2 * total * 4  # push + pull per worker
+            # The slowest worker's median step; the slowest rank's MPI round.
+            step_med = max(statistics.median(e["step"]) for e in every if e["step"])
+            mpi_med = statistics.median([max(e["mpi"][r] for e in every) for r in range(args.rounds)])
+            p2p_med = statistics.median([max(every[0]["p2p"][r], every[1]["p2p"][r]) for r in range(args.rounds)])
+            shard_bytes = (bounds[1] - bounds[0]) * 4
+            row = dict(P=P, layout="colocated" if servers is None else f"{servers} dedicated",
+                       workers=len(workers), servers=S, params=total, shard_bytes=shard_bytes,
+                       step_seconds=step_med, step_bytes_per_s=step_bytes / step_med,
+                       mpi_pattern_seconds=mpi_med, mpi_pattern_bytes_per_s=step_bytes / mpi_med,
+                       ratio_to_mpi_pattern=mpi_med / step_med,
+                       p2p_bytes_per_s=shard_bytes / p2p_med)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return dict(rows=rows)
+
+
+# ---- straggler ----------------------------------------------------------------------
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(X))
+    n_test = len(X) // 5
+    return X[order[n_test:]], y[order[n_test:]], X[order[:n_test]], y[order[:n_test]]
+
+
+def straggler_run(comm, method, slow_factor, args, data):
+    import distml
+    from distml import nn, optim
+    from distml.data import shard_indices
+    from distml.ps import ParameterServer
+
+    X, y, Xt, yt = data
+    rank, P = comm.rank, comm.size
+    slow_rank = P - 1
+    model = nn.Sequential(nn.Linear(64, args.hidden, rng=0), nn.ReLU(),
+                          nn.Linear(args.hidden, args.hidden, rng=1), nn.ReLU(), nn.Linear(args.hidden, 10, rng=2))
+    loss_fn = nn.SoftmaxCrossEntropy()
+    b = args.batch
+    budget = args.epochs * len(X)
+    lr = 2e-3
+    comm.barrier()
+    start = time.perf_counter()
+    reached = None
+    done = 0
+    epoch, order, at = 0, shard_indices(len(X), rank, P, seed=0, epoch=0), 0
+
+    def batch():
+        nonlocal epoch, order, at
+        if at + b > len(order):
+            epoch += 1
+            order, at = shard_indices(len(X), rank, P, seed=0, epoch=epoch), 0
+        idx = order[at:at + b]
+        at += b
+        return idx
+
+    def compute(idx):
+        t0 = time.perf_counter()
+        loss_fn(model(X[idx]), y[idx])
+        model.backward(loss_fn.backward())
+        if rank == slow_rank and slow_factor > 1:
+            time.sleep((slow_factor - 1) * (time.perf_counter() - t0))
+
+    def check(step):
+        nonlocal reached
+        if rank == 0 and reached is None and step % 8 == 0:
+            if float((model(Xt).argmax(1) == yt).mean()) >= args.target:
+                reached = time.perf_counter() - start
+
+    if method == "sync_allreduce":
+        opt = distml.DistributedOptimizer(optim.Adam(model.parameters(), lr=lr), comm=comm)
+        model.bind_grads(opt.grads)
+        opt.broadcast_parameters(root=0)
+        steps = int(np.ceil(budget / (P * b)))
+        for s in range(steps):
+            compute(batch())
+            opt.step(model.grads())
+            done += b
+            check(s)
+        staleness = 0
+    else:
+        mode, s_bound = ("async", None) if method == "async" else ("bounded", int(method.split("_s")[1]))
+        ps = ParameterServer(model.parameters(), optim.Adam, comm=comm, mode=mode, staleness=s_bound, lr=lr)
+        per_update = b if mode == "async" else b * P
+        s = 0
+        while ps.stats()["updates_applied"] * per_update < budget:
+            compute(batch())
+            ps.step(model.grads())
+            done += b
+            check(s)
+            s += 1
+        staleness = ps.stats()["max_staleness"]
+        ps.close()
+    elapsed = time.perf_counter() - start
+    accuracy = float((model(Xt).argmax(1) == yt).mean())
+    every = comm.allgather(np.array([done, elapsed, -1 if reached is None else reached, staleness], dtype=np.float64))
+    every = every.reshape(P, 4)
+    return dict(method=method, slow_factor=slow_factor, P=P, samples=float(every[:, 0].sum()),
+                seconds=float(every[:, 1].max()), samples_per_s=float(every[:, 0].sum() / every[:, 1].max()),
+                time_to_target=None if every[0, 2] < 0 else float(every[0, 2]), accuracy=accuracy,
+                samples_per_worker=[int(v) for v in every[:, 0]], max_staleness=int(every[:, 3].max()))
+
+
+def straggler(args) -> dict:
+    import distml
+
+    comm = distml.init(timeout=300)
+    data = digits()
+    methods = ["sync_allreduce", "bounded_s1", "bounded_s4", "async"]
+    runs = []
+    for rep in range(args.reps):
+        for f in args.slow:
+            rot = methods[rep % len(methods):] + methods[:rep % len(methods)]
+            for m in rot:
+                r = straggler_run(comm, m, f, args, data)
+                r["rep"] = rep
+                runs.append(r)
+                if comm.rank == 0:
+                    print(json.dumps(r), flush=True)
+    return dict(runs=runs, target=args.target, epochs=args.epochs, batch=args.batch, hidden=args.hidden)
+
+
+# ---- report -------------------------------------------------------------------------
+
+def report(paths, md_path):
+    lines = []
+    for path in paths:
+        with open(path) as f:
+            res = json.load(f)
+        lines.append(f"### {os.path.basename(path)}\n")
+        lines.append(f"`{res['command']}`; load before/after: {res['loadavg_before']} / {res['loadavg_after']}\n")
+        if res["part"] == "throughput":
+            lines.append("| P | layout | workers | shard | step() per worker | MPI, same messages | ratio | MPI p2p (one shard) |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+            for r in res["rows"]:
+                lines.append(f"| {r['P']} | {r['layout']} | {r['workers']} | {r['shard_bytes'] / 2**20:.1f} MiB | "
+                             f"{r['step_bytes_per_s'] / 1e9:.2f} GB/s ({r['step_seconds'] * 1e3:.0f} ms) | "
+                             f"{r['mpi_pattern_bytes_per_s'] / 1e9:.2f} GB/s | {r['ratio_to_mpi_pattern']:.2f} | "
+                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s |")
+        else:
+            lines.append(f"digits MLP hidden {res['hidden']}, batch {res['batch']} per worker, "
+                         f"{res['epochs']} epochs of samples in all; medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")
+            lines.append("| P | slowdown | method | samples/s | vs sync allreduce | time to "
+                         f"{res['target']} | accuracy | max staleness | samples per worker |")
+            lines.append("|---|---:|---|---:|---:|---:|---:|---:|---|")
+            keys = sorted({(r["slow_factor"], r["method"]) for r in res["runs"]},
+                          key=lambda k: (k[0], ["sync_allreduce", "bounded_s1", "bounded_s4", "async"].index(k[1])))
+            med = {}
+            for f, m in keys:
+                rs = [r for r in res["runs"] if r["slow_factor"] == f and r["method"] == m]
+                tt = [r["time_to_target"] for r in rs if r["time_to_target"] is not None]
+                med[(f, m)] = dict(
+                    sps=statistics.median(r["samples_per_s"] for r in rs),
+                    tt=statistics.median(tt) if len(tt) == len(rs) else None,
+                    acc=statistics.median(r["accuracy"] for r in rs),
+                    stale=max(r["max_staleness"] for r in rs),
+                    spw=rs[len(rs) // 2]["samples_per_worker"], P=rs[0]["P"])
+            for f, m in keys:
+                d = med[(f, m)]
+                base = med[(f, "sync_allreduce")]["sps"]
+                tt = "not reached" if d["tt"] is None else f"{d['tt']:.2f} s"
+                lines.append(f"| {d['P']} | {f:g}x | {m} | {d['sps']:,.0f} | {d['sps'] / base:.2f} | {tt} | "
+                             f"{d['acc']:.4f} | {d['stale']} | {d['spw']} |")
+        lines.append("")
+    text = "\n".join(lines)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["throughput", "straggler", "report"])
+    ap.add_argument("paths", nargs="*")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--md", default=None)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--slow", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument("--epochs", type=float, default=6.0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--target", type=float, default=0.95)
+    args = ap.parse_args()
+    if args.part == "report":
+        report(args.paths, args.md)
+        return
+    before = loadavg()
+    res = throughput(args) if args.part == "throughput" else straggler(args)
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.rank == 0:
+        res.update(part=args.part, command="mpiexec -n %d python %s" % (MPI.COMM_WORLD.size, " ".join(sys.argv)),
+                   loadavg_before=before, loadavg_after=loadavg(), machine=platform.machine(),
+                   cpus=os.cpu_count(), time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
