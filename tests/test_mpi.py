@@ -54,7 +54,8 @@ CASES = [(P, name, files, [], {}) for P in (1, 2, 3, 4) for name, files in GROUP
 if _other_files():
     CASES += [(P, "other", _other_files(), [], {}) for P in (1, 2, 3, 4)]
 CASES += [
-    (2, "two_nodes-all", [f for files in GROUPS.values() for f in files], [], TWO_NODES),
+    # One launch per group, so that each has its own time limit.
+    *[(2, f"two_nodes-{name}", files, [], TWO_NODES) for name, files in GROUPS.items()],
     (4, "two_nodes-allreduce", ["test_reductions.py", "test_api.py", "test_communicators.py"],
      ["-k", "allreduce or communicators"], TWO_NODES),
 ]
