@@ -83,7 +83,7 @@ def main() -> int:
     ap.add_argument("--shim", required=True, help="directory holding the re-export package 'horovod'")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--timeout", type=float, default=120.0)
-    ap.add_argument("-k", default="", help="run only tests whose name contains this")
+    ap.add_argument("-k", default="", help="run only tests whose name contains one of these (comma-separated)")
     ap.add_argument("--json", default="", help="write every verdict (and failing output) here")
     ap.add_argument("--logs", default="", help="directory for each failing launch's output")
     ap.add_argument("--jobs", type=int, default=1, help="launches run at once (on a shared machine, 1)")
@@ -94,7 +94,8 @@ def main() -> int:
     mpiexec = os.path.join(bindir, "mpiexec")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (args.shim, env.get("PYTHONPATH", "")) if p)
-    nodes = [n for n in collect(os.path.abspath(args.file)) if args.k in n.rsplit("::", 1)[-1]]
+    wanted = [k for k in args.k.split(",")] if args.k else [""]
+    nodes = [n for n in collect(os.path.abspath(args.file)) if any(k in n.rsplit("::", 1)[-1] for k in wanted)]
     nodes = nodes[args.first:]
     results: Dict[str, Dict[int, str]] = {node.rsplit("::", 1)[-1]: {} for node in nodes}
 
