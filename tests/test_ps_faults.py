@@ -93,7 +93,9 @@ def test_stopped_server_raises_on_every_worker(tmp_path, mode, layout):
     victim, reports = run_stopped(tmp_path, 3, "server", mode, layout)
     for r, rep in reports.items():
         assert rep["saw"] == "CommTimeoutError", rep
-        assert "parameter server rank(s)" in rep["msg"] and names(rep["msg"], victim), rep
+        # Named as the server it waited for, or as the peer its own (colocated)
+        # server gave up on.
+        assert "parameter server" in rep["msg"] and names(rep["msg"], victim), rep
         assert rep["seconds"] <= TIMEOUT + SLACK, rep
 
 

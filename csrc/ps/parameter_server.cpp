@@ -20,7 +20,7 @@ constexpr int kPush = 1, kPull = 2, kClose = 3;  // request tags (= Header::op)
 constexpr int kReplyTag = 1;
 constexpr int kPushData = 1, kReplyData = 2;  // data channel tags
 // Reply status codes.
-constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3;
+constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3, kPeerLate = 4;
 
 static_assert(sizeof(Header) == 64, "the header is part of the wire format");
 
@@ -173,7 +173,10 @@ class Server {
       }
       check_deadlines();
     } catch (const Timeout& e) {
-      fail(kServerFailed, 0, 0, e.what(), true);
+      // A transfer with `late_peer_` stalled (a stopped worker or server):
+      // the error replies name it.
+      const std::int64_t mask = late_peer_ >= 0 && late_peer_ < 62 ? std::int64_t{1} << late_peer_ : 0;
+      fail(kPeerLate, mask | (late_peer_ >= 62 ? std::int64_t{1} << 62 : 0), 0, e.what(), true);
     } catch (const std::exception& e) {
       fail(kServerFailed, 0, 0, e.what(), false);
     }
@@ -188,8 +191,10 @@ class Server {
  private:
   static std::size_t bytes_words(std::size_t bytes) { return bytes / sizeof(double) + 1; }
 
+  // Transfers under way give up at the verdict time, before the workers'
+  // own deadline, so that the workers hear which peer stalled.
   Clock::time_point deadline() const {
-    return cfg_.timeout > 0 ? Clock::now() + to_duration(cfg_.timeout) : Clock::time_point::max();
+    return cfg_.timeout > 0 ? Clock::now() + to_duration(verdict_seconds()) : Clock::time_point::max();
   }
 
   // Completes a transfer already under way (a matched receive, a reply the
@@ -199,6 +204,7 @@ class Server {
     const auto until = deadline();
     while (!p.test()) {
       if (Clock::now() > until) {
+        late_peer_ = p.peer();
         DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
                                                           << " rank " << p.peer());
       }
@@ -482,6 +488,7 @@ class Server {
   bool failed_ = false, timed_out_ = false;
   std::string failure_;
   std::int64_t fail_status_ = 0, fail_info0_ = 0, fail_info1_ = 0;
+  int late_peer_ = -1;
   mutable std::mutex stats_mu_;
   ServerStats stats_;
 };
@@ -599,6 +606,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
       sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, &sent[k], sizeof(Header)));
     }
     tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
+    bool failed_reply = false;
     for (;;) {
       bool all = true, moving = false;
       for (auto& s : sends) all = s.test() && all;
@@ -618,6 +626,10 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
           while (!hp.test()) tp::Backoff::yield();  // arrived already: completes at once
           matched[k] = 1;
           backoff.reset();
+          if (got[k].status != kOk) {
+            failed_reply = true;  // raised below, without waiting for the other servers
+            break;
+          }
           if (data && got[k].status == kOk) {
             for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
               recvs[k].push_back(mail_->recv(tp::Mailbox::kData, server, kReplyData, address(out, elem, a, b),
@@ -632,7 +644,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
           }
         }
       }
-      if (all) break;
+      if (all || failed_reply) break;
       if (Clock::now() > until) {
         std::ostringstream os;
         os << "rank " << mail_->rank() << " timed out after " << seconds_since(t0) << " s waiting to " << what
@@ -666,6 +678,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
   for (std::size_t k = 0; k < n; ++k) {
     const Header& h = got[k];
     const int server = config_.servers[which[k]];
+    if (!matched[k]) continue;  // only after an error reply from another server
     if (h.status != kOk) {
       broken_ = true;
       std::ostringstream os;
@@ -673,6 +686,12 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
       if (h.status == kWorkersLate) {
         os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
            << " to push clock " << h.info1;
+        broken_reason_ = os.str();
+        DISTML_THROW(Timeout, broken_reason_);
+      }
+      if (h.status == kPeerLate) {
+        os << "parameter server on rank " << server << " timed out waiting for rank(s) " << ranks_in(mask, more)
+           << " to take part in a transfer";
         broken_reason_ = os.str();
         DISTML_THROW(Timeout, broken_reason_);
       }
