@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "buffers/grad_buffer.h"
@@ -73,31 +74,30 @@ void bind_buffers(py::module_& m) {
       "Flat gradient buffer with buckets that reduce themselves (csrc/buffers/grad_buffer.h). "
       "Construction is collective when `shared` puts memory in a node-shared window.")
       .def(py::init([](const py::object& comm, const std::vector<std::size_t>& sizes,
-                       const std::vector<int>& dtypes, bool shard, int op, std::size_t bucket_bytes, int wire,
-                       bool shared, bool flat, int slots) {
+                       const std::vector<DType>& dtypes, bool shard, Op op, std::size_t bucket_bytes,
+                       std::optional<DType> wire, bool shared, bool flat, int slots) {
              buffers::Options o;
              o.mode = shard ? buffers::Mode::kShard : buffers::Mode::kReplicated;
-             o.op = static_cast<Op>(op);
+             o.op = op;
              o.bucket_bytes = bucket_bytes;
-             o.compress = wire >= 0;
-             if (wire >= 0) o.wire = static_cast<DType>(wire);
+             o.compress = wire.has_value();
+             if (wire) o.wire = *wire;
              o.shared = shared;
              o.flat = flat;
              o.slots = slots;
-             std::vector<DType> types;
-             for (int d : dtypes) types.push_back(static_cast<DType>(d));
+             const std::vector<DType>& types = dtypes;
              engine::Communicator* c = comm.is_none() ? nullptr : comm.cast<engine::Communicator*>();
              py::gil_scoped_release nogil;
              return std::make_shared<GradBuffer>(c, sizes, types, o);
            }),
-           py::arg("comm"), py::arg("sizes"), py::arg("dtypes"), py::arg("shard") = false, py::arg("op") = 1,
-           py::arg("bucket_bytes") = 25 << 20, py::arg("wire") = -1, py::arg("shared") = false,
+           py::arg("comm"), py::arg("sizes"), py::arg("dtypes"), py::arg("shard") = false, py::arg("op") = Op::kAvg,
+           py::arg("bucket_bytes") = 25 << 20, py::arg("wire") = py::none(), py::arg("shared") = false,
            py::arg("flat") = true, py::arg("slots") = 1, py::keep_alive<1, 2>())
       // ---- layout
       .def_property_readonly("params", &GradBuffer::params)
       .def_property_readonly("groups", &GradBuffer::groups)
-      .def("group_dtype", [](const GradBuffer& b, int g) { return static_cast<int>(b.group_dtype(g)); })
-      .def("group_wire", [](const GradBuffer& b, int g) { return static_cast<int>(b.group_wire(g)); })
+      .def("group_dtype", &GradBuffer::group_dtype)
+      .def("group_wire", &GradBuffer::group_wire)
       .def("group_elements", &GradBuffer::group_elements)
       .def("group_of", &GradBuffer::group_of)
       .def("offset", &GradBuffer::offset)

@@ -24,12 +24,12 @@ from distml import _core
 from distml._dtypes import dtype_code
 from mpi_helpers import BF16, call
 
-SUM, AVG = 0, 1
+SUM, AVG = _core.Op.sum, _core.Op.avg
 EPS = {np.dtype(np.float16): 2.0 ** -11, BF16: 2.0 ** -8}
 
 
-def _code(dtype) -> int:
-    return int(dtype_code(np.dtype(dtype)))
+def _code(dtype):
+    return dtype_code(np.dtype(dtype))
 
 
 def _grad(case: str, rank: int, step: int, n: int, dtype) -> np.ndarray:

@@ -461,7 +461,8 @@ def test_join_with_uneven_batches():
             for i, p in enumerate(ref.parameters()):
                 p -= 0.1 * sum(g[i] for g in grads) / len(active)
         if s < steps_of[r]:
-            assert metrics[s].item() == pytest.approx(sum(active) / len(active))
+            # As Horovod: a joined rank contributes zeros and the average divides by size().
+            assert metrics[s].item() == pytest.approx(sum(active) / P)
         if s == steps_of[r] - 1:
             snapshot = [p.detach().clone() for p in ref.parameters()]
     for p, q in zip(mine, snapshot):  # a joined rank stops training where its data ended

@@ -169,12 +169,12 @@ class GradientBuffer:
         wire = _wire_dtype(compression)
         if wire is not None and self.dtype not in _float_dtypes():
             raise ValueError(f"compression needs floating-point gradients, not {self.dtype}")
-        code = int(dtype_code(self.dtype, "parameters"))
+        code = dtype_code(self.dtype, "parameters")
         sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
         self._core = _core.GradBuffer(
             None if comm is None else comm._core, sizes, [code] * len(params),
-            op=1 if op == "avg" else 0, bucket_bytes=self.bucket_bytes,
-            wire=-1 if wire is None else int(dtype_code(wire)), shared=bool(node_shared and comm is not None))
+            op=_core.Op.avg if op == "avg" else _core.Op.sum, bucket_bytes=self.bucket_bytes,
+            wire=None if wire is None else dtype_code(wire), shared=bool(node_shared and comm is not None))
         self.buffer = self._core.flat(0).view(self.dtype)
         self.offsets = [int(self._core.offset(i)) for i in range(len(params))]
         self.grads: List[np.ndarray] = [

@@ -107,8 +107,8 @@ class ShardedOptimizer:
         # Stage 1 reduces its whole flat buffer in one window; stage 2 in
         # windows of about bucket_bytes, through one staging slot.
         self._buf = _core.GradBuffer(
-            self.comm._core, self._sizes, [int(dtype_code(self.dtype, "parameters"))] * len(params), shard=True,
-            op=1, bucket_bytes=(1 << 62) if stage == 1 else int(bucket_bytes), flat=stage == 1, slots=1)
+            self.comm._core, self._sizes, [dtype_code(self.dtype, "parameters")] * len(params), shard=True,
+            op=_core.Op.avg, bucket_bytes=(1 << 62) if stage == 1 else int(bucket_bytes), flat=stage == 1, slots=1)
         self.numel = int(self._buf.numel)
         self.shard_size = int(self._buf.shard)
         self.start, self.stop = int(self._buf.start), int(self._buf.start) + self.shard_size

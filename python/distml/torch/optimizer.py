@@ -67,12 +67,12 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return _np(torch.empty(0, dtype=dtype)).dtype
 
 
-def _wire_code(compression: Any) -> int:
-    """The core's code of the wire format ``compression`` stands for (-1: none)."""
+def _wire_code(compression: Any) -> Any:
+    """The core's code of the wire format ``compression`` stands for (None: none)."""
     if isinstance(compression, type) and issubclass(compression, _CastCompressor):
-        return int(dtype_code(_numpy_dtype(compression.wire)))
+        return dtype_code(_numpy_dtype(compression.wire))
     if isinstance(compression, type) and issubclass(compression, NoneCompressor):
-        return -1
+        return None
     raise ValueError(f"DistributedOptimizer takes Compression.none, .fp16 or .bf16, not {compression!r} "
                      "(the core converts the wire format)")
 
@@ -138,8 +138,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         # where they lie.
         wire = _wire_code(self._compression)
         self._gb = _core.GradBuffer(self._comm._core, [p.numel() for p in params],
-                                    [int(dtype_code(_numpy_dtype(p.dtype))) for p in params],
-                                    op=1 if self._op.value == "avg" else 0, bucket_bytes=bucket_bytes, wire=wire,
+                                    [dtype_code(_numpy_dtype(p.dtype)) for p in params],
+                                    op=_core.Op.avg if self._op.value == "avg" else _core.Op.sum,
+                                    bucket_bytes=bucket_bytes, wire=wire,
                                     shared=True)
         group_dtypes = {}
         for p in params:
