@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from .. import _core
 from . import mpi_ops
 from .._dtypes import dtype_code
 from .compression import Compression, NoneCompressor, _CastCompressor
-from .mpi_ops import Average, _comm, _control, _K_STEP, _np, _parse_op, _register_optimizer
+from .mpi_ops import Average, _control, _K_STEP, _np, _parse_op, _register_optimizer
 
 __all__ = ["DistributedOptimizer"]
 
@@ -320,8 +320,10 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
         named_parameters: (name, parameter) pairs, e.g.
             ``model.named_parameters()``; used for messages and checked to
             cover every parameter of the optimizer.
-        compression: ``Compression.none``, ``.fp16`` or ``.bf16`` (or a
-            :class:`~distml.torch.compression.Compressor`).
+        compression: ``Compression.none``, ``.fp16`` or ``.bf16``: the core
+            converts the wire format inside its buckets. A custom
+            :class:`~distml.torch.compression.Compressor` raises ValueError here
+            (it works with the ``allreduce`` functions, ``compression=``).
         backward_passes_per_step: backward passes accumulated locally per
             reduction (gradients are summed over them, not averaged).
         op: Average or Sum (Adasum raises ValueError).
