@@ -132,6 +132,19 @@ def test_distributed_optimizer_checks():
                                  named_parameters=p + [("0.weight", p[0][1])])
     with pytest.raises(ValueError, match="Average or op=Sum"):
         hvd.DistributedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), op=hvd.Max)
+
+    class Halve(hvd.Compressor):  # a user's own wire format: not run inside the core's buckets
+        @staticmethod
+        def compress(tensor):
+            return tensor / 2, None
+
+        @staticmethod
+        def decompress(tensor, ctx):
+            return tensor * 2
+
+    with pytest.raises(ValueError, match="Compression.none, .fp16 or .bf16"):
+        hvd.DistributedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), compression=Halve)
+    assert hvd.allreduce(torch.ones(3), compression=Halve).tolist() == [1.0, 1.0, 1.0]  # the functions take it
     opt = hvd.DistributedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1))
     torch.nn.functional.cross_entropy(m(torch.randn(3, 4, dtype=torch.float64)), torch.tensor([0, 1, 0])).backward()
     with pytest.raises(AssertionError, match="zero_grad"):
