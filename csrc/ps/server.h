@@ -1,0 +1,408 @@
+// The server side of the parameter server: one shard, served by a polling
+// loop (on the progress thread of a colocated rank, or the main thread of a
+// dedicated one).
+#pragma once
+
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+
+#include "ps/optimizer.h"
+#include "ps/parameter_server.h"
+#include "ps/wire.h"
+
+namespace distml::ps {
+
+class Server {
+ public:
+  Server(tp::Mailbox& mail, const Config& cfg, std::int64_t lo, std::int64_t hi, std::vector<int> workers,
+         const std::vector<tp::Piece>& initial)
+      : mail_(mail), cfg_(cfg), lo_(lo), hi_(hi), count_(static_cast<std::size_t>(hi - lo)),
+        elem_(dtype_size(cfg.dtype)), wire_elem_(dtype_size(cfg.wire)), workers_(std::move(workers)),
+        opt_(cfg.optimizer, cfg.dtype, count_) {
+    const int P = mail.size();
+    is_worker_.assign(P, 0);
+    for (int w : workers_) is_worker_[w] = 1;
+    pushed_.assign(P, 0);
+    applied_.assign(P, 0);
+    last_pull_version_.assign(P, 0);
+    max_stale_.assign(P, 0);
+    closed_.assign(P, 0);
+    final_clock_.assign(P, 0);
+    seg_bounds_.assign(1, 0);
+    for (auto n : cfg.segments) seg_bounds_.push_back(seg_bounds_.back() + n);
+    params_.resize(bytes_words(count_ * elem_));
+    std::size_t at = 0;
+    for (const auto& p : slice(initial, elem_, lo, hi)) {
+      std::memcpy(reinterpret_cast<char*>(params_.data()) + at, p.ptr, p.bytes);
+      at += p.bytes;
+    }
+    staging_.resize(bytes_words(count_ * wire_elem_));
+    if (cfg.wire != cfg.dtype) grad_.resize(bytes_words(count_ * elem_));
+    if (cfg.mode == Mode::kSync) {
+      slots_.resize(static_cast<std::size_t>(cfg.staleness) + 1);
+      for (auto& s : slots_) s.resize(bytes_words(count_ * elem_));
+      counts_.assign(slots_.size(), 0);
+    }
+  }
+
+  void* params() { return params_.data(); }
+  std::size_t bytes() const { return count_ * elem_; }
+  bool failed() const { return failed_; }
+  bool timed_out() const { return timed_out_; }
+  const std::string& failure() const { return failure_; }
+  bool done() const { return done_ && replies_.empty(); }
+  // Replies are being sent: poll without sleeping (see wait()).
+  bool sending() const { return !replies_.empty(); }
+
+  // Completes every transfer in `ps` (see wait()).
+  void wait_all(std::vector<tp::Pending>& ps, const char* what) {
+    for (auto& p : ps) wait(p, what);
+  }
+
+  // One round: at most one request, the replies in flight, the deadlines.
+  bool poll() {
+    bool progressed = false;
+    try {
+      tp::Incoming in;
+      if (mail_.probe(&in)) {
+        handle(in);
+        progressed = true;
+      }
+      for (auto it = replies_.begin(); it != replies_.end();) {
+        bool all = true;
+        for (auto& p : it->second) all = p.test() && all;
+        if (all) {
+          it = replies_.erase(it);
+          progressed = true;
+        } else {
+          ++it;
+        }
+      }
+      check_deadlines();
+    } catch (const Timeout& e) {
+      // A transfer with `late_peer_` stalled (a stopped worker or server):
+      // the error replies name it.
+      const std::int64_t mask = late_peer_ >= 0 && late_peer_ < 62 ? std::int64_t{1} << late_peer_ : 0;
+      fail(kPeerLate, mask | (late_peer_ >= 62 ? std::int64_t{1} << 62 : 0), 0, e.what(), true);
+    } catch (const std::exception& e) {
+      fail(kServerFailed, 0, 0, e.what(), false);
+    }
+    return progressed;
+  }
+
+  ServerStats stats() const {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    return stats_;
+  }
+
+ private:
+  static std::size_t bytes_words(std::size_t bytes) { return bytes / sizeof(double) + 1; }
+
+  // Transfers under way give up at the verdict time, before the workers'
+  // own deadline, so that the workers hear which peer stalled.
+  Clock::time_point deadline() const {
+    return cfg_.timeout > 0 ? Clock::now() + to_duration(verdict_seconds()) : Clock::time_point::max();
+  }
+
+  // Completes a transfer already under way (a matched receive, a reply the
+  // worker is waiting for): polls, yielding between polls, never sleeping,
+  // since the data moves only while both sides poll.
+  void wait(tp::Pending& p, const char* what) {
+    const auto until = deadline();
+    while (!p.test()) {
+      if (Clock::now() > until) {
+        late_peer_ = p.peer();
+        DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
+                                                          << " rank " << p.peer());
+      }
+      tp::Backoff::yield();
+    }
+  }
+
+  void handle(tp::Incoming& in) {
+    Header h;
+    const int w = in.source;
+    ++requests_;
+    if (in.bytes != sizeof(Header)) {
+      std::vector<char> junk(in.bytes + 1);
+      tp::Pending p = mail_.receive(in, junk.data(), in.bytes);
+      wait(p, "receive a request from");
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a request of " << in.bytes
+                                                       << " bytes from rank " << w);
+    }
+    tp::Pending hp = mail_.receive(in, &h, sizeof(Header));
+    wait(hp, "receive a request from");
+    if (in.tag == kPush) {
+      // The gradient follows on the data channel, one message per cut.
+      std::vector<tp::Pending> data;
+      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
+        data.push_back(mail_.recv(tp::Mailbox::kData, w, kPushData,
+                                  reinterpret_cast<char*>(staging_.data()) + (a - lo_) * wire_elem_,
+                                  static_cast<std::size_t>(b - a) * wire_elem_));
+      }
+      wait_all(data, "receive a push from");
+      bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+      if (!failed_) on_push(w, h);
+    } else if (in.tag == kPull || in.tag == kClose) {
+      if (failed_) {
+        reply_error(w, fail_status_, fail_info0_, fail_info1_);
+      } else if (in.tag == kPull) {
+        on_pull(w, h);
+      } else {
+        on_close(w, h);
+      }
+    } else {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a message with unknown tag "
+                                                      << in.tag << " from rank " << w);
+    }
+    publish();
+  }
+
+  // The gradient just received (in staging_), in the parameters' dtype.
+  const void* gradient() {
+    if (cfg_.wire == cfg_.dtype) return staging_.data();
+    widen(grad_.data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, false);
+    return grad_.data();
+  }
+
+  void on_push(int w, const Header& h) {
+    if (!is_worker_[w] || closed_[w]) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a push from rank " << w
+                                                      << ", which is not a worker or has closed");
+    }
+    const auto t0 = Clock::now();
+    if (cfg_.mode == Mode::kAsync) {
+      const void* g = gradient();
+      quiesce();
+      opt_.step(params_.data(), g, 1.0 / static_cast<double>(workers_.size()));
+      const std::int64_t stale = version_ - last_pull_version_[w];
+      max_stale_[w] = std::max(max_stale_[w], stale);
+      max_stale_all_ = std::max(max_stale_all_, stale);
+      ++version_;
+      ++applied_[w];
+      pushed_[w] = h.clock;
+      busy_ += seconds_since(t0);
+      return;
+    }
+    const std::int64_t c = h.clock, s = cfg_.staleness;
+    if (c <= version_ || c > version_ + s + 1 || c != pushed_[w] + 1) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << ": rank " << w << " pushed clock " << c
+                                                      << " after clock " << pushed_[w] << " with the shard at version "
+                                                      << version_ << " (staleness " << s << ")");
+    }
+    const std::size_t slot = static_cast<std::size_t>(c % (s + 1));
+    if (cfg_.wire == cfg_.dtype && counts_[slot] == 0) {
+      std::memcpy(slots_[slot].data(), staging_.data(), count_ * elem_);
+    } else {
+      widen(slots_[slot].data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, counts_[slot] > 0);
+    }
+    ++counts_[slot];
+    pushed_[w] = c;
+    ++applied_[w];
+    advance();
+    busy_ += seconds_since(t0);
+  }
+
+  // Workers still expected to push clock c: not closed before reaching it.
+  int expected(std::int64_t c) const {
+    int n = 0;
+    for (int w : workers_) n += (!closed_[w] || final_clock_[w] >= c) ? 1 : 0;
+    return n;
+  }
+
+  // Applies every complete clock, in order, then answers the pulls waiting
+  // for them.
+  void advance() {
+    for (;;) {
+      const std::int64_t c = version_ + 1;
+      const std::size_t slot = static_cast<std::size_t>(c % (cfg_.staleness + 1));
+      const int have = counts_[slot];
+      if (have == 0 || have < expected(c)) break;
+      divide(slots_[slot].data(), cfg_.dtype, count_, static_cast<double>(have));
+      quiesce();
+      opt_.step(params_.data(), slots_[slot].data(), 1.0);
+      counts_[slot] = 0;
+      ++version_;
+    }
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (version_ >= it->need) {
+        reply(it->worker, it->data);
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void on_pull(int w, const Header& h) {
+    if (cfg_.mode == Mode::kAsync || version_ >= h.need) {
+      reply(w, h.info0 != 0);
+    } else {
+      pending_.push_back({w, h.need, h.info0 != 0, Clock::now()});
+    }
+  }
+
+  void on_close(int w, const Header& h) {
+    if (!is_worker_[w] || closed_[w]) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a second close from rank " << w);
+    }
+    closed_[w] = 1;
+    final_clock_[w] = h.clock;
+    if (closers_.empty()) first_close_ = Clock::now();
+    closers_.push_back(w);
+    // Clocks that waited for this worker may be complete now.
+    if (cfg_.mode == Mode::kSync) advance();
+    if (closers_.size() < workers_.size()) return;
+    quiesce();
+    for (int c : closers_) reply_status(c, kOk, 0, 0, false);
+    closers_.clear();
+    done_ = true;
+  }
+
+  // Completes the replies in flight, which read the shard: called before
+  // the shard changes.
+  void quiesce() {
+    for (auto& r : replies_) wait_all(r.second, "deliver parameters to");
+    replies_.clear();
+  }
+
+  void reply(int w, bool data) {
+    if (data) last_pull_version_[w] = version_;
+    reply_status(w, kOk, 0, 0, data);
+  }
+
+  void reply_status(int w, std::int64_t status, std::int64_t info0, std::int64_t info1, bool data) {
+    auto h = std::make_unique<Header>();
+    h->version = version_;
+    h->status = status;
+    h->stale = max_stale_[w];
+    h->info0 = info0;
+    h->info1 = info1;
+    std::vector<tp::Pending> sends;
+    sends.push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, h.get(), sizeof(Header)));
+    if (data) {
+      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
+        sends.push_back(mail_.send(tp::Mailbox::kData, w, kReplyData,
+                                   reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
+                                   static_cast<std::size_t>(b - a) * elem_));
+      }
+      bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+    }
+    replies_.emplace_back(std::move(h), std::move(sends));
+  }
+
+  void reply_error(int w, std::int64_t status, std::int64_t info0, std::int64_t info1) {
+    try {
+      reply_status(w, status, info0, info1, false);
+    } catch (const std::exception&) {
+      // The worker will time out instead.
+    }
+  }
+
+  // Workers (as a bitmask) for which `late(w)` holds.
+  template <class F>
+  std::pair<std::int64_t, std::int64_t> mask_of(F late) const {
+    std::int64_t mask = 0, more = 0;
+    for (int w : workers_) {
+      if (!late(w)) continue;
+      if (w < 63) mask |= std::int64_t{1} << w;
+      else more = 1;
+    }
+    return {mask, more};
+  }
+
+  // A server's verdict on a late worker comes at 3/4 of the timeout, so the
+  // workers waiting on it hear which worker it was before their own
+  // deadline (the whole timeout) passes.
+  double verdict_seconds() const { return 0.75 * cfg_.timeout; }
+
+  void check_deadlines() {
+    if (cfg_.timeout <= 0 || failed_) return;
+    for (const auto& p : pending_) {
+      if (seconds_since(p.since) <= verdict_seconds()) continue;
+      auto [mask, more] = mask_of([&](int w) { return pushed_[w] < p.need && !(closed_[w] && final_clock_[w] < p.need); });
+      std::ostringstream os;
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << verdict_seconds()
+         << " s waiting for worker(s) " << ranks_in(mask, more) << " to push clock " << p.need;
+      fail(kWorkersLate, mask | (more << 62), p.need, os.str(), true);
+      return;
+    }
+    if (!closers_.empty() && seconds_since(first_close_) > verdict_seconds()) {
+      auto [mask, more] = mask_of([&](int w) { return !closed_[w]; });
+      std::ostringstream os;
+      os << "parameter server on rank " << mail_.rank() << " timed out after " << verdict_seconds()
+         << " s waiting for worker(s) " << ranks_in(mask, more) << " to close";
+      fail(kNotClosed, mask | (more << 62), 0, os.str(), true);
+    }
+  }
+
+  // From now on every request gets an error reply; the ones waiting get it now.
+  void fail(std::int64_t status, std::int64_t info0, std::int64_t info1, const std::string& why, bool timeout) {
+    if (failed_) return;
+    failed_ = true;
+    timed_out_ = timeout;
+    failure_ = why;
+    fail_status_ = status;
+    fail_info0_ = info0;
+    fail_info1_ = info1;
+    for (const auto& p : pending_) reply_error(p.worker, status, info0, info1);
+    pending_.clear();
+    for (int c : closers_) reply_error(c, status, info0, info1);
+    closers_.clear();
+    publish();
+  }
+
+  void publish() {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.version = version_;
+    stats_.updates_applied = opt_.steps();
+    stats_.max_staleness = max_stale_all_;
+    stats_.requests = requests_;
+    stats_.bytes_received = bytes_received_;
+    stats_.bytes_sent = bytes_sent_;
+    stats_.shard_elements = static_cast<std::int64_t>(count_);
+    stats_.optimizer_state_bytes = static_cast<std::int64_t>(opt_.state_bytes());
+    stats_.applied_per_worker = applied_;
+    stats_.busy_seconds = busy_;
+  }
+
+  struct PendingPull {
+    int worker;
+    std::int64_t need;
+    bool data;
+    Clock::time_point since;
+  };
+
+  tp::Mailbox& mail_;
+  Config cfg_;
+  std::int64_t lo_, hi_;
+  std::vector<std::int64_t> seg_bounds_;
+  std::size_t count_, elem_, wire_elem_;
+  std::vector<int> workers_;
+  ShardOptimizer opt_;
+  std::vector<double> params_, staging_, grad_;  // double: 8-byte aligned bytes
+  std::vector<std::vector<double>> slots_;
+  std::vector<int> counts_;
+  std::vector<char> is_worker_, closed_;
+  std::vector<std::int64_t> pushed_, applied_, last_pull_version_, max_stale_, final_clock_;
+  std::int64_t version_ = 0, max_stale_all_ = 0, requests_ = 0, bytes_received_ = 0, bytes_sent_ = 0;
+  double busy_ = 0;
+  std::deque<PendingPull> pending_;
+  std::deque<std::pair<std::unique_ptr<Header>, std::vector<tp::Pending>>> replies_;
+  std::vector<int> closers_;
+  Clock::time_point first_close_{};
+  bool done_ = false;
+  bool failed_ = false, timed_out_ = false;
+  std::string failure_;
+  std::int64_t fail_status_ = 0, fail_info0_ = 0, fail_info1_ = 0;
+  int late_peer_ = -1;
+  mutable std::mutex stats_mu_;
+  ServerStats stats_;
+};
+
+}  // namespace distml::ps
