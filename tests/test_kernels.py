@@ -245,3 +245,32 @@ def test_isa_selection():
 
 def test_set_isa_switches_kernels(isa):
     assert _core.kernel_current_isa() == isa
+
+
+@pytest.mark.parametrize("dtype", sorted(HALF_DTYPES, key=lambda d: d.name), ids=lambda d: d.name)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_widen_and_narrow_half(isa, dtype, n):
+    """The half types to float32 and back (the gradient buffer's wire formats)
+    against numpy's casts, which round to nearest even: every float32 value
+    class (normal, subnormal in the half type, overflow, inf, NaN)."""
+    rng = np.random.default_rng([n, int(DTYPE_CODES[dtype])])
+    specials = np.array([0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e-7, 6e-8, 3e38, np.inf, -np.inf],
+                        np.float32)
+    x = np.concatenate([specials, (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 6, n)).astype(np.float32)])
+    half = np.empty(x.size, dtype)
+    _core.kernel_narrow_half(x, DTYPE_CODES[dtype], half)
+    with np.errstate(over="ignore"):  # overflow to inf is part of the contract
+        want = x.astype(dtype)
+    np.testing.assert_array_equal(half.view(np.uint16), want.view(np.uint16))
+    back = np.empty(x.size, np.float32)
+    _core.kernel_widen_half(half, DTYPE_CODES[dtype], back)
+    np.testing.assert_array_equal(back, half.astype(np.float32))
+    nan = np.full(3, np.nan, np.float32)
+    _core.kernel_narrow_half(nan, DTYPE_CODES[dtype], half[:3])
+    assert np.isnan(half[:3].astype(np.float32)).all()
+
+
+def test_widen_half_refuses_other_dtypes():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="not a half type"):
+        _core.kernel_widen_half(x, DTYPE_CODES[np.dtype(np.float32)], x)

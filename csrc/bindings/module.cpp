@@ -433,6 +433,22 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     kernels::copy_stream(d, s, static_cast<std::size_t>(dst.nbytes()));
   });
+  m.def("kernel_widen_half", [=](py::array src, DType from, py::array out) {
+    DISTML_CHECK_ARG(out.itemsize() == 4 && src.size() == out.size(), "out must be float32 of src's length");
+    DISTML_CHECK_ARG(static_cast<std::size_t>(src.itemsize()) == dtype_size(from), "item size does not match dtype");
+    const void* s = readable(src, "src");
+    void* o = writable(out, "out");
+    py::gil_scoped_release nogil;
+    kernels::widen_half(from, s, static_cast<float*>(o), static_cast<std::size_t>(src.size()));
+  });
+  m.def("kernel_narrow_half", [=](py::array in, DType to, py::array dst) {
+    DISTML_CHECK_ARG(in.itemsize() == 4 && in.size() == dst.size(), "in must be float32 of dst's length");
+    DISTML_CHECK_ARG(static_cast<std::size_t>(dst.itemsize()) == dtype_size(to), "item size does not match dtype");
+    const void* i = readable(in, "in");
+    void* d = writable(dst, "dst");
+    py::gil_scoped_release nogil;
+    kernels::narrow_half(to, static_cast<const float*>(i), d, static_cast<std::size_t>(in.size()));
+  });
   m.def("kernel_scale_avg", [=](py::array buf, DType dtype, std::size_t divisor) {
     DISTML_CHECK_ARG(divisor > 0, "divisor must be positive");
     DISTML_CHECK_ARG(static_cast<std::size_t>(buf.itemsize()) == dtype_size(dtype),

@@ -166,6 +166,24 @@ void reduce_many_stream(void* dst, const void* const* srcs, int n, std::size_t c
                                                                                     count);
 }
 
+namespace {
+int half_index(DType dtype) {
+  DISTML_CHECK_ARG(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
+                   dtype_name(dtype) << " is not a half type (float16 or bfloat16)");
+  return dtype == DType::kFloat16 ? 0 : 1;
+}
+}  // namespace
+
+void widen_half(DType from, const void* src, float* out, std::size_t count) {
+  const int i = half_index(from);
+  if (count > 0) active_table().widen_half[i](src, out, count);
+}
+
+void narrow_half(DType to, const float* in, void* dst, std::size_t count) {
+  const int i = half_index(to);
+  if (count > 0) active_table().narrow_half[i](in, dst, count);
+}
+
 void copy_stream(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
   DISTML_CHECK_ARG(dst != nullptr && src != nullptr, "copy_stream: null buffer");

@@ -557,6 +557,10 @@ constexpr void set_dtype(detail::KernelTable& t, DType dtype) {
 constexpr detail::KernelTable build_table() {
   detail::KernelTable t{};
   t.copy_stream = &copy_stream_kernel;
+  t.widen_half[0] = &Float16::widen;
+  t.widen_half[1] = &BFloat16::widen;
+  t.narrow_half[0] = &Float16::narrow;
+  t.narrow_half[1] = &BFloat16::narrow;
   set_dtype<Float16>(t, DType::kFloat16);
   set_dtype<BFloat16>(t, DType::kBFloat16);
   set_dtype<float>(t, DType::kFloat32);

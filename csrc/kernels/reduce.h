@@ -58,6 +58,12 @@ void reduce_many_stream(void* dst, const void* const* srcs, int n, std::size_t c
 // memcpy with streaming stores and a store fence; the same trade-off.
 void copy_stream(void* dst, const void* src, std::size_t bytes);
 
+// A half type (float16 or bfloat16) to float32 and back, `count` elements,
+// rounding to nearest even: what the reductions do inside, for callers that
+// change a buffer's format (the gradient buffer's wire formats).
+void widen_half(DType from, const void* src, float* out, std::size_t count);
+void narrow_half(DType to, const float* in, void* dst, std::size_t count);
+
 // buf[i] /= divisor: finishes an average. Floats divide (half types through
 // float32); integers use floor division, like numpy's `//`.
 void scale_avg(void* buf, std::size_t count, DType dtype, std::size_t divisor);

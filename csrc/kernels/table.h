@@ -31,6 +31,10 @@ struct KernelTable {
   ReduceManyFn reduce_many_stream[kNumDTypes][kNumOps];
   // memcpy with streaming stores, then a store fence.
   void (*copy_stream)(void* dst, const void* src, std::size_t bytes);
+  // The half types' conversions to and from float32 (index 0: float16,
+  // 1: bfloat16), rounding to nearest even.
+  void (*widen_half[2])(const void* src, float* out, std::size_t count);
+  void (*narrow_half[2])(const float* in, void* dst, std::size_t count);
 };
 
 const KernelTable& baseline_table();
