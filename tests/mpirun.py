@@ -57,14 +57,21 @@ class Launch:
                 f"\n--- stderr\n{tail(self.stderr)}")
 
 
-def launch(P: int, args: List[str], timeout: float, env: Optional[Dict[str, str]] = None,
-           mpiexec_args: Optional[List[str]] = None) -> Launch:
-    cmd = [mpiexec(), *(mpiexec_args or []), "-n", str(P), sys.executable, *args]
+def _child_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
+    """The environment of a launched job: this one without the test run's own
+    settings, with faulthandler on, plus ``env``."""
     full_env = dict(os.environ)
     for k in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "DISTML_TIMEOUT", "DISTML_CHECK", "DISTML_STALL_WARNING"):
         full_env.pop(k, None)
     full_env.setdefault("PYTHONFAULTHANDLER", "1")
     full_env.update(env or {})
+    return full_env
+
+
+def launch(P: int, args: List[str], timeout: float, env: Optional[Dict[str, str]] = None,
+           mpiexec_args: Optional[List[str]] = None) -> Launch:
+    cmd = [mpiexec(), *(mpiexec_args or []), "-n", str(P), sys.executable, *args]
+    full_env = _child_env(env)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -109,11 +116,7 @@ def launch_command(cmd: List[str], timeout: float, env: Optional[Dict[str, str]]
     """Runs any command (a launcher such as distmlrun, which starts mpiexec
     itself) like :func:`launch`: own process group, killed whole at the time
     limit, ``FAULT {json}`` lines parsed."""
-    full_env = dict(os.environ)
-    for k in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "DISTML_TIMEOUT", "DISTML_CHECK", "DISTML_STALL_WARNING"):
-        full_env.pop(k, None)
-    full_env.setdefault("PYTHONFAULTHANDLER", "1")
-    full_env.update(env or {})
+    full_env = _child_env(env)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

@@ -352,16 +352,19 @@ void ParameterServer::serve(const std::vector<tp::Piece>& out) {
     } else {
       backoff.pause();
     }
-    if (server_->failed()) {
-      broken_ = true;
-      broken_reason_ = server_->failure();
-      if (server_->timed_out()) throw Timeout(server_->failure());
-      throw Error(server_->failure());
-    }
+    raise_if_server_failed();
   }
   final_broadcast(out);
   closed_ = true;
   mail_.reset();
+}
+
+void ParameterServer::raise_if_server_failed() {
+  if (!server_->failed()) return;
+  broken_ = true;
+  broken_reason_ = server_->failure();
+  if (server_->timed_out()) throw Timeout(server_->failure());
+  throw Error(server_->failure());
 }
 
 void ParameterServer::close(const std::vector<tp::Piece>& out) {
@@ -375,12 +378,7 @@ void ParameterServer::close(const std::vector<tp::Piece>& out) {
     if (server_) {
       // Ends once every worker has closed and the replies are delivered.
       if (progress_.joinable()) progress_.join();
-      if (server_->failed()) {
-        broken_ = true;
-        broken_reason_ = server_->failure();
-        if (server_->timed_out()) throw Timeout(server_->failure());
-        throw Error(server_->failure());
-      }
+      raise_if_server_failed();
     }
     final_broadcast(out);
   } catch (...) {

@@ -145,6 +145,9 @@ class ParameterServer {
                const std::vector<transport::Piece>& out, const char* what);
   void final_broadcast(const std::vector<transport::Piece>& out);
   void stop_progress();
+  // This rank's server has failed: the parameter server is broken; raises
+  // Timeout or Error with the server's reason.
+  void raise_if_server_failed();
 
   Config config_;
   std::unique_ptr<transport::Mailbox> mail_;
