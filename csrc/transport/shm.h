@@ -48,7 +48,7 @@ struct alignas(64) ShmControl {
   // once every rank has arrived, peers read it straight from here, with no
   // further synchronisation. The same argument as for the note keeps it
   // stable until every peer has read it.
-  static constexpr std::size_t kEagerBytes = 16384;
+  static constexpr std::size_t kEagerBytes = 8192;
   alignas(64) char eager[2][kEagerBytes];
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
