@@ -428,8 +428,9 @@ def test_broadcast_parameters_and_optimizer_state():
 
 def test_join_with_uneven_batches():
     """Rank r has STEPS - r batches (at least one). A rank out of data joins;
-    the others keep stepping, and their averages are over the ranks that
-    contributed. The oracle replays exactly that, in one process."""
+    the others keep stepping, and (as in Horovod) their averages divide by
+    size(), the joined ranks contributing zeros. The oracle replays exactly
+    that, in one process."""
     P, r = hvd.size(), hvd.rank()
     X, Y = _data()
     steps_of = [max(1, STEPS - q) for q in range(P)]
@@ -459,7 +460,7 @@ def test_join_with_uneven_batches():
             grads.append([p.grad.clone() for p in ref.parameters()])
         with torch.no_grad():
             for i, p in enumerate(ref.parameters()):
-                p -= 0.1 * sum(g[i] for g in grads) / len(active)
+                p -= 0.1 * sum(g[i] for g in grads) / P
         if s < steps_of[r]:
             # As Horovod: a joined rank contributes zeros and the average divides by size().
             assert metrics[s].item() == pytest.approx(sum(active) / P)

@@ -272,7 +272,8 @@ def test_step_after_synchronize_warns():
     opt = hvd.DistributedOptimizer(torch.optim.SGD([p], lr=0.1), named_parameters=[("w", p)])
     (p * 2).sum().backward()
     opt.synchronize()
-    with pytest.warns(UserWarning, match="skip_synchronize"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         opt.step()
     opt.zero_grad()
     (p * 2).sum().backward()
@@ -281,6 +282,9 @@ def test_step_after_synchronize_warns():
         warnings.simplefilter("error")
         with opt.skip_synchronize():
             opt.step()
+    # Horovod's users look for this wording.
+    assert [type(w.message) for w in caught] == [UserWarning], [str(w.message) for w in caught]
+    assert "optimizer.step() called without optimizer.skip_synchronize()" in str(caught[0].message)
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.6))
 
 
@@ -318,6 +322,88 @@ def test_sparse_allreduce_and_sparse_as_dense():
     for s in range(P):
         expect[s % 4] -= 2.0 / P
     torch.testing.assert_close(emb.weight.detach(), expect)
+
+
+def test_sparse_gradients_stay_sparse():
+    """A sparse embedding gradient without sparse_as_dense is reduced by
+    gathering indices and values (as Horovod); with sparse_as_dense it goes
+    through the buckets. Either way p.grad is sparse again for the wrapped
+    optimizer (SparseAdam takes nothing else), and holds the average."""
+    P, r = hvd.size(), hvd.rank()
+    rows = [[(q + k) % 5 for k in range(q % 3 + 1)] for q in range(P)]  # rank q's lookups
+    counts = torch.zeros(5)
+    for q in range(P):
+        for i in rows[q]:
+            counts[i] += 1
+    results = []
+    for as_dense in (False, True):
+        emb = torch.nn.Embedding(5, 2, sparse=True)
+        torch.nn.init.constant_(emb.weight, 1.0)
+        lin = torch.nn.Linear(2, 1)  # a dense parameter beside it, in the same buckets
+        params = list(emb.parameters()) + list(lin.parameters())
+        sgd = hvd.DistributedOptimizer(torch.optim.SGD(params, lr=1.0), sparse_as_dense=as_dense,
+                                       bucket_bytes=16)
+        sgd.zero_grad()
+        emb(torch.tensor(rows[r])).sum().backward()
+        sgd.step()
+        grad = emb.weight.grad
+        emb2 = torch.nn.Embedding(5, 2, sparse=True)
+        torch.nn.init.constant_(emb2.weight, 1.0)
+        adam = hvd.DistributedOptimizer(torch.optim.SparseAdam(list(emb2.parameters()), lr=0.1),
+                                        sparse_as_dense=as_dense)
+        for _ in range(2):
+            adam.zero_grad()
+            emb2(torch.tensor(rows[r])).sum().backward()
+            adam.step()
+        results.append((grad.layout, grad.to_dense(), emb.weight.detach().clone(),
+                        emb2.weight.grad.layout, hvd.allgather(emb2.weight.detach()[None])))
+    for layout, grad, weight, adam_layout, adam_weights in results:
+        assert layout == torch.sparse_coo and adam_layout == torch.sparse_coo
+        torch.testing.assert_close(grad, (counts / P)[:, None].expand(5, 2))
+        torch.testing.assert_close(weight, 1.0 - (counts / P)[:, None].expand(5, 2))
+        for q in range(P):  # SparseAdam stepped on the same averaged gradients everywhere
+            torch.testing.assert_close(adam_weights[q], adam_weights[0])
+
+
+def test_default_parameter_names_are_unique_across_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.5}], lr=0.1))
+    names = opt._parameter_names
+    everyone = hvd.allgather_object(sorted(names.values()))
+    assert len(names) == 4 and len(set(names.values())) == 4, names
+    assert all(n == everyone[0] for n in everyone)
+
+
+def test_a_rank_outside_the_optimizers_process_set_steps_alone():
+    """The optimizer reduces over the even ranks; an odd rank steps on its
+    own gradient (as in Horovod) and nobody waits for anybody. With a set of
+    no ranks, every rank steps alone (so this runs at one rank too)."""
+    P, r = hvd.size(), hvd.rank()
+    even = hvd.add_process_set([q for q in range(P) if q % 2 == 0])
+    empty = hvd.add_process_set([])
+    got = []
+    for ps in (even, empty):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = hvd.DistributedOptimizer(torch.optim.SGD([p], lr=1.0), named_parameters=[("p", p)],
+                                       process_set=ps)
+        for _ in range(2):
+            opt.zero_grad()
+            (p * (r + 1)).sum().backward()
+            opt.step()
+        opt.synchronize()  # a no-op outside the set, a reduction of nothing new inside
+        got.append(p.detach().clone())
+    after = hvd.allreduce(torch.ones(1), op=hvd.Sum)  # the whole job is still in step
+    hvd.remove_process_set(empty)
+    hvd.remove_process_set(even)
+    members = [q for q in range(P) if q % 2 == 0]
+    if r % 2 == 0:
+        want = -2.0 * sum(q + 1 for q in members) / len(members)
+    else:
+        want = -2.0 * (r + 1)
+    assert torch.equal(got[0], torch.full((3,), want)), (got[0], want)
+    assert torch.equal(got[1], torch.full((3,), -2.0 * (r + 1)))
+    assert after.item() == float(P)
 
 
 def test_names_horovod_code_mentions():

@@ -42,7 +42,10 @@ from .. import _core
 from . import mpi_ops
 from .._dtypes import dtype_code
 from .compression import Compression, NoneCompressor, _CastCompressor
-from .mpi_ops import Average, _control, _K_STEP, _np, _parse_op, _register_optimizer
+from .mpi_ops import (
+    Average, ProcessSet, _control, _K_STEP, _np, _parse_op, _register_optimizer, global_process_set,
+    sparse_allreduce_async,
+)
 
 __all__ = ["DistributedOptimizer"]
 
@@ -108,14 +111,14 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  f"{unnamed} of the optimizer are not in it")
             self._names = {id(p): n for n, p in named}
         else:
-            self._names = {id(p): f"param.{i}" for i, p in enumerate(params)}
-        # Horovod's attribute, which user code reads: parameter -> name
-        # (Horovod's names for unnamed parameters: their index in their group).
-        if named_parameters is not None:
-            self._parameter_names = {p: self._names[id(p)] for p in params}
-        else:
-            self._parameter_names = {p: f"allreduce.noname.{i}" for group in self.param_groups
-                                     for i, p in enumerate(group["params"])}
+            # Horovod's default names: the group's index, then the
+            # parameter's index in its group (unique across groups).
+            self._names = {}
+            for g, group in enumerate(self.param_groups):
+                for j, p in enumerate(group["params"]):
+                    self._names.setdefault(id(p), f"allreduce.noname.{g}.{j}")
+        # Horovod's attribute, which user code reads: parameter -> name.
+        self._parameter_names = {p: self._names[id(p)] for p in params}
         if backward_passes_per_step < 1:
             raise ValueError(f"backward_passes_per_step must be >= 1, not {backward_passes_per_step}")
         self._op = _parse_op(op, None)
@@ -125,12 +128,27 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._sparse_as_dense = bool(sparse_as_dense)
         self._passes_per_step = int(backward_passes_per_step)
         self._params = params
-        self._comm = mpi_ops._set_comm(process_set)
+        self._process_set = process_set
         for i, p in enumerate(params):
             if p.device.type != "cpu":
                 raise TypeError(f"parameter {self._names[id(p)]} is on {p.device}; "
                                 "distml.torch works on CPU tensors only")
             mpi_ops._check_tensor(p, f"parameter {self._names[id(p)]}")
+        self._should_synchronize = True
+        self._synchronized = False
+        # Every rank registers (the ids must follow the same sequence on all
+        # ranks), also one outside the optimizer's process set.
+        self._oid = _register_optimizer(self)
+        self._outside = _outside(process_set)
+        if self._outside:
+            # As in Horovod: a rank outside the process set steps on its own
+            # gradients, and nothing of this optimizer communicates.
+            self._gb = None
+            self._hooks = []
+            self._passes = [0] * len(params)
+            self._sparse = {}
+            return
+        self._comm = mpi_ops._set_comm(process_set)
 
         # Layout (the core's): one flat buffer per dtype, parameters in
         # reverse order. On one node the flat buffers live in node-shared
@@ -155,14 +173,17 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._grad_views[i].copy_(p.grad)
             p.grad = self._grad_views[i]
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
-        self._oid = _register_optimizer(self)
-        self._should_synchronize = True
-        self._synchronized = False
         self._reset()
 
     def _reset(self) -> None:
         self._passes = [0] * len(self._params)
         self._ctl: Optional[mpi_ops._Control] = None
+        # Parameters whose gradient of this step is sparse and travels as
+        # one (index -> the sparse gradient); see _keep_sparse.
+        self._sparse: dict = {}
+        # Parameters whose sparse gradient was reduced as a dense one and is
+        # made sparse again after the reduction (sparse_as_dense=True).
+        self._resparsify: set = set()
 
     # ---- the reduction ----------------------------------------------------------
 
@@ -176,9 +197,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                     "accumulate gradients locally")
             view = self._grad_views[i]
             g = p.grad
-            if g is not None and (g.layout != torch.strided or g.data_ptr() != view.data_ptr()):
+            if g is not None and g.layout != torch.strided and not self._sparse_as_dense:
+                self._keep_sparse(i, g)
+            elif g is not None and (g.layout != torch.strided or g.data_ptr() != view.data_ptr()):
                 # autograd made a fresh gradient (the first pass after a
                 # zero_grad(set_to_none=True)): move it into the buffer
+                if g.layout != torch.strided:
+                    self._resparsify.add(i)
                 _move_into(view, self._dense(g))
                 p.grad = view
             if self._passes[i] == self._passes_per_step:
@@ -196,6 +221,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if self._ctl is None and self._gb.launched == 0:
             self._ctl = _control(_K_STEP, self._oid, comm=self._comm)
 
+    def _keep_sparse(self, i: int, grad: torch.Tensor) -> None:
+        """A sparse gradient without sparse_as_dense: it stays in ``p.grad``
+        and is reduced as Horovod does, by allgathering its indices and
+        values (in :meth:`synchronize`, after the buckets). Its slot in the
+        flat buffer goes through its bucket as zeros, so that every rank's
+        buckets stay the same."""
+        self._sparse[i] = grad
+        self._grad_views[i].zero_()
+
     def _own_gradient(self, i: int) -> None:
         # A gradient replaced behind our back (model.zero_grad() sets None,
         # autograd then allocates a new one) goes back into the buffer.
@@ -203,15 +237,19 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if p.grad is None:
             view.zero_()
             p.grad = view
-        elif p.grad.data_ptr() != view.data_ptr():
+        elif p.grad.layout != torch.strided and not self._sparse_as_dense:
+            self._keep_sparse(i, p.grad)
+        elif p.grad.layout != torch.strided or p.grad.data_ptr() != view.data_ptr():
+            if p.grad.layout != torch.strided:
+                self._resparsify.add(i)
             view.copy_(self._dense(p.grad))
             p.grad = view
 
     def _dense(self, grad: torch.Tensor) -> torch.Tensor:
         if grad.layout == torch.strided:
             return grad
-        if not self._sparse_as_dense:
-            raise TypeError(f"a gradient is {grad.layout}; pass sparse_as_dense=True to reduce it as a dense one")
+        if grad.layout != torch.sparse_coo:
+            raise TypeError(f"a gradient is {grad.layout}; distml.torch reduces dense and sparse COO gradients")
         return grad.to_dense()
 
     def _stand_in(self) -> None:
@@ -226,22 +264,34 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def synchronize(self) -> None:
         """Launches the buckets not launched yet (every gradient counts as
         ready), waits for all of them, and leaves the reduced gradients in
-        ``p.grad``. Must be called on all ranks."""
+        ``p.grad``. Must be called on all ranks (of the optimizer's process
+        set; on a rank outside it this does nothing).
+
+        Averages divide by the number of ranks, those inside :func:`join`
+        included (they contribute zeros), as in Horovod. Sparse gradients
+        (without ``sparse_as_dense``) are reduced after the buckets, in
+        parameter order, and stay sparse; with ``sparse_as_dense`` they are
+        reduced in the buckets and made sparse again."""
+        if self._outside:
+            self._synchronized = True
+            return
         for i, n in enumerate(self._passes):
             if n < self._passes_per_step:
                 self._own_gradient(i)
         if self._gb.launched < len(self._gb.buckets()):
             self._before_launch()
-        ctl = self._ctl
+        sparse, resparsify = self._sparse, self._resparsify
         try:
             self._gb.wait_all()
         finally:
             self._reset()
-        if ctl is not None and self._op.value == "avg":
-            n = ctl.n_active()
-            if n != ctl.size:  # some ranks joined: average over those that contributed
-                for flat in self._flats:
-                    flat.mul_(ctl.size / n)
+        if sparse:
+            waits = [(i, sparse_allreduce_async(g, op=self._op, process_set=self._process_set))
+                     for i, g in sorted(sparse.items())]
+            for i, wait in waits:
+                self._params[i].grad = wait().coalesce()
+        for i in sorted(resparsify):
+            self._params[i].grad = self._grad_views[i].to_sparse()
         self._synchronized = True
 
     @contextlib.contextmanager
@@ -259,9 +309,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         :meth:`synchronize` already did in this step, then steps the wrapped
         optimizer. Must be called on all ranks."""
         if self._should_synchronize and self._synchronized:
-            warnings.warn("optimizer.step() was called after optimizer.synchronize() outside an "
-                          "optimizer.skip_synchronize() block; the gradients were reduced once, by "
-                          "synchronize(). Wrap step() in skip_synchronize() after synchronize().", UserWarning)
+            warnings.warn("optimizer.step() called without optimizer.skip_synchronize() after "
+                          "optimizer.synchronize(): the gradients were reduced once, by synchronize(), "
+                          "and are not reduced again; call step() inside "
+                          "`with optimizer.skip_synchronize():` after synchronize().", UserWarning)
         if self._should_synchronize and not self._synchronized:
             self.synchronize()
         self._synchronized = False
@@ -277,6 +328,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             AssertionError: gradients of this step are being reduced (called
                 between backward() and step()/synchronize()), as in Horovod.
         """
+        if self._outside:
+            return self._distml_base.zero_grad(self, set_to_none)
         if self._gb.pending or any(self._passes):
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
                                  "optimizer.step() or optimizer.synchronize(); gradients are being reduced")
@@ -299,6 +352,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+def _outside(process_set: Any) -> bool:
+    """Whether ``process_set`` is an added set this rank is not in."""
+    return (isinstance(process_set, ProcessSet) and process_set is not global_process_set
+            and process_set.process_set_id is not None and not process_set.included())
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer,
@@ -332,10 +391,13 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
         num_groups, groups: accepted for compatibility; fusion is by
             ``bucket_bytes`` instead.
         sparse_as_dense: reduce sparse gradients (``nn.Embedding(sparse=True)``)
-            as dense ones; without it a sparse gradient raises TypeError.
+            as dense ones in the buckets; without it they are reduced by
+            allgathering their indices and values. ``p.grad`` is sparse
+            again after the reduction either way.
         process_set: reduce over this :class:`~distml.torch.ProcessSet` only
-            (default: all ranks); construction, ``step()`` and
-            ``synchronize()`` are then called on its ranks only.
+            (default: all ranks). On a rank outside the set (as in Horovod)
+            the optimizer steps on this rank's own gradients and never
+            communicates.
         bucket_bytes: target bucket size (a distml extension; default 4 MiB).
 
     Returns:
@@ -343,12 +405,14 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
         and parameter groups.
 
     Raises:
-        ValueError: Adasum or another unsupported op, a process set this
-            rank is not in, gradient_predivide_factor != 1, unnamed parameters.
+        ValueError: Adasum or another unsupported op, a process set not
+            added, gradient_predivide_factor != 1, unnamed parameters.
 
-    Construction, ``step()`` and ``synchronize()`` must be called on all ranks.
+    Construction, ``step()`` and ``synchronize()`` must be called on all ranks
+    (of ``process_set``; on ranks outside it they do not communicate).
     """
-    mpi_ops._check_process_set(process_set)
+    if not _outside(process_set):
+        mpi_ops._check_process_set(process_set)
     if gradient_predivide_factor != 1.0:
         raise ValueError("gradient_predivide_factor is not supported by distml.torch (use 1.0)")
     if bucket_bytes < 1:
