@@ -109,6 +109,8 @@ def _check_stall(result, P, label):
             assert warned, f"{variant}: no stall warning on stderr"
             t, line = warned[0]
             assert t < TIMEOUT and f"rank {sleeper} to arrive" in line, f"{variant}: {t}s {line}"
+        if variant.startswith("late"):
+            assert [r["rank"] for r in recs if r["role"] == "late"] == [sleeper], f"{variant}: no late rank reported"
         for r in recs:
             if r["role"] == "late":
                 # It arrives after the others gave up: it must time out too, not hang or succeed.

@@ -20,9 +20,8 @@
 // With `stream` (large messages), step 3 writes the output with streaming
 // stores: nothing reads it back during the collective.
 //
-// Small messages take a one-shot step: copy in, post, then every rank reduces
-// the whole vector from all slots into its own output, in rank order (so the
-// results agree bitwise), and releases. Two synchronisations instead of three.
+// Small messages do not come here: they travel with the arrival (see
+// eager_shm.h), one synchronisation in all.
 //
 // Hang invariant: every rank runs the same steps in the same order (the
 // engine guarantees the same collectives in the same order), and a rank only
@@ -39,26 +38,12 @@ using transport::ShmGroup;
 using Counter = transport::ShmGroup::Counter;
 
 void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, std::size_t one_shot_bytes, bool stream) {
-  const int L = shm.size(), me = shm.rank();
+                   const Reduction& red, bool stream) {
+  const int L = shm.size();
   const std::size_t elem = red.elem;
   const auto* src = static_cast<const char*>(in);
   auto* dst = static_cast<char*>(out);
   std::vector<const void*> peers(L);
-
-  if (count * elem <= std::min(one_shot_bytes, shm.slot_bytes())) {
-    const std::uint64_t step = shm.next_step();
-    const int k = static_cast<int>(step & 1);
-    if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
-    std::memcpy(shm.slot(me, k), src, count * elem);
-    shm.publish(Counter::kPosted, step);
-    shm.wait_all(Counter::kPosted, step);
-    for (int r = 0; r < L; ++r) peers[r] = shm.slot(r, k);
-    kernels::reduce_many(dst, peers.data(), L, count, red.dtype, red.op);
-    red.finish(dst, count);
-    shm.publish(Counter::kReleased, step);
-    return;
-  }
 
   const std::size_t chunk = shm.slot_bytes() / elem;
   for (std::size_t first = 0; first < count; first += chunk) {

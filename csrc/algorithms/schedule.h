@@ -182,11 +182,11 @@ void barrier_dissemination(MpiComm& comm);
 
 // ---- Shared-memory schedules, among the ranks of one node -----------------
 
-// Messages of at most `one_shot_bytes` take the single-step path.
 // With `stream`, results nothing reads back during the collective are written
-// with streaming stores (for messages larger than the cache).
+// with streaming stores (for messages larger than the cache). Small messages
+// take the eager path instead (eager_shm.h).
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, std::size_t one_shot_bytes, bool stream);
+                   const Reduction& red, bool stream);
 // The staged chunk step the shared-memory allreduce and reduce share
 // (allreduce_shm.cpp): copy the other ranks' slices of my `len` elements into
 // my slot for `step`, post, then reduce my slice (my own input and every

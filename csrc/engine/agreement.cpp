@@ -160,13 +160,16 @@ void Communicator::coordinate(const Call& call, const Plan& plan) {
 }
 
 // On one node: each rank writes its call's signature into its control block
-// and announces its arrival there; every rank waits for all arrivals and then
-// reads every signature itself, so all ranks reach the same verdict without a
-// message. At the deadline, the ranks whose arrival counter is behind are
-// exactly the ones that never arrived. The lowest-numbered rank that has
-// arrived warns about stragglers first.
+// and enters the arrival gate (ShmGroup::enter); every rank waits until all
+// have entered and then reads every signature itself, so all ranks reach the
+// same verdict without a message. At the deadline a rank gives up through
+// the same gate, so that a rank arriving later raises too instead of
+// completing a call the others abandoned; the ranks whose arrival counter is
+// behind are the ones named. The lowest-numbered rank that has arrived warns
+// about stragglers first.
 void Communicator::arrive_through_shm(const Call& call, const Signature& mine, bool eager) {
   static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
+  using Gate = tp::ShmGroup::Gate;
   auto& shm = *shm_;
   const std::uint64_t seq = seq_;
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
@@ -175,35 +178,48 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
   if (eager && (call.kind != Kind::kBroadcast || rank_ == call.root)) {
     alg::post_eager(shm, seq, call.in, call.count * dtype_size(call.dtype));
   }
+  const double timeout = settings_.timeout;
+  if (shm.enter(seq) == Gate::kGivenUp) {
+    DISTML_THROW(Timeout, "rank " << rank_ << " arrived at " << kind_name(call.kind) << " (collective #" << seq
+                                  << ") after the other ranks gave up waiting for it (timeout " << timeout << " s)");
+  }
   shm.publish(tp::ShmGroup::Counter::kArrived, seq);
-  if (comm_->has_deadline()) {
-    const double timeout = settings_.timeout;
-    const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
-    bool warned = false;
-    for (long polls = 0;; ++polls) {
-      auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
-      if (late.empty()) break;
-      transport::MpiComm::pause(polls);
-      if ((polls & 255) != 0) continue;
-      const double waited = comm_->elapsed();
-      std::vector<std::int32_t> missing(late.begin(), late.end());
+  auto never_arrived = [&] {
+    auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
+    return rank_list(std::vector<std::int32_t>(late.begin(), late.end()));
+  };
+  const bool deadline = comm_->has_deadline();
+  const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
+  bool warned = false;
+  for (long polls = 0;; ++polls) {
+    const Gate g = shm.gate(seq);
+    if (g == Gate::kAllIn) break;
+    // Another rank gave up (this rank's deadline may not have passed yet).
+    if (g == Gate::kGivenUp) DISTML_THROW(Timeout, never_arrived() << " never arrived");
+    transport::MpiComm::pause(polls);
+    if (!deadline || (polls & 255) != 0) continue;
+    const double waited = comm_->elapsed();
+    if (!warned && waited > warn_after) {
       // Every waiting rank sees the same stragglers; the lowest-numbered
       // rank that has arrived speaks for all (rank 0, unless it is late).
+      auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
       int speaker = 0;
       while (speaker < size_ && std::find(late.begin(), late.end(), speaker) != late.end()) ++speaker;
-      if (!warned && rank_ == speaker && waited > warn_after) {
+      if (rank_ == speaker && !late.empty()) {
         warned = true;
         std::fprintf(stderr,
                      "distml: warning: %s (collective #%llu) has waited %.1f s for %s to arrive "
                      "(timeout %.1f s)\n",
                      kind_name(call.kind), static_cast<unsigned long long>(seq), waited,
-                     rank_list(missing).c_str(), timeout);
+                     rank_list(std::vector<std::int32_t>(late.begin(), late.end())).c_str(), timeout);
         std::fflush(stderr);
       }
-      if (waited > timeout) DISTML_THROW(Timeout, rank_list(missing) << " never arrived");
     }
-  } else {
-    shm.wait_all(tp::ShmGroup::Counter::kArrived, seq);
+    if (waited > timeout) {
+      const std::string missing = never_arrived();
+      if (shm.give_up(seq) == Gate::kAllIn) break;  // the last rank entered first
+      DISTML_THROW(Timeout, missing << " never arrived");
+    }
   }
   std::vector<Signature> sigs(size_);
   bool agreed = true;

@@ -138,7 +138,9 @@ struct Settings {
   // shared-memory path.
   std::size_t pair_ring_min_bytes = 2 << 20;
   std::size_t pair_ring_max_bytes = 64 << 20;
-  // Shared memory: each rank's two slots, and the one-shot allreduce limit.
+  // Shared memory: each rank's two slots, and the most bytes a collective on
+  // one node moves with its arrival, in one synchronisation (the eager path,
+  // eager_shm.h; capped at ShmControl::kEagerBytes).
   std::size_t shm_slot_bytes = 1 << 20;
   std::size_t shm_one_shot_bytes = 16 << 10;
   // From this size on, and below the max, shm allreduce reads peers'

@@ -66,7 +66,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       } else if (algo == Algo::kShm && plan.has(kCrossMemory))
         alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red, stream);
       else if (algo == Algo::kShm)
-        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, settings_.shm_one_shot_bytes, stream);
+        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, stream);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);

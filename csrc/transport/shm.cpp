@@ -52,6 +52,7 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   c.reduced.store(0);
   c.released.store(0);
   c.arrived.store(0);
+  c.gate.store(0);
   c.pid = static_cast<std::uint64_t>(getpid());
   c.in_addr = reinterpret_cast<std::uint64_t>(&c.pid);
   c.out_addr = 0;
@@ -186,6 +187,58 @@ std::vector<int> ShmGroup::behind(Counter c, std::uint64_t step) {
     if (counter(r, c).load(std::memory_order_acquire) < step) late.push_back(r);
   }
   return late;
+}
+
+// The gate word: the collective's number, a given-up bit, and how many
+// ranks have entered it. A rank enters collective v + 1 only after v has
+// completed, which needed every rank's entry, so the word never holds a
+// later collective than the caller's unless the caller's is complete.
+namespace {
+constexpr int kGateSeqShift = 17;
+constexpr std::uint64_t kGateGivenUp = std::uint64_t{1} << 16;
+constexpr std::uint64_t kGateCount = kGateGivenUp - 1;
+std::uint64_t gate_seq(std::uint64_t w) { return w >> kGateSeqShift; }
+}  // namespace
+
+ShmGroup::Gate ShmGroup::enter(std::uint64_t seq) {
+  auto& word = control(0).gate;
+  std::uint64_t w = word.load(std::memory_order_acquire);
+  std::uint64_t next = 0;
+  do {
+    if (gate_seq(w) > seq) DISTML_THROW(Error, "shared-memory arrival gate: collective #" << seq << " entered after #" << gate_seq(w));
+    if (gate_seq(w) < seq) {
+      next = (seq << kGateSeqShift) | 1;
+    } else {
+      if (w & kGateGivenUp) return Gate::kGivenUp;
+      next = w + 1;
+    }
+  } while (!word.compare_exchange_weak(w, next, std::memory_order_acq_rel, std::memory_order_acquire));
+  return (next & kGateCount) == static_cast<std::uint64_t>(size_) ? Gate::kAllIn : Gate::kWaiting;
+}
+
+ShmGroup::Gate ShmGroup::gate(std::uint64_t seq) {
+  const std::uint64_t w = control(0).gate.load(std::memory_order_acquire);
+  if (gate_seq(w) > seq) return Gate::kAllIn;
+  if (gate_seq(w) < seq) return Gate::kWaiting;
+  if (w & kGateGivenUp) return Gate::kGivenUp;
+  return (w & kGateCount) == static_cast<std::uint64_t>(size_) ? Gate::kAllIn : Gate::kWaiting;
+}
+
+ShmGroup::Gate ShmGroup::give_up(std::uint64_t seq) {
+  auto& word = control(0).gate;
+  std::uint64_t w = word.load(std::memory_order_acquire);
+  std::uint64_t next = 0;
+  do {
+    if (gate_seq(w) > seq) return Gate::kAllIn;
+    if (gate_seq(w) < seq) {
+      next = (seq << kGateSeqShift) | kGateGivenUp;
+    } else {
+      if (w & kGateGivenUp) return Gate::kGivenUp;
+      if ((w & kGateCount) == static_cast<std::uint64_t>(size_)) return Gate::kAllIn;
+      next = w | kGateGivenUp;
+    }
+  } while (!word.compare_exchange_weak(w, next, std::memory_order_acq_rel, std::memory_order_acquire));
+  return Gate::kGivenUp;
 }
 
 void ShmGroup::wait_all(Counter c, std::uint64_t step) {

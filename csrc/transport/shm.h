@@ -33,6 +33,9 @@ struct alignas(64) ShmControl {
   char pad2[56];
   std::atomic<std::uint64_t> arrived;   // I have entered collective number v
   char pad3[56];
+  // Rank 0's only: the arrival gate (ShmGroup::enter).
+  std::atomic<std::uint64_t> gate;
+  char pad_gate[56];
   // For single-copy schedules: my process id, and the addresses of my input
   // and output for the step being posted (written before `posted`, read by
   // peers after they see it; stable until every peer has released).
@@ -48,7 +51,7 @@ struct alignas(64) ShmControl {
   // once every rank has arrived, peers read it straight from here, with no
   // further synchronisation. The same argument as for the note keeps it
   // stable until every peer has read it.
-  static constexpr std::size_t kEagerBytes = 8192;
+  static constexpr std::size_t kEagerBytes = 16384;
   alignas(64) char eager[2][kEagerBytes];
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
@@ -115,6 +118,20 @@ class ShmGroup {
 
   // Ranks whose counter `c` is still below `step`.
   std::vector<int> behind(Counter c, std::uint64_t step);
+
+  // The arrival gate: one word in rank 0's control block, changed only by
+  // compare-and-swap, that counts the ranks entering collective `seq` and
+  // can mark it given up. Entering and giving up change the same word, so
+  // all ranks see them in one order: either the last rank entered before
+  // anyone gave up (everyone proceeds; giving up then answers kAllIn), or
+  // someone gave up first (everyone raises, a rank entering later too:
+  // enter answers kGivenUp). Arrival counters alone cannot decide this for
+  // a call whose data travels with its arrival (eager_shm.h): a rank
+  // arriving after its peers timed out would find their data and complete.
+  enum class Gate { kWaiting, kAllIn, kGivenUp };
+  Gate enter(std::uint64_t seq);
+  Gate gate(std::uint64_t seq);
+  Gate give_up(std::uint64_t seq);
 
   // Scratch memory of the collective in progress (the parent's; see Scratch).
   Scratch& scratch() { return parent_->scratch(); }

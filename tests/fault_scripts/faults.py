@@ -12,7 +12,8 @@ Cases:
     mismatch    ranks pass different arguments; every rank must raise
                 MismatchError naming the field, and the next collective works
     stall       one rank stops arriving; the others time out (one variant
-                per argument: auto, ring, mpi, nocheck, root_absent, late, init)
+                per argument: auto, ring, mpi, nocheck, root_absent, late,
+                late_small, late_large, init)
     kill        one rank SIGKILLs itself inside a large allreduce
     abort       distml.abort() after a timeout, with a rank still asleep
     free        every collective after free()
@@ -143,7 +144,11 @@ def case_mismatch(variants) -> None:
 # ---- stall -----------------------------------------------------------------------
 
 
-STALL_VARIANTS = ["auto", "ring", "mpi", "nocheck", "root_absent", "late", "init"]
+STALL_VARIANTS = ["auto", "ring", "mpi", "nocheck", "root_absent", "late", "late_small", "late_large", "init"]
+# The allreduce's size in each variant: 16 KiB, except for a late rank's call
+# of 1 KiB and 256 KiB (on one node: data moved with the arrival up to 16 KiB,
+# by a shared-memory schedule above).
+STALL_ELEMENTS = {"late_small": 1 << 8, "late_large": 1 << 16}
 
 
 def _stall_one(variant: str, tee) -> None:
@@ -159,7 +164,7 @@ def _stall_one(variant: str, tee) -> None:
         comm = distml.init(timeout=TIMEOUT)
     else:
         comm = distml.Communicator(WORLD, timeout=TIMEOUT)
-    x = np.ones(1 << 12, np.float32)
+    x = np.ones(STALL_ELEMENTS.get(variant, 1 << 12), np.float32)
     call = (lambda: distml.allreduce(x)) if variant == "init" else (lambda: comm.allreduce(x, algorithm=algorithm))
     warm = attempt(call)[0]
     WORLD.Barrier()
@@ -167,7 +172,7 @@ def _stall_one(variant: str, tee) -> None:
     common = dict(variant=variant, sleeper=sleeper, timeout=comm.timeout, check=comm.check, warm=warm)
     if RANK == sleeper:
         time.sleep(TIMEOUT + 0.75)
-        if variant == "late":
+        if variant.startswith("late"):
             saw, msg, seconds, _ = attempt(call)
             later = attempt(call)
             report("stall", role="late", saw=saw, msg=msg, seconds=seconds, later=later[0],
