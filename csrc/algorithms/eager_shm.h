@@ -12,6 +12,11 @@
 // every rank's arrival at v - 1, which each made only after finishing v - 2.
 // So nobody still reads eager[v & 1] for v - 2.
 //
+// Fail-together: with nothing after the arrival, a rank that arrives after
+// its peers timed out would find their data and complete alone. The arrival
+// gate (ShmGroup::enter/give_up) orders every entry against giving up, so
+// that rank raises instead.
+//
 // Reductions combine all ranks' data in rank order, so every rank that
 // computes an element gets bitwise the same value.
 #pragma once
