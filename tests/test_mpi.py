@@ -69,6 +69,15 @@ CASES += [(P, f"default_config-{name}", GROUPS[name], [], DEFAULT_CONFIG)
 CASES += [(P, "default_config-two_nodes", GROUPS["reductions"] + GROUPS["api"], [], {**DEFAULT_CONFIG, **TWO_NODES})
           for P in (2, 4)]
 
+# Small allreduces that carry their agreement (tests/mpi/test_carried.py)
+# where ranks do not share one node: P = 2 and 3 as nodes of one rank or
+# unequal nodes (recursive doubling over MPI), P = 4 as two nodes of two
+# (where the hierarchical schedule would otherwise run), with a timeout
+# (arrival through rank 0) and without (the fingerprint check).
+CASES += [(P, "two_nodes-carried", ["test_carried.py"], [], TWO_NODES) for P in (2, 3, 4)]
+CASES += [(P, "default_config-two_nodes-carried", ["test_carried.py"], [], {**DEFAULT_CONFIG, **TWO_NODES})
+          for P in (2, 3, 4)]
+
 # Seconds one launch may take at P = 4 (fewer ranks: less, see _timeout).
 TIMEOUT_P4 = 300
 

@@ -19,7 +19,8 @@ from mpirun import mpiexec
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CLUSTER = os.path.join(ROOT, "tools", "netns_cluster.sh")
-FILES = ["tests/mpi/test_data_movement.py", "tests/mpi/test_reductions.py", "tests/mpi/test_api.py"]
+FILES = ["tests/mpi/test_data_movement.py", "tests/mpi/test_reductions.py", "tests/mpi/test_api.py",
+         "tests/mpi/test_carried.py"]
 
 pytestmark = pytest.mark.mpi
 
@@ -54,10 +55,10 @@ _WHERE = (
 )
 
 
-def _run(hosts, per_host, program, limit):
+def _run(hosts, per_host, program, limit, extra_env=None):
     cmd = [CLUSTER, "run", str(hosts), "--ranks-per-host", str(per_host), "--", *program]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**_env(), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -87,3 +88,17 @@ def test_collectives_across_hosts(hosts, per_host):
     assert " passed" in out and "failed" not in out, out[-20000:]
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert _env()["DISTML_NETNS_PREFIX"] not in left, f"namespaces left behind:\n{left}"
+
+
+@pytest.mark.parametrize("hosts,per_host", [(2, 2), (4, 1)], ids=["2x2", "4x1"])
+def test_carried_agreement_without_timeout(hosts, per_host):
+    # The multi-rank groups above run with a timeout (arrival through rank 0);
+    # the library's default has none, and small allreduces then carry the
+    # fingerprint check in recursive doubling's messages over TCP.
+    why = _usable()
+    if why:
+        pytest.skip(why)
+    out = _run(hosts, per_host, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 "tests/mpi/test_carried.py", "tests/mpi/test_errors.py"],
+               limit=300, extra_env={"DISTML_TEST_DEFAULT_CONFIG": "1"})
+    assert " passed" in out and "failed" not in out, out[-20000:]

@@ -325,6 +325,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
           [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_stream_bytes = v; }); })
+      .def_property(
+          "carry_bytes", [](engine::Communicator& s) { return s.settings().carry_bytes; },
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.carry_bytes = v; }); })
       .def("set_thresholds",
            [](engine::Communicator& s, std::size_t allreduce, std::size_t broadcast,
               std::size_t reduce) {
@@ -380,6 +383,7 @@ PYBIND11_MODULE(_core, m) {
         d["shm_single_copy_bytes"] = s.settings().shm_single_copy_bytes;
         d["shm_single_copy_max_bytes"] = s.settings().shm_single_copy_max_bytes;
         d["shm_stream_bytes"] = s.settings().shm_stream_bytes;
+        d["carry_bytes"] = s.settings().carry_bytes;
         return d;
       });
 

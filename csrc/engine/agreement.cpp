@@ -8,10 +8,12 @@
 #include <map>
 #include <sstream>
 
+#include "algorithms/carried.h"
 #include "algorithms/eager_shm.h"
 #include "common/error.h"
 #include "engine/communicator.h"
 #include "engine/internal.h"
+#include "kernels/reduce.h"
 
 namespace distml::engine {
 
@@ -38,7 +40,7 @@ struct Signature {
   // one may reuse) is never taken for a current one.
   std::uint64_t comm_id, seq;
 };
-static_assert(sizeof(Signature) == 128, "Signature must stay 128 bytes");
+static_assert(sizeof(Signature) == kSignatureBytes, "Signature must stay 128 bytes");
 
 Signature signature_of(const Call& c, const Plan& plan, std::uint64_t settings) {
   Signature s;
@@ -143,6 +145,7 @@ struct Verdict {
   std::int32_t count;
   std::uint64_t comm_id, seq;  // as in Signature
 };
+static_assert(sizeof(Verdict) == kVerdictBytes, "Verdict must stay 24 bytes");
 constexpr std::int32_t kAgreed = 0, kMismatch = 1, kTimedOut = 2;
 
 }  // namespace
@@ -153,8 +156,8 @@ void Communicator::coordinate(const Call& call, const Plan& plan) {
   mine.seq = seq_;
   switch (arrival_) {
     case Arrival::kShm: arrive_through_shm(call, mine, plan.has(kEager)); break;
-    case Arrival::kRoot: arrive_through_root(call, mine); break;
-    case Arrival::kFingerprint: check_fingerprints(call, mine); break;
+    case Arrival::kRoot: arrive_through_root(call, plan, mine); break;
+    case Arrival::kFingerprint: check_fingerprints(call, plan, mine); break;
     case Arrival::kNone: break;
   }
 }
@@ -231,23 +234,49 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
   if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
 
-// Without a deadline: every rank contributes a hash of its call's signature;
-// an allreduce of (max h, max ~h) tells every rank at once whether all hashes
-// agree. Only when they do not are the signatures themselves gathered, to say
-// what differs on which ranks. Either way every rank reaches the same
-// verdict, and no payload has moved, so the communicator stays usable.
-void Communicator::check_fingerprints(const Call& call, const Signature& mine) {
-  std::uint64_t h = fnv1a(&mine, sizeof mine);
-  std::uint64_t pair[2] = {h, ~h};
-  alg::Reduction max_u64(DType::kUInt64, Op::kMax);
-  alg::allreduce_recursive_doubling(*comm_, pair, pair, 2, max_u64);
-  if (pair[0] == ~pair[1]) return;
+// Without a deadline: every rank contributes a fingerprint of its call's
+// signature; recursive doubling combines (max h, max ~h), which tells every
+// rank at once whether all fingerprints agree. A small allreduce by
+// recursive doubling carries its data in the same messages
+// (algorithms/carried.h), so that its agreement and its data take one
+// round of messages; every other call sends the fingerprints alone, into
+// receive buffers as large as any carried message, so that ranks whose
+// calls differ still exchange the same messages. Only when the
+// fingerprints differ are the signatures themselves gathered, to say what
+// differs on which ranks; a carried result is then dropped before it
+// reaches `out`. Either way every rank reaches the same verdict, and the
+// communicator stays usable.
+void Communicator::check_fingerprints(const Call& call, const Plan& plan, const Signature& mine) {
+  const bool carried = plan.has(kCarried) && !call.invalid;
+  const std::size_t bytes = carried ? call.count * dtype_size(call.dtype) : 0;
+  auto& scratch = comm_->scratch();
+  char* msg = scratch.take(alg::kCarriedHeaderBytes + bytes);
+  char* tmp = scratch.take(alg::kCarryCapacity);
+  auto* header = reinterpret_cast<alg::CarriedHeader*>(msg);
+  const std::uint64_t h = fnv1a(&mine, sizeof mine);
+  *header = alg::CarriedHeader{h, ~h, 0, 0};
+  if (carried) {
+    std::memcpy(msg + alg::kCarriedHeaderBytes, call.in, bytes);
+    const alg::Reduction red(call.dtype, call.op);
+    alg::allreduce_carried(*comm_, msg, tmp, call.count, &red);
+  } else {
+    alg::allreduce_carried(*comm_, msg, tmp, 0, nullptr);
+  }
+  if (alg::carried_agreed(*header)) {
+    if (carried) finish_carried(call, msg + alg::kCarriedHeaderBytes);
+    return;
+  }
 
   std::vector<Signature> sigs(size_);
   sigs[rank_] = mine;
   alg::Blocks blocks{sizeof(Signature) * size_, size_, sizeof(Signature)};
   alg::allgather_ring(*comm_, sigs.data(), blocks, 1, settings_.tuning);
   DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
+}
+
+void Communicator::finish_carried(const Call& call, const void* result) const {
+  std::memcpy(call.out, result, call.count * dtype_size(call.dtype));
+  if (call.op == Op::kAvg) kernels::scale_avg(call.out, call.count, call.dtype, static_cast<std::size_t>(size_));
 }
 
 // With a deadline: every rank reports its arrival (and its signature) to
@@ -257,12 +286,25 @@ void Communicator::check_fingerprints(const Call& call, const Signature& mine) {
 // raises naming them. Otherwise it answers with the verdict of the mismatch
 // check. Non-root ranks wait a short grace period past their own deadline
 // for that answer; hearing nothing means rank 0 itself never arrived.
-void Communicator::arrive_through_root(const Call& call, const Signature& mine) {
+//
+// A small allreduce carries its data in the same round (kCarried): each
+// rank's input follows its signature, rank 0 reduces them in rank order
+// once all have arrived and agreed, and the result follows the verdict, so
+// the arrival round is the whole collective and fails together exactly as
+// before. Every call receives into buffers with room for a carried payload
+// (root_carry_bytes(), a function of the size alone), so that ranks whose
+// calls differ still exchange the same messages.
+void Communicator::arrive_through_root(const Call& call, const Plan& plan, const Signature& mine) {
   auto& comm = *comm_;
   const int P = size_;
   const double timeout = settings_.timeout;
   const bool deadline = comm.has_deadline();  // none if the timeout was unset after creation
-  // The size of what follows a verdict, so that a stale one can be skipped.
+  const bool carried = plan.has(kCarried) && !call.invalid;
+  const std::size_t bytes = carried ? call.count * dtype_size(call.dtype) : 0;
+  const std::size_t room = root_carry_bytes();
+  auto& scratch = comm.scratch();
+  // The size of what follows a verdict, so that a stale one can be skipped
+  // (a carried result travels in the verdict's own message).
   auto payload_bytes = [&](const Verdict& v) -> std::size_t {
     if (v.status == kMismatch) return sizeof(Signature) * static_cast<std::size_t>(v.count);
     if (v.status == kTimedOut) return sizeof(std::int32_t) * static_cast<std::size_t>(v.count);
@@ -270,24 +312,32 @@ void Communicator::arrive_through_root(const Call& call, const Signature& mine) 
   };
 
   if (rank_ != 0) {
-    Request sent = comm.isend(&mine, sizeof mine, 0, alg::kTagArrival);
+    char* arrival = scratch.take(sizeof(Signature) + bytes);
+    std::memcpy(arrival, &mine, sizeof mine);
+    if (carried) std::memcpy(arrival + sizeof(Signature), call.in, bytes);
+    char* answer_buf = scratch.take(sizeof(Verdict) + room);
+    Request sent = comm.isend(arrival, sizeof(Signature) + bytes, 0, alg::kTagArrival);
     Verdict v{};
     const double grace = std::min(1.0, 0.25 * timeout) + timeout;
     for (;;) {
-      Request answer = comm.irecv(&v, sizeof v, 0, alg::kTagVerdict);
+      Request answer = comm.irecv(answer_buf, sizeof(Verdict) + room, 0, alg::kTagVerdict);
       for (long polls = 0; !comm.test(answer); ++polls) {
         transport::MpiComm::pause(polls);
         if (deadline && (polls & 63) == 0 && comm.elapsed() > grace) {
           DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
         }
       }
+      std::memcpy(&v, answer_buf, sizeof v);
       if (v.comm_id == comm_id_ && v.seq == seq_) break;
       std::vector<char> stale(payload_bytes(v));  // left over from an earlier collective
       if (!stale.empty()) comm.recv(stale.data(), stale.size(), 0, alg::kTagVerdict);
     }
     comm.start_deadline(timeout);  // the payload follows the answer at once
     comm.wait(sent);
-    if (v.status == kAgreed) return;
+    if (v.status == kAgreed) {
+      if (carried) finish_carried(call, answer_buf + sizeof(Verdict));
+      return;
+    }
     if (v.status == kMismatch) {
       std::vector<Signature> sigs(P);
       comm.recv(sigs.data(), sizeof(Signature) * P, 0, alg::kTagVerdict);
@@ -298,12 +348,17 @@ void Communicator::arrive_through_root(const Call& call, const Signature& mine) 
     DISTML_THROW(Timeout, rank_list(missing) << " never arrived");
   }
 
+  // Rank 0: one receive buffer per other rank, a signature and room for a
+  // carried input (as agreement_scratch reserved).
+  const std::size_t slot = Scratch::rounded(sizeof(Signature) + room);
+  char* slots = scratch.take(slot * static_cast<std::size_t>(P - 1));
+  auto slot_of = [&](int r) { return slots + slot * static_cast<std::size_t>(r - 1); };
   std::vector<Signature> sigs(P);
   sigs[0] = mine;
   std::vector<Request> arrivals(P);
   std::vector<char> arrived(P, 0);
   arrived[0] = 1;
-  for (int r = 1; r < P; ++r) arrivals[r] = comm.irecv(&sigs[r], sizeof(Signature), r, alg::kTagArrival);
+  for (int r = 1; r < P; ++r) arrivals[r] = comm.irecv(slot_of(r), sizeof(Signature) + room, r, alg::kTagArrival);
   int pending = P - 1;
   bool warned = false;
   const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
@@ -315,9 +370,10 @@ void Communicator::arrive_through_root(const Call& call, const Signature& mine) 
   for (long polls = 0; pending > 0; ++polls) {
     for (int r = 1; r < P; ++r) {
       if (!arrived[r] && comm.test(arrivals[r])) {
+        std::memcpy(&sigs[r], slot_of(r), sizeof(Signature));
         if (sigs[r].comm_id != comm_id_ || sigs[r].seq != seq_) {
           // left over from an earlier collective: listen again
-          arrivals[r] = comm.irecv(&sigs[r], sizeof(Signature), r, alg::kTagArrival);
+          arrivals[r] = comm.irecv(slot_of(r), sizeof(Signature) + room, r, alg::kTagArrival);
           continue;
         }
         arrived[r] = 1;
@@ -358,10 +414,29 @@ void Communicator::arrive_through_root(const Call& call, const Signature& mine) 
   bool agreed = true;
   for (int r = 1; r < P; ++r) {
     agreed = agreed && (settings_.check ? same_signature(sigs[r], sigs[0]) : !sigs[r].invalid);
+    // Without the check, a carried input is still reduced (and a carried
+    // result awaited) only where every rank's call is alike in size and kind.
+    if (!settings_.check && ((sigs[r].variant | mine.variant) & kCarried)) {
+      agreed = agreed && sigs[r].kind == mine.kind && sigs[r].dtype == mine.dtype && sigs[r].op == mine.op &&
+               sigs[r].count == mine.count && sigs[r].variant == mine.variant;
+    }
   }
   agreed = agreed && !sigs[0].invalid;
   Verdict v{agreed ? kAgreed : kMismatch, agreed ? 0 : P, comm_id_, seq_};
   std::vector<Request> sends;
+  if (agreed && carried) {
+    // The reduction of every rank's input, in rank order, after the verdict.
+    char* answer = scratch.take(sizeof(Verdict) + bytes);
+    char* result = answer + sizeof(Verdict);
+    std::memcpy(answer, &v, sizeof v);
+    std::memcpy(result, call.in, bytes);
+    const alg::Reduction red(call.dtype, call.op);
+    for (int r = 1; r < P; ++r) red.combine(result, slot_of(r) + sizeof(Signature), call.count);
+    for (int r = 1; r < P; ++r) sends.push_back(comm.isend(answer, sizeof(Verdict) + bytes, r, alg::kTagVerdict));
+    comm.wait_all(sends);
+    finish_carried(call, result);
+    return;
+  }
   for (int r = 1; r < P; ++r) {
     sends.push_back(comm.isend(&v, sizeof v, r, alg::kTagVerdict));
     if (!agreed) sends.push_back(comm.isend(sigs.data(), sizeof(Signature) * P, r, alg::kTagVerdict));

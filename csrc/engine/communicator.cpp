@@ -164,13 +164,13 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
   // so that a failure here reaches every rank through it.
-  const std::size_t agreement_scratch = Scratch::rounded(2 * sizeof(std::uint64_t));
+  const std::size_t no_data = agreement_scratch(0);
   try {
-    comm_->scratch().reserve(call.invalid ? agreement_scratch : plan.scratch);
+    comm_->scratch().reserve(call.invalid ? no_data : plan.scratch);
     if (across_) across_->scratch().reserve(call.invalid ? 0 : plan.scratch_across);
   } catch (const std::bad_alloc&) {
     call.invalid = kNoMemory;
-    comm_->scratch().reserve(agreement_scratch);
+    comm_->scratch().reserve(no_data);
   }
   start_deadline();
   bool arrived = false;

@@ -115,8 +115,10 @@ struct Plan {
 };
 // Variant bits: the data travels with the arrival (shared memory, small
 // calls); peers' memory is read directly (cross-memory attach); in place in a
-// node-shared window; results written with streaming stores.
-constexpr std::uint8_t kEager = 1, kCrossMemory = 2, kInWindow = 4, kStream = 8;
+// node-shared window; results written with streaming stores; the data
+// travels in the agreement's own messages (across nodes, small allreduce by
+// recursive doubling; algorithms/carried.h).
+constexpr std::uint8_t kEager = 1, kCrossMemory = 2, kInWindow = 4, kStream = 8, kCarried = 16;
 std::string variant_name(Algo algo, std::uint8_t variant);
 
 struct Settings {
@@ -154,6 +156,15 @@ struct Settings {
   // during the collective with streaming stores, past the cache.
   std::size_t shm_stream_bytes = 8 << 20;
   bool shm = true;  // use the node's shared memory when every rank is on one node
+  // Where ranks do not share one node and they agree on each call (the
+  // mismatch check, or a timeout), allreduce up to this size moves its data
+  // in the agreement's own messages: recursive doubling whose messages carry
+  // the fingerprints (no timeout), or the arrival round through rank 0
+  // (timeout), so that checking and reducing take one round of messages.
+  // `auto` then takes recursive doubling on nodes of several ranks too.
+  // Capped at algorithms::kCarryMaxBytes (through rank 0: that shared by
+  // the other ranks).
+  std::size_t carry_bytes = 64 << 10;
   // Measured choices (distml.tune): per collective, (max bytes, algorithm)
   // rows in increasing size; the first row that fits and can run here wins
   // over the defaults above.
@@ -285,8 +296,19 @@ class Communicator {
   // broken; without a timeout, ends the job (see the definition).
   [[noreturn]] void fail_after_agreement(const Call& call, std::uint64_t seq, const char* what);
   void coordinate(const Call& call, const Plan& plan);
-  void check_fingerprints(const Call& call, const Signature& mine);
-  void arrive_through_root(const Call& call, const Signature& mine);
+  void check_fingerprints(const Call& call, const Plan& plan, const Signature& mine);
+  void arrive_through_root(const Call& call, const Plan& plan, const Signature& mine);
+  // The most bytes an allreduce carries in the agreement's messages here
+  // (0: none); the same on every rank whose settings agree.
+  std::size_t carry_limit() const;
+  // The payload room of every message of the arrival round through rank 0.
+  std::size_t root_carry_bytes() const;
+  // Whether `call` moves its data in the agreement's messages (kCarried).
+  bool carried(const Call& call, Algo algo) const;
+  // Scratch the agreement takes, carrying `carried_bytes` of data.
+  std::size_t agreement_scratch(std::size_t carried_bytes) const;
+  // Writes a carried, agreed result to `out` (finishing an average).
+  void finish_carried(const Call& call, const void* result) const;
   void arrive_through_shm(const Call& call, const Signature& mine, bool eager);
   // Whether `call` moves its data with the arrival on one node (small
   // collectives other than alltoall; see ShmControl::eager): the same answer

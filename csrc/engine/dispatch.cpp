@@ -21,6 +21,9 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
   const Algo algo = plan.algo;
   const bool stream = plan.has(kStream);
 
+  // The agreement moved the data and wrote the result (agreement.cpp).
+  if (plan.has(kCarried)) return;
+
   if (plan.has(kEager)) {
     // Every rank has arrived, with its data (arrive_through_shm).
     auto& shm = shm_group();

@@ -22,6 +22,10 @@ inline std::uint64_t fnv1a(const void* data, std::size_t n) {
   return h;
 }
 
+// The sizes of the agreement's messages (agreement.cpp): a call's Signature,
+// and rank 0's Verdict when arrivals go through it.
+constexpr std::size_t kSignatureBytes = 128, kVerdictBytes = 24;
+
 inline bool is_variable(Kind kind) { return kind == Kind::kAlltoallv || kind == Kind::kAllgatherv; }
 
 inline bool is_reduction(Kind kind) {

@@ -63,6 +63,7 @@ std::string variant_name(Algo algo, std::uint8_t variant) {
   if (variant & kCrossMemory) name += " (cross-memory reads of peers' arrays)";
   if (variant & kInWindow) name += " (in place in a shared window)";
   if (variant & kStream) name += " (streaming stores)";
+  if (variant & kCarried) name += " (data carried with the agreement)";
   return name;
 }
 

@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "algorithms/carried.h"
 #include "algorithms/eager_shm.h"
 #include "common/aligned_buffer.h"
 #include "common/error.h"
@@ -36,7 +37,13 @@ Algo Communicator::resolve(const Call& call) const {
         return Algo::kRing;
       }
       if (one_node_) return Algo::kShm;
-      if (across_) return Algo::kHierarchical;
+      // Small calls carry their agreement in recursive doubling's messages,
+      // one round of messages where the hierarchical schedule would follow
+      // a round of its own.
+      if (across_) {
+        const bool carry = bytes > 0 && bytes <= carry_limit() && bytes <= settings_.allreduce_small_bytes;
+        return carry ? Algo::kRecursiveDoubling : Algo::kHierarchical;
+      }
       return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
     case Kind::kReduce:
       if (one_node_) return Algo::kShm;
@@ -67,7 +74,13 @@ Plan Communicator::plan(const Call& c) const {
   const int P = size_;
   const bool in_place = c.in == c.out;
   auto R = [](std::size_t n) { return Scratch::rounded(n); };
-  std::size_t s = R(2 * sizeof(std::uint64_t));  // check_fingerprints
+  std::size_t s = agreement_scratch(0);
+  if (carried(c, p.algo)) {
+    // No schedule follows: the agreement moves the data.
+    p.variant |= kCarried;
+    p.scratch = agreement_scratch(bytes);
+    return p;
+  }
   if (eager(c, p.algo)) {
     p.variant |= kEager;
     p.scratch = s;
@@ -159,6 +172,42 @@ bool Communicator::eager(const Call& call, Algo algo) const {
          !is_variable(call.kind);
 }
 
+std::size_t Communicator::root_carry_bytes() const {
+  // Rank 0 receives every other rank's message at once: they share the cap.
+  // (64-byte multiples, so that its receive buffers stay aligned.)
+  if (size_ < 2) return 0;
+  return alg::kCarryMaxBytes / static_cast<std::size_t>(size_ - 1) / 64 * 64;
+}
+
+std::size_t Communicator::carry_limit() const {
+  if (arrival_ == Arrival::kFingerprint) return std::min(settings_.carry_bytes, alg::kCarryMaxBytes);
+  if (arrival_ == Arrival::kRoot) return std::min(settings_.carry_bytes, root_carry_bytes());
+  return 0;
+}
+
+bool Communicator::carried(const Call& call, Algo algo) const {
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
+  return call.kind == Kind::kAllreduce && algo == Algo::kRecursiveDoubling && !call.invalid && bytes > 0 &&
+         bytes <= carry_limit();
+}
+
+// Every call's agreement receives into buffers as large as any carried
+// message (algorithms/carried.h), so that it can meet a peer whose call
+// carries data.
+std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
+  auto R = [](std::size_t n) { return Scratch::rounded(n); };
+  switch (arrival_) {
+    case Arrival::kFingerprint: return R(alg::kCarriedHeaderBytes + carried_bytes) + R(alg::kCarryCapacity);
+    case Arrival::kRoot:
+      if (rank_ == 0) {
+        const std::size_t slot = R(kSignatureBytes + root_carry_bytes());
+        return R(slot * static_cast<std::size_t>(size_ - 1)) + R(kVerdictBytes + carried_bytes);
+      }
+      return R(kSignatureBytes + carried_bytes) + R(kVerdictBytes + root_carry_bytes());
+    default: return 0;
+  }
+}
+
 void Communicator::rehash_settings() {
   // Everything that selects or shapes a schedule; not the timeout's value or
   // the stall warning, which only decide when a rank gives up or speaks.
@@ -168,7 +217,7 @@ void Communicator::rehash_settings() {
      << s.allreduce_small_bytes << ' ' << s.broadcast_small_bytes << ' ' << s.reduce_small_bytes << ' '
      << s.pair_ring_min_bytes << ' ' << s.pair_ring_max_bytes << ' ' << s.shm_slot_bytes << ' '
      << s.shm_one_shot_bytes << ' ' << s.shm_single_copy_bytes << ' ' << s.shm_single_copy_max_bytes << ' '
-     << s.shm_stream_bytes << ' ' << s.shm;
+     << s.shm_stream_bytes << ' ' << s.shm << ' ' << s.carry_bytes;
   for (const auto& rows : s.table) {
     os << " |";
     for (const auto& [bytes, algo] : rows) os << ' ' << bytes << ':' << static_cast<int>(algo);
@@ -202,6 +251,7 @@ std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Setting
       {"shm_single_copy_bytes (DISTML_SHM_SINGLE_COPY_BYTES)", s.shm_single_copy_bytes},
       {"shm_single_copy_max_bytes (DISTML_SHM_SINGLE_COPY_MAX_BYTES)", s.shm_single_copy_max_bytes},
       {"shm_stream_bytes (DISTML_SHM_STREAM_BYTES)", s.shm_stream_bytes},
+      {"carry_bytes (DISTML_CARRY_BYTES)", s.carry_bytes},
   };
   // What the named fields do not cover (the tune table, the window, ...).
   f.push_back({"tune table or other settings", hash});

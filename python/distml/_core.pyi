@@ -67,6 +67,7 @@ class Communicator:
     shm_single_copy_bytes: int
     shm_single_copy_max_bytes: int
     shm_stream_bytes: int
+    carry_bytes: int
     one_node: bool
     hierarchical: bool
     def __init__(

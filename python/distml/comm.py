@@ -60,9 +60,10 @@ def _abandon_all() -> None:
 atexit.register(_abandon_all)
 
 
-# Size settings of the shared-memory schedules that the environment may set
-# (bytes): variable -> attribute of the core communicator.
+# Size settings of the schedules that the environment may set (bytes):
+# variable -> attribute of the core communicator.
 _SHM_SIZE_ENV = {
+    "DISTML_CARRY_BYTES": "carry_bytes",
     "DISTML_SHM_ONE_SHOT_BYTES": "shm_one_shot_bytes",
     "DISTML_SHM_SINGLE_COPY_BYTES": "shm_single_copy_bytes",
     "DISTML_SHM_SINGLE_COPY_MAX_BYTES": "shm_single_copy_max_bytes",

@@ -1,0 +1,87 @@
+// Recursive doubling whose messages carry the agreement (carried.h).
+//
+// The schedule is allreduce_recursive_doubling's: with P2 the largest power
+// of two <= P and R = P - P2, the first 2R ranks pair up and each even one
+// hands its message to the odd one above it and sits out; the P2 others run
+// log2(P2) exchange steps; the odd ranks hand the result back. Each step
+// moves a whole message (header + payload) and combines both parts: the
+// fingerprints by max, the payload by the reduction when the peer's has this
+// rank's size. Both sides of an exchange compute a op b with commutative
+// ops, so every rank ends with bitwise the same message.
+//
+// A rank that sat out receives the final message into `tmp` (its peer's
+// payload may be larger than its own, when their calls differ) and keeps
+// the header, and the payload only if it has its own size.
+#include <algorithm>
+#include <cstring>
+
+#include "algorithms/carried.h"
+
+namespace distml::algorithms {
+
+namespace {
+
+// Folds a received message into this rank's.
+void combine_message(char* msg, const char* got, std::size_t count, const Reduction* red) {
+  auto* mine = reinterpret_cast<CarriedHeader*>(msg);
+  const auto* theirs = reinterpret_cast<const CarriedHeader*>(got);
+  mine->hash = std::max(mine->hash, theirs->hash);
+  mine->inverse = std::max(mine->inverse, theirs->inverse);
+  if (count > 0 && theirs->bytes == mine->bytes) red->combine(msg + kCarriedHeaderBytes, got + kCarriedHeaderBytes, count);
+}
+
+}  // namespace
+
+void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, const Reduction* red) {
+  const int P = comm.size(), r = comm.rank();
+  auto* header = reinterpret_cast<CarriedHeader*>(msg);
+  header->bytes = count > 0 ? count * red->elem : 0;
+  const std::size_t bytes = kCarriedHeaderBytes + header->bytes;
+  if (P == 1) return;
+
+  int p2 = 1;
+  while (p2 * 2 <= P) p2 *= 2;
+  const int rem = P - p2;
+
+  // Fold the leftover ranks in.
+  int vrank;
+  if (r < 2 * rem) {
+    if (r % 2 == 0) {
+      comm.send(msg, bytes, r + 1, kTagFingerprint);
+      vrank = -1;
+    } else {
+      comm.recv(tmp, kCarryCapacity, r - 1, kTagFingerprint);
+      combine_message(msg, tmp, count, red);
+      vrank = r / 2;
+    }
+  } else {
+    vrank = r - rem;
+  }
+
+  // Exchange and combine along each bit of the renumbered rank.
+  if (vrank >= 0) {
+    for (int mask = 1; mask < p2; mask <<= 1) {
+      const int vpeer = vrank ^ mask;
+      const int peer = vpeer < rem ? vpeer * 2 + 1 : vpeer + rem;
+      comm.sendrecv(msg, bytes, peer, tmp, kCarryCapacity, peer, kTagFingerprint);
+      combine_message(msg, tmp, count, red);
+    }
+  }
+
+  // Hand the result back to the ranks that sat out.
+  if (r < 2 * rem) {
+    if (r % 2 == 0) {
+      comm.recv(tmp, kCarryCapacity, r + 1, kTagFingerprint);
+      const auto* final_header = reinterpret_cast<const CarriedHeader*>(tmp);
+      header->hash = final_header->hash;
+      header->inverse = final_header->inverse;
+      if (count > 0 && final_header->bytes == header->bytes) {
+        std::memcpy(msg + kCarriedHeaderBytes, tmp + kCarriedHeaderBytes, header->bytes);
+      }
+    } else {
+      comm.send(msg, bytes, r - 1, kTagFingerprint);
+    }
+  }
+}
+
+}  // namespace distml::algorithms

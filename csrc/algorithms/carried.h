@@ -1,0 +1,55 @@
+// The agreement carried by the data: a small collective whose every message
+// starts with a header holding the ranks' call fingerprints, so that the
+// check before the collective and the collective itself are one schedule.
+//
+// Vocabulary: a message is a CarriedHeader followed by a payload of
+// `header.bytes` bytes; a rank whose call carries no data (or cannot run)
+// sends the header alone. The capacity is the most bytes any rank may send
+// in one message: kCarriedHeaderBytes + kCarryMaxBytes, a constant and not a
+// setting, so that ranks whose settings or calls differ still never send
+// more than a peer has room for.
+//
+// Compatibility invariant (a broken one is a truncation error or a hang):
+// every call on a communicator that checks by fingerprints runs
+// allreduce_carried, with the same peers, steps and tag whatever the call,
+// and receives into the full capacity. Ranks whose calls differ therefore
+// still exchange the same messages and reach the same verdict: their
+// fingerprints differ, and payloads of a different size are never combined.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "algorithms/schedule.h"
+
+namespace distml::algorithms {
+
+struct CarriedHeader {
+  // Combined by max over all ranks: the fingerprints agree iff, at the end,
+  // hash == ~inverse (the largest fingerprint is also the smallest).
+  std::uint64_t hash, inverse;
+  // The sender's payload, in bytes (not combined).
+  std::uint64_t bytes;
+  std::uint64_t reserved;  // keeps the payload 32-byte aligned in a 64-byte aligned message
+};
+constexpr std::size_t kCarriedHeaderBytes = sizeof(CarriedHeader);
+static_assert(kCarriedHeaderBytes == 32, "CarriedHeader must stay 32 bytes");
+
+// The most payload one message may carry.
+constexpr std::size_t kCarryMaxBytes = std::size_t{64} << 10;
+constexpr std::size_t kCarryCapacity = kCarriedHeaderBytes + kCarryMaxBytes;
+
+// Recursive doubling (as allreduce_recursive_doubling: any P, leftover ranks
+// folded in and out) on `msg`, a header followed by `count` elements of
+// `red` (`red` may be null when `count` is 0). On return every rank's
+// header holds the max over all ranks' fingerprints, and, where every rank
+// sent a payload of this rank's size, the payload holds the reduction of
+// all ranks' payloads (averages not finished), bitwise the same everywhere.
+// `tmp` has room for kCarryCapacity bytes.
+void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, const Reduction* red);
+
+// Whether the headers at the end of allreduce_carried say every rank's
+// fingerprint was the same.
+inline bool carried_agreed(const CarriedHeader& h) { return h.hash == ~h.inverse; }
+
+}  // namespace distml::algorithms

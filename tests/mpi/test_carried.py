@@ -1,0 +1,147 @@
+"""Small allreduces that carry the agreement in their own messages
+(algorithms/carried.h): where ranks do not share one node, the mismatch
+check's fingerprints (no timeout) or signatures (through rank 0, with a
+timeout) travel with the data, so checking and reducing take one round of
+messages.
+
+Results against numpy at sizes up to and past the carried limit, with the
+check on and off, blocking and async; mismatched calls (count, dtype, op,
+kind, algorithm, a carried call against one too large to be carried)
+raising MismatchError on every rank with ``out`` left untouched, and the
+communicator usable afterwards. On one node (or P = 1) the same calls take
+other paths and the results are checked all the same; tests/test_mpi.py
+runs this file on two pretend nodes (MPIR_CVAR_NUM_CLIQUES=2) with and
+without a timeout, and tests/test_netns.py across virtual hosts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distml
+from conftest import COMM_TIMEOUT
+from mpi_helpers import BF16, Checker, call, inputs, reduce_ref, reduction_cases
+
+# Bytes: tiny, odd, around the smallest carried limit (64 KiB shared by P - 1
+# peers through rank 0 at P = 4: 21 KiB), at and past the largest (64 KiB).
+SIZES = [4, 8, 28, 1000, 4096, 20000, 24000, 65536, 65540]
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16, np.dtype(np.int32),
+          np.dtype(np.uint8)]
+
+
+def _across_nodes(comm) -> bool:
+    return comm.size > 1 and not comm._core.one_node
+
+
+def _schedules(comm):
+    return [e["schedule"] for e in comm._core.drain_trace()]
+
+
+def _check_results(comm, check, label):
+    P, rank = comm.size, comm.rank
+    comm._core.drain_trace()
+    comm._core.set_trace(True)
+    carried_at = {}
+    try:
+        for dtype in DTYPES:
+            for nbytes in SIZES:
+                count = max(1, nbytes // dtype.itemsize)
+                for op, kind, mode in reduction_cases(dtype):
+                    key = ("carried", label, str(dtype), op, kind, count)
+                    xs = inputs(key, dtype, (count,), kind, P)
+                    x = xs[rank]
+                    before = x.copy()
+                    got = call(lambda: comm.allreduce(x, op=op))
+                    what = f"{label} {dtype} count={count} op={op}"
+                    check.expect(what, got, reduce_ref(xs, op), mode, dtype=dtype)
+                    check.expect(what + " input unchanged", x, before, "bits")
+                    # out= and in place.
+                    out = np.full(count, 3, dtype=dtype)
+                    got = call(lambda: comm.allreduce(x, op=op, out=out))
+                    check.expect(what + " out=", got, reduce_ref(xs, op), mode, dtype=dtype, same=out)
+                    y = x.copy()
+                    got = call(lambda: comm.allreduce(y, op=op, out=y))
+                    check.expect(what + " in place", got, reduce_ref(xs, op), mode, dtype=dtype, same=y)
+                    carried_at[count * dtype.itemsize] = any("carried" in s for s in _schedules(comm))
+        # Async calls queue behind one another and still carry their check.
+        xs = inputs(("carried async", label), np.dtype(np.float32), (5,), "small", P)
+        handles = [comm.allreduce(xs[rank] * (i + 1), async_op=True) for i in range(4)]
+        for i, h in enumerate(handles):
+            check.expect(f"{label} async #{i}", call(h.wait), reduce_ref(xs, "sum") * (i + 1), "exact",
+                         dtype=np.float32)
+    finally:
+        comm._core.set_trace(False)
+        comm._core.drain_trace()
+    return carried_at
+
+
+def test_carried_results(comm_default):
+    comm = comm_default
+    check = Checker(comm.size)
+    carried_at = _check_results(comm, check, "check on")
+    # Where ranks do not share a node and the check is on, tiny allreduces
+    # carry it; nothing above the largest limit does.
+    if _across_nodes(comm):
+        check.expect_true(f"8 bytes carried ({carried_at})", carried_at.get(8))
+    check.expect_true(f"65540 bytes not carried ({carried_at})", not carried_at.get(65540))
+    check.verify()
+
+
+def test_carried_results_check_off(world):
+    comm = distml.Communicator(world, check=False, timeout=COMM_TIMEOUT)
+    try:
+        check = Checker(comm.size)
+        carried_at = _check_results(comm, check, "check off")
+        # Without a check and without a timeout there is no agreement to carry.
+        if COMM_TIMEOUT is None:
+            check.expect_true(f"nothing carried without an agreement ({carried_at})", not any(carried_at.values()))
+        check.verify()
+    finally:
+        comm.free()
+
+
+def _mismatches(P: int, rank: int):
+    """(label, this rank's call) where rank 0's call differs from the others'."""
+    odd = rank == 0
+    f32 = np.arange(4, dtype=np.float32)
+    return [
+        ("count", lambda c, out: c.allreduce(np.arange(5 if odd else 4, dtype=np.float32),
+                                             out=out if not odd else None)),
+        ("count, one call too large to carry", lambda c, out: c.allreduce(
+            np.ones(40000, np.float32) if odd else f32, out=None if odd else out)),
+        ("count, every other call too large", lambda c, out: c.allreduce(
+            f32 if odd else np.ones(40000, np.float32), out=out if odd else None)),
+        ("dtype, same bytes", lambda c, out: c.allreduce(np.arange(2, dtype=np.float64) if odd else f32,
+                                                         out=None if odd else out)),
+        ("dtype", lambda c, out: c.allreduce(np.arange(4, dtype=np.int32) if odd else f32,
+                                             out=None if odd else out)),
+        ("op", lambda c, out: c.allreduce(f32, op="max" if odd else "sum", out=out)),
+        ("op avg/sum", lambda c, out: c.allreduce(f32, op="avg" if odd else "sum", out=out)),
+        ("algorithm", lambda c, out: c.allreduce(f32, algorithm="mpi" if odd else "auto", out=out)),
+        ("allreduce against broadcast", lambda c, out: c.broadcast(f32.copy()) if odd else c.allreduce(f32, out=out)),
+        ("allreduce against barrier", lambda c, out: c.barrier() if rank == P - 1 else c.allreduce(f32, out=out)),
+        ("allreduce against allgather", lambda c, out: c.allgather(f32) if odd else c.allreduce(f32, out=out)),
+    ]
+
+
+def test_carried_mismatch_every_rank_raises(comm_default, world):
+    comm = comm_default
+    P, rank = comm.size, comm.rank
+    if P < 2:
+        pytest.skip("a mismatch needs two ranks")
+    check = Checker(P)
+    f32 = np.arange(4, dtype=np.float32)
+    for label, run in _mismatches(P, rank):
+        out = np.full(4, -7, dtype=np.float32)
+        got = call(lambda: run(comm, out))
+        check.expect_raises(label, got, distml.MismatchError)
+        # The result of a carried call that did not agree never reaches out.
+        check.expect(label + ": out untouched", out, np.full(4, -7, dtype=np.float32), "bits")
+        check.expect(label + ": next allreduce", call(lambda: comm.allreduce(f32)), f32 * P)
+    # The message names what differs, and where.
+    got = call(lambda: comm.allreduce(np.arange(2, dtype=np.float64) if rank == 0 else f32))
+    check.expect_true("message names both dtypes",
+                      isinstance(got, distml.MismatchError) and "float64 on rank 0" in str(got)
+                      and "float32 on rank" in str(got))
+    check.verify()
