@@ -12,7 +12,8 @@ some ranks only leaves the ranks at different points of the file, and every
 later test then fails for that reason alone.
 
     python tools/horovod_suite.py --file /tmp/hvdtest/test_torch.py \
-        --shim /tmp/hvdshim --sizes 1 2 3 --timeout 120 --json out.json
+        --shim /tmp/hvdshim --sizes 1 2 3 --timeout 120 --json out.json \
+        --lock /tmp/distml-quiet.lock
 
 Nothing is fetched or written except the optional JSON results file.
 """
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -62,7 +65,30 @@ def verdict(returncode, out: str) -> str:
     return "passed"
 
 
-def run_one(mpiexec: str, python: str, node: str, n: int, timeout: float, env: Dict[str, str]) -> Tuple[str, str, float]:
+@contextlib.contextmanager
+def shared_lock(path: str):
+    """Holds a shared flock on ``path`` (nothing if empty): on a machine
+    shared with benchmarks, each launch waits while a benchmark holds the
+    lock exclusively, and the wait does not count towards the time limit."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    time.sleep(1.0)  # a benchmark waiting for the lock exclusively gets it before the next launch
+
+
+def run_one(mpiexec: str, python: str, node: str, n: int, timeout: float, env: Dict[str, str],
+            lock: str = "") -> Tuple[str, str, float]:
+    with shared_lock(lock):
+        return _launch(mpiexec, python, node, n, timeout, env)
+
+
+def _launch(mpiexec: str, python: str, node: str, n: int, timeout: float, env: Dict[str, str]) -> Tuple[str, str, float]:
     cmd = [mpiexec, "-n", str(n), python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", node]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -88,6 +114,7 @@ def main() -> int:
     ap.add_argument("--logs", default="", help="directory for each failing launch's output")
     ap.add_argument("--jobs", type=int, default=1, help="launches run at once (on a shared machine, 1)")
     ap.add_argument("--first", type=int, default=0, help="start at this test (index in the file)")
+    ap.add_argument("--lock", default="", help="hold a shared flock on this file during each launch")
     args = ap.parse_args()
 
     bindir = os.path.dirname(sys.executable)
@@ -102,7 +129,7 @@ def main() -> int:
     def one(job: Tuple[str, int]) -> None:
         node, n = job
         name = node.rsplit("::", 1)[-1]
-        v, out, secs = run_one(mpiexec, sys.executable, node, n, args.timeout, env)
+        v, out, secs = run_one(mpiexec, sys.executable, node, n, args.timeout, env, args.lock)
         results[name][n] = v
         print(f"{name:55s} n={n} {v:8s} {secs:6.1f}s", flush=True)
         if v in ("failed", "hung") and args.logs:
