@@ -462,5 +462,6 @@ PYBIND11_MODULE(_core, m) {
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), dtype, divisor);
   });
   void bind_buffers(py::module_&); bind_buffers(m);  // the gradient buffer: csrc/bindings/buffers.cpp
+  void bind_result_pool(py::module_&); bind_result_pool(m);  // collectives' new results: csrc/bindings/result_pool.cpp
   void register_ps(py::module_&); register_ps(m);  // the parameter server: csrc/bindings/ps.cpp
 }

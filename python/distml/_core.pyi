@@ -56,6 +56,14 @@ class SharedBuffer:
     nbytes: int
     id: int
 
+class ResultPool:
+    """Memory for collectives' new results, kept mapped for reuse (csrc/buffers/result_pool.h)."""
+    cap_bytes: int
+    def __init__(self, cap_bytes: int) -> None: ...
+    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict: ...
+
 class Communicator:
     rank: int
     size: int

@@ -71,6 +71,26 @@ _SHM_SIZE_ENV = {
 }
 
 
+# New results (``y = comm.allreduce(x)``) from this size on come from the
+# communicator's result pool (see Communicator._empty); smaller ones from
+# numpy, whose allocator already reuses small blocks.
+_POOL_MIN_BYTES = 128 << 10
+_POOL_DEFAULT_CAP = 1 << 30
+
+
+def _pool_cap() -> int:
+    value = os.environ.get("DISTML_RESULT_POOL_BYTES", "")
+    if value.strip() == "":
+        return _POOL_DEFAULT_CAP
+    try:
+        cap = int(float(value))
+    except ValueError:
+        raise ValueError(f"DISTML_RESULT_POOL_BYTES={value!r} is not a number of bytes") from None
+    if cap < 0:
+        raise ValueError(f"DISTML_RESULT_POOL_BYTES={value!r} is negative")
+    return cap
+
+
 def _caller() -> str:
     """Where user code created a communicator (file:line), for leak reports."""
     import sys
@@ -212,6 +232,15 @@ class Communicator:
             ``python -m distml.tune`` for this world size and topology, if
             there is one (see :mod:`distml.tune`).
 
+    New arrays that collectives return (when no ``out=`` is given) of 128 KiB
+    or more come from a pool of memory that stays mapped: an array's memory
+    goes back to the pool when the array and all its views are gone, and the
+    next result of a similar size reuses it, so a collective does not spend
+    its time faulting in fresh pages. At most ``DISTML_RESULT_POOL_BYTES``
+    (default 1 GiB; 0 turns the pool off) of returned memory is kept, and
+    :meth:`free` releases it. (Such arrays do not own their data: numpy's
+    ``ndarray.resize`` refuses them.)
+
     With a timeout, every collective starts with an arrival round through
     rank 0 (which also carries the mismatch check), so that a timeout can
     name the ranks that never arrived.
@@ -249,6 +278,8 @@ class Communicator:
         if stall_warning is None:
             stall_warning = _env_float("DISTML_STALL_WARNING")
         self.mpi_comm = comm
+        cap = _pool_cap()
+        self._pool = _core.ResultPool(cap) if cap > 0 else None
         if shared_memory is None:
             shared_memory = os.environ.get("DISTML_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
         slot = _env_float("DISTML_SHM_SLOT_BYTES")
@@ -325,6 +356,8 @@ class Communicator:
             _timeline.flush(self)
             self._freed = True
             self._core.free()
+            if self._pool is not None:
+                self._pool.close()  # arrays still held keep their memory until they go
 
     def __enter__(self) -> "Communicator":
         return self
@@ -408,15 +441,23 @@ class Communicator:
     def _contiguous_in(x: np.ndarray) -> np.ndarray:
         return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
+    def _empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A new C-contiguous array for a collective's result: from the
+        result pool when it is large (see the class docstring)."""
+        pool = self._pool
+        if pool is not None and dtype.itemsize * int(np.prod(shape, dtype=np.int64)) >= _POOL_MIN_BYTES:
+            return pool.empty(shape, dtype)
+        return np.empty(shape, dtype=dtype)
+
     def _result_buffer(self, x: np.ndarray, out: Optional[np.ndarray], shape: tuple):
-        """(buffer the core writes, whether it is x, array to return)."""
+        """(buffer the core writes, array to return)."""
         if out is None:
-            buf = np.empty(shape, dtype=x.dtype)
+            buf = self._empty(shape, x.dtype)
             return buf, buf
         _check_out(out, shape, x.dtype)
         if out.flags.c_contiguous:
             return out, out
-        return np.empty(shape, dtype=x.dtype), out
+        return self._empty(shape, x.dtype), out
 
     # ---- collectives -------------------------------------------------------
 
@@ -436,7 +477,8 @@ class Communicator:
                 "bor", "bxor" (or a :class:`distml.Op`). Integer "avg" is the
                 sum floor-divided by the number of ranks.
             out: array for the result (same shape and dtype as ``x``); may be
-                ``x`` itself for an in-place reduction. By default a new array.
+                ``x`` itself for an in-place reduction. By default a new array
+                (from the result pool when large: see :class:`Communicator`).
             algorithm: "auto", "ring", "recursive_doubling" or "mpi".
             async_op: return a :class:`Handle` instead of the result.
 
@@ -464,7 +506,10 @@ class Communicator:
             if code is not None and opc is not None and x.flags.c_contiguous:
                 if out is None:
                     try:
-                        dst = np.empty(x.shape, x.dtype)
+                        if x.nbytes >= _POOL_MIN_BYTES and self._pool is not None:
+                            dst = self._pool.empty(x.shape, x.dtype)
+                        else:
+                            dst = np.empty(x.shape, x.dtype)
                     except MemoryError as e:
                         self._refuse(_ALLREDUCE, code, opc, x.size, 0, algorithm, e)
                     shape = x.shape if x.ndim > 1 else ()

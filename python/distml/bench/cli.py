@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-bytes", type=parse_size, default=None, help="distml segment size (tuning)")
     p.add_argument("--no-memcpy", action="store_true", help="skip the memcpy ceiling")
     p.add_argument("--no-extras", action="store_true",
-                   help="allreduce: skip the in-place rows (MPI_IN_PLACE, distml on node-shared buffers)")
+                   help="allreduce: skip the extra rows (MPI_IN_PLACE; distml in place, on node-shared buffers, and returning a new array)")
     p.add_argument("--out", default=None,
                    help="JSON path (default bench/results/<collectives>_P<P>_<date>.json); '-' for none")
     p.add_argument("--png", default=None, help="also plot the results to this PNG (rank 0, needs matplotlib)")

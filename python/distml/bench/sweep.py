@@ -127,6 +127,18 @@ class Case:
         outs, n = self.outs, self.nsets
         return lambda i: mcomm.Allreduce(MPI.IN_PLACE, outs[i % n], op=MPI.SUM)
 
+    def fresh_call(self, comm: Any) -> Callable[[int], Any]:
+        """distml's allreduce returning a new array, as numpy functions do
+        (``y = comm.allreduce(x)``); the result is dropped at once."""
+        ins, n = self.ins, self.nsets
+        return lambda i: comm.allreduce(ins[i % n], "sum")
+
+    def inplace_call(self, comm: Any) -> Callable[[int], Any]:
+        """distml's allreduce in place on ordinary arrays (``out=x``), on the
+        output buffers, as the MPI_IN_PLACE row."""
+        outs, n = self.outs, self.nsets
+        return lambda i: comm.allreduce(outs[i % n], "sum", out=outs[i % n])
+
     def shared_buffer_call(self, comm: Any) -> Callable[[int], Any]:
         """distml's in-place allreduce on arrays in node-shared memory
         (allocated here: collective, so every rank builds the same Case)."""
@@ -282,6 +294,8 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 # In place, both sides: MPI with MPI_IN_PLACE, and distml on
                 # arrays that live in node-shared memory (comm.empty).
                 impls.append(("mpi4py:in-place", "", case.inplace_baseline_call(mcomm)))
+                impls.append(("distml:in-place", "auto", case.inplace_call(comm)))
+                impls.append(("distml:fresh", "auto", case.fresh_call(comm)))
                 if comm.shared_memory == "one node":
                     impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
             all_times = time_interleaved(mcomm, [run for _, _, run in impls], iters, warmup)
