@@ -26,48 +26,57 @@ def _channel_dims(x: torch.Tensor) -> Tuple[int, ...]:
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
+    """The elementwise passes are torch's own fused batch-norm kernels, fed
+    the global statistics as if they were running statistics (evaluation
+    mode): one pass and one output tensor each way, instead of a chain of
+    temporaries the size of the input."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
         dims = _channel_dims(x)
         C = x.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         xa = x.detach().to(acc)
-        local = torch.cat([
-            torch.tensor([x.numel() // max(C, 1)], dtype=acc),
-            xa.sum(dims),
-            (xa * xa).sum(dims),
-        ])
+        count = x.numel() // max(C, 1)
+        # Per-channel count, sum and sum of squares, from one fused pass.
+        var_l, mean_l = torch.var_mean(xa, dims, correction=0)
+        local = torch.cat([torch.tensor([count], dtype=acc), mean_l * count, (var_l + mean_l * mean_l) * count])
         total = mpi_ops.allreduce(local, op=mpi_ops.Sum)
         n = total[0]
         mean = total[1:1 + C] / n
         var = (total[1 + C:] / n - mean * mean).clamp_min(0)
-        invstd = torch.rsqrt(var + eps)
-        shape = (1, C) + (1,) * (x.dim() - 2)
-        xhat = (xa - mean.view(shape)) * invstd.view(shape)
-        y = xhat
-        if weight is not None:
-            y = y * weight.detach().to(acc).view(shape) + bias.detach().to(acc).view(shape)
-        ctx.save_for_backward(xhat, invstd, weight)
+        w = weight.detach().to(acc) if weight is not None else None
+        b = bias.detach().to(acc) if bias is not None else None
+        y = F.batch_norm(xa, mean, var, w, b, False, 0.0, eps)
+        ctx.save_for_backward(xa, mean, var, w)
         ctx.count = float(n)
+        ctx.eps = eps
         ctx.dtype = x.dtype
+        ctx.wdtype = weight.dtype if weight is not None else None
         ctx.mark_non_differentiable(mean, var)
         return y.to(x.dtype), mean, var, float(n)
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var, _grad_count):  # type: ignore[override]
-        xhat, invstd, weight = ctx.saved_tensors
-        dims = _channel_dims(xhat)
-        C = xhat.shape[1]
-        shape = (1, C) + (1,) * (xhat.dim() - 2)
-        g = grad_y.to(xhat.dtype)
-        sum_dy = g.sum(dims)
-        sum_dy_xhat = (g * xhat).sum(dims)
+        xa, mean, var, w = ctx.saved_tensors
+        C = xa.shape[1]
+        shape = (1, C) + (1,) * (xa.dim() - 2)
+        g = grad_y.to(xa.dtype).contiguous()
+        # sum(g * xhat) and sum(g) per channel in one fused pass: the weight
+        # and bias gradients of a batch norm evaluated with these statistics.
+        _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            g, xa, w, mean, var, None, None, False, ctx.eps, [False, True, True])
         total = mpi_ops.allreduce(torch.cat([sum_dy, sum_dy_xhat]), op=mpi_ops.Sum)
-        scale = invstd if weight is None else invstd * weight.detach().to(xhat.dtype)
-        grad_x = scale.view(shape) * (g - total[:C].view(shape) / ctx.count
-                                      - xhat * total[C:].view(shape) / ctx.count)
-        grad_w = sum_dy_xhat.to(weight.dtype) if weight is not None else None
-        grad_b = sum_dy.to(weight.dtype) if weight is not None else None
+        invstd = torch.rsqrt(var + ctx.eps)
+        scale = invstd if w is None else invstd * w
+        # grad_x = scale * (g - S1/n - xhat * S2/n), written per channel as
+        # a*g + b*x + c so that it is one output tensor and two in-place passes.
+        b = -scale * invstd * (total[C:] / ctx.count)
+        c = -scale * (total[:C] / ctx.count) - b * mean
+        grad_x = g * scale.view(shape)
+        grad_x.addcmul_(xa, b.view(shape)).add_(c.view(shape))
+        grad_w = sum_dy_xhat.to(ctx.wdtype) if ctx.wdtype is not None else None
+        grad_b = sum_dy.to(ctx.wdtype) if ctx.wdtype is not None else None
         return grad_x.to(ctx.dtype), grad_w, grad_b, None
 
 
