@@ -5,13 +5,13 @@
 // hands its message to the odd one above it and sits out; the P2 others run
 // log2(P2) exchange steps; the odd ranks hand the result back. Each step
 // moves a whole message (header + payload) and combines both parts: the
-// fingerprints by max, the payload by the reduction when the peer's has this
-// rank's size. Both sides of an exchange compute a op b with commutative
-// ops, so every rank ends with bitwise the same message.
+// fingerprints by max, the payload by the reduction. Both sides of an
+// exchange compute a op b with commutative ops, so every rank ends with
+// bitwise the same message.
 //
-// A rank that sat out receives the final message into `tmp` (its peer's
-// payload may be larger than its own, when their calls differ) and keeps
-// the header, and the payload only if it has its own size.
+// Every receive lands in `tmp`, which holds the largest message any rank
+// may send (a peer whose call differs may send more than this rank does);
+// a rank that sat out copies the final message from there.
 #include <algorithm>
 #include <cstring>
 
@@ -27,16 +27,14 @@ void combine_message(char* msg, const char* got, std::size_t count, const Reduct
   const auto* theirs = reinterpret_cast<const CarriedHeader*>(got);
   mine->hash = std::max(mine->hash, theirs->hash);
   mine->inverse = std::max(mine->inverse, theirs->inverse);
-  if (count > 0 && theirs->bytes == mine->bytes) red->combine(msg + kCarriedHeaderBytes, got + kCarriedHeaderBytes, count);
+  if (count > 0) red->combine(msg + kCarriedHeaderBytes, got + kCarriedHeaderBytes, count);
 }
 
 }  // namespace
 
 void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, const Reduction* red) {
   const int P = comm.size(), r = comm.rank();
-  auto* header = reinterpret_cast<CarriedHeader*>(msg);
-  header->bytes = count > 0 ? count * red->elem : 0;
-  const std::size_t bytes = kCarriedHeaderBytes + header->bytes;
+  const std::size_t bytes = kCarriedHeaderBytes + (count > 0 ? count * red->elem : 0);
   if (P == 1) return;
 
   int p2 = 1;
@@ -72,12 +70,7 @@ void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, c
   if (r < 2 * rem) {
     if (r % 2 == 0) {
       comm.recv(tmp, kCarryCapacity, r + 1, kTagFingerprint);
-      const auto* final_header = reinterpret_cast<const CarriedHeader*>(tmp);
-      header->hash = final_header->hash;
-      header->inverse = final_header->inverse;
-      if (count > 0 && final_header->bytes == header->bytes) {
-        std::memcpy(msg + kCarriedHeaderBytes, tmp + kCarriedHeaderBytes, header->bytes);
-      }
+      std::memcpy(msg, tmp, bytes);
     } else {
       comm.send(msg, bytes, r - 1, kTagFingerprint);
     }

@@ -2,9 +2,11 @@
 // starts with a header holding the ranks' call fingerprints, so that the
 // check before the collective and the collective itself are one schedule.
 //
-// Vocabulary: a message is a CarriedHeader followed by a payload of
-// `header.bytes` bytes; a rank whose call carries no data (or cannot run)
-// sends the header alone. The capacity is the most bytes any rank may send
+// Vocabulary: a message is a CarriedHeader followed by a payload (the
+// sender's data, or its partial result); a rank whose call carries no data
+// (or cannot run) sends the header alone. The header is kept to 16 bytes:
+// on TCP the smallest messages take a faster path, and an 8-byte allreduce
+// whose messages grew past it lost what the carried check saves. The capacity is the most bytes any rank may send
 // in one message: kCarriedHeaderBytes + kCarryMaxBytes, a constant and not a
 // setting, so that ranks whose settings or calls differ still never send
 // more than a peer has room for.
@@ -14,7 +16,9 @@
 // allreduce_carried, with the same peers, steps and tag whatever the call,
 // and receives into the full capacity. Ranks whose calls differ therefore
 // still exchange the same messages and reach the same verdict: their
-// fingerprints differ, and payloads of a different size are never combined.
+// fingerprints differ (the size and type of the data are part of what they
+// hash). Such a rank may combine a peer's shorter payload with stale bytes
+// of its receive buffer, never past it; the result is dropped.
 #pragma once
 
 #include <cstddef>
@@ -28,12 +32,9 @@ struct CarriedHeader {
   // Combined by max over all ranks: the fingerprints agree iff, at the end,
   // hash == ~inverse (the largest fingerprint is also the smallest).
   std::uint64_t hash, inverse;
-  // The sender's payload, in bytes (not combined).
-  std::uint64_t bytes;
-  std::uint64_t reserved;  // keeps the payload 32-byte aligned in a 64-byte aligned message
 };
 constexpr std::size_t kCarriedHeaderBytes = sizeof(CarriedHeader);
-static_assert(kCarriedHeaderBytes == 32, "CarriedHeader must stay 32 bytes");
+static_assert(kCarriedHeaderBytes == 16, "CarriedHeader must stay 16 bytes");
 
 // The most payload one message may carry.
 constexpr std::size_t kCarryMaxBytes = std::size_t{64} << 10;
@@ -42,9 +43,9 @@ constexpr std::size_t kCarryCapacity = kCarriedHeaderBytes + kCarryMaxBytes;
 // Recursive doubling (as allreduce_recursive_doubling: any P, leftover ranks
 // folded in and out) on `msg`, a header followed by `count` elements of
 // `red` (`red` may be null when `count` is 0). On return every rank's
-// header holds the max over all ranks' fingerprints, and, where every rank
-// sent a payload of this rank's size, the payload holds the reduction of
-// all ranks' payloads (averages not finished), bitwise the same everywhere.
+// header holds the max over all ranks' fingerprints, and, where they agree,
+// the payload holds the reduction of all ranks' payloads (averages not
+// finished), bitwise the same everywhere.
 // `tmp` has room for kCarryCapacity bytes.
 void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, const Reduction* red);
 

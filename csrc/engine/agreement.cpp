@@ -254,7 +254,7 @@ void Communicator::check_fingerprints(const Call& call, const Plan& plan, const 
   char* tmp = scratch.take(alg::kCarryCapacity);
   auto* header = reinterpret_cast<alg::CarriedHeader*>(msg);
   const std::uint64_t h = fnv1a(&mine, sizeof mine);
-  *header = alg::CarriedHeader{h, ~h, 0, 0};
+  *header = alg::CarriedHeader{h, ~h};
   if (carried) {
     std::memcpy(msg + alg::kCarriedHeaderBytes, call.in, bytes);
     const alg::Reduction red(call.dtype, call.op);

@@ -163,8 +163,12 @@ struct Settings {
   // (timeout), so that checking and reducing take one round of messages.
   // `auto` then takes recursive doubling on nodes of several ranks too.
   // Capped at algorithms::kCarryMaxBytes (through rank 0: that shared by
-  // the other ranks).
-  std::size_t carry_bytes = 64 << 10;
+  // the other ranks). Measured on TCP between network namespaces (P=4, as
+  // 2 hosts x 2 ranks and 4 x 1): carrying wins up to 32 KiB on unlimited
+  // links, but from 16 KiB recursive doubling, which sends the whole
+  // payload in every step, loses to the hierarchical schedule and to MPI
+  // on links limited to 1 Gbit/s.
+  std::size_t carry_bytes = 8 << 10;
   // Measured choices (distml.tune): per collective, (max bytes, algorithm)
   // rows in increasing size; the first row that fits and can run here wins
   // over the defaults above.
@@ -311,7 +315,7 @@ class Communicator {
   void finish_carried(const Call& call, const void* result) const;
   void arrive_through_shm(const Call& call, const Signature& mine, bool eager);
   // Whether `call` moves its data with the arrival on one node (small
-  // collectives other than alltoall; see ShmControl::eager): the same answer
+  // collectives but barrier and the variable ones; see ShmControl::eager): the same answer
   // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
   void dispatch(const Call& call, const Plan& plan);

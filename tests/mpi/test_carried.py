@@ -23,9 +23,10 @@ import distml
 from conftest import COMM_TIMEOUT
 from mpi_helpers import BF16, Checker, call, inputs, reduce_ref, reduction_cases
 
-# Bytes: tiny, odd, around the smallest carried limit (64 KiB shared by P - 1
-# peers through rank 0 at P = 4: 21 KiB), at and past the largest (64 KiB).
-SIZES = [4, 8, 28, 1000, 4096, 20000, 24000, 65536, 65540]
+# Bytes: tiny, odd, around the default carried limit (8 KiB) and the
+# smallest one through rank 0 (64 KiB shared by P - 1 peers: 21 KiB at
+# P = 4), at and past the largest (64 KiB).
+SIZES = [4, 8, 28, 1000, 8192, 8196, 20000, 24000, 65536, 65540]
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16, np.dtype(np.int32),
           np.dtype(np.uint8)]
 
@@ -76,15 +77,24 @@ def _check_results(comm, check, label):
     return carried_at
 
 
-def test_carried_results(comm_default):
+@pytest.mark.parametrize("carry_bytes", [None, 65536], ids=["default_limit", "largest_limit"])
+def test_carried_results(comm_default, carry_bytes):
     comm = comm_default
     check = Checker(comm.size)
-    carried_at = _check_results(comm, check, "check on")
+    default = comm._core.carry_bytes
+    if carry_bytes is not None:
+        comm._core.carry_bytes = carry_bytes  # on every rank, between the same collectives
+    try:
+        carried_at = _check_results(comm, check, f"check on, carry_bytes={comm._core.carry_bytes}")
+    finally:
+        comm._core.carry_bytes = default
     # Where ranks do not share a node and the check is on, tiny allreduces
-    # carry it; nothing above the largest limit does.
+    # carry it; nothing above the limit does.
     if _across_nodes(comm):
         check.expect_true(f"8 bytes carried ({carried_at})", carried_at.get(8))
-    check.expect_true(f"65540 bytes not carried ({carried_at})", not carried_at.get(65540))
+    limit = carry_bytes or default
+    check.expect_true(f"nothing above {limit} bytes carried ({carried_at})",
+                      not any(v for b, v in carried_at.items() if b > limit))
     check.verify()
 
 
