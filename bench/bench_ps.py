@@ -74,7 +74,7 @@ def throughput(args) -> dict:
         flat_recv = np.empty(total, dtype=np.float32)
         shard = np.empty(bounds[1] - bounds[0] + 1, dtype=np.float32)
         incoming = [np.empty_like(shard) for _ in workers]
-        step_times, mpi_times, p2p_times = [], [], []
+        step_times, mpi_times, p2p_times, copy_all_times, copy_alone_times = [], [], [], [], []
 
         def mpi_pattern():
             # push: every worker's slice i to server i; pull: shard i to every worker.
@@ -105,6 +105,16 @@ def throughput(args) -> dict:
             elif rank == 1:
                 world.Recv(flat_recv[:n], source=0, tag=13)
 
+        def copy_shard(which):
+            # One shard's bytes copied in memory; the buffers rotate so that
+            # no copy starts from cache.
+            n = bounds[1] - bounds[0]
+            src = flat_send[:n] if which % 2 == 0 else flat_recv[n:2 * n] if 2 * n <= total else flat_recv[:n]
+            dst = flat_recv[:n] if which % 2 == 0 else flat_send[total - n:]
+            t = time.perf_counter()
+            np.copyto(dst, src)
+            return time.perf_counter() - t
+
         ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=1e-6)
         if ps.is_worker:
             ps.step(grads)  # warm-up
@@ -127,8 +137,18 @@ def throughput(args) -> dict:
             t = time.perf_counter()
             p2p()
             p2p_times.append(time.perf_counter() - t)
-        mine = dict(rank=rank, step=step_times, mpi=mpi_times, p2p=p2p_times,
-                    wait=st.get("wait_seconds", 0.0))
+            # memcpy rate: every rank at once (as in a colocated step), and
+            # the first server alone while the others sleep (a dedicated
+            # server's work; MPI's barrier would poll).
+            world.Barrier()
+            copy_all_times.append(copy_shard(r))
+            world.Barrier()
+            if rank == server_ranks[0]:
+                copy_alone_times.append(copy_shard(r + 1))
+            else:
+                time.sleep(0.25)
+        mine = dict(rank=rank, step=step_times, mpi=mpi_times, p2p=p2p_times, copy_all=copy_all_times,
+                    copy_alone=copy_alone_times, wait=st.get("wait_seconds", 0.0))
         every = world.gather(mine, root=0)
         if rank == 0:
             step_bytes = 2 * total * 4  # push + pull per worker
@@ -137,12 +157,33 @@ def throughput(args) -> dict:
             mpi_med = statistics.median([max(e["mpi"][r] for e in every) for r in range(args.rounds)])
             p2p_med = statistics.median([max(every[0]["p2p"][r], every[1]["p2p"][r]) for r in range(args.rounds)])
             shard_bytes = (bounds[1] - bounds[0]) * 4
+            copy_all = statistics.median([max(e["copy_all"][r] for e in every) for r in range(args.rounds)])
+            copy_alone = statistics.median(every[server_ranks[0]]["copy_alone"])
+            # The least work a step needs, in copies of one shard (a copy of
+            # n bytes reads n and writes n; MPICH moves a large message
+            # between ranks of a node with one copy, CMA). Colocated, every
+            # rank at once: (W - 1) workers' slices in, (S - 1) other shards
+            # pulled, its own shard copied into its parameters, and W
+            # updates, each reading parameters and gradient and writing the
+            # parameters (1.5 copies); at the memcpy rate of every rank at
+            # once. Dedicated: the first server's W slices in and W updates,
+            # at the rate of one rank alone (its workers' copies of the
+            # replies run beside it). MPI "same messages" does 2W copies
+            # (colocated: its self-messages too) and no update.
+            W = len(workers)
+            if servers is None:
+                units, rate = (W - 1) + (S - 1) + 1 + 1.5 * W, shard_bytes / copy_all
+            else:
+                units, rate = W + 1.5 * W, shard_bytes / copy_alone
+            best = units * shard_bytes / rate
             row = dict(P=P, layout="colocated" if servers is None else f"{servers} dedicated",
                        workers=len(workers), servers=S, params=total, shard_bytes=shard_bytes,
                        step_seconds=step_med, step_bytes_per_s=step_bytes / step_med,
                        mpi_pattern_seconds=mpi_med, mpi_pattern_bytes_per_s=step_bytes / mpi_med,
                        ratio_to_mpi_pattern=mpi_med / step_med,
-                       p2p_bytes_per_s=shard_bytes / p2p_med)
+                       p2p_bytes_per_s=shard_bytes / p2p_med, ratio_to_p2p=(step_bytes / step_med) / (shard_bytes / p2p_med),
+                       memcpy_all_bytes_per_s=shard_bytes / copy_all, memcpy_alone_bytes_per_s=shard_bytes / copy_alone,
+                       best_copies=units, best_seconds=best, ratio_to_best=best / step_med)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return dict(rows=rows)
@@ -267,13 +308,18 @@ def report(paths, md_path):
         lines.append(f"### {os.path.basename(path)}\n")
         lines.append(f"`{res['command']}`; load before/after: {res['loadavg_before']} / {res['loadavg_after']}\n")
         if res["part"] == "throughput":
-            lines.append("| P | layout | workers | shard | step() per worker | MPI, same messages | ratio | MPI p2p (one shard) |")
-            lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+            lines.append("| P | layout | workers | shard | step() per worker | MPI, same messages | ratio | "
+                         "MPI p2p (one shard) | ratio | memcpy (all ranks) | least work | ratio |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in res["rows"]:
+                best = (f"{r['best_copies']:g} copies, {r['best_seconds'] * 1e3:.0f} ms | {r['ratio_to_best']:.2f}"
+                        if "best_seconds" in r else "- | -")
+                memcpy = f"{r['memcpy_all_bytes_per_s'] / 1e9:.1f} GB/s" if "memcpy_all_bytes_per_s" in r else "-"
+                p2p_ratio = r["step_bytes_per_s"] / r["p2p_bytes_per_s"]
                 lines.append(f"| {r['P']} | {r['layout']} | {r['workers']} | {r['shard_bytes'] / 2**20:.1f} MiB | "
                              f"{r['step_bytes_per_s'] / 1e9:.2f} GB/s ({r['step_seconds'] * 1e3:.0f} ms) | "
                              f"{r['mpi_pattern_bytes_per_s'] / 1e9:.2f} GB/s | {r['ratio_to_mpi_pattern']:.2f} | "
-                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s |")
+                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | {memcpy} | {best} |")
         else:
             lines.append(f"digits MLP hidden {res['hidden']}, batch {res['batch']} per worker, "
                          f"{res['epochs']} epochs of samples in all; medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")

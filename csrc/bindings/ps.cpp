@@ -56,7 +56,8 @@ void register_ps(py::module_& m) {
       .def(py::init([](std::int64_t fortran_handle, int dtype, int wire, std::vector<std::int64_t> segments,
                        std::vector<int> servers,
                        int mode, int staleness, int optimizer, const py::dict& hyperparameters, double timeout,
-                       long poll_min_us, long poll_max_us, const std::vector<py::array>& initial) {
+                       long poll_min_us, long poll_max_us, const std::vector<py::array>& initial,
+                       std::int64_t piece_bytes) {
              ps::Config c;
              c.dtype = static_cast<DType>(dtype);
              c.wire = static_cast<DType>(wire);
@@ -70,6 +71,8 @@ void register_ps(py::module_& m) {
              c.timeout = timeout;
              c.poll_min_us = poll_min_us;
              c.poll_max_us = poll_max_us;
+             DISTML_CHECK_ARG(piece_bytes > 0, "piece_bytes must be positive, not " << piece_bytes);
+             c.piece_bytes = piece_bytes;
              auto pieces = pieces_of(initial, false);
              MPI_Comm comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_handle));
              py::gil_scoped_release nogil;
@@ -77,7 +80,8 @@ void register_ps(py::module_& m) {
            }),
            py::arg("fortran_handle"), py::arg("dtype"), py::arg("wire"), py::arg("segments"), py::arg("servers"),
            py::arg("mode"), py::arg("staleness"), py::arg("optimizer"), py::arg("hyperparameters"),
-           py::arg("timeout"), py::arg("poll_min_us"), py::arg("poll_max_us"), py::arg("initial"))
+           py::arg("timeout"), py::arg("poll_min_us"), py::arg("poll_max_us"), py::arg("initial"),
+           py::arg("piece_bytes") = std::int64_t{1} << 21)
       .def_property_readonly("is_server", &ps::ParameterServer::is_server)
       .def_property_readonly("is_worker", &ps::ParameterServer::is_worker)
       .def_property_readonly("bounds", &ps::ParameterServer::bounds)

@@ -94,38 +94,45 @@ ShardOptimizer::ShardOptimizer(const OptimizerConfig& config, DType dtype, std::
 
 std::size_t ShardOptimizer::state_bytes() const { return a_.size() + b_.size(); }
 
-void ShardOptimizer::step(void* params, const void* grad, double lr_scale) {
-  ++steps_;
+void ShardOptimizer::apply(void* params, const void* grad, std::size_t begin, std::size_t n, double lr_scale) {
+  DISTML_CHECK_ARG(begin + n <= count_, "optimizer range " << begin << "+" << n << " beyond the shard's " << count_);
   if (dtype_ == DType::kFloat32) {
-    step_typed(static_cast<float*>(params), static_cast<const float*>(grad), lr_scale);
+    apply_typed(static_cast<float*>(params), static_cast<const float*>(grad), begin, n, lr_scale);
   } else {
-    step_typed(static_cast<double*>(params), static_cast<const double*>(grad), lr_scale);
+    apply_typed(static_cast<double*>(params), static_cast<const double*>(grad), begin, n, lr_scale);
   }
 }
 
 // Each line below is one numpy operation of python/distml/optim.py, in the
 // same order, with the same scalars rounded to T.
 template <class T>
-void ShardOptimizer::step_typed(T* p, const T* g_in, double lr_scale) {
+void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::size_t n, double lr_scale) {
   const OptimizerConfig& c = config_;
   const double lr = c.lr * lr_scale;
-  const std::size_t n = count_;
+  p += begin;
   if (c.kind == OptimizerKind::kSgd) {
     const T wd = static_cast<T>(c.weight_decay), mu = static_cast<T>(c.momentum);
     const T damp = static_cast<T>(1 - c.dampening), tlr = static_cast<T>(lr);
-    T* buf = reinterpret_cast<T*>(a_.data());
+    T* buf = reinterpret_cast<T*>(a_.data()) + (a_.empty() ? 0 : begin);
     const bool first = steps_ == 1;
+    // Flags in locals: a float64 store through p could alias the config's
+    // doubles, which would keep the compiler from hoisting the tests.
+    const bool decay = c.weight_decay != 0, momentum = c.momentum != 0, nesterov = c.nesterov;
+    if (!decay && !momentum) {
+      for (std::size_t i = 0; i < n; ++i) p[i] -= tlr * g_in[i];
+      return;
+    }
     for (std::size_t i = 0; i < n; ++i) {
       T g = g_in[i];
-      if (c.weight_decay != 0) g = g + wd * p[i];
-      if (c.momentum != 0) {
+      if (decay) g = g + wd * p[i];
+      if (momentum) {
         if (first) {
           buf[i] = g;
         } else {
           buf[i] *= mu;
           buf[i] += damp * g;
         }
-        g = c.nesterov ? g + mu * buf[i] : buf[i];
+        g = nesterov ? g + mu * buf[i] : buf[i];
       }
       p[i] -= tlr * g;
     }
@@ -138,11 +145,12 @@ void ShardOptimizer::step_typed(T* p, const T* g_in, double lr_scale) {
   const T decay = static_cast<T>(1 - lr * c.weight_decay), wd = static_cast<T>(c.weight_decay);
   const T one_b1 = static_cast<T>(1 - b1), tb2 = static_cast<T>(b2), one_b2 = static_cast<T>(1 - b2);
   const T tbias2 = static_cast<T>(bias2_sqrt), teps = static_cast<T>(c.eps), tstep = static_cast<T>(lr / bias1);
-  T* m = reinterpret_cast<T*>(a_.data());
-  T* v = reinterpret_cast<T*>(b_.data());
+  T* m = reinterpret_cast<T*>(a_.data()) + begin;
+  T* v = reinterpret_cast<T*>(b_.data()) + begin;
+  const bool weight_decay = c.weight_decay != 0;
   for (std::size_t i = 0; i < n; ++i) {
     T g = g_in[i];
-    if (c.weight_decay != 0) {
+    if (weight_decay) {
       if (decoupled) {
         p[i] *= decay;
       } else {
@@ -165,7 +173,7 @@ void ShardOptimizer::step_typed(T* p, const T* g_in, double lr_scale) {
   }
 }
 
-template void ShardOptimizer::step_typed<float>(float*, const float*, double);
-template void ShardOptimizer::step_typed<double>(double*, const double*, double);
+template void ShardOptimizer::apply_typed<float>(float*, const float*, std::size_t, std::size_t, double);
+template void ShardOptimizer::apply_typed<double>(double*, const double*, std::size_t, std::size_t, double);
 
 }  // namespace distml::ps

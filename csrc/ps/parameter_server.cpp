@@ -123,7 +123,14 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
       sent[k].clock = wstats_.clock;
       sent[k].need = need;
       sent[k].info0 = data ? 1 : 0;
-      sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, &sent[k], sizeof(Header)));
+      if (is_local(which[k])) {
+        // This rank's own shard: its progress thread answers through the
+        // LocalLink and copies the parameters straight into `out`.
+        server_->post(op, sent[k], data ? out : std::vector<tp::Piece>{});
+        sends.emplace_back();
+      } else {
+        sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, &sent[k], sizeof(Header)));
+      }
     }
     tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
     bool failed_reply = false;
@@ -132,7 +139,18 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
       for (auto& s : sends) all = s.test() && all;
       for (std::size_t k = 0; k < n; ++k) {
         const int i = which[k], server = config_.servers[i];
-        if (!matched[k]) {
+        if (!matched[k] && is_local(i)) {
+          if (!server_->take_reply(&got[k])) {
+            all = false;
+            continue;
+          }
+          matched[k] = 1;
+          backoff.reset();
+          if (got[k].status != kOk) {
+            failed_reply = true;
+            break;
+          }
+        } else if (!matched[k]) {
           tp::Incoming in;
           if (!mail_->probe_from(tp::Mailbox::kReplies, server, kReplyTag, &in)) {
             all = false;
@@ -190,6 +208,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
   } catch (const Error& e) {
     broken_ = true;
     broken_reason_ = e.what();
+    if (server_ && worker_) server_->withdraw();
     wstats_.wait_seconds += seconds_since(t0);
     throw;
   }
@@ -263,19 +282,28 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
   const auto t0 = Clock::now();
   const auto until = worker_deadline();
   try {
+    const std::int64_t piece = std::max<std::int64_t>(1, config_.piece_bytes / static_cast<std::int64_t>(wire));
+    int local = -1;
     for (int i = 0; i < S; ++i) {
       hdrs[i].op = kPush;
       hdrs[i].clock = c;
+      if (is_local(i)) {
+        local = i;  // posted after the messages, so that the remote servers start first
+        continue;
+      }
       const int server = config_.servers[i];
       sends[i].push_back(mail_->send(tp::Mailbox::kRequests, server, kPush, &hdrs[i], sizeof(Header)));
-      for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
+      for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1], piece)) {
         sends[i].push_back(mail_->send(tp::Mailbox::kData, server, kPushData, address(grads, wire, a, b),
                                        static_cast<std::size_t>(b - a) * wire));
       }
     }
+    // This rank's own shard: its progress thread applies the gradients
+    // straight from `grads`; the push returns once it has.
+    if (local >= 0) server_->post(kPush, hdrs[local], grads);
     // A push is taken by the server's next poll, then moves: yield only.
     for (;;) {
-      bool all = true;
+      bool all = local < 0 || server_->push_taken();
       for (auto& v : sends) {
         for (auto& s : v) all = s.test() && all;
       }
@@ -286,7 +314,7 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
            << " s waiting to push to parameter server rank(s) [";
         bool first = true;
         for (int i = 0; i < S; ++i) {
-          bool active = false;
+          bool active = i == local && !server_->push_taken();
           for (auto& s : sends[i]) active = active || s.active();
           if (active) {
             os << (first ? "" : ", ") << config_.servers[i];
@@ -301,6 +329,7 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
   } catch (const Error& e) {
     broken_ = true;
     broken_reason_ = e.what();
+    if (server_ && worker_) server_->withdraw();
     wstats_.wait_seconds += seconds_since(t0);
     throw;
   }

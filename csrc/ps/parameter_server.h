@@ -13,11 +13,16 @@
 //
 // Messages (transport::Mailbox). Headers on the request and reply channels;
 // the ranges that follow a header on the data channel, one contiguous
-// message per piece of the range that lies in one parameter (see cuts()):
+// message per piece of the range that lies in one parameter, pushes also
+// cut every Config::piece_bytes (see cuts()):
 //   push  worker -> server  Header, then the server's range of the gradient
 //   pull  worker -> server  Header (need: the version the reply must reach)
 //   close worker -> server  Header (the worker's final clock)
 //   reply server -> worker  Header, then the shard when data was asked for
+// A colocated rank's requests to its own shard send no message: they go
+// through a LocalLink (csrc/ps/server.h) to its progress thread, which
+// applies a push straight from the worker's arrays and copies a pull's
+// shard straight into them.
 // Consistency. Sync is bounded staleness with s = 0. In sync/bounded mode a
 // server sums the clock-c gradients of every worker into slot c mod (s+1)
 // and applies their average once all have arrived, in clock order; a pull
@@ -30,7 +35,7 @@
 // - the shard is never modified while a reply is sending it: an update first
 //   completes the replies in flight (Server::quiesce);
 // - a worker has at most one request outstanding per server, so a reply is
-//   matched by (server, tag) alone;
+//   matched by (server, tag) alone (and a LocalLink holds one request);
 // - every wait has a deadline when a timeout is set, and polls with backoff.
 #pragma once
 
@@ -66,6 +71,9 @@ struct Config {
   double timeout = 0;             // seconds; <= 0: none
   long poll_min_us = 20;          // backoff sleeps of the polling loops
   long poll_max_us = 1000;
+  // Largest message of a pushed gradient: a server receives a push piece by
+  // piece and applies each piece while it is in cache (same on every rank).
+  std::int64_t piece_bytes = std::int64_t{1} << 21;
 };
 
 struct Header {
@@ -138,6 +146,8 @@ class ParameterServer {
 
  private:
   std::chrono::steady_clock::time_point worker_deadline() const;
+  // Server i is this rank's own (colocated): requested through the LocalLink.
+  bool is_local(int i) const { return worker_ && server_ && config_.servers[i] == mail_->rank(); }
   void check_usable() const;
   // Sends `hdr` (+ nothing) as a pull with need/data to server i and waits
   // for the reply into `out` pieces (may be empty for a fence).

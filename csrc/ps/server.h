@@ -17,6 +17,24 @@
 
 namespace distml::ps {
 
+// A colocated rank's own requests to its own shard, with no message: the
+// worker thread posts one request at a time (as to any server), the
+// progress thread takes it at its next poll. A push is applied straight
+// from the worker's arrays (under `mu`, so the worker cannot withdraw them
+// meanwhile) and then marked taken; a pull's shard is copied straight into
+// the worker's arrays when its reply is due (also under `mu`), then the
+// reply header is posted here. A worker that gives up withdraw()s.
+struct LocalLink {
+  std::mutex mu;
+  bool posted = false;  // a request waits for the progress thread
+  int op = 0;
+  Header header;
+  std::vector<tp::Piece> data;  // push: the gradients; pull: where the parameters go (the whole flat space)
+  bool taken = false;           // push: applied (or dropped by a failed server)
+  bool replied = false;         // `reply` holds the answer
+  Header reply;
+};
+
 class Server {
  public:
   Server(tp::Mailbox& mail, const Config& cfg, std::int64_t lo, std::int64_t hi, std::vector<int> workers,
@@ -41,8 +59,12 @@ class Server {
       std::memcpy(reinterpret_cast<char*>(params_.data()) + at, p.ptr, p.bytes);
       at += p.bytes;
     }
-    staging_.resize(bytes_words(count_ * wire_elem_));
-    if (cfg.wire != cfg.dtype) grad_.resize(bytes_words(count_ * elem_));
+    piece_elems_ = std::max<std::int64_t>(1, cfg.piece_bytes / static_cast<std::int64_t>(wire_elem_));
+    const std::size_t piece = std::min(count_, static_cast<std::size_t>(piece_elems_));
+    // Two pieces of a push in flight: one being applied, the next arriving.
+    staging_.resize(bytes_words(2 * piece * wire_elem_));
+    if (cfg.wire != cfg.dtype) grad_.resize(bytes_words(piece * elem_));
+    local_ = is_worker_[mail.rank()] != 0;
     if (cfg.mode == Mode::kSync) {
       slots_.resize(static_cast<std::size_t>(cfg.staleness) + 1);
       for (auto& s : slots_) s.resize(bytes_words(count_ * elem_));
@@ -59,6 +81,37 @@ class Server {
   // Replies are being sent: poll without sleeping (see wait()).
   bool sending() const { return !replies_.empty(); }
 
+  // ---- the worker thread's side of the LocalLink (colocated ranks) ----
+  void post(int op, const Header& h, const std::vector<tp::Piece>& data) {
+    std::lock_guard<std::mutex> lk(link_.mu);
+    link_.posted = true;
+    link_.op = op;
+    link_.header = h;
+    link_.data = data;
+    link_.taken = link_.replied = false;
+  }
+  // Both only try the lock: while the progress thread holds it (applying
+  // this push, copying this pull's shard) the worker goes on moving its
+  // other servers' data.
+  bool push_taken() {
+    std::unique_lock<std::mutex> lk(link_.mu, std::try_to_lock);
+    return lk.owns_lock() && link_.taken;
+  }
+  bool take_reply(Header* h) {
+    std::unique_lock<std::mutex> lk(link_.mu, std::try_to_lock);
+    if (!lk.owns_lock() || !link_.replied) return false;
+    *h = link_.reply;
+    link_.replied = false;
+    link_.data.clear();
+    return true;
+  }
+  // The worker gives up (timeout, error): its arrays are not touched again.
+  void withdraw() {
+    std::lock_guard<std::mutex> lk(link_.mu);
+    link_.posted = false;
+    link_.data.clear();
+  }
+
   // Completes every transfer in `ps` (see wait()).
   void wait_all(std::vector<tp::Pending>& ps, const char* what) {
     for (auto& p : ps) wait(p, what);
@@ -68,6 +121,7 @@ class Server {
   bool poll() {
     bool progressed = false;
     try {
+      if (local_ && poll_local()) progressed = true;
       tp::Incoming in;
       if (mail_.probe(&in)) {
         handle(in);
@@ -138,16 +192,7 @@ class Server {
     tp::Pending hp = mail_.receive(in, &h, sizeof(Header));
     wait(hp, "receive a request from");
     if (in.tag == kPush) {
-      // The gradient follows on the data channel, one message per cut.
-      std::vector<tp::Pending> data;
-      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
-        data.push_back(mail_.recv(tp::Mailbox::kData, w, kPushData,
-                                  reinterpret_cast<char*>(staging_.data()) + (a - lo_) * wire_elem_,
-                                  static_cast<std::size_t>(b - a) * wire_elem_));
-      }
-      wait_all(data, "receive a push from");
-      bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
-      if (!failed_) on_push(w, h);
+      receive_push(w, h);
     } else if (in.tag == kPull || in.tag == kClose) {
       if (failed_) {
         reply_error(w, fail_status_, fail_info0_, fail_info1_);
@@ -163,49 +208,162 @@ class Server {
     publish();
   }
 
-  // The gradient just received (in staging_), in the parameters' dtype.
-  const void* gradient() {
-    if (cfg_.wire == cfg_.dtype) return staging_.data();
-    widen(grad_.data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, false);
-    return grad_.data();
+  // A push from rank w is taken in pieces (cuts at piece_elems_): each piece
+  // is applied as it arrives, while it is in cache (async: that piece of
+  // the optimizer step; sync/bounded: added into the clock's slot). Before
+  // the first piece: the checks, and (async) the replies in flight that
+  // read the shard are completed.
+  //
+  // Remote pushes arrive on the data channel, two pieces in flight: piece
+  // k is applied while piece k + 1 is received into the other half of
+  // staging_ (and a clock's first push in the parameters' dtype is received
+  // straight into its slot). A push that fails the checks is still received
+  // (its worker's sends complete), then the server fails.
+  void receive_push(int w, const Header& h) {
+    const std::string bad = failed_ ? std::string() : check_push(w, h);
+    const bool take = !failed_ && bad.empty();
+    const auto pieces = cuts(seg_bounds_, lo_, hi_, piece_elems_);
+    const bool direct = take && cfg_.mode == Mode::kSync && cfg_.wire == cfg_.dtype && counts_[slot_of(h.clock)] == 0;
+    if (take) begin_push(h);
+    const std::size_t half = staging_.size() * sizeof(double) / 2;
+    auto dest = [&](std::size_t k) {
+      const auto [a, b] = pieces[k];
+      return direct ? reinterpret_cast<char*>(slots_[slot_of(h.clock)].data()) + (a - lo_) * elem_
+                    : reinterpret_cast<char*>(staging_.data()) + (k % 2) * half;
+    };
+    auto post = [&](std::size_t k) {
+      const auto [a, b] = pieces[k];
+      return mail_.recv(tp::Mailbox::kData, w, kPushData, dest(k), static_cast<std::size_t>(b - a) * wire_elem_);
+    };
+    tp::Pending ring[2];
+    for (std::size_t k = 0; k < pieces.size() && k < 2; ++k) ring[k] = post(k);
+    for (std::size_t k = 0; k < pieces.size(); ++k) {
+      wait(ring[k % 2], "receive a push from");
+      if (take) take_piece(h, pieces[k].first, pieces[k].second, dest(k), direct);
+      if (k + 2 < pieces.size()) ring[k % 2] = post(k + 2);
+    }
+    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+    if (!bad.empty()) DISTML_THROW(Error, bad);
+    if (take) end_push(w, h);
   }
 
-  void on_push(int w, const Header& h) {
-    if (!is_worker_[w] || closed_[w]) {
-      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a push from rank " << w
-                                                      << ", which is not a worker or has closed");
+  // The colocated rank's own push (the LocalLink, locked by the caller):
+  // applied straight from the worker's arrays.
+  void take_local_push(const Header& h, const std::vector<tp::Piece>& grads) {
+    const int w = mail_.rank();
+    const std::string bad = check_push(w, h);
+    if (!bad.empty()) DISTML_THROW(Error, bad);
+    begin_push(h);
+    for (auto [a, b] : cuts(seg_bounds_, lo_, hi_, piece_elems_)) {
+      take_piece(h, a, b, address(grads, wire_elem_, a, b), false);
     }
-    const auto t0 = Clock::now();
+    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+  }
+
+  std::size_t slot_of(std::int64_t clock) const { return static_cast<std::size_t>(clock % (cfg_.staleness + 1)); }
+
+  // Empty if rank w may push h.clock now, else why not.
+  std::string check_push(int w, const Header& h) const {
+    std::ostringstream os;
+    if (!is_worker_[w] || closed_[w]) {
+      os << "parameter server on rank " << mail_.rank() << " got a push from rank " << w
+         << ", which is not a worker or has closed";
+      return os.str();
+    }
+    if (cfg_.mode == Mode::kAsync) return {};
+    const std::int64_t c = h.clock, s = cfg_.staleness;
+    if (c <= version_ || c > version_ + s + 1 || c != pushed_[w] + 1) {
+      os << "parameter server on rank " << mail_.rank() << ": rank " << w << " pushed clock " << c << " after clock "
+         << pushed_[w] << " with the shard at version " << version_ << " (staleness " << s << ")";
+      return os.str();
+    }
+    return {};
+  }
+
+  void begin_push(const Header&) {
+    push_started_ = Clock::now();
     if (cfg_.mode == Mode::kAsync) {
-      const void* g = gradient();
       quiesce();
-      opt_.step(params_.data(), g, 1.0 / static_cast<double>(workers_.size()));
+      opt_.begin_step();
+    }
+  }
+
+  // Elements [a, b) of a push, at `src` in the wire dtype (`in_slot`: already
+  // received into the clock's slot).
+  void take_piece(const Header& h, std::int64_t a, std::int64_t b, const void* src, bool in_slot) {
+    const std::size_t n = static_cast<std::size_t>(b - a), at = static_cast<std::size_t>(a - lo_);
+    if (cfg_.mode == Mode::kAsync) {
+      const void* g = src;
+      if (cfg_.wire != cfg_.dtype) {
+        widen(grad_.data(), cfg_.dtype, src, cfg_.wire, n, false);
+        g = grad_.data();
+      }
+      opt_.apply(params_.data(), g, at, n, 1.0 / static_cast<double>(workers_.size()));
+      return;
+    }
+    if (in_slot) return;
+    const std::size_t slot = slot_of(h.clock);
+    char* dst = reinterpret_cast<char*>(slots_[slot].data()) + at * elem_;
+    if (cfg_.wire == cfg_.dtype && counts_[slot] == 0) {
+      std::memcpy(dst, src, n * elem_);
+    } else {
+      widen(dst, cfg_.dtype, src, cfg_.wire, n, counts_[slot] > 0);
+    }
+  }
+
+  void end_push(int w, const Header& h) {
+    if (cfg_.mode == Mode::kAsync) {
       const std::int64_t stale = version_ - last_pull_version_[w];
       max_stale_[w] = std::max(max_stale_[w], stale);
       max_stale_all_ = std::max(max_stale_all_, stale);
       ++version_;
       ++applied_[w];
       pushed_[w] = h.clock;
-      busy_ += seconds_since(t0);
+      busy_ += seconds_since(push_started_);
       return;
     }
-    const std::int64_t c = h.clock, s = cfg_.staleness;
-    if (c <= version_ || c > version_ + s + 1 || c != pushed_[w] + 1) {
-      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << ": rank " << w << " pushed clock " << c
-                                                      << " after clock " << pushed_[w] << " with the shard at version "
-                                                      << version_ << " (staleness " << s << ")");
-    }
-    const std::size_t slot = static_cast<std::size_t>(c % (s + 1));
-    if (cfg_.wire == cfg_.dtype && counts_[slot] == 0) {
-      std::memcpy(slots_[slot].data(), staging_.data(), count_ * elem_);
-    } else {
-      widen(slots_[slot].data(), cfg_.dtype, staging_.data(), cfg_.wire, count_, counts_[slot] > 0);
-    }
-    ++counts_[slot];
-    pushed_[w] = c;
+    ++counts_[slot_of(h.clock)];
+    pushed_[w] = h.clock;
     ++applied_[w];
     advance();
-    busy_ += seconds_since(t0);
+    busy_ += seconds_since(push_started_);
+  }
+
+  // The LocalLink's request, if one is posted.
+  bool poll_local() {
+    std::unique_lock<std::mutex> lk(link_.mu);
+    if (!link_.posted) return false;
+    link_.posted = false;
+    const int op = link_.op, w = mail_.rank();
+    const Header h = link_.header;
+    ++requests_;
+    if (op == kPush) {
+      bool applied = false;
+      try {
+        if (!failed_) {
+          take_local_push(h, link_.data);
+          applied = true;
+        }
+      } catch (...) {
+        link_.taken = true;
+        throw;
+      }
+      link_.taken = true;
+      link_.data.clear();
+      lk.unlock();
+      if (applied) end_push(w, h);
+    } else {
+      lk.unlock();
+      if (failed_) {
+        reply_error(w, fail_status_, fail_info0_, fail_info1_);
+      } else if (op == kPull) {
+        on_pull(w, h);
+      } else {
+        on_close(w, h);
+      }
+    }
+    publish();
+    return true;
   }
 
   // Workers still expected to push clock c: not closed before reaching it.
@@ -220,7 +378,7 @@ class Server {
   void advance() {
     for (;;) {
       const std::int64_t c = version_ + 1;
-      const std::size_t slot = static_cast<std::size_t>(c % (cfg_.staleness + 1));
+      const std::size_t slot = slot_of(c);
       const int have = counts_[slot];
       if (have == 0 || have < expected(c)) break;
       divide(slots_[slot].data(), cfg_.dtype, count_, static_cast<double>(have));
@@ -277,6 +435,26 @@ class Server {
   }
 
   void reply_status(int w, std::int64_t status, std::int64_t info0, std::int64_t info1, bool data) {
+    if (local_ && w == mail_.rank()) {
+      // The colocated rank's own worker: its shard is copied into its arrays
+      // now (unless it has withdrawn them), then the header posted.
+      std::lock_guard<std::mutex> lk(link_.mu);
+      if (data && !link_.data.empty()) {
+        for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
+          std::memcpy(address(link_.data, elem_, a, b), reinterpret_cast<const char*>(params_.data()) + (a - lo_) * elem_,
+                      static_cast<std::size_t>(b - a) * elem_);
+        }
+        bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+      }
+      link_.reply = Header{};
+      link_.reply.version = version_;
+      link_.reply.status = status;
+      link_.reply.stale = max_stale_[w];
+      link_.reply.info0 = info0;
+      link_.reply.info1 = info1;
+      link_.replied = true;
+      return;
+    }
     auto h = std::make_unique<Header>();
     h->version = version_;
     h->status = status;
@@ -383,6 +561,10 @@ class Server {
   std::int64_t lo_, hi_;
   std::vector<std::int64_t> seg_bounds_;
   std::size_t count_, elem_, wire_elem_;
+  std::int64_t piece_elems_ = 1;
+  bool local_ = false;  // this rank is also a worker (colocated): its requests come through link_
+  LocalLink link_;
+  Clock::time_point push_started_{};
   std::vector<int> workers_;
   ShardOptimizer opt_;
   std::vector<double> params_, staging_, grad_;  // double: 8-byte aligned bytes

@@ -31,16 +31,19 @@ static_assert(sizeof(Header) == 64, "the header is part of the wire format");
 constexpr std::int64_t kCutElements = std::int64_t{1} << 26;
 
 // Where range [lo, hi) is cut into messages: at every parameter's boundary
-// (seg_bounds, prefix sums of the parameters' sizes) and every kCutElements
-// from each one's start, so that each message is contiguous in every
-// rank's arrays. Sender and receiver compute the same cuts.
+// (seg_bounds, prefix sums of the parameters' sizes) and every `limit`
+// elements from each one's start, so that each message is contiguous in
+// every rank's arrays. Sender and receiver compute the same cuts. Replies
+// use kCutElements; pushes a limit of Config::piece_bytes, so that a server
+// can apply each piece of a gradient while it is still in cache.
 inline std::vector<std::pair<std::int64_t, std::int64_t>> cuts(const std::vector<std::int64_t>& seg_bounds, std::int64_t lo,
-                                                        std::int64_t hi) {
+                                                        std::int64_t hi, std::int64_t limit = kCutElements) {
   std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  limit = std::max<std::int64_t>(1, std::min(limit, kCutElements));
   for (std::size_t j = 0; j + 1 < seg_bounds.size(); ++j) {
     const std::int64_t a0 = std::max(lo, seg_bounds[j]), b0 = std::min(hi, seg_bounds[j + 1]);
     for (std::int64_t a = a0; a < b0;) {
-      const std::int64_t next = seg_bounds[j] + ((a - seg_bounds[j]) / kCutElements + 1) * kCutElements;
+      const std::int64_t next = seg_bounds[j] + ((a - seg_bounds[j]) / limit + 1) * limit;
       const std::int64_t b = std::min(b0, next);
       out.emplace_back(a, b);
       a = b;

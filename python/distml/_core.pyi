@@ -187,7 +187,8 @@ class ParameterServer:
     """The parameter server of csrc/ps (python/distml/ps wraps it)."""
     def __init__(self, fortran_handle: int, dtype: int, wire: int, segments: Sequence[int], servers: Sequence[int],
                  mode: int, staleness: int, optimizer: int, hyperparameters: dict, timeout: float,
-                 poll_min_us: int, poll_max_us: int, initial: Sequence[np.ndarray]) -> None: ...
+                 poll_min_us: int, poll_max_us: int, initial: Sequence[np.ndarray],
+                 piece_bytes: int = ...) -> None: ...
     @property
     def is_server(self) -> bool: ...
     @property

@@ -315,3 +315,79 @@ def test_bounded_applies_the_averages_sync_applies(comm_default, s):
         results.append(params)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ---- gradients taken in pieces ------------------------------------------------
+# A server applies a pushed gradient piece by piece as it arrives (pieces of
+# DISTML_PS_PIECE_BYTES, cut at the parameters' boundaries too); a colocated
+# rank's own pushes and pulls skip MPI. Pieces of 3 float64 elements (and 12
+# halves) make every shard many pieces, most of them cut short.
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam"])
+@pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
+def test_sync_in_small_pieces_equals_single_process_optimizer(comm_default, monkeypatch, name, layout):
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "24")
+    servers, workers = layouts(comm.size)[layout]
+    cls, kw = OPTIMIZERS[name]
+    _, params, stats = train(comm, cls, kw, servers, 5)
+    want = oracle(cls, kw, workers, 5)
+    for got, ref in zip(params, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_compression_in_small_pieces_equals_oracle(comm_default, monkeypatch):
+    comm = comm_default
+    monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "24")
+    cls, kw = OPTIMIZERS["sgd_momentum"]
+    _, params, _ = train(comm, cls, kw, None, 3, compression="bf16")
+    want = oracle(cls, kw, list(range(comm.size)), 3, compression="bf16")
+    for got, ref in zip(params, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("pieces", ["24", "default"])
+@pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
+def test_async_applies_every_push_once(comm_default, monkeypatch, pieces, layout):
+    """Plain SGD on gradients that do not depend on the parameters: whatever
+    the order of arrival, the result is the start minus lr / workers times
+    the sum of every push."""
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    if pieces != "default":
+        monkeypatch.setenv("DISTML_PS_PIECE_BYTES", pieces)
+    servers, workers = layouts(comm.size)[layout]
+    lr, steps = 0.1, 4
+    params = problem()
+    ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=lr)
+    fixed = problem(seed=5)
+
+    def grads(w, c):
+        return [g * (w + 1) + 0.01 * c for g in fixed]
+
+    if ps.is_worker:
+        for c in range(1, steps + 1):
+            ps.step(grads(comm.rank, c))
+        assert ps.stats()["bytes_pulled"] == steps * sum(p.nbytes for p in params)
+        ps.close()
+    want = problem()
+    for w in workers:
+        for c in range(1, steps + 1):
+            for p, g in zip(want, grads(w, c)):
+                p -= (lr / len(workers)) * g
+    for got, ref in zip(params, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    if ps.is_server:
+        assert ps.stats()["server"]["updates_applied"] == steps * len(workers)
+
+
+def test_piece_size_must_agree(comm_default, monkeypatch):
+    comm = comm_default
+    if comm.size < 2:
+        pytest.skip("needs two ranks to disagree")
+    monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "24" if comm.rank == 0 else "48")
+    with pytest.raises(distml.MismatchError, match="DISTML_PS_PIECE_BYTES"):
+        ParameterServer(problem(), optim.SGD, comm=comm, lr=0.1)
