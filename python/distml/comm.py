@@ -243,7 +243,10 @@ class Communicator:
 
     With a timeout, every collective starts with an arrival round through
     rank 0 (which also carries the mismatch check), so that a timeout can
-    name the ranks that never arrived.
+    name the ranks that never arrived. Where the ranks do not share one
+    node, an allreduce of at most ``DISTML_CARRY_BYTES`` (default 8 KiB)
+    moves its data in that round, or in the mismatch check's own messages
+    without a timeout, instead of after it.
 
     Creating a communicator must be done on all ranks of ``comm``.
     """
