@@ -1,4 +1,4 @@
-// Shared-memory alltoallv and allgatherv for the ranks of one node.
+// Shared-memory alltoall, alltoallv and allgatherv for the ranks of one node.
 //
 // Vocabulary as in alltoallv.cpp (blocks of any size, back to back in rank
 // order), plus: a round moves the next `piece` bytes of every block through
@@ -9,10 +9,17 @@
 // the whole slot is one lane holding the next piece of the writer's block,
 // which every rank copies.
 //
+// alltoall is alltoallv with every block the same size, which every rank
+// knows, so it skips the round that agrees on the longest block. In place
+// (in == out) is safe for it: a round posts its piece of every outgoing
+// block before it writes the same range of the incoming ones, and later
+// rounds read only later ranges.
+//
 // Hang invariant: every rank runs the same number of rounds. allgatherv's
-// ranks all know every block's size; alltoallv's ranks know only their own
-// sends and receives, so they first agree on the longest block over all
-// pairs in one round of their own (each posts its longest send).
+// and alltoall's ranks all know every block's size; alltoallv's ranks know
+// only their own sends and receives, so they first agree on the longest
+// block over all pairs in one round of their own (each posts its longest
+// send).
 #include <algorithm>
 #include <vector>
 
@@ -41,14 +48,42 @@ std::uint64_t begin_step(transport::ShmGroup& shm) {
 
 }  // namespace
 
+namespace {
+
+// The rounds of alltoallv after the longest block is known: `longest` bytes
+// of every block, a lane's worth per round. The own block is not moved here.
+void exchange_lanes(transport::ShmGroup& shm, const char* src, const std::size_t* send, char* dst,
+                    const std::size_t* recv, std::uint64_t longest) {
+  const int L = shm.size(), me = shm.rank();
+  const auto send_off = offsets_of(send, L), recv_off = offsets_of(recv, L);
+  // Lanes start on cache lines, so writers never share a line.
+  const std::size_t lane = std::max<std::size_t>(64, shm.slot_bytes() / L / 64 * 64);
+  for (std::uint64_t o = 0; o < longest; o += lane) {
+    const std::uint64_t step = begin_step(shm);
+    const int k = static_cast<int>(step & 1);
+    char* mine = shm.slot(me, k);
+    for (int d = 0; d < L; ++d) {  // post: lane d of my slot <- my next piece for rank d
+      if (d == me || o >= send[d]) continue;
+      std::memcpy(mine + d * lane, src + send_off[d] + o, std::min<std::size_t>(lane, send[d] - o));
+    }
+    shm.publish(Counter::kPosted, step);
+    for (int i = 1; i < L; ++i) {  // collect: lane `me` of every peer's slot
+      const int s = (me + i) % L;
+      shm.wait_one(s, Counter::kPosted, step);
+      if (o >= recv[s]) continue;
+      std::memcpy(dst + recv_off[s] + o, shm.slot(s, k) + me * lane, std::min<std::size_t>(lane, recv[s] - o));
+    }
+    shm.publish(Counter::kReleased, step);
+  }
+}
+
+}  // namespace
+
 void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* send, void* out,
                    const std::size_t* recv) {
   const int L = shm.size(), me = shm.rank();
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  const auto send_off = offsets_of(send, L), recv_off = offsets_of(recv, L);
-  // Lanes start on cache lines, so writers never share a line.
-  const std::size_t lane = std::max<std::size_t>(64, shm.slot_bytes() / L / 64 * 64);
 
   // Round 0: agree on the longest block, hence the number of rounds.
   std::uint64_t longest = 0;
@@ -67,25 +102,21 @@ void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* 
     }
     shm.publish(Counter::kReleased, step);
   }
-  if (send[me]) std::memcpy(dst + recv_off[me], src + send_off[me], send[me]);
-
-  for (std::uint64_t o = 0; o < longest; o += lane) {
-    const std::uint64_t step = begin_step(shm);
-    const int k = static_cast<int>(step & 1);
-    char* mine = shm.slot(me, k);
-    for (int d = 0; d < L; ++d) {  // post: lane d of my slot <- my next piece for rank d
-      if (d == me || o >= send[d]) continue;
-      std::memcpy(mine + d * lane, src + send_off[d] + o, std::min<std::size_t>(lane, send[d] - o));
-    }
-    shm.publish(Counter::kPosted, step);
-    for (int i = 1; i < L; ++i) {  // collect: lane `me` of every peer's slot
-      const int s = (me + i) % L;
-      shm.wait_one(s, Counter::kPosted, step);
-      if (o >= recv[s]) continue;
-      std::memcpy(dst + recv_off[s] + o, shm.slot(s, k) + me * lane, std::min<std::size_t>(lane, recv[s] - o));
-    }
-    shm.publish(Counter::kReleased, step);
+  if (send[me]) {
+    const auto send_off = offsets_of(send, L), recv_off = offsets_of(recv, L);
+    std::memcpy(dst + recv_off[me], src + send_off[me], send[me]);
   }
+  exchange_lanes(shm, src, send, dst, recv, longest);
+}
+
+void alltoall_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes) {
+  const int L = shm.size(), me = shm.rank();
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  if (block_bytes == 0) return;
+  const std::vector<std::size_t> sizes(L, block_bytes);
+  if (src != dst) std::memcpy(dst + me * block_bytes, src + me * block_bytes, block_bytes);
+  exchange_lanes(shm, src, sizes.data(), dst, sizes.data(), block_bytes);
 }
 
 void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const std::size_t* sizes) {

@@ -35,4 +35,11 @@ void allgather_eager(ShmGroup& shm, std::uint64_t seq, void* out, std::size_t by
   for (int r = 0; r < shm.size(); ++r) std::memcpy(static_cast<char*>(out) + r * bytes, posted(shm, r, seq), bytes);
 }
 
+void alltoall_eager(ShmGroup& shm, std::uint64_t seq, void* out, std::size_t block_bytes) {
+  const std::size_t me = static_cast<std::size_t>(shm.rank());
+  for (int r = 0; r < shm.size(); ++r) {
+    std::memcpy(static_cast<char*>(out) + r * block_bytes, posted(shm, r, seq) + me * block_bytes, block_bytes);
+  }
+}
+
 }  // namespace distml::algorithms

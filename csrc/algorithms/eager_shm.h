@@ -44,5 +44,8 @@ void reduce_eager(transport::ShmGroup& shm, std::uint64_t seq, void* out, std::s
 void broadcast_eager(transport::ShmGroup& shm, std::uint64_t seq, void* out, std::size_t bytes, int root);
 // Every rank's posted `bytes` into `out`, in rank order.
 void allgather_eager(transport::ShmGroup& shm, std::uint64_t seq, void* out, std::size_t bytes);
+// Block `rank` of every rank's posted blocks of `block_bytes` into `out`, in
+// rank order (alltoall; `out` may be the posted input itself).
+void alltoall_eager(transport::ShmGroup& shm, std::uint64_t seq, void* out, std::size_t block_bytes);
 
 }  // namespace distml::algorithms

@@ -216,6 +216,8 @@ void barrier_shm(transport::ShmGroup& shm);
 void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* send, void* out,
                    const std::size_t* recv);
 void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const std::size_t* sizes);
+// Every block `block_bytes` (alltoallv_shm.cpp); `in` may equal `out`.
+void alltoall_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes);
 // `out` is written on the root only.
 void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                 const Reduction& red, int root);

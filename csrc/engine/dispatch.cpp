@@ -36,6 +36,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
         return;
       case Kind::kBroadcast: alg::broadcast_eager(shm, seq_, c.out, c.count * elem, c.root); return;
       case Kind::kAllgather: alg::allgather_eager(shm, seq_, c.out, c.count * elem); return;
+      case Kind::kAlltoall: alg::alltoall_eager(shm, seq_, c.out, c.count / P * elem); return;
       case Kind::kReduceScatter: {
         const alg::Blocks blocks{c.count, P, c.unit};
         alg::reduce_eager(shm, seq_, c.out, blocks.offset(r), blocks.size(r), red);
@@ -132,6 +133,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
     case Kind::kAlltoall: {
       const std::size_t block_bytes = c.count / P * elem;
       if (algo == Algo::kMpi) tp::mpi_alltoall(comm, c.in, c.out, block_bytes);
+      else if (algo == Algo::kShm) alg::alltoall_shm(shm_group(), c.in, c.out, block_bytes);
       else alg::alltoall_pairwise(comm, c.in, c.out, block_bytes);
       return;
     }

@@ -49,7 +49,7 @@ std::vector<Algo> accepted_algorithms(Kind kind) {
       return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather, Algo::kShm};
     case Kind::kAllgather: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kShm};
     case Kind::kReduceScatter: return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kShm};
-    case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise};
+    case Kind::kAlltoall: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise, Algo::kShm};
     case Kind::kBarrier: return {Algo::kAuto, Algo::kMpi, Algo::kDissemination, Algo::kShm};
     case Kind::kAlltoallv:
     case Kind::kAllgatherv: return {Algo::kAuto, Algo::kMpi, Algo::kPairwise, Algo::kShm};

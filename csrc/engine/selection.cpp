@@ -168,7 +168,7 @@ bool Communicator::eager(const Call& call, Algo algo) const {
   // `count` is what each rank contributes, for allgather, and the whole
   // input otherwise: the bytes each rank writes into its control block.
   return arrival_ == Arrival::kShm && algo == Algo::kShm && !call.invalid && bytes > 0 &&
-         bytes <= std::min(settings_.shm_one_shot_bytes, alg::kEagerBytes) && call.kind != Kind::kBarrier && call.kind != Kind::kAlltoall &&
+         bytes <= std::min(settings_.shm_one_shot_bytes, alg::kEagerBytes) && call.kind != Kind::kBarrier &&
          !is_variable(call.kind);
 }
 

@@ -51,7 +51,7 @@ TOPOLOGY_ALGORITHMS = {
     "broadcast": ["shm"],
     "allgather": ["shm"],
     "reduce_scatter": ["shm"],
-    "alltoall": [],
+    "alltoall": ["shm"],
     "barrier": ["shm"],
 }
 
