@@ -29,6 +29,7 @@ _ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIE
     _K.allreduce, _K.reduce, _K.broadcast, _K.allgather, _K.reduce_scatter, _K.alltoall, _K.barrier)
 _ALLTOALLV, _ALLGATHERV = _K.alltoallv, _K.allgatherv
 _NO_OP = _core.Op.sum
+_U8 = _core.DType.uint8
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
@@ -452,6 +453,22 @@ class Communicator:
             return pool.empty(shape, dtype)
         return np.empty(shape, dtype=dtype)
 
+    def _short_out(self, x: np.ndarray, out: Any, shape: tuple) -> Optional[np.ndarray]:
+        """The short paths' result array: a new one, or ``out`` when it is a
+        writable C-contiguous array of ``shape`` and x's dtype that does not
+        overlap ``x``; None sends the call down the general path (which
+        raises what is wrong, or refuses through the agreement when memory
+        runs out)."""
+        if out is None:
+            try:
+                return self._empty(shape, x.dtype)
+            except MemoryError:
+                return None
+        if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == shape and out.flags.c_contiguous
+                and out.flags.writeable and not np.may_share_memory(out, x)):
+            return out
+        return None
+
     def _result_buffer(self, x: np.ndarray, out: Optional[np.ndarray], shape: tuple):
         """(buffer the core writes, array to return)."""
         if out is None:
@@ -567,6 +584,19 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short (see allreduce).
+        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self.size
+                and type(algorithm) is str and x.flags.c_contiguous):
+            code = _DTYPE_CODES.get(x.dtype)
+            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            if code is not None and opc is not None:
+                if self.rank != root:
+                    self._core.run(_REDUCE, code, opc, x.size, 1, root, algorithm, (), x, None)
+                    return None
+                dst = x if out is x and x.flags.writeable else self._short_out(x, out, x.shape)
+                if dst is not None:
+                    self._core.run(_REDUCE, code, opc, x.size, 1, root, algorithm, (), x, dst)
+                    return dst
         arr = _as_array(x)
         code = dtype_code(arr.dtype)
         opc = op_code(op, arr.dtype)
@@ -642,6 +672,14 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short (see allreduce).
+        if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
+            code = _DTYPE_CODES.get(x.dtype)
+            if code is not None:
+                dst = self._short_out(x, out, (self.size * x.shape[0],) + x.shape[1:])
+                if dst is not None:
+                    self._core.run(_ALLGATHER, code, _NO_OP, x.size, 1, 0, algorithm, x.shape, x, dst)
+                    return dst
         arr = _as_array(x)
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -680,6 +718,17 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short (see allreduce).
+        if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
+            code = _DTYPE_CODES.get(x.dtype)
+            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            if code is not None and opc is not None:
+                shape = (part_size(x.shape[0], self.size, self.rank),) + x.shape[1:]
+                dst = self._short_out(x, out, shape)
+                if dst is not None:
+                    unit = 1 if x.ndim == 1 else int(np.prod(x.shape[1:], dtype=np.int64))
+                    self._core.run(_REDUCE_SCATTER, code, opc, x.size, unit, 0, algorithm, x.shape, x, dst)
+                    return dst
         arr = _as_array(x)
         if arr.ndim == 0:
             raise ValueError("reduce_scatter needs x with at least one dimension")
@@ -712,7 +761,7 @@ class Communicator:
             x: array-like whose first dimension is divisible by the number of
                 ranks, the same shape on every rank.
             out: array of the shape of ``x`` (may be ``x`` itself).
-            algorithm: "auto", "pairwise" or "mpi".
+            algorithm: "auto", "pairwise", "mpi" or "shm" (every rank on one node).
             async_op: return a :class:`Handle`.
 
         Returns:
@@ -720,6 +769,15 @@ class Communicator:
 
         Must be called on all ranks.
         """
+        # The common case, kept short (see allreduce).
+        if (type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous
+                and x.shape[0] % self.size == 0):
+            code = _DTYPE_CODES.get(x.dtype)
+            if code is not None:
+                dst = x if out is x and x.flags.writeable else self._short_out(x, out, x.shape)
+                if dst is not None:
+                    self._core.run(_ALLTOALL, code, _NO_OP, x.size, 1, 0, algorithm, x.shape, x, dst)
+                    return dst
         arr = _as_array(x)
         if arr.ndim == 0:
             raise ValueError("alltoall needs x with at least one dimension")
@@ -889,6 +947,9 @@ class Communicator:
 
     def barrier(self, algorithm: str = "auto", async_op: bool = False) -> Any:
         """Returns once every rank has entered the barrier. Must be called on all ranks."""
+        if not async_op and type(algorithm) is str:
+            self._core.run(_BARRIER, _U8, _NO_OP, 0, 1, 0, algorithm, (), None, None)
+            return None
         algorithm = self._algorithm(algorithm)
         return self._launch(_BARRIER, None, None, dtype=_core.DType.uint8, algorithm=algorithm, async_op=async_op)
 
