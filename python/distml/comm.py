@@ -9,6 +9,7 @@ same order.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import weakref
 from typing import Any, Callable, Optional
@@ -449,7 +450,7 @@ class Communicator:
         """A new C-contiguous array for a collective's result: from the
         result pool when it is large (see the class docstring)."""
         pool = self._pool
-        if pool is not None and dtype.itemsize * int(np.prod(shape, dtype=np.int64)) >= _POOL_MIN_BYTES:
+        if pool is not None and dtype.itemsize * math.prod(shape) >= _POOL_MIN_BYTES:
             return pool.empty(shape, dtype)
         return np.empty(shape, dtype=dtype)
 
@@ -723,7 +724,8 @@ class Communicator:
             code = _DTYPE_CODES.get(x.dtype)
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
             if code is not None and opc is not None:
-                shape = (part_size(x.shape[0], self.size, self.rank),) + x.shape[1:]
+                rows, size = x.shape[0], self.size  # numpy.array_split's part of this rank
+                shape = (rows // size + (self.rank < rows % size),) + x.shape[1:]
                 dst = self._short_out(x, out, shape)
                 if dst is not None:
                     unit = 1 if x.ndim == 1 else int(np.prod(x.shape[1:], dtype=np.int64))
