@@ -18,6 +18,10 @@ namespace distml::engine {
 namespace alg = distml::algorithms;
 namespace tp = distml::transport;
 
+namespace {
+constexpr std::size_t kAlltoallShmMaxBytes = std::size_t{32} << 10;
+}  // namespace
+
 bool Communicator::available(Algo algo) const {
   if (algo == Algo::kShm) return one_node_;
   if (algo == Algo::kHierarchical) return across_ != nullptr;
@@ -55,6 +59,12 @@ Algo Communicator::resolve(const Call& call) const {
     case Kind::kReduceScatter:
       return one_node_ ? Algo::kShm : Algo::kRing;
     case Kind::kAlltoall:
+      // Shared memory wins on one node of two ranks up to 32 KiB (its data
+      // travels with the arrival up to the eager limit) and loses from
+      // 256 KiB, where MPI moves each block with one copy (measured at P=2,
+      // bench/results/collectives_17.md).
+      if (one_node_ && size_ == 2 && bytes <= kAlltoallShmMaxBytes) return Algo::kShm;
+      return Algo::kPairwise;
     case Kind::kAlltoallv:
     case Kind::kAllgatherv:
       return Algo::kPairwise;
