@@ -59,11 +59,11 @@ Algo Communicator::resolve(const Call& call) const {
     case Kind::kReduceScatter:
       return one_node_ ? Algo::kShm : Algo::kRing;
     case Kind::kAlltoall:
-      // Shared memory wins on one node of two ranks up to 32 KiB (its data
-      // travels with the arrival up to the eager limit) and loses from
-      // 256 KiB, where MPI moves each block with one copy (measured at P=2,
-      // bench/results/collectives_17.md).
-      if (one_node_ && size_ == 2 && bytes <= kAlltoallShmMaxBytes) return Algo::kShm;
+      // Shared memory wins on one node up to 32 KiB with two ranks and up to
+      // 256 KiB with four (its data travels with the arrival up to the
+      // eager limit); beyond, MPI's single copy per block wins or ties
+      // (bench/results/collectives_17.md).
+      if (one_node_ && bytes <= (size_ == 2 ? kAlltoallShmMaxBytes : 8 * kAlltoallShmMaxBytes)) return Algo::kShm;
       return Algo::kPairwise;
     case Kind::kAlltoallv:
     case Kind::kAllgatherv:
