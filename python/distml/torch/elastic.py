@@ -1,9 +1,12 @@
 """``hvd.elastic``: not provided by distml.torch.
 
-distml has no elastic training yet (ranks joining or leaving a running job):
-a communicator's ranks are fixed for its lifetime. Every name here raises
-NotImplementedError with that explanation, so that code written for Horovod's
-elastic mode fails at once and clearly instead of training without it.
+distml's elastic training (``distml.elastic``: committed state restored after
+``distmlrun --max-restarts`` relaunches the job without the lost rank) holds
+numpy parameters and distml optimizers; torch optimizer state has no save
+path in distml.checkpoint yet, so Horovod's torch elastic classes are not
+mapped onto it. Every name here raises NotImplementedError with that
+explanation, so that code written for Horovod's elastic mode fails at once
+and clearly instead of training without it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from typing import Any, NoReturn
 
 __all__ = ["run", "State", "ObjectState", "TorchState", "ElasticSampler"]
 
-_MESSAGE = ("distml.torch has no elastic training (hvd.elastic): the ranks of a job are fixed. "
-            "Run with a fixed number of ranks (python -m distml.run -n P) and restart from a "
-            "checkpoint (distml.checkpoint) if a rank fails")
+_MESSAGE = ("distml.torch has no elastic training (hvd.elastic): torch optimizer state cannot be "
+            "committed yet. distml.elastic (numpy parameters, distmlrun --max-restarts) survives a "
+            "lost rank; with torch, run with a fixed number of ranks and restart from a checkpoint")
 
 
 def _unsupported(*_: Any, **__: Any) -> NoReturn:
