@@ -182,13 +182,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _elastic(args: argparse.Namespace, mpiexec: str, family: str, program: List[str]) -> int:
     """``--max-restarts``: run under distml.elastic's supervisor, which
     relaunches the job on the ranks left after a lost rank."""
-    from .elastic._supervisor import format_hosts, parse_hosts, supervise
+    from .elastic._supervisor import format_hosts, parse_hosts, supervise, witness_command
 
     extra = shlex.split(args.mpiexec_args)
     hosts = parse_hosts(args.hosts, args.hostfile)
 
     def command(n: int, hosts_now: Optional[list]) -> List[str]:
-        return build_command(mpiexec, family, n, program, extra, None,
+        return build_command(mpiexec, family, n, witness_command(program), extra, None,
                              format_hosts(hosts_now) if hosts_now else None)
 
     if args.dry_run:

@@ -13,7 +13,10 @@ LAUNCH (0 = the first) at global step STEP:
 - ``commit``: inside the commit made after step STEP, once its shard file is
   written and before rank 0 commits the manifest (the commit must not count);
 - ``stop``: SIGSTOP instead of SIGKILL before the step: the rank hangs
-  rather than dies, and its peers must time out (--timeout).
+  rather than dies, and its peers must time out (--timeout);
+- ``busy``: as ``epoch``, but first the launcher (distmlrun's supervisor) is
+  stopped for 2 s, so that it cannot watch while the process manager ends
+  the other ranks: what a loaded machine does to it by chance.
 
 --stop-after-commit S ends training cleanly after the commit at step S (the
 first half of a reference run that then resumes at another size). Rank 0
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -40,6 +44,23 @@ def die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stop_the_launcher(seconds: float) -> None:
+    """SIGSTOPs the nearest ancestor running distml.run, with a detached
+    process that SIGCONTs it after ``seconds``."""
+    pid = os.getppid()
+    while pid > 1:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"distml.run" in f.read():
+                break
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    else:
+        raise RuntimeError("no distml.run above this rank")
+    subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -CONT {pid}"], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.kill(pid, signal.SIGSTOP)
 
 
 def load_data(path=None):
@@ -116,6 +137,9 @@ def main() -> None:
         while state.step < args.steps:
             epoch, s = divmod(state.step, per_epoch)
             if kills.get(state.step) == "epoch":
+                die()
+            if kills.get(state.step) == "busy":
+                stop_the_launcher(2.0)
                 die()
             if kills.get(state.step) == "stop":
                 os.kill(os.getpid(), signal.SIGSTOP)  # hangs: its peers time out

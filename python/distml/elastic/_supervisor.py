@@ -3,11 +3,15 @@
 One *launch* is one ``mpiexec`` run. Each rank of a launch that goes through
 :func:`distml.elastic.run` leaves a small record in the run directory
 (``launch-K/rank-R.json``: process id, host, ``min_ranks``, the /dev/shm
-segments it maps). The supervisor watches those processes through pidfds, so
-it sees which rank ended first: the process manager ends all the others a
-moment later (MPICH's Hydra does so even with ``-disable-auto-cleanup``),
-so only the first is the lost one. A rank that leaves through Python (an
-exception in the training function) writes ``launch-K/exit-R.json`` first,
+segments it maps). Each rank runs under a witness (_witness.py), its parent
+process, which records ``launch-K/ended-PID.json`` when the rank ends on its
+own before it ends itself with the same status: the process manager, which
+then ends all the other ranks, hears of the death only after the record
+exists, so the ranks with a record are exactly the lost ones. The supervisor
+also watches the ranks through pidfds and notes which ended first, the
+fallback when no witness could record (a host gone). A rank that leaves
+through Python (an exception in the training function) writes
+``launch-K/exit-R.json`` first,
 which tells a program error (not relaunched) from a lost rank.
 
 When a launch fails because ranks were lost, the supervisor
@@ -45,7 +49,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 from ._run import EXIT_BELOW_MIN_RANKS
 from ._state import ENV_RESTART, ENV_RUN, read_json
 
-__all__ = ["supervise", "parse_hosts", "format_hosts", "leaked_segments", "remove_segments"]
+__all__ = ["supervise", "witness_command", "parse_hosts", "format_hosts", "leaked_segments", "remove_segments"]
 
 Hosts = List[Tuple[str, int]]
 
@@ -276,6 +280,37 @@ def _records(launch_dir: str, prefix: str) -> Dict[int, dict]:
     return out
 
 
+def witness_command(program: Sequence[str]) -> List[str]:
+    """``program`` run under the witness (_witness.py), which records how the
+    rank ended before the process manager hears of it."""
+    return [sys.executable, "-S", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_witness.py"),
+            *program]
+
+
+def _witnessed_losses(launch_dir: str, ranks: Dict[int, dict], exits: Dict[int, dict], exited: float,
+                      killed: Sequence[int]) -> List[int]:
+    """Ranks whose witness saw them end on their own, without a word
+    (no exit record), before mpiexec ended and not killed here."""
+    by_pid = {int(rec["pid"]): r for r, rec in ranks.items() if "pid" in rec}
+    out = []
+    try:
+        names = os.listdir(launch_dir)
+    except OSError:
+        return out
+    for name in names:
+        if not (name.startswith("ended-") and name.endswith(".json")):
+            continue
+        rec = read_json(os.path.join(launch_dir, name))
+        if not rec or "pid" not in rec:
+            continue
+        pid = int(rec["pid"])
+        rank = by_pid.get(pid)
+        if rank is None or rank in exits or pid in killed or float(rec.get("time", exited)) > exited:
+            continue
+        out.append(rank)
+    return sorted(out)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -392,7 +427,12 @@ def supervise(command: Callable[[int, Optional[Hosts]], List[str]], nprocs: int,
                 return 0
             # Why did it end?
             lost: List[int] = []
-            if first is not None:
+            witnessed = _witnessed_losses(launch_dir, ranks, exits, exited, killed)
+            if witnessed:
+                # The witnesses recorded these ranks' ends before the process
+                # manager could hear of them: exact, whatever the watch saw.
+                lost = witnessed
+            elif first is not None:
                 # Ranks that ended without a word (killed, crashed) are the lost ones.
                 lost = [r for r in first[1] if r not in exits]
                 if not lost and all(exits[r].get("reason") == "peer_lost" for r in first[1]):
