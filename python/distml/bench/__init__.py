@@ -50,11 +50,11 @@ from __future__ import annotations
 from .common import BASELINE, COLLECTIVES, DEFAULT_SIZES, KiB, MiB, MEMCPY_BYTES, format_size, parse_size
 from .machine import machine_info, memcpy_ceiling
 from .sweep import Case, accepted_algorithms, run_sweep, time_interleaved, usable_algorithms
-from .report import add_memory_bound, markdown_table, memory_bound_factor, print_table, write_json
+from .report import add_memory_bound, markdown_table, memory_bound_factor, peers_table, print_table, write_json
 from .plot import plot
 from .cli import build_parser, main
 
 __all__ = ["BASELINE", "COLLECTIVES", "DEFAULT_SIZES", "KiB", "MiB", "MEMCPY_BYTES", "format_size", "parse_size",
            "machine_info", "memcpy_ceiling", "Case", "accepted_algorithms", "run_sweep", "time_interleaved",
-           "usable_algorithms", "add_memory_bound", "markdown_table", "memory_bound_factor", "print_table",
+           "usable_algorithms", "add_memory_bound", "markdown_table", "memory_bound_factor", "peers_table", "print_table",
            "write_json", "plot", "build_parser", "main"]

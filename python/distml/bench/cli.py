@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .common import COLLECTIVES, _csv, parse_size
 from .plot import plot
-from .report import markdown_table, print_table, write_json
+from .report import markdown_table, peers_table, print_table, write_json
 from .sweep import default_name, run_sweep
 
 
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memcpy", action="store_true", help="skip the memcpy ceiling")
     p.add_argument("--no-extras", action="store_true",
                    help="allreduce: skip the extra rows (MPI_IN_PLACE; distml in place, on node-shared buffers, and returning a new array)")
+    p.add_argument("--peers", type=_csv, default=None,
+                   help="allreduce: also time other libraries' allreduce in place on the same buffers, "
+                   "comma-separated: deepspeed (DeepSpeed's CPU shm allreduce), gloo (torch.distributed); "
+                   "needs pip install '.[peers]' (see distml.bench.peers)")
     p.add_argument("--out", default=None,
                    help="JSON path (default bench/results/<collectives>_P<P>_<date>.json); '-' for none")
     p.add_argument("--png", default=None, help="also plot the results to this PNG (rank 0, needs matplotlib)")
@@ -70,12 +74,16 @@ def table_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="distml-bench table", description="Markdown table from sweep JSON files.")
     p.add_argument("files", nargs="+")
     p.add_argument("--collective", default="allreduce")
-    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound"), default="ratio",
-                   help="ratio to MPI, time, bus bandwidth, or (allreduce) the fraction of the "
-                        "memory-bandwidth bound reached")
+    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound", "peers"), default="ratio",
+                   help="ratio to MPI, time, bus bandwidth, (allreduce) the fraction of the "
+                        "memory-bandwidth bound reached, or (allreduce runs with --peers) times and "
+                        "ratios against MPI and the peers, medians over the files of each P")
     p.add_argument("--min-bytes", type=parse_size, default=1)
     p.add_argument("--max-bytes", type=parse_size, default=None)
     a = p.parse_args(argv)
+    if a.field == "peers":
+        print(peers_table(a.files))
+        return 0
     print(markdown_table(a.files, a.collective, a.min_bytes, a.max_bytes, a.field))
     return 0
 

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 
 from .common import BASELINE, format_size
 
@@ -138,3 +139,56 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
     for b in sorted(sizes):
         lines.append(f"| {format_size(b)} | " + " | ".join(cells.get((b, impl, fi), "") for _, fi, impl in columns) + " |")
     return "\n".join(lines)
+
+
+# The rows a peer table shows, in its column order: the in-place call every
+# peer makes, MPI's two calls, and the peers (distml.bench.peers.LABELS).
+_PEER_REFERENCE = "distml:in-place"
+_PEER_COLUMNS = (("mpi4py", "MPI_Allreduce"), ("mpi4py:in-place", "MPI in place"),
+                 ("deepspeed:shm", "DeepSpeed shm"), ("torch:gloo", "gloo"))
+
+
+def peers_table(paths: Sequence[str]) -> str:
+    """Markdown tables of allreduce against MPI and the peers, one per P,
+    from sweep files of runs with ``--peers``.
+
+    Per size: the median over runs of each implementation's time, and the
+    median over runs of the ratio (that implementation's time / distml's
+    in-place time) taken inside each run, above 1 where distml is faster.
+    A column appears only where some run has the row."""
+    by_p: Dict[int, List[Dict[str, Any]]] = {}
+    for p in paths:
+        with open(p) as f:
+            res = json.load(f)
+        by_p.setdefault(res["machine"]["P"], []).append(res)
+    out: List[str] = []
+    for P in sorted(by_p):
+        runs = by_p[P]
+        times: Dict[Tuple[int, str], List[float]] = {}
+        ratios: Dict[Tuple[int, str], List[float]] = {}
+        for res in runs:
+            run = {(r["bytes"], r["implementation"]): r["time_s"]
+                   for r in res["rows"] if r["collective"] == "allreduce"}
+            for (b, impl), t in run.items():
+                times.setdefault((b, impl), []).append(t)
+                ref = run.get((b, _PEER_REFERENCE))
+                if ref:
+                    ratios.setdefault((b, impl), []).append(t / ref)
+        present = {impl for _, impl in times}
+        cols = [(impl, label) for impl, label in _PEER_COLUMNS if impl in present]
+        sizes = sorted({b for b, impl in times if impl == _PEER_REFERENCE})
+        med = lambda v: float(np.median(v)) if v else None  # noqa: E731
+        head = ("| size | distml in place us | " + " | ".join(f"{label} us" for _, label in cols) + " | "
+                + " | ".join(f"vs {label}" for _, label in cols) + " |")
+        lines = [f"P={P}: {len(runs)} run(s)", "", head, "|---:|---:|" + "---:|" * (2 * len(cols))]
+        for b in sizes:
+            cells = [f"{med(times[(b, _PEER_REFERENCE)]) * 1e6:.1f}"]
+            for impl, _ in cols:
+                t = med(times.get((b, impl), []))
+                cells.append("" if t is None else f"{t * 1e6:.1f}")
+            for impl, _ in cols:
+                r = med(ratios.get((b, impl), []))
+                cells.append("" if r is None else f"{r:.2f}")
+            lines.append(f"| {format_size(b)} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

@@ -251,6 +251,11 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
     mcomm = world.Dup()  # the baseline's and the harness's communicator
     comm = distml.Communicator(world, check=False if args.no_check else None, segment_bytes=args.segment_bytes)
+    peer_names = list(getattr(args, "peers", None) or [])
+    if peer_names and "allreduce" not in args.collectives:
+        comm.free()
+        mcomm.Free()
+        raise SystemExit("distml-bench: --peers times allreduce only; add allreduce to --collectives")
     # Progress goes to stderr as rows are measured; the table follows on stdout.
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if rank == 0 and not args.quiet else (lambda *a: None)
     load_before = _loadavg()
@@ -271,6 +276,14 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                              f"{', '.join(args.collectives)}; expected some of {', '.join(sorted(known))}")
     rows: List[Dict[str, Any]] = []
     skipped: List[Dict[str, Any]] = []
+    peers: List[Any] = []
+    if peer_names:
+        from .peers import LABELS, close_peers, open_peers
+
+        peers, refused_peers = open_peers(peer_names, dtype, comm, mcomm)
+        for peer_name, why in refused_peers.items():
+            say(f"allreduce: skipping {LABELS[peer_name]}: {why}")
+            skipped.append({"collective": "allreduce", "algorithm": LABELS[peer_name], "reason": why})
     started = time.perf_counter()
     for name in args.collectives:
         factor_of = COLLECTIVES[name]
@@ -290,11 +303,16 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             except (KeyError, TypeError, NotImplementedError):  # e.g. no MPI datatype for bfloat16
                 pass
             impls += [(f"distml:{a}", a, case.distml_call(comm, a)) for a in algs]
-            if name == "allreduce" and not args.no_extras:
+            if name == "allreduce" and (peers or not args.no_extras):
                 # In place, both sides: MPI with MPI_IN_PLACE, and distml on
-                # arrays that live in node-shared memory (comm.empty).
+                # ordinary arrays; the peers work in place on the same
+                # buffers, so these two rows are what they compare with.
                 impls.append(("mpi4py:in-place", "", case.inplace_baseline_call(mcomm)))
                 impls.append(("distml:in-place", "auto", case.inplace_call(comm)))
+                impls += [(LABELS[p.name], "", p.call(case.outs)) for p in peers]
+            if name == "allreduce" and not args.no_extras:
+                # A new result as numpy functions return it, and distml on
+                # arrays that live in node-shared memory (comm.empty).
                 impls.append(("distml:fresh", "auto", case.fresh_call(comm)))
                 if comm.shared_memory == "one node":
                     impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
@@ -321,6 +339,8 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             rows.extend(measured)
             del case
     elapsed = time.perf_counter() - started
+    if peers:
+        close_peers(peers, mcomm)
     if memcpy:
         # Measured again after the sweep; the ceiling is the better of the
         # two, since other work on a shared machine only ever lowers it.
@@ -344,6 +364,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "sizes": sizes, "iters": args.iters, "warmup": args.warmup, "min_iters": args.min_iters,
                 "byte_budget": args.byte_budget, "rotate": args.rotate, "buffer_budget": args.buffer_budget,
                 "check": comm.check, "segment_bytes": args.segment_bytes,
+                "peers": peer_names, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "baseline": "mpi4py buffer collective on COMM_WORLD.Dup()",
                 "timing": "implementations interleaved, random order per round; barrier before every call; "
                           "per-call max over ranks; median over iterations",
