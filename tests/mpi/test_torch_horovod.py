@@ -412,10 +412,7 @@ def test_names_horovod_code_mentions():
     opt = hvd.DistributedOptimizer(torch.optim.SGD([p, q], lr=0.1), named_parameters=[("p", p), ("q", q)])
     assert opt._parameter_names == {p: "p", q: "q"}
     assert issubclass(hvd.HorovodInternalError, RuntimeError)
-    with pytest.raises(NotImplementedError, match="elastic"):
-        hvd.elastic.run(lambda state: None)
-    with pytest.raises(NotImplementedError, match="elastic"):
-        hvd.elastic.TorchState(model=None)
+    assert callable(hvd.elastic.run) and issubclass(hvd.elastic.TorchState, hvd.elastic.State)
     # A directory of this rank's own: pytest's tmp_path is shared by the
     # ranks' sessions, whose clean-ups race under mpiexec.
     with tempfile.TemporaryDirectory() as where:
