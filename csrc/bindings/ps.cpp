@@ -105,6 +105,13 @@ void register_ps(py::module_& m) {
              py::gil_scoped_release nogil;
              self.pull(pieces);
            })
+      .def("step",
+           [](ps::ParameterServer& self, const std::vector<py::array>& grads, const std::vector<py::array>& out) {
+             auto in = pieces_of(grads, false);
+             auto pieces = pieces_of(out, true);
+             py::gil_scoped_release nogil;
+             self.step(in, pieces);
+           })
       .def("close",
            [](ps::ParameterServer& self, const std::vector<py::array>& out) {
              auto pieces = pieces_of(out, true);

@@ -102,41 +102,68 @@ Clock::time_point ParameterServer::worker_deadline() const {
 }
 
 void ParameterServer::request(int op, const std::vector<int>& which, std::int64_t need, bool data,
-                              const std::vector<tp::Piece>& out, const char* what) {
-  const std::size_t elem = dtype_size(config_.dtype);
+                              const std::vector<tp::Piece>& out, const char* what,
+                              const std::vector<tp::Piece>& grads) {
+  const std::size_t elem = dtype_size(config_.dtype), wire = dtype_size(config_.wire);
   const std::size_t n = which.size();
+  // A step's gradients go out in pieces right behind its header, and its
+  // reply comes back cut at the same places (the server sends each piece
+  // once it is updated); other replies come in whole parameters.
+  const bool step = op == kStep;
+  const std::int64_t piece = std::max<std::int64_t>(1, config_.piece_bytes / static_cast<std::int64_t>(wire));
+  const std::int64_t reply_cut = step ? piece : kCutElements;
   std::vector<Header> sent(n), got(n);
   // A reply's header is received once it has arrived (probed): until then
   // the wait may be long (a sync pull waits for the slowest worker) and
   // sleeps between polls. The parameters follow the header on the data
   // channel; once they are expected the data is moving, and the wait only
   // yields.
-  std::vector<std::vector<tp::Pending>> recvs(n);
+  std::vector<std::vector<tp::Pending>> recvs(n), pushing(n);
   std::vector<tp::Pending> sends;
   std::vector<char> matched(n, 0);
   sends.reserve(n);
   const auto t0 = Clock::now();
   const auto until = worker_deadline();
   try {
+    int local = -1;
     for (std::size_t k = 0; k < n; ++k) {
       sent[k].op = op;
-      sent[k].clock = wstats_.clock;
+      sent[k].clock = step ? wstats_.clock + 1 : wstats_.clock;
       sent[k].need = need;
       sent[k].info0 = data ? 1 : 0;
       if (is_local(which[k])) {
-        // This rank's own shard: its progress thread answers through the
-        // LocalLink and copies the parameters straight into `out`.
-        server_->post(op, sent[k], data ? out : std::vector<tp::Piece>{});
+        local = static_cast<int>(k);  // posted after the messages, so that the remote servers start first
         sends.emplace_back();
-      } else {
-        sends.push_back(mail_->send(tp::Mailbox::kRequests, config_.servers[which[k]], op, &sent[k], sizeof(Header)));
+        continue;
       }
+      const int i = which[k], server = config_.servers[i];
+      sends.push_back(mail_->send(tp::Mailbox::kRequests, server, op, &sent[k], sizeof(Header)));
+      if (!step) continue;
+      for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1], piece)) {
+        pushing[k].push_back(mail_->send(tp::Mailbox::kData, server, kPushData, address(grads, wire, a, b),
+                                         static_cast<std::size_t>(b - a) * wire));
+      }
+    }
+    if (local >= 0) {
+      // This rank's own shard: its progress thread answers through the
+      // LocalLink, reads a step's gradients straight from `grads` and
+      // copies the parameters straight into `out`.
+      server_->post(op, sent[local], step ? grads : data ? out : std::vector<tp::Piece>{},
+                    step ? out : std::vector<tp::Piece>{});
     }
     tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
     bool failed_reply = false;
     for (;;) {
       bool all = true, moving = false;
       for (auto& s : sends) all = s.test() && all;
+      for (auto& v : pushing) {
+        for (auto& s : v) {
+          if (!s.test()) {
+            all = false;
+            moving = true;
+          }
+        }
+      }
       for (std::size_t k = 0; k < n; ++k) {
         const int i = which[k], server = config_.servers[i];
         if (!matched[k] && is_local(i)) {
@@ -169,7 +196,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
             break;
           }
           if (data && got[k].status == kOk) {
-            for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1])) {
+            for (auto [a, b] : cuts(seg_bounds_, bounds_[i], bounds_[i + 1], reply_cut)) {
               recvs[k].push_back(mail_->recv(tp::Mailbox::kData, server, kReplyData, address(out, elem, a, b),
                                              static_cast<std::size_t>(b - a) * elem));
             }
@@ -191,6 +218,7 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
         for (std::size_t k = 0; k < n; ++k) {
           bool active = !matched[k] || sends[k].active();
           for (auto& r : recvs[k]) active = active || r.active();
+          for (auto& s : pushing[k]) active = active || s.active();
           if (active) {
             os << (first ? "" : ", ") << config_.servers[which[k]];
             first = false;
@@ -346,6 +374,27 @@ void ParameterServer::pull(const std::vector<tp::Piece>& out) {
   std::vector<int> all(config_.servers.size());
   for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
   request(kPull, all, need, true, out, "pull from");
+}
+
+void ParameterServer::step(const std::vector<tp::Piece>& grads, const std::vector<tp::Piece>& out) {
+  if (config_.mode != Mode::kAsync) {
+    // A sync/bounded pull waits for a clock the push alone cannot complete.
+    push(grads);
+    pull(out);
+    return;
+  }
+  check_usable();
+  const std::size_t wire = dtype_size(config_.wire);
+  DISTML_CHECK_ARG(total_bytes(grads) == static_cast<std::size_t>(config_.total) * wire,
+                   "step got " << total_bytes(grads) << " bytes of gradients, expected "
+                               << static_cast<std::size_t>(config_.total) * wire);
+  DISTML_CHECK_ARG(total_bytes(out) == static_cast<std::size_t>(config_.total) * dtype_size(config_.dtype),
+                   "step got " << total_bytes(out) << " bytes of output arrays");
+  std::vector<int> all(config_.servers.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+  request(kStep, all, 0, true, out, "step with", grads);
+  wstats_.clock += 1;
+  wstats_.bytes_pushed += static_cast<std::int64_t>(total_bytes(grads));
 }
 
 void ParameterServer::final_broadcast(const std::vector<tp::Piece>& out) {

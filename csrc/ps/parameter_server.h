@@ -18,7 +18,10 @@
 //   push  worker -> server  Header, then the server's range of the gradient
 //   pull  worker -> server  Header (need: the version the reply must reach)
 //   close worker -> server  Header (the worker's final clock)
+//   step  worker -> server  Header, then the gradient as a push (async only)
 //   reply server -> worker  Header, then the shard when data was asked for
+//                           (a step's reply cut like its push, each piece
+//                           sent as soon as it is updated)
 // A colocated rank's requests to its own shard send no message: they go
 // through a LocalLink (csrc/ps/server.h) to its progress thread, which
 // applies a push straight from the worker's arrays and copies a pull's
@@ -32,8 +35,9 @@
 // the learning rate divided by the number of workers.
 //
 // Invariants that would hang or corrupt if broken:
-// - the shard is never modified while a reply is sending it: an update first
-//   completes the replies in flight (Server::quiesce);
+// - no part of the shard is modified while a reply is sending it: an update
+//   first completes the replies in flight (Server::quiesce), and a step's
+//   reply sends each piece only once that step has updated it;
 // - a worker has at most one request outstanding per server, so a reply is
 //   matched by (server, tag) alone (and a LocalLink holds one request);
 // - every wait has a deadline when a timeout is set, and polls with backoff.
@@ -135,6 +139,10 @@ class ParameterServer {
   // Worker calls (pieces cover the whole flat space, in order).
   void push(const std::vector<transport::Piece>& grads);
   void pull(const std::vector<transport::Piece>& out);
+  // push(grads) then pull(out). In async mode one request per server: the
+  // gradients go out in pieces and each server replies with each piece of
+  // its shard as soon as it has applied it (see Server::receive_step).
+  void step(const std::vector<transport::Piece>& grads, const std::vector<transport::Piece>& out);
   // Collective: every worker closes, servers drain, all ranks receive the
   // final parameters into `out`.
   void close(const std::vector<transport::Piece>& out);
@@ -151,8 +159,10 @@ class ParameterServer {
   void check_usable() const;
   // Sends `hdr` (+ nothing) as a pull with need/data to server i and waits
   // for the reply into `out` pieces (may be empty for a fence).
+  // A step (op kStep) also sends `grads` to every server in `which`.
   void request(int op, const std::vector<int>& which, std::int64_t need, bool data,
-               const std::vector<transport::Piece>& out, const char* what);
+               const std::vector<transport::Piece>& out, const char* what,
+               const std::vector<transport::Piece>& grads = {});
   void final_broadcast(const std::vector<transport::Piece>& out);
   void stop_progress();
   // This rank's server has failed: the parameter server is broken; raises

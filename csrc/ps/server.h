@@ -23,13 +23,16 @@ namespace distml::ps {
 // from the worker's arrays (under `mu`, so the worker cannot withdraw them
 // meanwhile) and then marked taken; a pull's shard is copied straight into
 // the worker's arrays when its reply is due (also under `mu`), then the
-// reply header is posted here. A worker that gives up withdraw()s.
+// reply header is posted here. An async step does both in one pass: each
+// piece of the shard is updated and at once copied into the worker's
+// arrays, while it is in cache. A worker that gives up withdraw()s.
 struct LocalLink {
   std::mutex mu;
   bool posted = false;  // a request waits for the progress thread
   int op = 0;
   Header header;
-  std::vector<tp::Piece> data;  // push: the gradients; pull: where the parameters go (the whole flat space)
+  std::vector<tp::Piece> data;  // push, step: the gradients; pull: where the parameters go (the whole flat space)
+  std::vector<tp::Piece> out;   // step: where the parameters go
   bool taken = false;           // push: applied (or dropped by a failed server)
   bool replied = false;         // `reply` holds the answer
   Header reply;
@@ -82,12 +85,13 @@ class Server {
   bool sending() const { return !replies_.empty(); }
 
   // ---- the worker thread's side of the LocalLink (colocated ranks) ----
-  void post(int op, const Header& h, const std::vector<tp::Piece>& data) {
+  void post(int op, const Header& h, const std::vector<tp::Piece>& data, const std::vector<tp::Piece>& out = {}) {
     std::lock_guard<std::mutex> lk(link_.mu);
     link_.posted = true;
     link_.op = op;
     link_.header = h;
     link_.data = data;
+    link_.out = out;
     link_.taken = link_.replied = false;
   }
   // Both only try the lock: while the progress thread holds it (applying
@@ -103,6 +107,7 @@ class Server {
     *h = link_.reply;
     link_.replied = false;
     link_.data.clear();
+    link_.out.clear();
     return true;
   }
   // The worker gives up (timeout, error): its arrays are not touched again.
@@ -110,6 +115,7 @@ class Server {
     std::lock_guard<std::mutex> lk(link_.mu);
     link_.posted = false;
     link_.data.clear();
+    link_.out.clear();
   }
 
   // Completes every transfer in `ps` (see wait()).
@@ -193,6 +199,8 @@ class Server {
     wait(hp, "receive a request from");
     if (in.tag == kPush) {
       receive_push(w, h);
+    } else if (in.tag == kStep) {
+      receive_step(w, h);
     } else if (in.tag == kPull || in.tag == kClose) {
       if (failed_) {
         reply_error(w, fail_status_, fail_info0_, fail_info1_);
@@ -245,6 +253,89 @@ class Server {
     bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
     if (!bad.empty()) DISTML_THROW(Error, bad);
     if (take) end_push(w, h);
+  }
+
+  // An async step from rank w: a push whose reply is the updated shard,
+  // sent piece by piece as the update goes. The reply header goes first
+  // (its version and staleness are known once the push has passed the
+  // checks); then piece k of the shard is sent as soon as piece k of the
+  // gradient has been applied, so the worker copies it while the server
+  // applies piece k + 1, and it is read while still in cache. A piece sent
+  // is not modified again by this step, and the next update quiesces first:
+  // no reply ever reads a range being updated.
+  //
+  // A step that fails the checks is still received (its worker's sends
+  // complete) and gets an error reply before the server fails.
+  void receive_step(int w, const Header& h) {
+    if (cfg_.mode != Mode::kAsync) {
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a step request from rank " << w
+                                                      << " outside async mode");
+    }
+    const std::string bad = failed_ ? std::string() : check_push(w, h);
+    const bool take = !failed_ && bad.empty();
+    const auto pieces = cuts(seg_bounds_, lo_, hi_, piece_elems_);
+    // The reply's sends join replies_ at once, so that the header and the
+    // pieces outlive this call if a transfer fails half-way.
+    std::vector<tp::Pending>* sends = nullptr;
+    if (take) {
+      begin_push(h);
+      auto hdr = std::make_unique<Header>();
+      hdr->version = version_ + 1;
+      hdr->stale = std::max(max_stale_[w], version_ - last_pull_version_[w]);
+      const Header* at = hdr.get();
+      replies_.emplace_back(std::move(hdr), std::vector<tp::Pending>{});
+      sends = &replies_.back().second;  // a deque's elements stay put as it grows
+      sends->push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, at, sizeof(Header)));
+    }
+    const std::size_t half = staging_.size() * sizeof(double) / 2;
+    auto dest = [&](std::size_t k) { return reinterpret_cast<char*>(staging_.data()) + (k % 2) * half; };
+    auto post = [&](std::size_t k) {
+      const auto [a, b] = pieces[k];
+      return mail_.recv(tp::Mailbox::kData, w, kPushData, dest(k), static_cast<std::size_t>(b - a) * wire_elem_);
+    };
+    tp::Pending ring[2];
+    for (std::size_t k = 0; k < pieces.size() && k < 2; ++k) ring[k] = post(k);
+    for (std::size_t k = 0; k < pieces.size(); ++k) {
+      wait(ring[k % 2], "receive a step from");
+      if (take) {
+        const auto [a, b] = pieces[k];
+        take_piece(h, a, b, dest(k), false);
+        sends->push_back(mail_.send(tp::Mailbox::kData, w, kReplyData,
+                                    reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
+                                    static_cast<std::size_t>(b - a) * elem_));
+      }
+      // Piece k's half of staging_ is free again.
+      if (k + 2 < pieces.size()) ring[k % 2] = post(k + 2);
+    }
+    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+    if (!take) {
+      reply_error(w, failed_ ? fail_status_ : kServerFailed, failed_ ? fail_info0_ : 0, failed_ ? fail_info1_ : 0);
+      if (!bad.empty()) DISTML_THROW(Error, bad);
+      return;
+    }
+    end_push(w, h);
+    last_pull_version_[w] = version_;
+    bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+  }
+
+  // The colocated rank's own async step (the LocalLink, locked by the
+  // caller): each piece applied from the worker's gradients and copied into
+  // its arrays at once.
+  void take_local_step(const Header& h, const std::vector<tp::Piece>& grads, const std::vector<tp::Piece>& out) {
+    const int w = mail_.rank();
+    if (cfg_.mode != Mode::kAsync) {
+      DISTML_THROW(Error, "parameter server on rank " << w << " got a step outside async mode");
+    }
+    const std::string bad = check_push(w, h);
+    if (!bad.empty()) DISTML_THROW(Error, bad);
+    begin_push(h);
+    for (auto [a, b] : cuts(seg_bounds_, lo_, hi_, piece_elems_)) {
+      take_piece(h, a, b, address(grads, wire_elem_, a, b), false);
+      std::memcpy(address(out, elem_, a, b), reinterpret_cast<const char*>(params_.data()) + (a - lo_) * elem_,
+                  static_cast<std::size_t>(b - a) * elem_);
+    }
+    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+    bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
   }
 
   // The colocated rank's own push (the LocalLink, locked by the caller):
@@ -352,10 +443,25 @@ class Server {
       link_.data.clear();
       lk.unlock();
       if (applied) end_push(w, h);
+    } else if (op == kStep && !failed_) {
+      try {
+        take_local_step(h, link_.data, link_.out);
+      } catch (...) {
+        link_.reply = Header{};
+        link_.reply.status = kServerFailed;
+        link_.replied = true;
+        throw;
+      }
+      end_push(w, h);
+      last_pull_version_[w] = version_;
+      link_.reply = Header{};
+      link_.reply.version = version_;
+      link_.reply.stale = max_stale_[w];
+      link_.replied = true;
     } else {
       lk.unlock();
       if (failed_) {
-        reply_error(w, fail_status_, fail_info0_, fail_info1_);
+        reply_error(w, fail_status_, fail_info0_, fail_info1_);  // also a step's
       } else if (op == kPull) {
         on_pull(w, h);
       } else {

@@ -19,7 +19,7 @@ namespace distml::ps {
 namespace tp = distml::transport;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kPush = 1, kPull = 2, kClose = 3;  // request tags (= Header::op)
+constexpr int kPush = 1, kPull = 2, kClose = 3, kStep = 4;  // request tags (= Header::op)
 constexpr int kReplyTag = 1;
 constexpr int kPushData = 1, kReplyData = 2;  // data channel tags
 // Reply status codes.

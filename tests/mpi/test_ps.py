@@ -271,11 +271,24 @@ def test_bad_input_raises_everywhere(comm_default):
         ps.pull([np.zeros(s, dtype=np.float32) for s in SHAPES])
     except Exception as e:  # noqa: BLE001
         errors["pull_dtype"] = e
+    try:
+        ps.step([np.zeros(3) for _ in SHAPES])
+    except Exception as e:  # noqa: BLE001
+        errors["step_shapes"] = e
+    try:
+        ps.step(gradient(params, comm.rank, 1), out=[np.zeros(s, dtype=np.float32) for s in SHAPES])
+    except Exception as e:  # noqa: BLE001
+        errors["step_dtype"] = e
     ps.step(gradient(params, comm.rank, 1))
     ps.close()
-    for call in ("pull", "push"):
+    for call in ("pull", "push", "step"):
         try:
-            ps.pull() if call == "pull" else ps.push(gradient(params, comm.rank, 2))
+            if call == "pull":
+                ps.pull()
+            elif call == "push":
+                ps.push(gradient(params, comm.rank, 2))
+            else:
+                ps.step(gradient(params, comm.rank, 2))
         except Exception as e:  # noqa: BLE001
             errors[f"{call}_after_close"] = e
 
@@ -293,6 +306,10 @@ def test_bad_input_raises_everywhere(comm_default):
     assert isinstance(errors.get("pull_dtype"), TypeError), errors
     assert isinstance(errors.get("pull_after_close"), distml.CommunicatorError), errors
     assert isinstance(errors.get("push_after_close"), distml.CommunicatorError), errors
+    assert isinstance(errors.get("step_shapes"), ValueError), errors
+    assert isinstance(errors.get("step_dtype"), TypeError), errors
+    assert isinstance(errors.get("step_after_close"), distml.CommunicatorError), errors
+    assert ps.stats()["clock"] == 1, ps.stats()  # the steps refused moved nothing
 
 
 @pytest.mark.parametrize("s", [1, 3])
@@ -382,6 +399,54 @@ def test_async_applies_every_push_once(comm_default, monkeypatch, pieces, layout
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     if ps.is_server:
         assert ps.stats()["server"]["updates_applied"] == steps * len(workers)
+
+
+@pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
+def test_async_step_replies_with_one_version_including_its_own_push(comm_default, monkeypatch, layout):
+    """An async step's reply leaves the server piece by piece while the
+    server updates its shard. From uniform parameters, with gradients
+    uniform over each push, every shard stays uniform: a reply that mixed
+    two versions of a shard would hold two values in it. The reply also
+    holds this worker's own update, as a pull after the push would. Steps
+    and push-then-pull calls mix."""
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "64")  # 8 float64 per piece: many pieces per shard
+    servers, workers = layouts(comm.size)[layout]
+    shapes = [(40, 3), (17,), (9, 5)]
+    lr, steps, W = 0.5, 7, len(workers)
+    params = [np.ones(s) for s in shapes]
+    ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=lr)
+    bounds = ps.shard_bounds
+    if ps.is_worker:
+        g = [np.full(s, comm.rank + 1.0) for s in shapes]
+        out = [np.empty(s) for s in shapes]
+        for c in range(1, steps + 1):
+            if c % 3 == 0:
+                ps.push(g)
+                got = ps.pull(out)
+            else:
+                got = ps.step(g, out=out)
+            assert got[0] is out[0]
+            flat = np.concatenate([p.ravel() for p in got])
+            for i in range(len(bounds) - 1):
+                shard = flat[bounds[i]:bounds[i + 1]]
+                assert np.all(shard == shard[0]), (c, i, np.unique(shard))
+                # Every update lowers the shard; this worker's c updates alone
+                # lower it by c * lr / W * (rank + 1).
+                assert shard[0] <= 1.0 - c * (lr / W) * (comm.rank + 1) + 1e-12, (c, i, shard[0])
+            st = ps.stats()
+            assert st["clock"] == c and st["pulls"] == c and st["updates_applied"] >= c, st
+            assert st["bytes_pushed"] == st["bytes_pulled"] == c * sum(p.nbytes for p in params), st
+        ps.close()
+    want = 1.0 - (lr / W) * steps * sum(w + 1.0 for w in workers)
+    for p in params:
+        np.testing.assert_allclose(p, want, rtol=0, atol=1e-12)
+    if ps.is_server:
+        server = ps.stats()["server"]
+        assert server["updates_applied"] == steps * W
+        assert [server["applied_per_worker"][w] for w in workers] == [steps] * W
 
 
 def test_piece_size_must_agree(comm_default, monkeypatch):

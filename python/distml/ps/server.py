@@ -271,7 +271,12 @@ class ParameterServer:
             distml.CommunicatorError: after close(), or once broken.
         """
         self._check_open()
-        grads = self._arrays(grads, "push")
+        self._core.push(self._wire_pieces(grads, "push"))
+
+    def _wire_pieces(self, grads: Sequence[Any], what: str) -> List[np.ndarray]:
+        # The gradients as the core sends them: contiguous arrays of the
+        # parameters' dtype, or one flat array of the compression format.
+        grads = self._arrays(grads, what)
         if self._wire == self.dtype:
             pieces = [g if (g.dtype == self.dtype and g.flags.c_contiguous) else np.ascontiguousarray(g, self.dtype)
                       for g in grads]
@@ -283,7 +288,7 @@ class ParameterServer:
                 self._flat_wire[at:at + n] = g.reshape(-1)
                 at += n
             pieces = [self._flat_wire]
-        self._core.push(pieces)
+        return pieces
 
     def pull(self, out: Optional[Sequence[np.ndarray]] = None) -> List[np.ndarray]:
         """Copies the latest parameters into ``out`` (default: the ``params``
@@ -303,24 +308,47 @@ class ParameterServer:
             distml.CommunicatorError: after close(), or once broken.
         """
         self._check_open()
-        targets = self.params if out is None else self._arrays(out, "pull")
+        targets, direct = self._targets(out, "pull")
+        self._core.pull(direct)
+        return self._copy_back(targets, direct)
+
+    def _targets(self, out: Optional[Sequence[np.ndarray]], what: str):
+        # The arrays the caller gets, and the contiguous ones the core writes.
+        targets = self.params if out is None else self._arrays(out, what)
         direct = []
         for i, a in enumerate(targets):
             if a.dtype != self.dtype:
-                raise TypeError(f"pull: out[{i}] has dtype {a.dtype}, the parameters {self.dtype}")
+                raise TypeError(f"{what}: out[{i}] has dtype {a.dtype}, the parameters {self.dtype}")
             if not a.flags.writeable:
-                raise ValueError(f"pull: out[{i}] is read-only")
+                raise ValueError(f"{what}: out[{i}] is read-only")
             direct.append(a if a.flags.c_contiguous else np.empty(a.shape, a.dtype))
-        self._core.pull(direct)
+        return targets, direct
+
+    @staticmethod
+    def _copy_back(targets: Sequence[np.ndarray], direct: Sequence[np.ndarray]) -> List[np.ndarray]:
         for a, d in zip(targets, direct):
             if a is not d:
                 a[...] = d
         return list(targets)
 
     def step(self, grads: Sequence[Any], out: Optional[Sequence[np.ndarray]] = None) -> List[np.ndarray]:
-        """``push(grads)`` then ``pull(out)``."""
-        self.push(grads)
-        return self.pull(out)
+        """``push(grads)`` then ``pull(out)``, with the same results, waits
+        and exceptions.
+
+        In async mode it is one request per server: the gradients go out in
+        pieces and each server sends back each piece of its shard as soon as
+        it has applied it, so the reply overlaps the update (and the shard
+        is read while in cache). The parameters returned include this
+        worker's own update, as a pull right after the push would.
+
+        Returns:
+            ``out`` (default: the ``params`` given to the constructor).
+        """
+        self._check_open()
+        pieces = self._wire_pieces(grads, "step")
+        targets, direct = self._targets(out, "step")
+        self._core.step(pieces, direct)
+        return self._copy_back(targets, direct)
 
     def stats(self) -> Dict[str, Any]:
         """Counters of this rank.
