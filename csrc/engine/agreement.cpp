@@ -322,7 +322,7 @@ void Communicator::arrive_through_root(const Call& call, const Plan& plan, const
     for (;;) {
       Request answer = comm.irecv(answer_buf, sizeof(Verdict) + room, 0, alg::kTagVerdict);
       for (long polls = 0; !comm.test(answer); ++polls) {
-        transport::MpiComm::pause(polls);
+        transport::MpiComm::pause_mpi();
         if (deadline && (polls & 63) == 0 && comm.elapsed() > grace) {
           DISTML_THROW(Timeout, "rank 0, which collects arrivals, did not answer: it never arrived, or gave up on this collective before this rank arrived");
         }
@@ -381,7 +381,7 @@ void Communicator::arrive_through_root(const Call& call, const Plan& plan, const
       }
     }
     if (pending == 0) break;
-    transport::MpiComm::pause(polls);
+    transport::MpiComm::pause_mpi();
     if ((polls & 63) != 0) continue;
     const double waited = comm.elapsed();
     if (!deadline) continue;

@@ -14,8 +14,9 @@ namespace {
 // Messages are split into pieces no larger than this, far below INT_MAX so
 // the count fits MPI's int with MPI_BYTE.
 constexpr std::size_t kPieceBytes = std::size_t{1} << 30;
-// Polls before the first yield: a short spin keeps latency low when the peer
-// is running; yielding after it lets an oversubscribed peer have the core.
+// Polls of shared memory before the first yield: a short spin keeps latency
+// low when the peer is running; yielding after it lets an oversubscribed peer
+// have the core.
 constexpr int kSpinPolls = 64;
 }  // namespace
 
@@ -122,13 +123,23 @@ void MpiComm::pause(long polls) {
   if (polls >= kSpinPolls) sched_yield();
 }
 
+// A poll of MPI requests, unlike a load from shared memory, is a pass of
+// MPI's progress engine, which over TCP is already a system call (epoll), so
+// yielding after each fruitless one adds little to a wait. Spinning first
+// costs much where ranks outnumber cores: the peer whose message this rank
+// waits for may be the task it keeps off the core. On 4 virtual hosts on 2
+// cores (tools/netns_cluster.sh) spinning 64 polls before the first yield
+// made an 8-byte allreduce across hosts take 54-60 us against 39 us with a
+// yield after every poll (bench/results/carried.md).
+void MpiComm::pause_mpi() { sched_yield(); }
+
 void MpiComm::poll_until_done(std::vector<MPI_Request>& reqs, const char* what, int peer) {
   for (long polls = 0;; ++polls) {
     int done = 0;
     DISTML_MPI(MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
                            MPI_STATUSES_IGNORE));
     if (done) return;
-    pause(polls);
+    pause_mpi();
     if (has_deadline_ && (polls & 63) == 0 && std::chrono::steady_clock::now() > deadline_) {
       std::ostringstream os;
       os << "rank " << rank_ << " was waiting to " << what;

@@ -77,8 +77,11 @@ class MpiComm {
   // Waits for a request of MPI's own non-blocking collectives, honouring the
   // deadline like every other wait.
   void wait_collective(MPI_Request& req, const char* what);
-  // Backs off between polls: a short spin, then yields the core.
+  // Backs off between polls of shared memory: a short spin, then yields the
+  // core.
   static void pause(long polls);
+  // Backs off between polls of MPI requests: yields the core at once.
+  static void pause_mpi();
 
   // The deadline for the collective about to run; a wait past it throws
   // Timeout. A non-positive `seconds` means no deadline.
