@@ -221,7 +221,7 @@ def test_second_failure_is_survived(data, tmp_path, tmp_path_factory):
 
 
 def test_lost_rank_is_named_when_the_launcher_was_not_watching(data, tmp_path, tmp_path_factory):
-    """The victim stops the launcher for 2 s before it dies, so the launcher
+    """The victim stops the launcher for 3 s before it dies, so the launcher
     sees all four ranks ended at once when it runs again (what a busy machine
     can do by chance): it must still name rank 1 alone and go on with 3."""
     run, report, out = elastic(data, tmp_path, 4, ["0:1:25:busy"])

@@ -15,7 +15,7 @@ LAUNCH (0 = the first) at global step STEP:
 - ``stop``: SIGSTOP instead of SIGKILL before the step: the rank hangs
   rather than dies, and its peers must time out (--timeout);
 - ``busy``: as ``epoch``, but first the launcher (distmlrun's supervisor) is
-  stopped for 2 s, so that it cannot watch while the process manager ends
+  stopped for 3 s, so that it cannot watch while the process manager ends
   the other ranks: what a loaded machine does to it by chance.
 
 --stop-after-commit S ends training cleanly after the commit at step S (the
@@ -139,7 +139,7 @@ def main() -> None:
             if kills.get(state.step) == "epoch":
                 die()
             if kills.get(state.step) == "busy":
-                stop_the_launcher(2.0)
+                stop_the_launcher(3.0)
                 die()
             if kills.get(state.step) == "stop":
                 os.kill(os.getpid(), signal.SIGSTOP)  # hangs: its peers time out
