@@ -21,8 +21,22 @@ on the sweep's own output buffers (the buffers ``distml:in-place`` and
 - ``gloo``: ``torch.distributed.all_reduce`` on a gloo process group that
   meets at a TCP port on 127.0.0.1 chosen by rank 0.
 
-oneCCL is not a peer: its PyPI wheels do not load here (see
-bench/results/peers.md).
+- ``oneccl``: oneCCL's allreduce (``ccl::allreduce``, float32 sum in
+  place) through a small extension (``_oneccl_peer.cpp``) built at first use
+  by torch's cpp_extension against the CPU archive of the ``oneccl-devel``
+  wheel. The oneccl wheels' shared libraries are SYCL builds that crash
+  creating a communicator without a GPU driver, and the devel wheel's
+  dependencies would install Intel MPI's ``libmpi.so.12`` over MPICH's, so
+  this peer is not in the ``[peers]`` extra: install it into a prefix of its
+  own and name that prefix in ``DISTML_ONECCL_PREFIX``::
+
+      pip install --no-deps --prefix .venv/oneccl oneccl-devel==2021.17.2 intel-cmplr-lib-rt==2026.2.0
+      apt-get install libhwloc-dev
+
+  It runs over MPI (``CCL_ATL_TRANSPORT=mpi``: libfabric is not on the
+  index) with ``CCL_WORKER_OFFLOAD=0`` and ``CCL_YIELD=sched_yield`` unless
+  the environment says otherwise: with its default progress thread that
+  spins, a call costs tens of milliseconds when ranks share cores.
 
 Everything here must be called on all ranks alike. Whether a peer can run
 is agreed across ranks before anything is set up, so a rank that lacks a
@@ -44,10 +58,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-PEERS = ("deepspeed", "gloo")
+PEERS = ("deepspeed", "gloo", "oneccl")
 
 # What the sweep's table calls each peer's row.
-LABELS = {"deepspeed": "deepspeed:shm", "gloo": "torch:gloo"}
+LABELS = {"deepspeed": "deepspeed:shm", "gloo": "torch:gloo", "oneccl": "oneccl"}
 
 # torch's dtype for each numpy dtype a peer may reduce; DeepSpeed's shm
 # allreduce takes float32, float16 and bfloat16 and silently leaves any
@@ -79,6 +93,24 @@ class Peer:
 
     def close(self, mcomm: Any) -> None:
         raise NotImplementedError
+
+
+def _load_everywhere(mcomm: Any, load: Callable[[], Any]) -> Any:
+    """``load()`` on rank 0 first (a build, if the extension is not cached
+    yet), then on the others; if rank 0's fails, every rank raises instead
+    of its peers waiting for it."""
+    module, error = None, ""
+    if mcomm.Get_rank() == 0:
+        try:
+            module = load()
+        except Exception as e:  # a failed build: tell the others before raising
+            error = f"{type(e).__name__}: {e}"
+    error = mcomm.bcast(error, root=0)
+    if error:
+        raise RuntimeError(f"building the peer's extension failed on rank 0: {error[-4000:]}")
+    if module is None:
+        module = load()
+    return module
 
 
 def _import_torch() -> Any:
@@ -137,14 +169,7 @@ class DeepSpeedShm(Peer):
 
         self.rank, size = mcomm.Get_rank(), mcomm.Get_size()
         self.token = mcomm.bcast(f"{os.getpid()}x{os.urandom(3).hex()}" if self.rank == 0 else None, root=0)
-        # Build (or load from the cache) on rank 0 first: torch serialises
-        # concurrent builds with a lock file, but a rank that waits there
-        # while its peers spin in a collective of their own would stall.
-        if self.rank == 0:
-            module = ShareMemCommBuilder().load(verbose=False)
-        mcomm.Barrier()
-        if self.rank != 0:
-            module = ShareMemCommBuilder().load(verbose=False)
+        module = _load_everywhere(mcomm, lambda: ShareMemCommBuilder().load(verbose=False))
         saved = {k: os.environ.get(k) for k in ("LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         os.environ.update(LOCAL_SIZE=str(size), MASTER_ADDR="distml", MASTER_PORT=self.token)
         atexit.register(self._remove_own)
@@ -237,7 +262,74 @@ class Gloo(Peer):
         self.group = None
 
 
-_CLASSES = {"deepspeed": DeepSpeedShm, "gloo": Gloo}
+class OneCCL(Peer):
+    """oneCCL's allreduce over its MPI transport, from the oneccl-devel
+    wheel's CPU archive (see the module docstring)."""
+
+    name = "oneccl"
+    # oneCCL reads these at its initialisation; the environment wins.
+    ENV = {"CCL_ATL_TRANSPORT": "mpi", "CCL_WORKER_OFFLOAD": "0", "CCL_YIELD": "sched_yield"}
+
+    def __init__(self) -> None:
+        self.module: Any = None
+
+    @staticmethod
+    def prefix() -> str:
+        return os.environ.get("DISTML_ONECCL_PREFIX", os.path.join(sys.prefix, "oneccl"))
+
+    def check_local(self, dtype: np.dtype, comm: Any) -> None:
+        _import_torch()
+        pre = self.prefix()
+        archive = os.path.join(pre, "lib", "ccl", "cpu", "lib", "libccl.a")
+        if not os.path.isfile(archive):
+            raise PeerUnavailable(f"no oneCCL CPU archive at {archive}: pip install --no-deps --prefix {pre} "
+                                  "oneccl-devel==2021.17.2 intel-cmplr-lib-rt==2026.2.0 (or set DISTML_ONECCL_PREFIX)")
+        if not os.path.isfile(os.path.join(pre, "lib", "libirc.so")):
+            raise PeerUnavailable(f"no Intel compiler runtime in {pre}/lib: pip install --no-deps --prefix {pre} "
+                                  "intel-cmplr-lib-rt==2026.2.0")
+        if not glob.glob("/usr/lib/*/libhwloc.so") and not glob.glob("/usr/lib/libhwloc.so"):
+            raise PeerUnavailable("oneCCL's archive needs hwloc: apt-get install libhwloc-dev")
+        if str(dtype) != "float32":
+            raise PeerUnavailable(f"the oneCCL peer sums float32 only, not {dtype}")
+
+    def _load(self) -> Any:
+        from torch.utils.cpp_extension import load
+
+        pre = self.prefix()
+        lib = os.path.join(pre, "lib")
+        return load(name="distml_oneccl_peer",
+                    sources=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "_oneccl_peer.cpp")],
+                    extra_include_paths=[os.path.join(pre, "include")],
+                    extra_ldflags=[os.path.join(lib, "ccl", "cpu", "lib", "libccl.a"), f"-L{lib}",
+                                   f"-Wl,-rpath,{lib}", "-lhwloc", "-lirc", "-limf", "-lsvml", "-lintlc",
+                                   "-lirng", "-ldl", "-lrt"],
+                    verbose=False)
+
+    def open(self, mcomm: Any) -> None:
+        for k, v in self.ENV.items():
+            os.environ.setdefault(k, v)
+        rank, size = mcomm.Get_rank(), mcomm.Get_size()
+        self.module = _load_everywhere(mcomm, self._load)
+        address = self.module.main_address() if rank == 0 else None
+        address = mcomm.bcast(address, root=0)
+        self.module.connect(size, rank, address)
+        mcomm.Barrier()
+
+    def call(self, buffers: Sequence[np.ndarray]) -> Callable[[int], Any]:
+        for b in buffers:
+            if b.dtype != np.float32 or not b.flags.c_contiguous:
+                raise ValueError("the oneCCL peer takes C-contiguous float32 arrays")
+        keep = list(buffers)  # the arrays outlive the addresses taken from them
+        targets = [(b.ctypes.data, b.size) for b in keep]
+        run, n = self.module.allreduce, len(targets)
+        return lambda i: (run(*targets[i % n]), keep)
+
+    def close(self, mcomm: Any) -> None:
+        mcomm.Barrier()
+        self.module.disconnect()
+
+
+_CLASSES = {"deepspeed": DeepSpeedShm, "gloo": Gloo, "oneccl": OneCCL}
 
 
 def open_peers(names: Sequence[str], dtype: np.dtype, comm: Any, mcomm: Any) -> Tuple[List[Peer], Dict[str, str]]:
