@@ -147,7 +147,7 @@ class DeepSpeedShm(Peer):
             raise PeerUnavailable(f"deepspeed fails to import: {type(e).__name__}: {e}") from None
         if str(dtype) not in _DEEPSPEED_DTYPES:
             raise PeerUnavailable(f"DeepSpeed's shm allreduce takes {', '.join(_DEEPSPEED_DTYPES)} here, not {dtype}")
-        if comm.shared_memory != "one node":
+        if comm.size > 1 and comm.shared_memory != "one node":
             raise PeerUnavailable("DeepSpeed's shm allreduce needs every rank on one node")
 
     def _paths(self) -> List[str]:
