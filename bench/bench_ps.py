@@ -5,12 +5,13 @@
     python bench/bench_ps.py report bench/results/ps_*.json --md bench/results/ps.md
 
 throughput: step() (push + pull) of a 25 M-parameter float32 model in async
-mode, colocated (every rank serves a shard) and with one dedicated server,
-as bytes moved per second per worker; beside it, in the same run, the same
-messages moved by MPI alone (mpi4py Isend/Irecv of every worker's slice to
-every server, then every shard back: the step's pattern without the
-parameter server), and MPI point-to-point bandwidth between ranks 0 and 1
-for one shard's bytes. Rounds alternate between the implementations.
+mode (one request per server), colocated (every rank serves a shard) and
+with one dedicated server, as bytes moved per second per worker (and, in
+the same rounds, push() then pull() as two requests); beside it, in the
+same run, the same messages moved by MPI alone (mpi4py Isend/Irecv of
+every worker's slice to every server, then every shard back: the step's
+pattern without the parameter server), and MPI point-to-point bandwidth
+between ranks 0 and 1 for one shard's bytes. Rounds alternate between the implementations.
 
 straggler: the digits MLP (hidden 512, batch 64 per worker, Adam), one
 worker slowed by sleeping (f - 1) times its own compute time each step,
@@ -74,7 +75,7 @@ def throughput(args) -> dict:
         flat_recv = np.empty(total, dtype=np.float32)
         shard = np.empty(bounds[1] - bounds[0] + 1, dtype=np.float32)
         incoming = [np.empty_like(shard) for _ in workers]
-        step_times, mpi_times, p2p_times, copy_all_times, copy_alone_times = [], [], [], [], []
+        step_times, split_times, mpi_times, p2p_times, copy_all_times, copy_alone_times = [], [], [], [], [], []
 
         def mpi_pattern():
             # push: every worker's slice i to server i; pull: shard i to every worker.
@@ -118,12 +119,20 @@ def throughput(args) -> dict:
         ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=1e-6)
         if ps.is_worker:
             ps.step(grads)  # warm-up
+            ps.push(grads)
+            ps.pull()
         # Dedicated servers are inside the constructor now: only the workers
-        # time step(); the MPI rounds run on every rank after close().
+        # time step(); the MPI rounds run on every rank after close(). Each
+        # round also times push() then pull(), the same bytes in two
+        # requests (async step() is one: its reply overlaps the update).
         for _ in range(args.rounds if ps.is_worker else 0):
             t = time.perf_counter()
             ps.step(grads)
             step_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ps.push(grads)
+            ps.pull()
+            split_times.append(time.perf_counter() - t)
         st = ps.stats()
         ps.close()
         world.Barrier()
@@ -147,13 +156,14 @@ def throughput(args) -> dict:
                 copy_alone_times.append(copy_shard(r + 1))
             else:
                 time.sleep(0.25)
-        mine = dict(rank=rank, step=step_times, mpi=mpi_times, p2p=p2p_times, copy_all=copy_all_times,
+        mine = dict(rank=rank, step=step_times, split=split_times, mpi=mpi_times, p2p=p2p_times, copy_all=copy_all_times,
                     copy_alone=copy_alone_times, wait=st.get("wait_seconds", 0.0))
         every = world.gather(mine, root=0)
         if rank == 0:
             step_bytes = 2 * total * 4  # push + pull per worker
             # The slowest worker's median step; the slowest rank's MPI round.
             step_med = max(statistics.median(e["step"]) for e in every if e["step"])
+            split_med = max(statistics.median(e["split"]) for e in every if e["split"])
             mpi_med = statistics.median([max(e["mpi"][r] for e in every) for r in range(args.rounds)])
             p2p_med = statistics.median([max(every[0]["p2p"][r], every[1]["p2p"][r]) for r in range(args.rounds)])
             shard_bytes = (bounds[1] - bounds[0]) * 4
@@ -179,6 +189,7 @@ def throughput(args) -> dict:
             row = dict(P=P, layout="colocated" if servers is None else f"{servers} dedicated",
                        workers=len(workers), servers=S, params=total, shard_bytes=shard_bytes,
                        step_seconds=step_med, step_bytes_per_s=step_bytes / step_med,
+                       push_pull_seconds=split_med, ratio_push_pull_to_mpi_pattern=mpi_med / split_med,
                        mpi_pattern_seconds=mpi_med, mpi_pattern_bytes_per_s=step_bytes / mpi_med,
                        ratio_to_mpi_pattern=mpi_med / step_med,
                        p2p_bytes_per_s=shard_bytes / p2p_med, ratio_to_p2p=(step_bytes / step_med) / (shard_bytes / p2p_med),
@@ -309,17 +320,20 @@ def report(paths, md_path):
         lines.append(f"`{res['command']}`; load before/after: {res['loadavg_before']} / {res['loadavg_after']}\n")
         if res["part"] == "throughput":
             lines.append("| P | layout | workers | shard | step() per worker | MPI, same messages | ratio | "
-                         "MPI p2p (one shard) | ratio | memcpy (all ranks) | least work | ratio |")
-            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                         "MPI p2p (one shard) | ratio | memcpy (all ranks) | least work | ratio | "
+                         "push() then pull(): ratio to MPI, same messages |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in res["rows"]:
                 best = (f"{r['best_copies']:g} copies, {r['best_seconds'] * 1e3:.0f} ms | {r['ratio_to_best']:.2f}"
                         if "best_seconds" in r else "- | -")
                 memcpy = f"{r['memcpy_all_bytes_per_s'] / 1e9:.1f} GB/s" if "memcpy_all_bytes_per_s" in r else "-"
                 p2p_ratio = r["step_bytes_per_s"] / r["p2p_bytes_per_s"]
+                split = (f"{r['ratio_push_pull_to_mpi_pattern']:.2f} ({r['push_pull_seconds'] * 1e3:.0f} ms)"
+                         if "push_pull_seconds" in r else "-")
                 lines.append(f"| {r['P']} | {r['layout']} | {r['workers']} | {r['shard_bytes'] / 2**20:.1f} MiB | "
                              f"{r['step_bytes_per_s'] / 1e9:.2f} GB/s ({r['step_seconds'] * 1e3:.0f} ms) | "
                              f"{r['mpi_pattern_bytes_per_s'] / 1e9:.2f} GB/s | {r['ratio_to_mpi_pattern']:.2f} | "
-                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | {memcpy} | {best} |")
+                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | {memcpy} | {best} | {split} |")
         else:
             lines.append(f"digits MLP hidden {res['hidden']}, batch {res['batch']} per worker, "
                          f"{res['epochs']} epochs of samples in all; medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")
