@@ -140,23 +140,17 @@ def elastic(data: str, tmp_path, P: int, kills: List[str], *, restarts: int = 2,
     return run, report, out
 
 
-def check_recovered(run, report, P: int, lost_rank: int, resumed_step: int, exact: bool = True) -> list:
-    """Checks the relaunch after `lost_rank` died; returns the ranks counted lost.
+def check_recovered(run, report, P: int, lost_rank: int, resumed_step: int) -> list:
+    """Checks the relaunch after `lost_rank` died or hung; returns the ranks counted lost.
 
     The process manager kills the other ranks as soon as one dies; the
     launcher must still name `lost_rank` alone (each rank's witness records
-    its end before the process manager hears of it). `exact=False` for a
-    hung rank: its peers time out one by one and the first to leave gets the
-    others killed, maybe before they said why, so they may be named too
-    (docs/elastic.md); the recovery is the same: the job goes on from the
-    commit with the ranks left, and its parameters are those of a run at
-    that size."""
+    its end before the process manager hears of it; a hung rank is named by
+    its peers' timeouts). The job goes on from the commit with the ranks
+    left, and its parameters are those of a run at that size."""
     assert run.returncode == 0, run.describe()
     first, second = report["launches"][0], report["launches"][1]
-    if exact:
-        assert first["lost"] == [lost_rank], run.describe()
-    else:
-        assert lost_rank in first["lost"] and len(first["lost"]) < P, run.describe()
+    assert first["lost"] == [lost_rank], run.describe()
     assert second["ranks"] == P - len(first["lost"]) and second["outcome"] == "done", run.describe()
     resumed = second["resumed"]
     assert resumed["restored"] and resumed["from_world_size"] == P, resumed
@@ -188,11 +182,13 @@ def test_killed_worker_is_survived(data, tmp_path, tmp_path_factory, P, case):
 def test_hung_worker_is_timed_out_and_survived(data, tmp_path, tmp_path_factory):
     """A rank that hangs (SIGSTOP) rather than dies: the process manager
     does not notice, the others raise CommTimeoutError after the timeout
-    elastic.run set (5 s here) and leave with exit code 75; the launcher
-    counts the silent rank as lost and relaunches without it."""
+    elastic.run set (5 s here) and leave with exit code 75, saying which
+    rank never arrived; the launcher counts that rank alone as lost (not the
+    peers the process manager ended before they could say anything) and
+    relaunches without it."""
     run, report, out = elastic(data, tmp_path, 3, ["0:1:25:stop"], extra=["--timeout", "5"])
     assert "CommTimeoutError" in run.stderr and "a peer is lost" in run.stderr, run.describe()
-    lost = check_recovered(run, report, 3, lost_rank=1, resumed_step=20, exact=False)
+    lost = check_recovered(run, report, 3, lost_rank=1, resumed_step=20)
     want = reference(data, str(tmp_path_factory.getbasetemp()), [3, 3 - len(lost)], [20], [])
     np.testing.assert_allclose(final_params(out), want, rtol=0, atol=1e-9)
 

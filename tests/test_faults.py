@@ -17,6 +17,7 @@ from collections import defaultdict
 import pytest
 
 from mpirun import launch, seen, table_row
+from distml.elastic._run import _never_arrived
 
 SCRIPT = os.path.join("tests", "fault_scripts", "faults.py")
 SIZES = [2, 3, 4]
@@ -230,6 +231,8 @@ def test_abort_after_timeout_ends_every_rank(P):
     assert sorted(r["rank"] for r in waiters) == list(range(P - 1)), result.describe()
     for r in waiters:
         assert r["saw"] == "CommTimeoutError" and f"rank {P - 1} never arrived" in r["msg"], r
+        # What distml.elastic.run tells the launcher: the rank to count lost.
+        assert _never_arrived(RuntimeError(r["msg"])) == [P - 1], r
     assert not result.where(case="abort", role="sleeper woke")
     assert not result.where(case="abort", role="waiter lived on")
     to_end = result.ended - min(r["t"] for r in waiters)

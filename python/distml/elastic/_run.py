@@ -24,9 +24,10 @@ commit left off:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, List, Optional, TypeVar
 
 from .._errors import CommTimeoutError, CommunicatorError, DistmlError, MPIError
 from ._state import State, note_exit, note_resumed, read_json, register, restart_count, run_dir
@@ -70,6 +71,23 @@ def _describe_resume(state: State, restored: bool) -> dict:
             record["reached"] = progress.get("fields")
             record["redone_steps"] = max(0, int(reached) - int(step_now))
     return record
+
+
+# How the core's timeouts name the ranks that did not come: "rank 1 never
+# arrived", "ranks 0, 2 never arrived" (engine/agreement.cpp, rank_list).
+_NEVER_ARRIVED = re.compile(r"\branks? (\d+(?:, \d+)*) never arrived")
+
+
+def _never_arrived(exc: Optional[BaseException]) -> List[int]:
+    """The ranks a timeout in ``exc`` (or what caused it) named as never arrived."""
+    found: set = set()
+    seen = 0
+    while exc is not None and seen < 8:
+        for m in _NEVER_ARRIVED.finditer(str(exc)):
+            found.update(int(r) for r in m.group(1).split(", "))
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return sorted(found)
 
 
 def _peer_lost(exc: BaseException) -> bool:
@@ -145,7 +163,7 @@ def run(train_fn: Callable[[State], T], state: State, *, min_ranks: int = 1,
             note_exit(comm, "error", f"{type(exc).__name__}: {exc}")
             raise
         msg = f"rank {comm.rank}: a peer is lost ({type(exc).__name__}: {exc})"
-        note_exit(comm, "peer_lost", msg)
+        note_exit(comm, "peer_lost", msg, missing=_never_arrived(exc))
         if run_dir() is None:
             raise
         _log(msg + "; leaving for the launcher to relaunch from the last commit")

@@ -303,9 +303,10 @@ def register(comm: Any, min_ranks: int) -> None:
         pass
 
 
-def note_exit(comm: Any, reason: str, message: str = "") -> None:
+def note_exit(comm: Any, reason: str, message: str = "", missing: Optional[List[int]] = None) -> None:
     """Records why this rank is leaving (``done``, ``error``, ``peer_lost``,
-    ``below_min_ranks``) for the launcher."""
+    ``below_min_ranks``) for the launcher; ``missing``: the ranks a timeout
+    named as never arrived."""
     base = run_dir()
     if base is None:
         return
@@ -314,7 +315,7 @@ def note_exit(comm: Any, reason: str, message: str = "") -> None:
         os.makedirs(gen, exist_ok=True)
         _write_json(os.path.join(gen, f"exit-{comm.rank}.json"),
                     {"rank": comm.rank, "reason": reason, "message": message[:2000], "time": time.time(),
-                     "segments": _shm_segments()})
+                     "segments": _shm_segments(), "missing": list(missing or [])})
     except OSError:
         pass
 

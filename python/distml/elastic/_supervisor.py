@@ -437,9 +437,13 @@ def supervise(command: Callable[[int, Optional[Hosts]], List[str]], nprocs: int,
                 lost = [r for r in first[1] if r not in exits]
                 if not lost and all(exits[r].get("reason") == "peer_lost" for r in first[1]):
                     # The first to end had timed out waiting for a peer that hung
-                    # (stopped, cut off): the lost ones are those that never said
-                    # anything, ended afterwards by the process manager or here.
-                    lost = sorted(r for r in ranks if r not in exits)
+                    # (stopped, cut off). Its timeout named the ranks that never
+                    # arrived; failing that, the lost ones are those that never
+                    # said anything, ended afterwards by the process manager or here.
+                    named = {m for rec in exits.values() if rec.get("reason") == "peer_lost"
+                             for m in rec.get("missing") or []}
+                    lost = sorted(r for r in named if r in ranks and r not in exits) \
+                        or sorted(r for r in ranks if r not in exits)
             program_error = [r for r, rec in exits.items() if rec.get("reason") in ("error", "below_min_ranks")
                              and (first is None or r in first[1])]
             entry["lost"] = lost
