@@ -145,7 +145,7 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
 # peer makes, MPI's two calls, and the peers (distml.bench.peers.LABELS).
 _PEER_REFERENCE = "distml:in-place"
 _PEER_COLUMNS = (("mpi4py", "MPI_Allreduce"), ("mpi4py:in-place", "MPI in place"),
-                 ("deepspeed:shm", "DeepSpeed shm"), ("torch:gloo", "gloo"))
+                 ("deepspeed:shm", "DeepSpeed shm"), ("torch:gloo", "gloo"), ("oneccl", "oneCCL"))
 
 
 def peers_table(paths: Sequence[str]) -> str:
