@@ -190,7 +190,16 @@ std::size_t Communicator::root_carry_bytes() const {
 }
 
 std::size_t Communicator::carry_limit() const {
-  if (arrival_ == Arrival::kFingerprint) return std::min(settings_.carry_bytes, alg::kCarryMaxBytes);
+  if (arrival_ == Arrival::kFingerprint) {
+    // Without a hierarchical layout (one rank per node), recursive doubling
+    // is what auto takes up to allreduce_small_bytes whether it carries or
+    // not, so carrying only drops the check's round: every size it can
+    // carry does. carry_bytes bounds the carried sizes where the
+    // hierarchical schedule, which moves less across nodes, is the other
+    // choice; 0 still turns carrying off.
+    if (!across_ && settings_.carry_bytes > 0) return alg::kCarryMaxBytes;
+    return std::min(settings_.carry_bytes, alg::kCarryMaxBytes);
+  }
   if (arrival_ == Arrival::kRoot) return std::min(settings_.carry_bytes, root_carry_bytes());
   return 0;
 }

@@ -248,7 +248,9 @@ class Communicator:
     name the ranks that never arrived. Where the ranks do not share one
     node, an allreduce of at most ``DISTML_CARRY_BYTES`` (default 8 KiB)
     moves its data in that round, or in the mismatch check's own messages
-    without a timeout, instead of after it.
+    without a timeout, instead of after it. Without a timeout and with one
+    rank per node, every recursive-doubling allreduce (up to 64 KiB)
+    carries the check, unless ``DISTML_CARRY_BYTES`` is 0.
 
     Creating a communicator must be done on all ranks of ``comm``.
     """
