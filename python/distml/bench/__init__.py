@@ -6,6 +6,8 @@ Run under mpiexec, on all ranks::
     mpiexec -n 4 python -m distml.bench --collectives allreduce
     python -m distml.bench plot bench/results/a.json b.json -o sweep.png
     python -m distml.bench table bench/results/a.json --field ratio   # markdown
+    OMP_NUM_THREADS=1 mpiexec -n 2 python -m distml.bench --collectives allreduce --peers deepspeed
+                                                  # beside another library's (distml.bench.peers)
 
 For each collective, each of its algorithms and each message size, the sweep
 times distml and, in the same run on the same buffers, the baseline: mpi4py's
