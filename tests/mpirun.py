@@ -68,10 +68,36 @@ def _child_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
     return full_env
 
 
+_SHM = "/dev/shm"
+
+
+def mpich_segments() -> set:
+    try:
+        return {n for n in os.listdir(_SHM) if n.startswith("mpich_shm_")}
+    except OSError:
+        return set()
+
+
+def remove_left_segments(before: set) -> None:
+    """Removes MPICH's node segments that appeared during a launch and that no
+    live process maps: a job whose ranks were killed (on purpose, or at the
+    time limit) cannot unlink them, and runs would pile them up in memory."""
+    from distml.elastic._supervisor import remove_segments
+
+    # Killed ranks may still be exiting (still mapping them) for a moment.
+    for _ in range(30):
+        new = [os.path.join(_SHM, n) for n in sorted(mpich_segments() - before)]
+        removed = remove_segments(new)
+        if len(removed) == len(new):
+            return
+        time.sleep(0.1)
+
+
 def launch(P: int, args: List[str], timeout: float, env: Optional[Dict[str, str]] = None,
            mpiexec_args: Optional[List[str]] = None) -> Launch:
     cmd = [mpiexec(), *(mpiexec_args or []), "-n", str(P), sys.executable, *args]
     full_env = _child_env(env)
+    segments = mpich_segments()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -87,6 +113,7 @@ def launch(P: int, args: List[str], timeout: float, env: Optional[Dict[str, str]
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     ended = time.time()
+    remove_left_segments(segments)
     result = Launch(cmd, code, out, err, time.monotonic() - start, ended)
     for line in out.splitlines():
         # Ranks' lines can be interleaved by mpiexec; keep the ones that parse.
@@ -115,7 +142,9 @@ def seen(records, key="saw") -> str:
 def launch_command(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -> Launch:
     """Runs any command (a launcher such as distmlrun, which starts mpiexec
     itself) like :func:`launch`: own process group, killed whole at the time
-    limit, ``FAULT {json}`` lines parsed."""
+    limit, ``FAULT {json}`` lines parsed. Unlike :func:`launch` it leaves
+    /dev/shm alone: cleaning up after its ranks is the launcher's job, which
+    the elastic tests check."""
     full_env = _child_env(env)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mpirun import ROOT, launch, mpiexec
+from mpirun import ROOT, launch, mpich_segments, mpiexec, remove_left_segments
 
 SCRIPT = os.path.join("tests", "fault_scripts", "ps_faults.py")
 TIMEOUT = 3.0  # the parameter server's timeout in the script
@@ -37,6 +37,7 @@ def run_stopped(tmp_path, P, case, mode, layout, limit=90):
         env.pop(k, None)
     victim = (P - 2 if layout == "dedicated" else P - 1) if case == "worker" else P - 1
     survivors = [r for r in range(P) if r != victim]
+    segments = mpich_segments()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     start = time.monotonic()
@@ -54,6 +55,7 @@ def run_stopped(tmp_path, P, case, mode, layout, limit=90):
             except ProcessLookupError:
                 pass
         output, _ = proc.communicate()
+        remove_left_segments(segments)
     reports = {}
     for r in survivors:
         path = outdir / f"rank-{r}.json"
