@@ -49,6 +49,7 @@ results against numpy's and distml's (exit status 1 on a mismatch).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import atexit
 import glob
@@ -73,26 +74,26 @@ class PeerUnavailable(Exception):
     """This rank cannot run the peer; the message says why."""
 
 
-class Peer:
+class Peer(abc.ABC):
     """One library's allreduce. ``open`` sets it up (on all ranks),
     ``call`` returns the timed call over a list of buffers, ``close``
     releases what ``open`` took (on all ranks)."""
 
     name = ""
 
+    @abc.abstractmethod
     def check_local(self, dtype: np.dtype, comm: Any) -> None:
         """Raises PeerUnavailable if this rank cannot run the peer; no
         communication, so it can run before the ranks agree."""
-        raise NotImplementedError
 
-    def open(self, mcomm: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def open(self, mcomm: Any) -> None: ...
 
-    def call(self, buffers: Sequence[np.ndarray]) -> Callable[[int], Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def call(self, buffers: Sequence[np.ndarray]) -> Callable[[int], Any]: ...
 
-    def close(self, mcomm: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self, mcomm: Any) -> None: ...
 
 
 def _load_everywhere(mcomm: Any, load: Callable[[], Any]) -> Any:

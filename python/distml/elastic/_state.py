@@ -190,7 +190,11 @@ class State:
                  "restart": restart_count(), "time": time.time()}
         _checkpoint.save(self.directory, params=self._save_params(), optimizer=self.optimizer, comm=self.comm,
                          extra=extra)
-        self.commits += 1
+        self._committed(self.commits + 1)
+
+    def _committed(self, number: int) -> None:
+        """Bookkeeping once commit ``number`` is in force on every rank."""
+        self.commits = number
         self.committed = self.fields
         if _registered_min_ranks is not None:
             register(self.comm, _registered_min_ranks)  # segments made since the last look

@@ -266,7 +266,8 @@ class _Watch(threading.Thread):
 # ---- the loop ---------------------------------------------------------------------------
 
 
-def _records(launch_dir: str, prefix: str) -> Dict[int, dict]:
+def _records(launch_dir: str, prefix: str, key: str = "rank") -> Dict[int, dict]:
+    """The launch's ``prefix*.json`` records, by their field ``key``."""
     out: Dict[int, dict] = {}
     try:
         names = os.listdir(launch_dir)
@@ -275,8 +276,8 @@ def _records(launch_dir: str, prefix: str) -> Dict[int, dict]:
     for name in names:
         if name.startswith(prefix) and name.endswith(".json"):
             rec = read_json(os.path.join(launch_dir, name))
-            if rec is not None and "rank" in rec:
-                out[int(rec["rank"])] = rec
+            if rec is not None and key in rec:
+                out[int(rec[key])] = rec
     return out
 
 
@@ -293,17 +294,7 @@ def _witnessed_losses(launch_dir: str, ranks: Dict[int, dict], exits: Dict[int, 
     (no exit record), before mpiexec ended and not killed here."""
     by_pid = {int(rec["pid"]): r for r, rec in ranks.items() if "pid" in rec}
     out = []
-    try:
-        names = os.listdir(launch_dir)
-    except OSError:
-        return out
-    for name in names:
-        if not (name.startswith("ended-") and name.endswith(".json")):
-            continue
-        rec = read_json(os.path.join(launch_dir, name))
-        if not rec or "pid" not in rec:
-            continue
-        pid = int(rec["pid"])
+    for pid, rec in _records(launch_dir, "ended-", key="pid").items():
         rank = by_pid.get(pid)
         if rank is None or rank in exits or pid in killed or float(rec.get("time", exited)) > exited:
             continue

@@ -31,12 +31,11 @@ import json
 import math
 import os
 import random
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, _write_atomically
 from ..elastic import _state as _estate
 from ..elastic._run import run as _elastic_run
 from .functions import broadcast_optimizer_state, broadcast_parameters
@@ -152,12 +151,7 @@ class State(_estate.State):
         error = broadcast_object(error, 0)
         if error:
             raise CheckpointError(error)
-        self.commits = number
-        self.committed = self.fields
-        if _estate._registered_min_ranks is not None:
-            _estate.register(self.comm, _estate._registered_min_ranks)
-        if self.comm.rank == 0:
-            self._note("progress.json", {"fields": self._fields, "time": time.time(), "committed": True})
+        self._committed(number)
 
     def commit(self) -> None:
         """``save()``, then ``check_host_updates()``."""
@@ -167,27 +161,12 @@ class State(_estate.State):
     def _write(self, number: int) -> None:
         os.makedirs(self.directory, exist_ok=True)
         name = f"torch-state-{number:06d}-{os.getpid()}.pt"
-        path = os.path.join(self.directory, name)
-        tmp = path + ".tmp"
         payload = {"objects": self._to_save(), "fields": self._fields, "world_size": self.comm.size,
                    "commit": number, "restart": _estate.restart_count()}
         payload.update(self._extra_payload())
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        pointer = os.path.join(self.directory, _POINTER)
-        with open(pointer + ".tmp", "w") as f:
-            json.dump({"file": name, "commit": number, "world_size": self.comm.size}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer + ".tmp", pointer)  # the commit point
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _write_atomically(os.path.join(self.directory, name), lambda f: torch.save(payload, f))
+        pointer = json.dumps({"file": name, "commit": number, "world_size": self.comm.size}).encode()
+        _write_atomically(os.path.join(self.directory, _POINTER), lambda f: f.write(pointer))  # the commit point
         for entry in os.listdir(self.directory):
             if entry.startswith("torch-state-") and entry != name:
                 try:
@@ -236,9 +215,6 @@ class State(_estate.State):
         self.commits = int(payload["commit"])
         self.committed = self.fields
         self.restored_from = int(payload["world_size"])
-        for obj in self._objects.values():
-            if isinstance(obj, ElasticSampler):
-                obj.reset()
         return True
 
     def sync(self, root: int = 0) -> None:
