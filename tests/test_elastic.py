@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -149,6 +150,7 @@ def check_recovered(run, report, P: int, lost_rank: int, resumed_step: int) -> l
     its peers' timeouts). The job goes on from the commit with the ranks
     left, and its parameters are those of a run at that size."""
     assert run.returncode == 0, run.describe()
+    assert '_witness.py", line' not in run.stderr, run.describe()  # no traceback of a witness
     first, second = report["launches"][0], report["launches"][1]
     assert first["lost"] == [lost_rank], run.describe()
     assert second["ranks"] == P - len(first["lost"]) and second["outcome"] == "done", run.describe()
@@ -226,6 +228,57 @@ def test_lost_rank_is_named_when_the_launcher_was_not_watching(data, tmp_path, t
     check_recovered(run, report, 4, lost_rank=1, resumed_step=20)
     want = reference(data, str(tmp_path_factory.getbasetemp()), [4, 3], [20], [])
     np.testing.assert_allclose(final_params(out), want, rtol=0, atol=1e-9)
+
+
+WITNESS_CASES = {  # program -> (the witness's return code, the record it leaves)
+    "os.kill(os.getpid(), signal.SIGKILL)": (-signal.SIGKILL, {"signal": int(signal.SIGKILL)}),
+    "os.kill(os.getpid(), signal.SIGSEGV)": (-signal.SIGSEGV, {"signal": int(signal.SIGSEGV)}),
+    "sys.exit(3)": (3, {"exit_code": 3}),
+    "sys.exit(0)": (0, None),
+}
+
+
+@pytest.mark.parametrize("program", list(WITNESS_CASES))
+def test_witness_ends_as_its_rank_and_records_a_loss(tmp_path, program):
+    """The witness under a rank ends the way the rank ended (the process
+    manager reads its status) after recording any end but a clean exit;
+    without a traceback of its own, whatever the signal."""
+    from distml.elastic import _witness
+
+    code, record = WITNESS_CASES[program]
+    env = dict(os.environ, DISTML_ELASTIC_RUN=str(tmp_path), DISTML_ELASTIC_RESTART="2")
+    run = subprocess.run([sys.executable, "-S", _witness.__file__, sys.executable, "-c",
+                          f"import os, signal, sys; {program}"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == code and run.stderr == "", (run.returncode, run.stderr)
+    launch = tmp_path / "launch-2"
+    names = sorted(os.listdir(launch)) if launch.exists() else []
+    if record is None:
+        assert names == []
+        return
+    assert len(names) == 1 and re.fullmatch(r"ended-\d+\.json", names[0]), names
+    rec = json.loads((launch / names[0]).read_text())
+    assert {k: rec[k] for k in record} == record and rec["pid"] == int(names[0][6:-5]), rec
+
+
+def test_witness_does_not_record_a_signal_it_forwarded(tmp_path):
+    """SIGTERM to the witness (how mpiexec ends a job) goes on to the rank,
+    whose death by it is not a loss."""
+    from distml.elastic import _witness
+
+    env = dict(os.environ, DISTML_ELASTIC_RUN=str(tmp_path))
+    with subprocess.Popen([sys.executable, "-S", _witness.__file__, sys.executable, "-c",
+                           "import sys, time; print('up', flush=True); time.sleep(60)"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "up"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == -signal.SIGTERM
+            assert proc.stderr.read() == ""
+        finally:
+            proc.kill()
+    launch = tmp_path / "launch-0"
+    assert not launch.exists() or os.listdir(launch) == []
 
 
 def test_below_min_ranks_stops_with_a_clear_error(data, tmp_path):

@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -61,6 +62,23 @@ def stop_the_launcher(seconds: float) -> None:
     subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -CONT {pid}"], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.kill(pid, signal.SIGSTOP)
+    # The stop is taken by each thread when it next runs: until the watching
+    # thread has taken it, it may still see this rank's end alone. Wait
+    # until every thread shows state T (bounded: the machine may be slow).
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and not _all_stopped(pid):
+        time.sleep(0.005)
+
+
+def _all_stopped(pid: int) -> bool:
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def load_data(path=None):

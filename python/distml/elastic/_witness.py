@@ -98,7 +98,8 @@ def main(argv) -> int:
         _record(launch_dir, pid, status)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # the two whose action cannot be set
+            signal.signal(sig, signal.SIG_DFL)
         sys.stdout.flush()
         os.kill(os.getpid(), sig)
         return 128 + sig  # a signal whose default is not to end the process
