@@ -62,7 +62,13 @@ def throughput(args) -> dict:
     total = sum(int(np.prod(s)) for s in SHAPES_25M)
     rows = []
     layouts = [None] + ([1] if P >= 3 else [])
-    for servers in layouts:
+    # --pieces: the same run for each DISTML_PS_PIECE_BYTES in turn (read by
+    # the constructor on every rank; the same value everywhere).
+    cases = [(piece, servers) for piece in (args.pieces or [None]) for servers in layouts]
+    for piece, servers in cases:
+        if piece is not None:
+            os.environ["DISTML_PS_PIECE_BYTES"] = str(piece)
+        piece_bytes = int(os.environ.get("DISTML_PS_PIECE_BYTES", str(1 << 21)))
         server_ranks = list(range(P)) if servers is None else list(range(P - servers, P))
         workers = list(range(P)) if servers is None else list(range(P - servers))
         S = len(server_ranks)
@@ -157,7 +163,8 @@ def throughput(args) -> dict:
             else:
                 time.sleep(0.25)
         mine = dict(rank=rank, step=step_times, split=split_times, mpi=mpi_times, p2p=p2p_times, copy_all=copy_all_times,
-                    copy_alone=copy_alone_times, wait=st.get("wait_seconds", 0.0))
+                    copy_alone=copy_alone_times, wait=st.get("wait_seconds", 0.0),
+                    most=st.get("server", {}).get("most_in_flight", 0))
         every = world.gather(mine, root=0)
         if rank == 0:
             step_bytes = 2 * total * 4  # push + pull per worker
@@ -186,7 +193,8 @@ def throughput(args) -> dict:
             else:
                 units, rate = W + 1.5 * W, shard_bytes / copy_alone
             best = units * shard_bytes / rate
-            row = dict(P=P, layout="colocated" if servers is None else f"{servers} dedicated",
+            row = dict(P=P, layout="colocated" if servers is None else f"{servers} dedicated", piece_bytes=piece_bytes,
+                       most_in_flight=max(e["most"] for e in every),
                        workers=len(workers), servers=S, params=total, shard_bytes=shard_bytes,
                        step_seconds=step_med, step_bytes_per_s=step_bytes / step_med,
                        push_pull_seconds=split_med, ratio_push_pull_to_mpi_pattern=mpi_med / split_med,
@@ -319,10 +327,10 @@ def report(paths, md_path):
         lines.append(f"### {os.path.basename(path)}\n")
         lines.append(f"`{res['command']}`; load before/after: {res['loadavg_before']} / {res['loadavg_after']}\n")
         if res["part"] == "throughput":
-            lines.append("| P | layout | workers | shard | step() per worker | MPI, same messages | ratio | "
-                         "MPI p2p (one shard) | ratio | memcpy (all ranks) | least work | ratio | "
-                         "push() then pull(): ratio to MPI, same messages |")
-            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            lines.append("| P | layout | workers | shard | piece | step() per worker | MPI, same messages | ratio | "
+                         "MPI p2p (one shard) | ratio | MPI same messages / p2p | memcpy (all ranks) | least work | "
+                         "ratio | push() then pull(): ratio to MPI, same messages |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in res["rows"]:
                 best = (f"{r['best_copies']:g} copies, {r['best_seconds'] * 1e3:.0f} ms | {r['ratio_to_best']:.2f}"
                         if "best_seconds" in r else "- | -")
@@ -330,10 +338,13 @@ def report(paths, md_path):
                 p2p_ratio = r["step_bytes_per_s"] / r["p2p_bytes_per_s"]
                 split = (f"{r['ratio_push_pull_to_mpi_pattern']:.2f} ({r['push_pull_seconds'] * 1e3:.0f} ms)"
                          if "push_pull_seconds" in r else "-")
+                piece = f"{r['piece_bytes'] / 2**10:g} KiB" if "piece_bytes" in r else "2048 KiB"
                 lines.append(f"| {r['P']} | {r['layout']} | {r['workers']} | {r['shard_bytes'] / 2**20:.1f} MiB | "
+                             f"{piece} | "
                              f"{r['step_bytes_per_s'] / 1e9:.2f} GB/s ({r['step_seconds'] * 1e3:.0f} ms) | "
                              f"{r['mpi_pattern_bytes_per_s'] / 1e9:.2f} GB/s | {r['ratio_to_mpi_pattern']:.2f} | "
-                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | {memcpy} | {best} | {split} |")
+                             f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | "
+                             f"{r['mpi_pattern_bytes_per_s'] / r['p2p_bytes_per_s']:.2f} | {memcpy} | {best} | {split} |")
         else:
             lines.append(f"digits MLP hidden {res['hidden']}, batch {res['batch']} per worker, "
                          f"{res['epochs']} epochs of samples in all; medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")
@@ -379,6 +390,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--pieces", type=int, nargs="+", default=None,
+                    help="throughput: DISTML_PS_PIECE_BYTES values to run in turn (default: the environment's)")
     args = ap.parse_args()
     if args.part == "report":
         report(args.paths, args.md)

@@ -130,6 +130,7 @@ void register_ps(py::module_& m) {
              d["bytes_pulled"] = s.bytes_pulled;
              d["pulls"] = s.pulls;
              d["wait_seconds"] = s.wait_seconds;
+             d["shard_versions"] = s.shard_versions;
              return d;
            })
       .def("server_stats", [](const ps::ParameterServer& self) {
@@ -145,6 +146,7 @@ void register_ps(py::module_& m) {
         d["optimizer_state_bytes"] = s.optimizer_state_bytes;
         d["applied_per_worker"] = s.applied_per_worker;
         d["busy_seconds"] = s.busy_seconds;
+        d["most_in_flight"] = s.most_in_flight;
         return d;
       });
 }

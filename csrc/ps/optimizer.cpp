@@ -94,19 +94,21 @@ ShardOptimizer::ShardOptimizer(const OptimizerConfig& config, DType dtype, std::
 
 std::size_t ShardOptimizer::state_bytes() const { return a_.size() + b_.size(); }
 
-void ShardOptimizer::apply(void* params, const void* grad, std::size_t begin, std::size_t n, double lr_scale) {
+void ShardOptimizer::apply(void* params, const void* grad, std::size_t begin, std::size_t n, double lr_scale,
+                           std::int64_t step) {
   DISTML_CHECK_ARG(begin + n <= count_, "optimizer range " << begin << "+" << n << " beyond the shard's " << count_);
   if (dtype_ == DType::kFloat32) {
-    apply_typed(static_cast<float*>(params), static_cast<const float*>(grad), begin, n, lr_scale);
+    apply_typed(static_cast<float*>(params), static_cast<const float*>(grad), begin, n, lr_scale, step);
   } else {
-    apply_typed(static_cast<double*>(params), static_cast<const double*>(grad), begin, n, lr_scale);
+    apply_typed(static_cast<double*>(params), static_cast<const double*>(grad), begin, n, lr_scale, step);
   }
 }
 
 // Each line below is one numpy operation of python/distml/optim.py, in the
 // same order, with the same scalars rounded to T.
 template <class T>
-void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::size_t n, double lr_scale) {
+void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::size_t n, double lr_scale,
+                                 std::int64_t step) {
   const OptimizerConfig& c = config_;
   const double lr = c.lr * lr_scale;
   p += begin;
@@ -114,7 +116,7 @@ void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::si
     const T wd = static_cast<T>(c.weight_decay), mu = static_cast<T>(c.momentum);
     const T damp = static_cast<T>(1 - c.dampening), tlr = static_cast<T>(lr);
     T* buf = reinterpret_cast<T*>(a_.data()) + (a_.empty() ? 0 : begin);
-    const bool first = steps_ == 1;
+    const bool first = step == 1;
     // Flags in locals: a float64 store through p could alias the config's
     // doubles, which would keep the compiler from hoisting the tests.
     const bool decay = c.weight_decay != 0, momentum = c.momentum != 0, nesterov = c.nesterov;
@@ -140,8 +142,8 @@ void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::si
   }
   const bool decoupled = c.kind == OptimizerKind::kAdamW;
   const double b1 = c.beta1, b2 = c.beta2;
-  const double bias1 = 1 - std::pow(b1, static_cast<double>(steps_));
-  const double bias2_sqrt = std::sqrt(1 - std::pow(b2, static_cast<double>(steps_)));
+  const double bias1 = 1 - std::pow(b1, static_cast<double>(step));
+  const double bias2_sqrt = std::sqrt(1 - std::pow(b2, static_cast<double>(step)));
   const T decay = static_cast<T>(1 - lr * c.weight_decay), wd = static_cast<T>(c.weight_decay);
   const T one_b1 = static_cast<T>(1 - b1), tb2 = static_cast<T>(b2), one_b2 = static_cast<T>(1 - b2);
   const T tbias2 = static_cast<T>(bias2_sqrt), teps = static_cast<T>(c.eps), tstep = static_cast<T>(lr / bias1);
@@ -173,7 +175,9 @@ void ShardOptimizer::apply_typed(T* p, const T* g_in, std::size_t begin, std::si
   }
 }
 
-template void ShardOptimizer::apply_typed<float>(float*, const float*, std::size_t, std::size_t, double);
-template void ShardOptimizer::apply_typed<double>(double*, const double*, std::size_t, std::size_t, double);
+template void ShardOptimizer::apply_typed<float>(float*, const float*, std::size_t, std::size_t, double,
+                                                 std::int64_t);
+template void ShardOptimizer::apply_typed<double>(double*, const double*, std::size_t, std::size_t, double,
+                                                  std::int64_t);
 
 }  // namespace distml::ps

@@ -34,21 +34,24 @@ class ShardOptimizer {
   // One step on params[0:count) with gradient grad (same dtype), learning
   // rate scaled by `lr_scale`.
   void step(void* params, const void* grad, double lr_scale) {
-    begin_step();
-    apply(params, grad, 0, count_, lr_scale);
+    apply(params, grad, 0, count_, lr_scale, begin_step());
   }
-  // The same step in pieces: begin_step() once, then apply() on every
-  // range [begin, begin + n) of the shard once, in any order; `params` is
-  // the shard's start, `grad` the range's own n gradients. (Each element's
+  // The same step in pieces: begin_step() once (it returns the step's
+  // number, 1 for the first), then apply() with that number on every range
+  // [begin, begin + n) of the shard once, in any order; `params` is the
+  // shard's start, `grad` the range's own n gradients. (Each element's
   // update reads only its own state, so pieces give the whole step's bits.)
-  void begin_step() { ++steps_; }
-  void apply(void* params, const void* grad, std::size_t begin, std::size_t n, double lr_scale);
+  // Several steps may be under way at once, each on its own ranges, as
+  // long as every range sees the steps in the order of their numbers.
+  std::int64_t begin_step() { return ++steps_; }
+  void apply(void* params, const void* grad, std::size_t begin, std::size_t n, double lr_scale, std::int64_t step);
+  // Steps begun.
   std::int64_t steps() const { return steps_; }
   std::size_t state_bytes() const;
 
  private:
   template <class T>
-  void apply_typed(T* p, const T* g, std::size_t begin, std::size_t n, double lr_scale);
+  void apply_typed(T* p, const T* g, std::size_t begin, std::size_t n, double lr_scale, std::int64_t step);
   OptimizerConfig config_;
   DType dtype_;
   std::size_t count_;

@@ -34,12 +34,20 @@
 // slots always suffice. In async mode each push is one optimizer step with
 // the learning rate divided by the number of workers.
 //
+// A server receives the pushes and steps of several workers at once, piece
+// by piece, and applies them in the order they began (Server::Inflight):
+// piece k of an update waits for piece k of the update before it.
+//
 // Invariants that would hang or corrupt if broken:
-// - no part of the shard is modified while a reply is sending it: an update
-//   first completes the replies in flight (Server::quiesce), and a step's
-//   reply sends each piece only once that step has updated it;
+// - no part of the shard is modified while a reply is sending it: a pull's
+//   reply starts only when no push is under way, and an update first
+//   completes the pull replies in flight (Server::quiesce); a step's reply
+//   sends each piece only once that step has updated it, and the next
+//   update of that piece waits until it is delivered;
 // - a worker has at most one request outstanding per server, so a reply is
-//   matched by (server, tag) alone (and a LocalLink holds one request);
+//   matched by (server, tag) alone (and a LocalLink holds one request); a
+//   server takes a worker's next push only after its last one has ended,
+//   so a worker's pieces are matched by (worker, tag) in order;
 // - every wait has a deadline when a timeout is set, and polls with backoff.
 #pragma once
 
@@ -99,6 +107,7 @@ struct WorkerStats {
   std::int64_t bytes_pulled = 0;
   std::int64_t pulls = 0;
   double wait_seconds = 0;
+  std::vector<std::int64_t> shard_versions;  // per server: the version its last reply carried
 };
 
 struct ServerStats {
@@ -112,6 +121,7 @@ struct ServerStats {
   std::int64_t optimizer_state_bytes = 0;
   std::vector<std::int64_t> applied_per_worker;  // by rank
   double busy_seconds = 0;  // in the optimizer and copies
+  std::int64_t most_in_flight = 0;  // most pushes (and steps) being received at once
 };
 
 class Server;
@@ -148,7 +158,11 @@ class ParameterServer {
   void close(const std::vector<transport::Piece>& out);
   bool closed() const { return closed_; }
 
-  WorkerStats worker_stats() const { return wstats_; }
+  WorkerStats worker_stats() const {
+    WorkerStats s = wstats_;
+    s.shard_versions = known_version_;
+    return s;
+  }
   ServerStats server_stats() const;
   double progress_cpu_seconds() const;
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <list>
 #include <mutex>
 #include <sstream>
 
@@ -20,12 +21,13 @@ namespace distml::ps {
 // A colocated rank's own requests to its own shard, with no message: the
 // worker thread posts one request at a time (as to any server), the
 // progress thread takes it at its next poll. A push is applied straight
-// from the worker's arrays (under `mu`, so the worker cannot withdraw them
-// meanwhile) and then marked taken; a pull's shard is copied straight into
-// the worker's arrays when its reply is due (also under `mu`), then the
-// reply header is posted here. An async step does both in one pass: each
-// piece of the shard is updated and at once copied into the worker's
-// arrays, while it is in cache. A worker that gives up withdraw()s.
+// from the worker's arrays piece by piece (each piece under `mu`, so the
+// worker cannot withdraw them meanwhile) and then marked taken; a pull's
+// shard is copied straight into the worker's arrays when its reply is due
+// (also under `mu`), then the reply header is posted here. An async step
+// does both: each piece of the shard is updated and at once copied into
+// the worker's arrays, while it is in cache. A worker that gives up
+// withdraw()s.
 struct LocalLink {
   std::mutex mu;
   bool posted = false;  // a request waits for the progress thread
@@ -63,15 +65,19 @@ class Server {
       at += p.bytes;
     }
     piece_elems_ = std::max<std::int64_t>(1, cfg.piece_bytes / static_cast<std::int64_t>(wire_elem_));
+    pieces_ = cuts(seg_bounds_, lo_, hi_, piece_elems_);
     const std::size_t piece = std::min(count_, static_cast<std::size_t>(piece_elems_));
-    // Two pieces of a push in flight: one being applied, the next arriving.
-    staging_.resize(bytes_words(2 * piece * wire_elem_));
+    // Per worker, two pieces of a push in flight: one being applied, the
+    // next arriving (allocated at the worker's first push).
+    staging_.resize(P);
+    half_ = piece * wire_elem_;
     if (cfg.wire != cfg.dtype) grad_.resize(bytes_words(piece * elem_));
     local_ = is_worker_[mail.rank()] != 0;
     if (cfg.mode == Mode::kSync) {
       slots_.resize(static_cast<std::size_t>(cfg.staleness) + 1);
       for (auto& s : slots_) s.resize(bytes_words(count_ * elem_));
       counts_.assign(slots_.size(), 0);
+      begun_.assign(slots_.size(), 0);
     }
   }
 
@@ -80,9 +86,10 @@ class Server {
   bool failed() const { return failed_; }
   bool timed_out() const { return timed_out_; }
   const std::string& failure() const { return failure_; }
-  bool done() const { return done_ && replies_.empty(); }
-  // Replies are being sent: poll without sleeping (see wait()).
-  bool sending() const { return !replies_.empty(); }
+  bool done() const { return done_ && replies_.empty() && inflight_.empty(); }
+  // Data is moving (replies, pushes under way): poll without sleeping (see
+  // wait()).
+  bool sending() const { return !replies_.empty() || !inflight_.empty() || !queue_.empty(); }
 
   // ---- the worker thread's side of the LocalLink (colocated ranks) ----
   void post(int op, const Header& h, const std::vector<tp::Piece>& data, const std::vector<tp::Piece>& out = {}) {
@@ -123,16 +130,21 @@ class Server {
     for (auto& p : ps) wait(p, what);
   }
 
-  // One round: at most one request, the replies in flight, the deadlines.
+  // One round: a piece of every push under way, at most one new request,
+  // the replies in flight, the deadlines.
   bool poll() {
     bool progressed = false;
     try {
+      if (pump()) progressed = true;
       if (local_ && poll_local()) progressed = true;
+      // New requests wait in MPI's queue while an earlier one waits here:
+      // requests start in their order of arrival.
       tp::Incoming in;
-      if (mail_.probe(&in)) {
+      if (queue_.empty() && mail_.probe(&in)) {
         handle(in);
         progressed = true;
       }
+      if (start_queued()) progressed = true;
       for (auto it = replies_.begin(); it != replies_.end();) {
         bool all = true;
         for (auto& p : it->second) all = p.test() && all;
@@ -144,6 +156,7 @@ class Server {
         }
       }
       check_deadlines();
+      check_stalls();
     } catch (const Timeout& e) {
       // A transfer with `late_peer_` stalled (a stopped worker or server):
       // the error replies name it.
@@ -197,158 +210,316 @@ class Server {
     }
     tp::Pending hp = mail_.receive(in, &h, sizeof(Header));
     wait(hp, "receive a request from");
-    if (in.tag == kPush) {
-      receive_push(w, h);
-    } else if (in.tag == kStep) {
-      receive_step(w, h);
-    } else if (in.tag == kPull || in.tag == kClose) {
-      if (failed_) {
-        reply_error(w, fail_status_, fail_info0_, fail_info1_);
-      } else if (in.tag == kPull) {
-        on_pull(w, h);
-      } else {
-        on_close(w, h);
-      }
-    } else {
+    if (in.tag != kPush && in.tag != kStep && in.tag != kPull && in.tag != kClose) {
       DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a message with unknown tag "
                                                       << in.tag << " from rank " << w);
+    }
+    queue_.push_back({w, static_cast<int>(in.tag), h, false});
+  }
+
+  // ---- pushes and steps under way ----
+  //
+  // Every push (and async step) is an Inflight record, from the header's
+  // arrival until its last piece is applied and its reply's pieces are
+  // delivered. The records of several workers are under way at once, at
+  // most one per worker; each poll moves every record on by at most one
+  // piece (pump()), so the server applies worker A's piece k while worker
+  // B's piece arrives. The records form a chain in the order they began,
+  // which is the order of their updates (async: their optimizer steps and
+  // shard versions; sync/bounded: which push of a clock copies into the
+  // slot and which add): a record applies piece k only after the record
+  // before it has applied piece k and, if that one is a step, its reply has
+  // delivered piece k. So every piece sees the updates in one order, a
+  // step's reply holds exactly its own version of every piece (no later
+  // update touches a piece before the reply has it, no earlier one is
+  // missing), and a step's reply header can carry that version from the
+  // start.
+  //
+  // Remote pieces arrive on the data channel into two halves of the
+  // worker's staging (a clock's first push in the parameters' dtype
+  // straight into its slot): piece k is applied while piece k + 1 arrives.
+  // The colocated rank's own push or step reads the worker's arrays and
+  // writes a step's reply into them, piece by piece under the LocalLink's
+  // lock. A push that fails the checks is still received (its worker's
+  // sends complete), then the server fails.
+  struct Inflight {
+    int w = -1;
+    int op = 0;  // kPush or kStep
+    Header h;
+    bool local = false;  // through link_
+    bool take = false;   // applied (else received and dropped)
+    std::string bad;     // why not taken (the server fails once received)
+    bool direct = false;  // sync: received straight into the clock's slot
+    bool first = false;   // sync: the clock's first push (copies; later ones add)
+    std::int64_t version = 0;  // async: the optimizer step, and shard version, this update makes
+    std::int64_t stale = 0;    // async: updates since this worker's last pull
+    std::size_t applied = 0;   // pieces applied (a step's: and their reply posted)
+    tp::Pending ring[2];       // receives of pieces applied + 1 and + 2
+    std::unique_ptr<Header> reply;  // a remote step's reply header
+    tp::Pending reply_header;
+    std::vector<tp::Pending> sends;  // a remote step's reply, one per piece
+    bool ended = false;  // every piece applied
+    Clock::time_point since;  // last progress
+  };
+
+  struct Queued {
+    int w;
+    int op;
+    Header h;
+    bool local;
+  };
+
+  char* staged(const Inflight& r, std::size_t k) {
+    if (r.direct) return reinterpret_cast<char*>(slots_[slot_of(r.h.clock)].data()) + (pieces_[k].first - lo_) * elem_;
+    return reinterpret_cast<char*>(staging_[r.w].data()) + (k % 2) * half_;
+  }
+
+  tp::Pending post_receive(Inflight& r, std::size_t k) {
+    const auto [a, b] = pieces_[k];
+    return mail_.recv(tp::Mailbox::kData, r.w, kPushData, staged(r, k), static_cast<std::size_t>(b - a) * wire_elem_);
+  }
+
+  bool busy_worker(int w) const {
+    for (const auto& r : inflight_) {
+      if (r.w == w) return true;
+    }
+    return false;
+  }
+
+  // Starts the queued requests in order: a push or step once its worker has
+  // no record under way, a pull or close once no push is under way (a reply
+  // never reads a shard half updated).
+  bool start_queued() {
+    bool progressed = false;
+    while (!queue_.empty()) {
+      Queued& q = queue_.front();
+      const bool data = q.op == kPush || q.op == kStep;
+      if (data ? busy_worker(q.w) : !inflight_.empty()) break;
+      const Queued e = q;
+      queue_.pop_front();
+      progressed = true;
+      if (data) {
+        start(e);
+      } else if (failed_) {
+        reply_error(e.w, fail_status_, fail_info0_, fail_info1_);
+      } else if (e.op == kPull) {
+        on_pull(e.w, e.h);
+      } else {
+        on_close(e.w, e.h);
+      }
+      publish();
+    }
+    return progressed;
+  }
+
+  void start(const Queued& e) {
+    const int w = e.w;
+    if (e.op == kStep && cfg_.mode != Mode::kAsync) {
+      if (e.local) {
+        std::lock_guard<std::mutex> lk(link_.mu);
+        link_.reply = Header{};
+        link_.reply.status = kServerFailed;
+        link_.replied = true;
+      }
+      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a step request from rank " << w
+                                                      << " outside async mode");
+    }
+    Inflight r;
+    r.w = w;
+    r.op = e.op;
+    r.h = e.h;
+    r.local = e.local;
+    r.bad = failed_ ? std::string() : check_push(w, e.h);
+    r.take = !failed_ && r.bad.empty();
+    if (r.local && !r.take) {
+      // Nothing to receive: the worker hears at once.
+      {
+        std::lock_guard<std::mutex> lk(link_.mu);
+        if (e.op == kPush) {
+          link_.taken = true;
+          link_.data.clear();
+        } else {
+          link_.reply = Header{};
+          link_.reply.status = failed_ ? fail_status_ : kServerFailed;
+          link_.reply.info0 = failed_ ? fail_info0_ : 0;
+          link_.reply.info1 = failed_ ? fail_info1_ : 0;
+          link_.replied = true;
+        }
+      }
+      if (!r.bad.empty()) DISTML_THROW(Error, r.bad);
+      return;
+    }
+    if (r.take) {
+      if (cfg_.mode == Mode::kAsync) {
+        // The replies in flight (pulls) read the shard; steps under way
+        // order themselves piece by piece.
+        quiesce();
+        r.version = opt_.begin_step();
+        r.stale = r.version - 1 - last_pull_version_[w];
+      } else {
+        const std::size_t slot = slot_of(e.h.clock);
+        r.first = begun_[slot]++ == 0;
+        r.direct = !r.local && cfg_.wire == cfg_.dtype && r.first;
+      }
+    }
+    if (!r.local && staging_[w].empty()) staging_[w].resize(bytes_words(2 * half_));
+    if (r.take && r.op == kStep && !r.local) {
+      r.reply = std::make_unique<Header>();
+      r.reply->version = r.version;
+      r.reply->stale = std::max(max_stale_[w], r.stale);
+      r.reply_header = mail_.send(tp::Mailbox::kReplies, w, kReplyTag, r.reply.get(), sizeof(Header));
+      r.sends.resize(pieces_.size());
+    }
+    if (!r.local) {
+      for (std::size_t k = 0; k < pieces_.size() && k < 2; ++k) r.ring[k] = post_receive(r, k);
+    }
+    r.since = Clock::now();
+    inflight_.push_back(std::move(r));
+    std::int64_t receiving = 0;
+    for (const auto& x : inflight_) receiving += x.ended ? 0 : 1;
+    most_in_flight_ = std::max(most_in_flight_, receiving);
+    if (pieces_.empty()) end(inflight_.back());
+  }
+
+  // Moves every record on by at most one piece, then forgets the records
+  // whose replies are delivered.
+  bool pump() {
+    bool progressed = false;
+    const Inflight* before = nullptr;  // the last record taken, earlier in the chain
+    for (auto& r : inflight_) {
+      if (!r.ended && next_piece(r, before)) progressed = true;
+      if (r.take) before = &r;
+    }
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      bool delivered = it->ended && it->reply_header.test();
+      for (std::size_t k = 0; delivered && k < it->sends.size(); ++k) delivered = it->sends[k].test();
+      if (delivered) {
+        it = inflight_.erase(it);
+        progressed = true;
+      } else {
+        ++it;
+      }
+    }
+    return progressed;
+  }
+
+  bool next_piece(Inflight& r, const Inflight* before) {
+    const std::size_t k = r.applied;
+    if (!r.local && !r.ring[k % 2].test()) return false;
+    if (r.take && before) {
+      if (before->applied <= k) return false;
+      if (k < before->sends.size() && !const_cast<Inflight*>(before)->sends[k].test()) return false;
+    }
+    const auto [a, b] = pieces_[k];
+    const std::size_t n = static_cast<std::size_t>(b - a);
+    char* shard = reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_;
+    if (r.take) {
+      const auto t0 = Clock::now();
+      if (r.local) {
+        std::lock_guard<std::mutex> lk(link_.mu);
+        if (!link_.data.empty()) {  // else withdrawn: the worker has given up
+          take_piece(r, a, b, address(link_.data, wire_elem_, a, b));
+          if (r.op == kStep) std::memcpy(address(link_.out, elem_, a, b), shard, n * elem_);
+        }
+      } else {
+        take_piece(r, a, b, staged(r, k));
+        if (r.op == kStep) r.sends[k] = mail_.send(tp::Mailbox::kData, r.w, kReplyData, shard, n * elem_);
+      }
+      busy_ += seconds_since(t0);
+    }
+    ++r.applied;
+    r.since = Clock::now();
+    // Piece k's half of the staging is free again.
+    if (!r.local && k + 2 < pieces_.size()) r.ring[k % 2] = post_receive(r, k + 2);
+    if (r.applied == pieces_.size()) end(r);
+    return true;
+  }
+
+  // Elements [a, b) of a push, at `src` in the wire dtype.
+  void take_piece(const Inflight& r, std::int64_t a, std::int64_t b, const void* src) {
+    const std::size_t n = static_cast<std::size_t>(b - a), at = static_cast<std::size_t>(a - lo_);
+    if (cfg_.mode == Mode::kAsync) {
+      const void* g = src;
+      if (cfg_.wire != cfg_.dtype) {
+        widen(grad_.data(), cfg_.dtype, src, cfg_.wire, n, false);
+        g = grad_.data();
+      }
+      opt_.apply(params_.data(), g, at, n, 1.0 / static_cast<double>(workers_.size()), r.version);
+      return;
+    }
+    if (r.direct) return;  // received into the slot
+    char* dst = reinterpret_cast<char*>(slots_[slot_of(r.h.clock)].data()) + at * elem_;
+    if (cfg_.wire == cfg_.dtype && r.first) {
+      std::memcpy(dst, src, n * elem_);
+    } else {
+      widen(dst, cfg_.dtype, src, cfg_.wire, n, !r.first);
+    }
+  }
+
+  // Every piece of r applied (r stays in the chain until its reply is
+  // delivered).
+  void end(Inflight& r) {
+    r.ended = true;
+    const int w = r.w;
+    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
+    if (!r.take) {
+      if (r.op == kStep) {
+        reply_error(w, failed_ ? fail_status_ : kServerFailed, failed_ ? fail_info0_ : 0, failed_ ? fail_info1_ : 0);
+      }
+      if (!r.bad.empty()) DISTML_THROW(Error, r.bad);
+      return;
+    }
+    if (cfg_.mode == Mode::kAsync) {
+      max_stale_[w] = std::max(max_stale_[w], r.stale);
+      max_stale_all_ = std::max(max_stale_all_, r.stale);
+      version_ = r.version;  // the chain ends in order
+      ++applied_[w];
+      pushed_[w] = r.h.clock;
+      if (r.op == kStep) {
+        last_pull_version_[w] = version_;
+        bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+      }
+    } else {
+      ++counts_[slot_of(r.h.clock)];
+      pushed_[w] = r.h.clock;
+      ++applied_[w];
+      advance();
+    }
+    if (r.local) {
+      std::lock_guard<std::mutex> lk(link_.mu);
+      if (r.op == kPush) {
+        link_.taken = true;
+      } else {
+        link_.reply = Header{};
+        link_.reply.version = version_;
+        link_.reply.stale = max_stale_[w];
+        link_.replied = true;
+      }
+      link_.data.clear();
+      link_.out.clear();
     }
     publish();
   }
 
-  // A push from rank w is taken in pieces (cuts at piece_elems_): each piece
-  // is applied as it arrives, while it is in cache (async: that piece of
-  // the optimizer step; sync/bounded: added into the clock's slot). Before
-  // the first piece: the checks, and (async) the replies in flight that
-  // read the shard are completed.
-  //
-  // Remote pushes arrive on the data channel, two pieces in flight: piece
-  // k is applied while piece k + 1 is received into the other half of
-  // staging_ (and a clock's first push in the parameters' dtype is received
-  // straight into its slot). A push that fails the checks is still received
-  // (its worker's sends complete), then the server fails.
-  void receive_push(int w, const Header& h) {
-    const std::string bad = failed_ ? std::string() : check_push(w, h);
-    const bool take = !failed_ && bad.empty();
-    const auto pieces = cuts(seg_bounds_, lo_, hi_, piece_elems_);
-    const bool direct = take && cfg_.mode == Mode::kSync && cfg_.wire == cfg_.dtype && counts_[slot_of(h.clock)] == 0;
-    if (take) begin_push(h);
-    const std::size_t half = staging_.size() * sizeof(double) / 2;
-    auto dest = [&](std::size_t k) {
-      const auto [a, b] = pieces[k];
-      return direct ? reinterpret_cast<char*>(slots_[slot_of(h.clock)].data()) + (a - lo_) * elem_
-                    : reinterpret_cast<char*>(staging_.data()) + (k % 2) * half;
-    };
-    auto post = [&](std::size_t k) {
-      const auto [a, b] = pieces[k];
-      return mail_.recv(tp::Mailbox::kData, w, kPushData, dest(k), static_cast<std::size_t>(b - a) * wire_elem_);
-    };
-    tp::Pending ring[2];
-    for (std::size_t k = 0; k < pieces.size() && k < 2; ++k) ring[k] = post(k);
-    for (std::size_t k = 0; k < pieces.size(); ++k) {
-      wait(ring[k % 2], "receive a push from");
-      if (take) take_piece(h, pieces[k].first, pieces[k].second, dest(k), direct);
-      if (k + 2 < pieces.size()) ring[k % 2] = post(k + 2);
-    }
-    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
-    if (!bad.empty()) DISTML_THROW(Error, bad);
-    if (take) end_push(w, h);
-  }
-
-  // An async step from rank w: a push whose reply is the updated shard,
-  // sent piece by piece as the update goes. The reply header goes first
-  // (its version and staleness are known once the push has passed the
-  // checks); then piece k of the shard is sent as soon as piece k of the
-  // gradient has been applied, so the worker copies it while the server
-  // applies piece k + 1, and it is read while still in cache. A piece sent
-  // is not modified again by this step, and the next update quiesces first:
-  // no reply ever reads a range being updated.
-  //
-  // A step that fails the checks is still received (its worker's sends
-  // complete) and gets an error reply before the server fails.
-  void receive_step(int w, const Header& h) {
-    if (cfg_.mode != Mode::kAsync) {
-      DISTML_THROW(Error, "parameter server on rank " << mail_.rank() << " got a step request from rank " << w
-                                                      << " outside async mode");
-    }
-    const std::string bad = failed_ ? std::string() : check_push(w, h);
-    const bool take = !failed_ && bad.empty();
-    const auto pieces = cuts(seg_bounds_, lo_, hi_, piece_elems_);
-    // The reply's sends join replies_ at once, so that the header and the
-    // pieces outlive this call if a transfer fails half-way.
-    std::vector<tp::Pending>* sends = nullptr;
-    if (take) {
-      begin_push(h);
-      auto hdr = std::make_unique<Header>();
-      hdr->version = version_ + 1;
-      hdr->stale = std::max(max_stale_[w], version_ - last_pull_version_[w]);
-      const Header* at = hdr.get();
-      replies_.emplace_back(std::move(hdr), std::vector<tp::Pending>{});
-      sends = &replies_.back().second;  // a deque's elements stay put as it grows
-      sends->push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, at, sizeof(Header)));
-    }
-    const std::size_t half = staging_.size() * sizeof(double) / 2;
-    auto dest = [&](std::size_t k) { return reinterpret_cast<char*>(staging_.data()) + (k % 2) * half; };
-    auto post = [&](std::size_t k) {
-      const auto [a, b] = pieces[k];
-      return mail_.recv(tp::Mailbox::kData, w, kPushData, dest(k), static_cast<std::size_t>(b - a) * wire_elem_);
-    };
-    tp::Pending ring[2];
-    for (std::size_t k = 0; k < pieces.size() && k < 2; ++k) ring[k] = post(k);
-    for (std::size_t k = 0; k < pieces.size(); ++k) {
-      wait(ring[k % 2], "receive a step from");
-      if (take) {
-        const auto [a, b] = pieces[k];
-        take_piece(h, a, b, dest(k), false);
-        sends->push_back(mail_.send(tp::Mailbox::kData, w, kReplyData,
-                                    reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
-                                    static_cast<std::size_t>(b - a) * elem_));
+  // A record stalled on its own worker (a piece that does not arrive, a
+  // reply not taken) past the verdict time: a Timeout naming that worker.
+  // (A record waiting for the one before it is not its worker's fault.)
+  void check_stalls() {
+    if (cfg_.timeout <= 0 || failed_) return;
+    for (auto& r : inflight_) {
+      if (seconds_since(r.since) <= verdict_seconds()) continue;
+      bool own = !r.ended && !r.local && r.ring[r.applied % 2].active();
+      const char* what = "receive a push from";
+      if (r.ended) {
+        own = r.reply_header.active();
+        for (auto& s : r.sends) own = own || s.active();
+        what = "deliver parameters to";
       }
-      // Piece k's half of staging_ is free again.
-      if (k + 2 < pieces.size()) ring[k % 2] = post(k + 2);
+      if (!own) continue;
+      late_peer_ = r.w;
+      DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
+                                                        << " rank " << r.w);
     }
-    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
-    if (!take) {
-      reply_error(w, failed_ ? fail_status_ : kServerFailed, failed_ ? fail_info0_ : 0, failed_ ? fail_info1_ : 0);
-      if (!bad.empty()) DISTML_THROW(Error, bad);
-      return;
-    }
-    end_push(w, h);
-    last_pull_version_[w] = version_;
-    bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
-  }
-
-  // The colocated rank's own async step (the LocalLink, locked by the
-  // caller): each piece applied from the worker's gradients and copied into
-  // its arrays at once.
-  void take_local_step(const Header& h, const std::vector<tp::Piece>& grads, const std::vector<tp::Piece>& out) {
-    const int w = mail_.rank();
-    if (cfg_.mode != Mode::kAsync) {
-      DISTML_THROW(Error, "parameter server on rank " << w << " got a step outside async mode");
-    }
-    const std::string bad = check_push(w, h);
-    if (!bad.empty()) DISTML_THROW(Error, bad);
-    begin_push(h);
-    for (auto [a, b] : cuts(seg_bounds_, lo_, hi_, piece_elems_)) {
-      take_piece(h, a, b, address(grads, wire_elem_, a, b), false);
-      std::memcpy(address(out, elem_, a, b), reinterpret_cast<const char*>(params_.data()) + (a - lo_) * elem_,
-                  static_cast<std::size_t>(b - a) * elem_);
-    }
-    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
-    bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
-  }
-
-  // The colocated rank's own push (the LocalLink, locked by the caller):
-  // applied straight from the worker's arrays.
-  void take_local_push(const Header& h, const std::vector<tp::Piece>& grads) {
-    const int w = mail_.rank();
-    const std::string bad = check_push(w, h);
-    if (!bad.empty()) DISTML_THROW(Error, bad);
-    begin_push(h);
-    for (auto [a, b] : cuts(seg_bounds_, lo_, hi_, piece_elems_)) {
-      take_piece(h, a, b, address(grads, wire_elem_, a, b), false);
-    }
-    bytes_received_ += static_cast<std::int64_t>(count_ * wire_elem_);
   }
 
   std::size_t slot_of(std::int64_t clock) const { return static_cast<std::size_t>(clock % (cfg_.staleness + 1)); }
@@ -371,104 +542,14 @@ class Server {
     return {};
   }
 
-  void begin_push(const Header&) {
-    push_started_ = Clock::now();
-    if (cfg_.mode == Mode::kAsync) {
-      quiesce();
-      opt_.begin_step();
-    }
-  }
 
-  // Elements [a, b) of a push, at `src` in the wire dtype (`in_slot`: already
-  // received into the clock's slot).
-  void take_piece(const Header& h, std::int64_t a, std::int64_t b, const void* src, bool in_slot) {
-    const std::size_t n = static_cast<std::size_t>(b - a), at = static_cast<std::size_t>(a - lo_);
-    if (cfg_.mode == Mode::kAsync) {
-      const void* g = src;
-      if (cfg_.wire != cfg_.dtype) {
-        widen(grad_.data(), cfg_.dtype, src, cfg_.wire, n, false);
-        g = grad_.data();
-      }
-      opt_.apply(params_.data(), g, at, n, 1.0 / static_cast<double>(workers_.size()));
-      return;
-    }
-    if (in_slot) return;
-    const std::size_t slot = slot_of(h.clock);
-    char* dst = reinterpret_cast<char*>(slots_[slot].data()) + at * elem_;
-    if (cfg_.wire == cfg_.dtype && counts_[slot] == 0) {
-      std::memcpy(dst, src, n * elem_);
-    } else {
-      widen(dst, cfg_.dtype, src, cfg_.wire, n, counts_[slot] > 0);
-    }
-  }
-
-  void end_push(int w, const Header& h) {
-    if (cfg_.mode == Mode::kAsync) {
-      const std::int64_t stale = version_ - last_pull_version_[w];
-      max_stale_[w] = std::max(max_stale_[w], stale);
-      max_stale_all_ = std::max(max_stale_all_, stale);
-      ++version_;
-      ++applied_[w];
-      pushed_[w] = h.clock;
-      busy_ += seconds_since(push_started_);
-      return;
-    }
-    ++counts_[slot_of(h.clock)];
-    pushed_[w] = h.clock;
-    ++applied_[w];
-    advance();
-    busy_ += seconds_since(push_started_);
-  }
-
-  // The LocalLink's request, if one is posted.
+  // The LocalLink's request, if one is posted: queued like a message.
   bool poll_local() {
-    std::unique_lock<std::mutex> lk(link_.mu);
+    std::lock_guard<std::mutex> lk(link_.mu);
     if (!link_.posted) return false;
     link_.posted = false;
-    const int op = link_.op, w = mail_.rank();
-    const Header h = link_.header;
     ++requests_;
-    if (op == kPush) {
-      bool applied = false;
-      try {
-        if (!failed_) {
-          take_local_push(h, link_.data);
-          applied = true;
-        }
-      } catch (...) {
-        link_.taken = true;
-        throw;
-      }
-      link_.taken = true;
-      link_.data.clear();
-      lk.unlock();
-      if (applied) end_push(w, h);
-    } else if (op == kStep && !failed_) {
-      try {
-        take_local_step(h, link_.data, link_.out);
-      } catch (...) {
-        link_.reply = Header{};
-        link_.reply.status = kServerFailed;
-        link_.replied = true;
-        throw;
-      }
-      end_push(w, h);
-      last_pull_version_[w] = version_;
-      link_.reply = Header{};
-      link_.reply.version = version_;
-      link_.reply.stale = max_stale_[w];
-      link_.replied = true;
-    } else {
-      lk.unlock();
-      if (failed_) {
-        reply_error(w, fail_status_, fail_info0_, fail_info1_);  // also a step's
-      } else if (op == kPull) {
-        on_pull(w, h);
-      } else {
-        on_close(w, h);
-      }
-    }
-    publish();
+    queue_.push_back({mail_.rank(), link_.op, link_.header, true});
     return true;
   }
 
@@ -491,6 +572,7 @@ class Server {
       quiesce();
       opt_.step(params_.data(), slots_[slot].data(), 1.0);
       counts_[slot] = 0;
+      begun_[slot] = 0;
       ++version_;
     }
     for (auto it = pending_.begin(); it != pending_.end();) {
@@ -638,6 +720,29 @@ class Server {
     pending_.clear();
     for (int c : closers_) reply_error(c, status, info0, info1);
     closers_.clear();
+    // Pushes under way are dropped (their workers time out); the buffers of
+    // sends in flight must outlive them. The colocated worker hears now.
+    for (auto& r : inflight_) {
+      if (r.local && !r.ended) {
+        std::lock_guard<std::mutex> lk(link_.mu);
+        if (r.op == kPush) {
+          link_.taken = true;
+        } else {
+          link_.reply = Header{};
+          link_.reply.status = status;
+          link_.reply.info0 = info0;
+          link_.reply.info1 = info1;
+          link_.replied = true;
+        }
+        link_.data.clear();
+        link_.out.clear();
+      }
+      std::vector<tp::Pending> sends;
+      sends.push_back(std::move(r.reply_header));
+      for (auto& p : r.sends) sends.push_back(std::move(p));
+      replies_.emplace_back(std::move(r.reply), std::move(sends));
+    }
+    inflight_.clear();
     publish();
   }
 
@@ -653,6 +758,7 @@ class Server {
     stats_.optimizer_state_bytes = static_cast<std::int64_t>(opt_.state_bytes());
     stats_.applied_per_worker = applied_;
     stats_.busy_seconds = busy_;
+    stats_.most_in_flight = most_in_flight_;
   }
 
   struct PendingPull {
@@ -670,16 +776,21 @@ class Server {
   std::int64_t piece_elems_ = 1;
   bool local_ = false;  // this rank is also a worker (colocated): its requests come through link_
   LocalLink link_;
-  Clock::time_point push_started_{};
   std::vector<int> workers_;
   ShardOptimizer opt_;
-  std::vector<double> params_, staging_, grad_;  // double: 8-byte aligned bytes
+  std::vector<double> params_, grad_;  // double: 8-byte aligned bytes
+  std::vector<std::vector<double>> staging_;  // per worker rank: two pieces
+  std::size_t half_ = 0;                      // bytes of one piece of staging
+  std::vector<std::pair<std::int64_t, std::int64_t>> pieces_;  // a push's pieces (cuts at piece_elems_)
+  std::list<Inflight> inflight_;  // in the order they began
+  std::deque<Queued> queue_;      // requests not started yet, in order of arrival
   std::vector<std::vector<double>> slots_;
-  std::vector<int> counts_;
+  std::vector<int> counts_, begun_;  // per slot: pushes applied, pushes begun
   std::vector<char> is_worker_, closed_;
   std::vector<std::int64_t> pushed_, applied_, last_pull_version_, max_stale_, final_clock_;
   std::int64_t version_ = 0, max_stale_all_ = 0, requests_ = 0, bytes_received_ = 0, bytes_sent_ = 0;
   double busy_ = 0;
+  std::int64_t most_in_flight_ = 0;
   std::deque<PendingPull> pending_;
   std::deque<std::pair<std::unique_ptr<Header>, std::vector<tp::Pending>>> replies_;
   std::vector<int> closers_;

@@ -456,3 +456,70 @@ def test_piece_size_must_agree(comm_default, monkeypatch):
     monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "24" if comm.rank == 0 else "48")
     with pytest.raises(distml.MismatchError, match="DISTML_PS_PIECE_BYTES"):
         ParameterServer(problem(), optim.SGD, comm=comm, lr=0.1)
+
+
+# ---- several workers at once ---------------------------------------------------
+# A server receives the pushes and steps of several workers at once, piece by
+# piece, and applies piece k of each update after piece k of the update that
+# began before it. With Adam (whose result depends on the order of the
+# updates) and gradients that do not depend on the parameters, each shard's
+# result is fixed by the order in which its server applied the pushes, which
+# every step's reply reports (stats()["shard_versions"]): the replies and the
+# final parameters must be those of a single-process Adam applying the same
+# gradients in that order, shard by shard. A reply that mixed two versions of
+# a shard, or missed its own update, would match no such state.
+
+@pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
+def test_concurrent_steps_equal_a_serial_order(comm_default, monkeypatch, layout):
+    comm = comm_default
+    if layout >= len(layouts(comm.size)):
+        pytest.skip(f"the layout needs more than {comm.size} ranks")
+    servers, workers = layouts(comm.size)[layout]
+    if len(workers) < 2:
+        pytest.skip("needs two workers")
+    monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "64")  # 8 float64 per piece: hundreds of pieces per step
+    shapes = [(200, 30), (61,), (13, 17)]
+    W, steps, lr, kw = len(workers), 6, 0.01, dict(betas=(0.8, 0.95), weight_decay=1e-3)
+    start = [np.random.default_rng(41).standard_normal(s) for s in shapes]
+
+    def grads(w, c):
+        rng = np.random.default_rng((23, w, c))
+        return [rng.standard_normal(s) * (w + 1) for s in shapes]
+
+    params = [p.copy() for p in start]
+    ps = ParameterServer(params, optim.Adam, comm=comm, mode="async", servers=servers, lr=lr, **kw)
+    bounds, S, total = ps.shard_bounds, len(ps.shard_bounds) - 1, sum(p.size for p in start)
+    versions = np.zeros((steps, S), dtype=np.int64)
+    replies = np.zeros((steps, total))
+    if ps.is_worker:
+        out = [np.empty(s) for s in shapes]
+        for c in range(1, steps + 1):
+            ps.step(grads(comm.rank, c), out=out)
+            replies[c - 1] = np.concatenate([o.ravel() for o in out])
+            versions[c - 1] = ps.stats()["shard_versions"]
+        ps.close()
+    most = ps.stats()["server"]["most_in_flight"] if ps.is_server else 0
+    all_versions = comm.allgather(versions.ravel()).reshape(comm.size, steps, S)
+    all_replies = comm.allgather(replies.ravel()).reshape(comm.size, steps, total)
+    all_most = comm.allgather(np.array([most], dtype=np.int64))
+    final = np.concatenate([p.ravel() for p in params])
+
+    for i in range(S):
+        lo, hi = bounds[i], bounds[i + 1]
+        v = {(w, c): int(all_versions[w, c - 1, i]) for w in workers for c in range(1, steps + 1)}
+        # Every push applied once, as one version; each worker's in its order.
+        assert sorted(v.values()) == list(range(1, W * steps + 1)), (i, v)
+        for w in workers:
+            assert [v[w, c] for c in range(1, steps + 1)] == sorted(v[w, c] for c in range(1, steps + 1)), (i, v)
+        ref = [p.copy() for p in start]
+        opt = optim.Adam(ref, lr=lr / W, **kw)
+        by_version = {n: wc for wc, n in v.items()}
+        for n in range(1, W * steps + 1):
+            w, c = by_version[n]
+            opt.step(grads(w, c))
+            want = np.concatenate([p.ravel() for p in ref])[lo:hi]
+            np.testing.assert_allclose(all_replies[w, c - 1, lo:hi], want, rtol=1e-12, atol=1e-14,
+                                       err_msg=f"shard {i}, version {n} (worker {w}, step {c})")
+        np.testing.assert_allclose(final[lo:hi], want, rtol=1e-12, atol=1e-14, err_msg=f"final shard {i}")
+    # The servers did take several workers' steps at once.
+    assert int(all_most.max()) >= 2, all_most

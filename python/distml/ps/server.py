@@ -360,11 +360,15 @@ class ParameterServer:
             the most clocks of its own a pull's parameters lacked; async: the
             most updates applied to a shard between this worker's pull and
             its next gradient's application), ``bytes_pushed``,
-            ``bytes_pulled``, ``wait_seconds`` (blocked in push/pull), and on
-            server ranks ``server`` (a dict: ``updates_applied``,
-            ``applied_per_worker`` by rank, ``max_staleness``,
-            ``optimizer_state_bytes``, ``shard_elements``, ``bytes_received``,
-            ``bytes_sent``, ``busy_seconds`` in updates) and
+            ``bytes_pulled``, ``wait_seconds`` (blocked in push/pull),
+            ``shard_versions`` (per server, the shard version its last reply
+            to this worker carried; after an async step, the version that
+            step's update made), and on server ranks ``server`` (a dict:
+            ``updates_applied``, ``applied_per_worker`` by rank,
+            ``max_staleness``, ``optimizer_state_bytes``, ``shard_elements``,
+            ``bytes_received``, ``bytes_sent``, ``busy_seconds`` in updates,
+            ``most_in_flight``: the most pushes or steps, of different
+            workers, the server was receiving at once) and
             ``progress_cpu_seconds`` (the progress thread's CPU time so far,
             while it runs).
         """
