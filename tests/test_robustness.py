@@ -24,7 +24,7 @@ pytestmark = pytest.mark.mpi
 
 LARGE_ALL = os.environ.get("DISTML_LARGE_TESTS") == "1"
 ALGORITHMS = {
-    "allreduce": ["auto", "ring", "recursive_doubling", "mpi"],
+    "allreduce": ["auto", "ring", "recursive_doubling", "halving_doubling", "mpi"],
     "broadcast": ["auto", "tree", "scatter_allgather", "mpi"],
     "allgather": ["auto", "ring", "mpi"],
     "reduce_scatter": ["auto", "ring", "mpi"],

@@ -49,6 +49,22 @@ constexpr std::size_t kCarryCapacity = kCarriedHeaderBytes + kCarryMaxBytes;
 // `tmp` has room for kCarryCapacity bytes.
 void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, const Reduction* red);
 
+// The halving-doubling allreduce (allreduce_halving_doubling.cpp) carrying
+// the agreement the same way: `msg` is a header followed by `count`
+// elements; the fold-in and halving messages carry the header (their
+// partners and order are allreduce_carried's, so the invariant above holds
+// against a peer running that), and the doubling steps run only where the
+// combined header says the fingerprints agreed. Valid only where
+// halving_carry_bytes(count, ...) <= kCarryMaxBytes. `tmp` has room for
+// kCarryCapacity bytes, `stage` for kCarriedHeaderBytes +
+// halving_carry_bytes(...). `red` leaves averages unfinished.
+void allreduce_halving_doubling_carried(MpiComm& comm, char* msg, char* tmp, char* stage, std::size_t count,
+                                        const Reduction& red);
+// The largest payload of a message that halving-doubling sends before every
+// header has been combined (the fold-in, or its first halving step), for
+// `count` elements of `elem` bytes on P ranks.
+std::size_t halving_carry_bytes(std::size_t count, std::size_t elem, int P);
+
 // Whether the headers at the end of allreduce_carried say every rank's
 // fingerprint was the same.
 inline bool carried_agreed(const CarriedHeader& h) { return h.hash == ~h.inverse; }

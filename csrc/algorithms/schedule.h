@@ -95,6 +95,7 @@ enum Tag : int {
   kTagArrival = 110,
   kTagVerdict = 111,
   kTagAlltoallv = 112,
+  kTagHalvingDoubling = 113,
 };
 
 inline int mod(int a, int p) { return ((a % p) + p) % p; }
@@ -147,6 +148,14 @@ void allreduce_ring(MpiComm& comm, const void* in, void* out, std::size_t count,
 // Recursive doubling allreduce for latency-bound sizes; any P.
 void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std::size_t count,
                                   const Reduction& red);
+
+// Halving-doubling allreduce (allreduce_halving_doubling.cpp): reduce-scatter
+// by recursive halving, then allgather by recursive doubling; any P (ranks
+// beyond the largest power of two folded in and out). About 2 (P-1)/P of the
+// buffer leaves each rank, against log2(P) times all of it for recursive
+// doubling.
+void allreduce_halving_doubling(MpiComm& comm, const void* in, void* out, std::size_t count,
+                                const Reduction& red);
 
 // Binomial-tree broadcast of `bytes` bytes from `root`.
 void broadcast_binomial(MpiComm& comm, void* buf, std::size_t bytes, int root);

@@ -237,7 +237,8 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
 // Without a deadline: every rank contributes a fingerprint of its call's
 // signature; recursive doubling combines (max h, max ~h), which tells every
 // rank at once whether all fingerprints agree. A small allreduce by
-// recursive doubling carries its data in the same messages
+// recursive doubling (or halving-doubling, whose halving steps take the
+// same partners in the same order) carries its data in the same messages
 // (algorithms/carried.h), so that its agreement and its data take one
 // round of messages; every other call sends the fingerprints alone, into
 // receive buffers as large as any carried message, so that ranks whose
@@ -258,7 +259,12 @@ void Communicator::check_fingerprints(const Call& call, const Plan& plan, const 
   if (carried) {
     std::memcpy(msg + alg::kCarriedHeaderBytes, call.in, bytes);
     const alg::Reduction red(call.dtype, call.op);
-    alg::allreduce_carried(*comm_, msg, tmp, call.count, &red);
+    if (plan.algo == Algo::kHalvingDoubling) {
+      char* stage = scratch.take(alg::kCarriedHeaderBytes + alg::halving_carry_bytes(call.count, dtype_size(call.dtype), size_));
+      alg::allreduce_halving_doubling_carried(*comm_, msg, tmp, stage, call.count, red);
+    } else {
+      alg::allreduce_carried(*comm_, msg, tmp, call.count, &red);
+    }
   } else {
     alg::allreduce_carried(*comm_, msg, tmp, 0, nullptr);
   }

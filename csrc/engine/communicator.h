@@ -53,6 +53,7 @@ enum class Algo : std::uint8_t {
   kDissemination = 7,
   kShm = 8,
   kHierarchical = 9,
+  kHalvingDoubling = 10,
 };
 const char* algo_name(Algo algo);
 // The algorithms `kind` accepts, "auto" and "mpi" first.

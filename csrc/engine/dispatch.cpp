@@ -71,6 +71,8 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
         alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red, stream);
       else if (algo == Algo::kShm)
         alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, stream);
+      else if (algo == Algo::kHalvingDoubling)
+        alg::allreduce_halving_doubling(comm, c.in, c.out, c.count, red);
       else if (algo == Algo::kHierarchical)
         alg::allreduce_hierarchical(shm_group(), *across_, c.in, c.out, c.count, red, tuning,
                                     settings_.allreduce_small_bytes);

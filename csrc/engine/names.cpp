@@ -34,6 +34,7 @@ const char* algo_name(Algo algo) {
     case Algo::kDissemination: return "dissemination";
     case Algo::kShm: return "shm";
     case Algo::kHierarchical: return "hierarchical";
+    case Algo::kHalvingDoubling: return "halving_doubling";
   }
   return "unknown";
 }
@@ -42,8 +43,8 @@ const char* algo_name(Algo algo) {
 std::vector<Algo> accepted_algorithms(Kind kind) {
   switch (kind) {
     case Kind::kAllreduce:
-      return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling, Algo::kShm,
-              Algo::kHierarchical};
+      return {Algo::kAuto, Algo::kMpi, Algo::kRing, Algo::kRecursiveDoubling, Algo::kHalvingDoubling,
+              Algo::kShm, Algo::kHierarchical};
     case Kind::kReduce: return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kRing, Algo::kShm};
     case Kind::kBroadcast:
       return {Algo::kAuto, Algo::kMpi, Algo::kTree, Algo::kScatterAllgather, Algo::kShm};

@@ -89,6 +89,8 @@ Plan Communicator::plan(const Call& c) const {
     // No schedule follows: the agreement moves the data.
     p.variant |= kCarried;
     p.scratch = agreement_scratch(bytes);
+    // Halving-doubling stages each halving message (header, then half).
+    if (p.algo == Algo::kHalvingDoubling) p.scratch += R(alg::kCarriedHeaderBytes + alg::halving_carry_bytes(c.count, elem, P));
     return p;
   }
   if (eager(c, p.algo)) {
@@ -100,7 +102,7 @@ Plan Communicator::plan(const Call& c) const {
   const std::size_t block0 = c.unit == 0 ? 0 : alg::Blocks{c.count, P, c.unit}.size(0) * elem;
   switch (c.kind) {
     case Kind::kAllreduce:
-      if (p.algo == Algo::kRecursiveDoubling && P > 1) {
+      if ((p.algo == Algo::kRecursiveDoubling || p.algo == Algo::kHalvingDoubling) && P > 1) {
         s += R(bytes);
       } else if (p.algo == Algo::kRing && in_place) {
         s += R(block0);
@@ -206,8 +208,15 @@ std::size_t Communicator::carry_limit() const {
 
 bool Communicator::carried(const Call& call, Algo algo) const {
   const std::size_t bytes = call.count * dtype_size(call.dtype);
-  return call.kind == Kind::kAllreduce && algo == Algo::kRecursiveDoubling && !call.invalid && bytes > 0 &&
-         bytes <= carry_limit();
+  if (call.kind != Kind::kAllreduce || call.invalid || bytes == 0) return false;
+  if (algo == Algo::kRecursiveDoubling) return bytes <= carry_limit();
+  // Halving-doubling carries the fingerprints whenever its messages before
+  // the verdict fit a carried message: it moves no more bytes for it.
+  if (algo == Algo::kHalvingDoubling) {
+    return arrival_ == Arrival::kFingerprint && settings_.carry_bytes > 0 &&
+           alg::halving_carry_bytes(call.count, dtype_size(call.dtype), size_) <= alg::kCarryMaxBytes;
+  }
+  return false;
 }
 
 // Every call's agreement receives into buffers as large as any carried

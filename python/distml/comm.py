@@ -502,7 +502,10 @@ class Communicator:
             out: array for the result (same shape and dtype as ``x``); may be
                 ``x`` itself for an in-place reduction. By default a new array
                 (from the result pool when large: see :class:`Communicator`).
-            algorithm: "auto", "ring", "recursive_doubling" or "mpi".
+            algorithm: "auto", "ring", "recursive_doubling",
+                "halving_doubling" (reduce-scatter by recursive halving, then
+                allgather by recursive doubling) or "mpi"; "shm" and
+                "hierarchical" where the layout allows them.
             async_op: return a :class:`Handle` instead of the result.
 
         Returns:

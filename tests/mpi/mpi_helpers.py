@@ -32,7 +32,7 @@ FLOAT_OPS = ["sum", "avg", "prod", "min", "max"]
 INT_OPS = FLOAT_OPS + ["band", "bor", "bxor"]
 
 ALGORITHMS = {
-    "allreduce": ["auto", "ring", "recursive_doubling", "mpi"],
+    "allreduce": ["auto", "ring", "recursive_doubling", "halving_doubling", "mpi"],
     "reduce": ["auto", "tree", "ring", "mpi"],
     "broadcast": ["auto", "tree", "scatter_allgather", "mpi"],
     "allgather": ["auto", "ring", "mpi"],

@@ -4,6 +4,11 @@ check's fingerprints (no timeout) or signatures (through rank 0, with a
 timeout) travel with the data, so checking and reducing take one round of
 messages.
 
+The halving-doubling allreduce (algorithm="halving_doubling") carries the
+fingerprints the same way on its fold-in and halving messages, whose
+partners and order are recursive doubling's: its results, which sizes
+carry, and its mismatches against every kind of call are tested at the end.
+
 Results against numpy at sizes up to and past the carried limit, with the
 check on and off, blocking and async; mismatched calls (count, dtype, op,
 kind, algorithm, a carried call against one too large to be carried)
@@ -161,4 +166,109 @@ def test_carried_mismatch_every_rank_raises(comm_default, world):
     check.expect_true("message names both dtypes",
                       isinstance(got, distml.MismatchError) and "float64 on rank 0" in str(got)
                       and "float32 on rank" in str(got))
+    check.verify()
+
+
+# Bytes around where halving-doubling stops carrying: its largest message
+# before the verdict is the whole buffer where ranks are folded in (P = 3)
+# and the first halving step's larger half otherwise, at most 64 KiB.
+HALVING_SIZES = [4, 28, 1000, 65536, 65540, 131072, 131076, 200000]
+
+
+def _halving_should_carry(P: int, nbytes: int, itemsize: int) -> bool:
+    count = nbytes // itemsize
+    p2 = 1 << (P.bit_length() - 1)
+    if P > p2:
+        largest = count
+    else:  # the lower half of p2 numpy.array_split blocks
+        largest = sum(len(b) for b in np.array_split(np.arange(count), p2)[: p2 // 2])
+    return largest * itemsize <= 65536
+
+
+def test_halving_doubling_carried_results(comm_default):
+    comm = comm_default
+    P, rank = comm.size, comm.rank
+    check = Checker(P)
+    comm._core.drain_trace()
+    comm._core.set_trace(True)
+    carried_at = {}
+    try:
+        for dtype in DTYPES:
+            for nbytes in HALVING_SIZES:
+                count = max(1, nbytes // dtype.itemsize)
+                for op, kind, mode in reduction_cases(dtype):
+                    key = ("halving carried", str(dtype), op, kind, count)
+                    xs = inputs(key, dtype, (count,), kind, P)
+                    x = xs[rank]
+                    before = x.copy()
+                    what = f"halving_doubling {dtype} count={count} op={op}"
+                    got = call(lambda: comm.allreduce(x, op=op, algorithm="halving_doubling"))
+                    check.expect(what, got, reduce_ref(xs, op), mode, dtype=dtype)
+                    check.expect(what + " input unchanged", x, before, "bits")
+                    y = x.copy()
+                    got = call(lambda: comm.allreduce(y, op=op, out=y, algorithm="halving_doubling"))
+                    check.expect(what + " in place", got, reduce_ref(xs, op), mode, dtype=dtype, same=y)
+                    schedules = _schedules(comm)
+                    carried_at[(count * dtype.itemsize, dtype.itemsize)] = [
+                        "carried" in s for s in schedules if s.startswith("halving_doubling")]
+    finally:
+        comm._core.set_trace(False)
+        comm._core.drain_trace()
+    # Without a timeout, across nodes, every call that fits carries, and no
+    # other; elsewhere (one node, a timeout) nothing does.
+    fingerprints = _across_nodes(comm) and COMM_TIMEOUT is None
+    for (nbytes, itemsize), flags in carried_at.items():
+        want = fingerprints and _halving_should_carry(P, nbytes, itemsize)
+        check.expect_true(f"halving_doubling {nbytes} bytes (items of {itemsize}) carried={want}: {flags}",
+                          len(flags) > 0 and all(f == want for f in flags))
+    check.verify()
+
+
+def _halving_mismatches(P: int, rank: int):
+    """(label, this rank's call): rank 0 (or the last rank) runs a carried
+    halving-doubling allreduce that differs from the others' calls."""
+    odd = rank == 0
+    f32 = np.arange(4, dtype=np.float32)
+    big = np.ones(20000, np.float32)  # 80 KB: carried by halving-doubling at P = 2 and 4, not at 3
+    huge = np.ones(50000, np.float32)  # 200 KB: never carried
+
+    return [
+        ("count", lambda c, out: c.allreduce(np.arange(5 if odd else 4, dtype=np.float32),
+                                             out=out if not odd else None, algorithm="halving_doubling")),
+        ("count, both large", lambda c, out: c.allreduce(big if odd else np.ones(20004, np.float32),
+                                                         algorithm="halving_doubling")),
+        ("count, one call too large to carry", lambda c, out: c.allreduce(
+            huge if odd else f32, out=None if odd else out, algorithm="halving_doubling")),
+        ("count, every other call too large", lambda c, out: c.allreduce(
+            f32 if odd else huge, out=out if odd else None, algorithm="halving_doubling")),
+        ("op", lambda c, out: c.allreduce(f32, op="max" if odd else "sum", out=out, algorithm="halving_doubling")),
+        ("dtype", lambda c, out: c.allreduce(np.arange(4, dtype=np.int32) if odd else f32,
+                                             out=None if odd else out, algorithm="halving_doubling")),
+        ("against recursive doubling", lambda c, out: c.allreduce(
+            f32, out=out, algorithm="halving_doubling" if odd else "recursive_doubling")),
+        ("against ring", lambda c, out: c.allreduce(
+            big, algorithm="halving_doubling" if odd else "ring")),
+        ("against broadcast", lambda c, out: c.allreduce(big, algorithm="halving_doubling") if odd
+         else c.broadcast(big.copy())),
+        ("against barrier", lambda c, out: c.barrier() if rank == P - 1
+         else c.allreduce(f32, out=out, algorithm="halving_doubling")),
+        ("against allgather", lambda c, out: c.allreduce(big, algorithm="halving_doubling") if odd
+         else c.allgather(f32)),
+    ]
+
+
+def test_halving_doubling_mismatch_every_rank_raises(comm_default):
+    comm = comm_default
+    P, rank = comm.size, comm.rank
+    if P < 2:
+        pytest.skip("a mismatch needs two ranks")
+    check = Checker(P)
+    f32 = np.arange(4, dtype=np.float32)
+    for label, run in _halving_mismatches(P, rank):
+        out = np.full(4, -7, dtype=np.float32)
+        got = call(lambda: run(comm, out))
+        check.expect_raises(label, got, distml.MismatchError)
+        check.expect(label + ": out untouched", out, np.full(4, -7, dtype=np.float32), "bits")
+        got = call(lambda: comm.allreduce(f32, algorithm="halving_doubling"))
+        check.expect(label + ": next allreduce", got, f32 * P)
     check.verify()
