@@ -261,6 +261,37 @@ def test_witness_ends_as_its_rank_and_records_a_loss(tmp_path, program):
     assert {k: rec[k] for k in record} == record and rec["pid"] == int(names[0][6:-5]), rec
 
 
+def _ended(launch, pid: int, when: float, **how) -> None:
+    (launch / f"ended-{pid}.json").write_text(json.dumps({"pid": pid, "time": when, **how}))
+
+
+@pytest.mark.parametrize("order", ["kill first", "fault first"])
+def test_a_rank_that_faulted_after_a_loss_is_not_lost(tmp_path, order):
+    """Across hosts MPICH's TCP netmod can crash a survivor (SIGSEGV inside
+    MPI_Isend) when its peer dies: the launcher counted both lost and went
+    on with one rank too few. The faulted rank is the loss's casualty, in
+    whichever order the witnesses wrote."""
+    from distml.elastic._supervisor import _witnessed_losses
+
+    ranks = {r: {"rank": r, "pid": 100 + r} for r in range(4)}
+    kill_at, fault_at = (10.0, 10.002) if order == "kill first" else (10.002, 10.0)
+    _ended(tmp_path, 103, kill_at, signal=int(signal.SIGKILL))
+    _ended(tmp_path, 101, fault_at, signal=int(signal.SIGSEGV))
+    assert _witnessed_losses(str(tmp_path), ranks, {}, 20.0, []) == [3]
+
+
+def test_witnessed_faults_alone_name_the_first(tmp_path):
+    from distml.elastic._supervisor import _witnessed_losses
+
+    ranks = {r: {"rank": r, "pid": 100 + r} for r in range(4)}
+    _ended(tmp_path, 102, 10.0, signal=int(signal.SIGSEGV))
+    _ended(tmp_path, 100, 10.5, signal=int(signal.SIGABRT))
+    assert _witnessed_losses(str(tmp_path), ranks, {}, 20.0, []) == [2]
+    _ended(tmp_path, 101, 10.7, exit_code=1)  # an end of another kind counts, the faults do not
+    assert _witnessed_losses(str(tmp_path), ranks, {}, 20.0, []) == [1]
+    assert _witnessed_losses(str(tmp_path), ranks, {}, 10.6, []) == [2]  # after mpiexec ended: ignored
+
+
 def test_witness_does_not_record_a_signal_it_forwarded(tmp_path):
     """SIGTERM to the witness (how mpiexec ends a job) goes on to the rank,
     whose death by it is not a loss."""
