@@ -8,9 +8,13 @@
 // synchronisation, where a schedule would add one or two of its own.
 //
 // Reuse invariant (a broken one is silently wrong data): a rank writes
-// eager[v & 1] only on arriving at v, after it finished v - 1, which needed
-// every rank's arrival at v - 1, which each made only after finishing v - 2.
+// eager[v & 1] only on arriving at v, after every rank's arrival at v - 1
+// (which v - 1's agreement waited for, or, after a one-way broadcast, the
+// check at the start of v), which each made only after finishing v - 2.
 // So nobody still reads eager[v & 1] for v - 2.
+//
+// A small broadcast is one-way: its root posts and returns without waiting
+// for anyone, and the others wait for the root alone (engine/agreement.cpp).
 //
 // Fail-together: with nothing after the arrival, a rank that arrives after
 // its peers timed out would find their data and complete alone. The arrival

@@ -170,23 +170,106 @@ void Communicator::coordinate(const Call& call, const Plan& plan) {
 // completing a call the others abandoned; the ranks whose arrival counter is
 // behind are the ones named. The lowest-numbered rank that has arrived warns
 // about stragglers first.
+//
+// A small blocking broadcast is one-way (its eager path; an async one waits
+// for every rank, so that its handle reports its own mismatch, as a caller
+// need not wait for the next call's handle): the root posts its data
+// with its note, enters the gate and returns at once, as MPI's root returns
+// once its message is posted; every other rank waits for the root alone,
+// compares the root's signature with its own and copies the data. A rank
+// that finds the root's call different from its own waits for every rank
+// and raises Mismatch at once, naming what differs. Nobody has compared
+// every rank's call with every other yet (two ranks that each take
+// themselves for the root never read each other's notes), so every rank
+// does that at the start of its next collective (check_one_way), before it
+// writes anything there: it waits until every rank has entered the
+// broadcast and compares all the notes, as the ranks of any other
+// collective do. Where they differ it raises Mismatch in place of its new
+// call, which does not run, so every rank stands after the broadcast again
+// and the communicator stays usable. The root of a mismatched broadcast
+// (and a receiver whose call matched the root's) thus learns of it from its
+// next collective on this communicator, never later.
+//
+// Reuse of the notes and eager areas (a broken rule is a spurious mismatch
+// or silently wrong data): a rank writes note[v & 1] and eager[v & 1] only
+// on arriving at v, and only after every rank has entered v - 1 (waited for
+// by v - 1's own agreement, or by check_one_way); a rank enters v - 1 only
+// after it finished v - 2, the last reader of those areas. The same wait
+// keeps the gate's rule: nobody enters v before every rank entered v - 1.
 void Communicator::arrive_through_shm(const Call& call, const Signature& mine, bool eager) {
   static_assert(sizeof(Signature) <= sizeof(tp::ShmControl::note[0]), "signature too large");
   using Gate = tp::ShmGroup::Gate;
   auto& shm = *shm_;
+  if (unchecked_ != 0) check_one_way(call);
   const std::uint64_t seq = seq_;
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
   // A small collective posts its input with the note (a broadcast: the
   // root's data); see algorithms/eager_shm.h.
+  const bool one_way = eager && call.kind == Kind::kBroadcast && one_way_allowed_;
   if (eager && (call.kind != Kind::kBroadcast || rank_ == call.root)) {
     alg::post_eager(shm, seq, call.in, call.count * dtype_size(call.dtype));
   }
-  const double timeout = settings_.timeout;
   if (shm.enter(seq) == Gate::kGivenUp) {
     DISTML_THROW(Timeout, "rank " << rank_ << " arrived at " << kind_name(call.kind) << " (collective #" << seq
-                                  << ") after the other ranks gave up waiting for it (timeout " << timeout << " s)");
+                                  << ") after the other ranks gave up waiting for it (timeout " << settings_.timeout
+                                  << " s)");
   }
   shm.publish(tp::ShmGroup::Counter::kArrived, seq);
+  // Without the check, a rank that cannot run the call still stops all.
+  auto agrees = [&](const Signature& s) { return settings_.check ? same_signature(s, mine) : !s.invalid; };
+  if (one_way) {
+    unchecked_ = seq;
+    unchecked_kind_ = call.kind;
+    if (rank_ == call.root) return;
+    await_shm_arrival(call.kind, seq, call.root);
+    Signature root_sig;
+    std::memcpy(&root_sig, shm.control(call.root).note[seq & 1], sizeof root_sig);
+    if (agrees(root_sig)) {
+      // Of two ranks, both have entered and both calls are compared.
+      if (size_ == 2) unchecked_ = 0;
+      return;
+    }
+    unchecked_ = 0;  // compared below, with every rank's call
+  }
+  await_shm_arrival(call.kind, seq, -1);
+  std::vector<Signature> sigs(size_);
+  bool agreed = true;
+  for (int r = 0; r < size_; ++r) {
+    std::memcpy(&sigs[r], shm.control(r).note[seq & 1], sizeof(Signature));
+    agreed = agreed && agrees(sigs[r]);
+  }
+  if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
+}
+
+void Communicator::check_one_way(const Call& call) {
+  auto& shm = *shm_;
+  const std::uint64_t v = unchecked_;
+  const Kind kind = unchecked_kind_;
+  await_shm_arrival(kind, v, -1);
+  unchecked_ = 0;
+  std::vector<Signature> sigs(size_);
+  bool agreed = true;
+  for (int r = 0; r < size_; ++r) std::memcpy(&sigs[r], shm.control(r).note[v & 1], sizeof(Signature));
+  for (int r = 0; r < size_; ++r) {
+    agreed = agreed && (settings_.check ? same_signature(sigs[r], sigs[rank_]) : !sigs[r].invalid);
+  }
+  if (agreed) return;
+  // This call never started: every rank stands after collective v again.
+  --seq_;
+  DISTML_THROW(Mismatch, describe_mismatch(kind, sigs)
+                             << " (" << kind_name(kind) << ", collective #" << v
+                             << " on this communicator: this rank returned from it before every rank's call had "
+                                "been compared, so its mismatch is raised by this rank's next collective, "
+                             << kind_name(call.kind) << ", which did not run)");
+}
+
+// Waits for the arrivals at collective `seq` through the gate (who < 0: every
+// rank's; else rank `who`'s, or every rank's), warning about stragglers and
+// giving up at the deadline.
+void Communicator::await_shm_arrival(Kind kind, std::uint64_t seq, int who) {
+  using Gate = tp::ShmGroup::Gate;
+  auto& shm = *shm_;
+  const double timeout = settings_.timeout;
   auto never_arrived = [&] {
     auto late = shm.behind(tp::ShmGroup::Counter::kArrived, seq);
     return rank_list(std::vector<std::int32_t>(late.begin(), late.end()));
@@ -199,6 +282,8 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
     if (g == Gate::kAllIn) break;
     // Another rank gave up (this rank's deadline may not have passed yet).
     if (g == Gate::kGivenUp) DISTML_THROW(Timeout, never_arrived() << " never arrived");
+    // The root's note and data were written before it published this.
+    if (who >= 0 && shm.control(who).arrived.load(std::memory_order_acquire) >= seq) break;
     transport::MpiComm::pause(polls);
     if (!deadline || (polls & 255) != 0) continue;
     const double waited = comm_->elapsed();
@@ -213,7 +298,7 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
         std::fprintf(stderr,
                      "distml: warning: %s (collective #%llu) has waited %.1f s for %s to arrive "
                      "(timeout %.1f s)\n",
-                     kind_name(call.kind), static_cast<unsigned long long>(seq), waited,
+                     kind_name(kind), static_cast<unsigned long long>(seq), waited,
                      rank_list(std::vector<std::int32_t>(late.begin(), late.end())).c_str(), timeout);
         std::fflush(stderr);
       }
@@ -221,17 +306,9 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
     if (waited > timeout) {
       const std::string missing = never_arrived();
       if (shm.give_up(seq) == Gate::kAllIn) break;  // the last rank entered first
-      DISTML_THROW(Timeout, missing << " never arrived");
+      DISTML_THROW(Timeout, missing << " never arrived at " << kind_name(kind) << " (collective #" << seq << ")");
     }
   }
-  std::vector<Signature> sigs(size_);
-  bool agreed = true;
-  for (int r = 0; r < size_; ++r) {
-    std::memcpy(&sigs[r], shm.control(r).note[seq & 1], sizeof(Signature));
-    // Without the check, a rank that cannot run the call still stops all.
-    agreed = agreed && (settings_.check ? same_signature(sigs[r], mine) : !sigs[r].invalid);
-  }
-  if (!agreed) DISTML_THROW(Mismatch, describe_mismatch(call.kind, sigs));
 }
 
 // Without a deadline: every rank contributes a fingerprint of its call's

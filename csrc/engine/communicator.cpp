@@ -188,6 +188,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     std::lock_guard<std::mutex> lk(trace_mu_);
     events_.push_back(ev);
   };
+  one_way_allowed_ = !async;
   try {
     coordinate(call, plan);
     arrived = true;

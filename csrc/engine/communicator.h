@@ -319,6 +319,14 @@ class Communicator {
   // Writes a carried, agreed result to `out` (finishing an average).
   void finish_carried(const Call& call, const void* result) const;
   void arrive_through_shm(const Call& call, const Signature& mine, bool eager);
+  // Waits until every rank has entered collective `seq` on the node (who <
+  // 0), or until node rank `who` has; raises Timeout at the deadline,
+  // giving up through the arrival gate.
+  void await_shm_arrival(Kind kind, std::uint64_t seq, int who);
+  // Compares every rank's signature of the one-way collective this rank
+  // returned from before they were compared (see arrive_through_shm);
+  // raises Mismatch, as if `call` had not been started, where they differ.
+  void check_one_way(const Call& call);
   // Whether `call` moves its data with the arrival on one node (small
   // collectives but barrier and the variable ones; see ShmControl::eager): the same answer
   // on every rank whose call agrees.
@@ -360,6 +368,15 @@ class Communicator {
   std::thread worker_;
 
   std::uint64_t seq_ = 0;  // collectives started on this communicator
+  // The one-way collective (a small broadcast on one node) this rank
+  // returned from before every rank's call was compared, or 0; checked at
+  // the start of the next collective.
+  std::uint64_t unchecked_ = 0;
+  Kind unchecked_kind_ = Kind::kBroadcast;
+  // Whether the collective being executed may be one-way: blocking calls
+  // only, so that an async call's handle reports its own mismatch (the
+  // caller may never wait for the handle of the call after it).
+  bool one_way_allowed_ = false;
   std::uint64_t comm_id_ = 0;  // shared by this communicator's ranks
   std::atomic<bool> trace_{false};
   std::mutex trace_mu_;

@@ -190,9 +190,10 @@ std::vector<int> ShmGroup::behind(Counter c, std::uint64_t step) {
 }
 
 // The gate word: the collective's number, a given-up bit, and how many
-// ranks have entered it. A rank enters collective v + 1 only after v has
-// completed, which needed every rank's entry, so the word never holds a
-// later collective than the caller's unless the caller's is complete.
+// ranks have entered it. A rank enters collective v + 1 only after every
+// rank has entered v (the engine waits for that, in v's agreement or before
+// v + 1's after a one-way v), so the word never holds a later collective
+// than the caller's unless every rank has entered the caller's.
 namespace {
 constexpr int kGateSeqShift = 17;
 constexpr std::uint64_t kGateGivenUp = std::uint64_t{1} << 16;

@@ -639,6 +639,22 @@ class Communicator:
         Returns:
             ``x`` (or a Handle whose ``wait()`` returns it).
 
+        Raises:
+            MismatchError: where the ranks' calls differ (size, dtype, root,
+                algorithm, or another collective). A small blocking
+                broadcast on one node (up to 16 KiB, where ``auto`` or "shm"
+                moves the data with the arrival) is one-way: the root
+                returns once its data is posted, without waiting for the
+                other ranks, and each other rank waits for the root alone.
+                A rank whose call differs from the root's raises at once;
+                the root, and any rank whose call matched the root's, raise
+                from their next collective on this communicator, which then
+                does not run (so the ranks stay in step and the communicator
+                stays usable). A rank that makes no further call never
+                learns of it: end with a barrier where that matters. Async
+                broadcasts, larger ones and other layouts raise on every
+                rank from the call itself.
+
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
