@@ -20,6 +20,14 @@ namespace tp = distml::transport;
 
 namespace {
 constexpr std::size_t kAlltoallShmMaxBytes = std::size_t{32} << 10;
+// Without a hierarchical layout, on P >= 4 ranks (a power of two),
+// allreduce above this size and up to allreduce_small_bytes takes
+// halving-doubling (which sends 2 (P-1)/P of the buffer, in 2 log2(P)
+// rounds) instead of recursive doubling (all of it, in log2(P) rounds).
+// 4 hosts x 1 rank on TCP (bench/results/carried.md): at 64 KiB it wins
+// with and without a 1 Gbit/s limit; at 16-32 KiB it wins under the
+// limit but loses on unlimited links, where rounds cost more than bytes.
+constexpr std::size_t kHalvingAboveBytes = std::size_t{32} << 10;
 }  // namespace
 
 bool Communicator::available(Algo algo) const {
@@ -48,7 +56,9 @@ Algo Communicator::resolve(const Call& call) const {
         const bool carry = bytes > 0 && bytes <= carry_limit() && bytes <= settings_.allreduce_small_bytes;
         return carry ? Algo::kRecursiveDoubling : Algo::kHierarchical;
       }
-      return bytes <= settings_.allreduce_small_bytes ? Algo::kRecursiveDoubling : Algo::kRing;
+      if (bytes > settings_.allreduce_small_bytes) return Algo::kRing;
+      if (bytes > kHalvingAboveBytes && size_ >= 4 && (size_ & (size_ - 1)) == 0) return Algo::kHalvingDoubling;
+      return Algo::kRecursiveDoubling;
     case Kind::kReduce:
       if (one_node_) return Algo::kShm;
       return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;

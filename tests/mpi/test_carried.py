@@ -272,3 +272,33 @@ def test_halving_doubling_mismatch_every_rank_raises(comm_default):
         got = call(lambda: comm.allreduce(f32, algorithm="halving_doubling"))
         check.expect(label + ": next allreduce", got, f32 * P)
     check.verify()
+
+
+def test_auto_allreduce_choices_without_hierarchical_layout(comm_default):
+    """Where ranks do not share one node and there is no hierarchical layout
+    (nodes of one rank, or unequal nodes), "auto" takes recursive doubling
+    up to 32 KiB, halving-doubling above it up to 64 KiB where P is a power
+    of two of at least 4 (recursive doubling otherwise), and the ring above;
+    read back from the trace, with the results against numpy."""
+    comm = comm_default
+    P, rank = comm.size, comm.rank
+    if not _across_nodes(comm) or comm._core.hierarchical:
+        pytest.skip("needs ranks on several nodes without a hierarchical layout")
+    middle = "halving_doubling" if P >= 4 and P & (P - 1) == 0 else "recursive_doubling"
+    cases = [(32768, "recursive_doubling"), (32772, middle), (65536, middle), (65540, "ring")]
+    check = Checker(P)
+    core = comm._core
+    core.drain_trace()
+    core.set_trace(True)
+    try:
+        for nbytes, want in cases:
+            xs = inputs(("auto choice", nbytes), np.dtype(np.float32), (nbytes // 4,), "small", P)
+            got = call(lambda: comm.allreduce(xs[rank]))
+            check.expect(f"{nbytes} bytes", got, reduce_ref(xs, "sum"), dtype=np.float32)
+            check.expect_true(f"algorithm_for({nbytes}) is {want}", comm.algorithm_for("allreduce", nbytes) == want)
+        events = [e for e in core.drain_trace() if e["collective"] == "allreduce"]
+    finally:
+        core.set_trace(False)
+    ran = [e["algorithm"] for e in events]
+    check.expect_true(f"ran {ran}, expected {[w for _, w in cases]}", ran == [w for _, w in cases])
+    check.verify()
