@@ -57,7 +57,7 @@ void register_ps(py::module_& m) {
                        std::vector<int> servers,
                        int mode, int staleness, int optimizer, const py::dict& hyperparameters, double timeout,
                        long poll_min_us, long poll_max_us, const std::vector<py::array>& initial,
-                       std::int64_t piece_bytes) {
+                       std::int64_t piece_bytes, std::int64_t max_in_flight) {
              ps::Config c;
              c.dtype = static_cast<DType>(dtype);
              c.wire = static_cast<DType>(wire);
@@ -73,6 +73,8 @@ void register_ps(py::module_& m) {
              c.poll_max_us = poll_max_us;
              DISTML_CHECK_ARG(piece_bytes > 0, "piece_bytes must be positive, not " << piece_bytes);
              c.piece_bytes = piece_bytes;
+             DISTML_CHECK_ARG(max_in_flight >= 0, "max_in_flight must be >= 0, not " << max_in_flight);
+             c.max_in_flight = max_in_flight;
              auto pieces = pieces_of(initial, false);
              MPI_Comm comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_handle));
              py::gil_scoped_release nogil;
@@ -81,7 +83,7 @@ void register_ps(py::module_& m) {
            py::arg("fortran_handle"), py::arg("dtype"), py::arg("wire"), py::arg("segments"), py::arg("servers"),
            py::arg("mode"), py::arg("staleness"), py::arg("optimizer"), py::arg("hyperparameters"),
            py::arg("timeout"), py::arg("poll_min_us"), py::arg("poll_max_us"), py::arg("initial"),
-           py::arg("piece_bytes") = std::int64_t{1} << 21)
+           py::arg("piece_bytes") = std::int64_t{1} << 21, py::arg("max_in_flight") = 1)
       .def_property_readonly("is_server", &ps::ParameterServer::is_server)
       .def_property_readonly("is_worker", &ps::ParameterServer::is_worker)
       .def_property_readonly("bounds", &ps::ParameterServer::bounds)

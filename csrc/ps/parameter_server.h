@@ -86,6 +86,11 @@ struct Config {
   // Largest message of a pushed gradient: a server receives a push piece by
   // piece and applies each piece while it is in cache (same on every rank).
   std::int64_t piece_bytes = std::int64_t{1} << 21;
+  // Most pushes (and steps) of different workers a server receives at once
+  // (0: no limit). On 2 shared cores one at a time measured fastest
+  // (bench/results/ps.md): the next push starts as soon as the last one's
+  // pieces are all applied, while its reply is still being delivered.
+  std::int64_t max_in_flight = 1;
 };
 
 struct Header {

@@ -287,7 +287,8 @@ class Server {
   }
 
   // Starts the queued requests in order: a push or step once its worker has
-  // no record under way, a pull or close once no push is under way (a reply
+  // no record under way and fewer than Config::max_in_flight pushes are
+  // being received, a pull or close once no push is under way (a reply
   // never reads a shard half updated).
   bool start_queued() {
     bool progressed = false;
@@ -295,6 +296,11 @@ class Server {
       Queued& q = queue_.front();
       const bool data = q.op == kPush || q.op == kStep;
       if (data ? busy_worker(q.w) : !inflight_.empty()) break;
+      if (data && cfg_.max_in_flight > 0) {
+        std::int64_t receiving = 0;
+        for (const auto& x : inflight_) receiving += x.ended ? 0 : 1;
+        if (receiving >= cfg_.max_in_flight) break;
+      }
       const Queued e = q;
       queue_.pop_front();
       progressed = true;

@@ -468,9 +468,12 @@ def test_piece_size_must_agree(comm_default, monkeypatch):
 # final parameters must be those of a single-process Adam applying the same
 # gradients in that order, shard by shard. A reply that mixed two versions of
 # a shard, or missed its own update, would match no such state.
+# DISTML_PS_MAX_IN_FLIGHT limits how many pushes a server receives at once
+# (default 1; 0: no limit).
 
+@pytest.mark.parametrize("limit", ["0", "1", "2"])
 @pytest.mark.parametrize("layout", [0, 1], ids=["colocated", "dedicated1"])
-def test_concurrent_steps_equal_a_serial_order(comm_default, monkeypatch, layout):
+def test_concurrent_steps_equal_a_serial_order(comm_default, monkeypatch, layout, limit):
     comm = comm_default
     if layout >= len(layouts(comm.size)):
         pytest.skip(f"the layout needs more than {comm.size} ranks")
@@ -478,6 +481,7 @@ def test_concurrent_steps_equal_a_serial_order(comm_default, monkeypatch, layout
     if len(workers) < 2:
         pytest.skip("needs two workers")
     monkeypatch.setenv("DISTML_PS_PIECE_BYTES", "64")  # 8 float64 per piece: hundreds of pieces per step
+    monkeypatch.setenv("DISTML_PS_MAX_IN_FLIGHT", limit)
     shapes = [(200, 30), (61,), (13, 17)]
     W, steps, lr, kw = len(workers), 6, 0.01, dict(betas=(0.8, 0.95), weight_decay=1e-3)
     start = [np.random.default_rng(41).standard_normal(s) for s in shapes]
@@ -521,5 +525,20 @@ def test_concurrent_steps_equal_a_serial_order(comm_default, monkeypatch, layout
             np.testing.assert_allclose(all_replies[w, c - 1, lo:hi], want, rtol=1e-12, atol=1e-14,
                                        err_msg=f"shard {i}, version {n} (worker {w}, step {c})")
         np.testing.assert_allclose(final[lo:hi], want, rtol=1e-12, atol=1e-14, err_msg=f"final shard {i}")
-    # The servers did take several workers' steps at once.
-    assert int(all_most.max()) >= 2, all_most
+    if limit == "0":
+        # The servers did take several workers' steps at once.
+        assert int(all_most.max()) >= 2, all_most
+    else:
+        assert 1 <= int(all_most.max()) <= int(limit), all_most
+
+
+def test_max_in_flight_must_be_valid_and_agree(comm_default, monkeypatch):
+    comm = comm_default
+    monkeypatch.setenv("DISTML_PS_MAX_IN_FLIGHT", "-1")
+    with pytest.raises(ValueError, match="DISTML_PS_MAX_IN_FLIGHT"):
+        ParameterServer(problem(), optim.SGD, comm=comm, lr=0.1)
+    if comm.size < 2:
+        return
+    monkeypatch.setenv("DISTML_PS_MAX_IN_FLIGHT", "0" if comm.rank == 0 else "1")
+    with pytest.raises(distml.MismatchError, match="DISTML_PS_MAX_IN_FLIGHT"):
+        ParameterServer(problem(), optim.SGD, comm=comm, lr=0.1)

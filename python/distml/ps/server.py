@@ -167,11 +167,16 @@ class ParameterServer:
         piece_bytes = _env_int("DISTML_PS_PIECE_BYTES", 1 << 21)
         if piece_bytes <= 0:
             raise ValueError(f"DISTML_PS_PIECE_BYTES must be a positive number of bytes, not {piece_bytes}")
+        # How many workers' pushes a server receives at once (0: all).
+        max_in_flight = _env_int("DISTML_PS_MAX_IN_FLIGHT", 1)
+        if max_in_flight < 0:
+            raise ValueError(f"DISTML_PS_MAX_IN_FLIGHT must be >= 0 (0: no limit), not {max_in_flight}")
         self._agree([
             ("shapes", [tuple(sh) for sh in self._shapes]), ("dtype", str(dtype)), ("mode", mode),
             ("staleness", self.staleness), ("servers", servers), ("compression", compression),
             ("optimizer", optimizer_cls.__name__), ("hyperparameters", sorted(hyper.items())),
             ("timeout", timeout), ("DISTML_PS_PIECE_BYTES", piece_bytes),
+            ("DISTML_PS_MAX_IN_FLIGHT", max_in_flight),
         ])
         for p in params:
             comm.broadcast(p, root=0)
@@ -179,7 +184,8 @@ class ParameterServer:
         self._core = _core.ParameterServer(
             comm.mpi_comm.py2f(), int(dtype_code(dtype)), int(dtype_code(self._wire)), [int(n) for n in self._sizes], server_ranks,
             1 if mode == "async" else 0, s, kind, hyper, float(timeout or 0.0),
-            _env_int("DISTML_PS_POLL_MIN_US", 20), _env_int("DISTML_PS_POLL_MAX_US", 1000), params, piece_bytes)
+            _env_int("DISTML_PS_POLL_MIN_US", 20), _env_int("DISTML_PS_POLL_MAX_US", 1000), params, piece_bytes,
+            max_in_flight)
         self._flat_wire: Optional[np.ndarray] = None
         if self._core.is_worker:
             self._core.start_progress()
