@@ -20,6 +20,7 @@ namespace tp = distml::transport;
 
 namespace {
 constexpr std::size_t kAlltoallShmMaxBytes = std::size_t{32} << 10;
+constexpr std::size_t kPairBroadcastTreeMaxBytes = std::size_t{2} << 20;
 // Without a hierarchical layout, on P >= 4 ranks (a power of two),
 // allreduce above this size and up to allreduce_small_bytes takes
 // halving-doubling (which sends 2 (P-1)/P of the buffer, in 2 log2(P)
@@ -63,6 +64,14 @@ Algo Communicator::resolve(const Call& call) const {
       if (one_node_) return Algo::kShm;
       return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
     case Kind::kBroadcast:
+      // Two ranks on one node, past the one-way path and up to 2 MiB: one
+      // MPI message (the binomial tree of two) beat the shared-memory
+      // schedule, 0.82-1.00x MPI_Bcast against 0.72-0.96x
+      // (bench/results/broadcast_oneway.md); from 16 MiB shm wins (1.39x).
+      if (one_node_ && size_ == 2 && bytes > std::min(settings_.shm_one_shot_bytes, alg::kEagerBytes) &&
+          bytes <= kPairBroadcastTreeMaxBytes) {
+        return Algo::kTree;
+      }
       if (one_node_) return Algo::kShm;
       return bytes <= settings_.broadcast_small_bytes ? Algo::kTree : Algo::kScatterAllgather;
     case Kind::kAllgather:

@@ -195,3 +195,21 @@ def test_mismatch_names_fields(comm_default):
     check.expect_true(f"own roots: raised by the next call ({where})", where == "next" or not _shm(comm))
     check.expect("broadcast afterwards", call(lambda: comm.broadcast(x if rank == 0 else np.zeros_like(x))), x)
     check.verify()
+
+
+def test_auto_choice_on_one_node(comm_default):
+    """What auto takes for a broadcast on one node: the one-way shared-memory
+    path up to 16 KiB; with two ranks one MPI message (tree) past it up to
+    2 MiB; the shared-memory schedule beyond (and at any size with more
+    ranks)."""
+    comm = comm_default
+    if not _shm(comm):
+        pytest.skip("needs every rank on one node")
+    check = Checker(comm.size)
+    pair = comm.size == 2
+    for nbytes, want in [(8, "shm"), (16 << 10, "shm"), ((16 << 10) + 1, "tree" if pair else "shm"),
+                         (256 << 10, "tree" if pair else "shm"), (2 << 20, "tree" if pair else "shm"),
+                         ((2 << 20) + 1, "shm"), (16 << 20, "shm")]:
+        got = comm.algorithm_for("broadcast", nbytes)
+        check.expect_true(f"{nbytes} bytes: {got}, expected {want}", got == want)
+    check.verify()

@@ -89,6 +89,9 @@ class Case:
         else:
             in_count = out_count = elems
             self.count, self.nbytes = elems, elems * item
+        if name == "barrier":
+            in_count = out_count = 0
+            self.count, self.nbytes = 0, 0
         if name == "broadcast":
             out_count = 0  # in place
         if name == "reduce" and rank != 0:
@@ -118,6 +121,8 @@ class Case:
             return lambda i: comm.reduce_scatter(ins[i % n], "sum", out=outs[i % n], algorithm=algorithm)
         if name == "alltoall":
             return lambda i: comm.alltoall(ins[i % n], out=outs[i % n], algorithm=algorithm)
+        if name == "barrier":
+            return lambda i: comm.barrier(algorithm=algorithm)
         raise ValueError(name)
 
     def inplace_baseline_call(self, mcomm: Any) -> Callable[[int], Any]:
@@ -173,6 +178,8 @@ class Case:
             return lambda i: mcomm.Reduce_scatter_block(ins[i % n], outs[i % n], op=SUM)
         if name == "alltoall":
             return lambda i: mcomm.Alltoall(ins[i % n], outs[i % n])
+        if name == "barrier":
+            return lambda i: mcomm.Barrier()
         raise ValueError(name)
 
 
@@ -293,7 +300,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             say(f"{name}: skipping distml:{alg}: {why}")
             skipped.append({"collective": name, "algorithm": alg, "reason": why})
         factor = factor_of(nranks)
-        for nbytes in sizes:
+        for nbytes in ([0] if name == "barrier" else sizes):
             nsets = buffer_sets(name, nbytes, dtype.itemsize, nranks, args)
             case = Case(name, nbytes, dtype, rank, nranks, nsets)
             iters, warmup = iteration_counts(case.nbytes, args)
