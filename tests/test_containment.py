@@ -54,9 +54,10 @@ def test_out_of_memory_on_one_rank(P, variant):
                   f"{max(r['seconds'] for r in mine) * 1e3:.0f} ms", "next collective: ok")
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "halving_doubling"])
 @pytest.mark.parametrize("P", SIZES)
-def test_failure_after_agreement_with_timeout(P):
-    result = run(P, "inject", "timeout", limit=120, env={"DISTML_INJECT_FAULT": "1:3"})
+def test_failure_after_agreement_with_timeout(P, algorithm):
+    result = run(P, "inject", "timeout", algorithm, limit=120, env={"DISTML_INJECT_FAULT": "1:3"})
     assert not result.hung and result.returncode == 0, result.describe()
     recs = result.where(case="inject", role="after")
     assert sorted(r["rank"] for r in recs) == list(range(P)), result.describe()
@@ -70,7 +71,8 @@ def test_failure_after_agreement_with_timeout(P):
             assert r["seconds"] < TIMEOUT + 2.0, r
         # Broken everywhere: nothing of the abandoned collective can meet a later one.
         assert r["later"] == "CommunicatorError" and "broken" in r["later_msg"], r
-    table_row("one rank fails after the agreement (timeout 2 s)", P, seen(recs) + " then " + seen(recs, "later"),
+    table_row(f"one rank fails after the agreement ({algorithm}, timeout 2 s)", P,
+              seen(recs) + " then " + seen(recs, "later"),
               f"{max(r['seconds'] for r in recs):.2f} s", "")
 
 

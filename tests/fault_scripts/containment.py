@@ -81,14 +81,16 @@ def case_nomem(variants) -> None:
 
 def case_inject(variants) -> None:
     # DISTML_INJECT_FAULT=1:3 (set by the launcher): rank 1 fails collective #3.
+    # A further variant names the allreduce algorithm (default "auto").
     timeout = TIMEOUT if "timeout" in variants else None
+    algorithm = variants[1] if len(variants) > 1 else "auto"
     comm = distml.Communicator(WORLD, timeout=timeout)
     x = np.ones(1 << 16, np.float32)
-    comm.allreduce(x)
-    comm.allreduce(x)
+    comm.allreduce(x, algorithm=algorithm)
+    comm.allreduce(x, algorithm=algorithm)
     report("inject", variant=variants[0], role="before", t=time.time())
-    saw, msg, seconds, _ = attempt(lambda: comm.allreduce(x))
-    later, later_msg, _, _ = attempt(lambda: comm.allreduce(x))
+    saw, msg, seconds, _ = attempt(lambda: comm.allreduce(x, algorithm=algorithm))
+    later, later_msg, _, _ = attempt(lambda: comm.allreduce(x, algorithm=algorithm))
     report("inject", variant=variants[0], role="after", saw=saw, msg=msg, seconds=seconds, later=later,
            later_msg=later_msg)
     WORLD.Barrier()
