@@ -147,6 +147,25 @@ def _mismatches(P: int, rank: int):
     ]
 
 
+def _expect_mismatches(comm, check, cases, next_allreduce) -> None:
+    """Each case's call raises MismatchError on every rank, leaves `out`
+    untouched (the result of a carried call that did not agree never
+    reaches it), and the ranks stay in step: `next_allreduce` (of
+    arange(4) float32) is right afterwards."""
+    f32 = np.arange(4, dtype=np.float32)
+    for label, run in cases:
+        out = np.full(4, -7, dtype=np.float32)
+        got = call(lambda: run(comm, out))
+        if label == "allreduce against broadcast" and comm.rank == 0 and not isinstance(got, BaseException):
+            # On one node a small broadcast is one-way: its root returns
+            # before the calls are compared and hears of the mismatch from
+            # its next collective, which does not run.
+            got = call(comm.barrier)
+        check.expect_raises(label, got, distml.MismatchError)
+        check.expect(label + ": out untouched", out, np.full(4, -7, dtype=np.float32), "bits")
+        check.expect(label + ": next allreduce", call(next_allreduce), f32 * comm.size)
+
+
 def test_carried_mismatch_every_rank_raises(comm_default, world):
     comm = comm_default
     P, rank = comm.size, comm.rank
@@ -154,18 +173,7 @@ def test_carried_mismatch_every_rank_raises(comm_default, world):
         pytest.skip("a mismatch needs two ranks")
     check = Checker(P)
     f32 = np.arange(4, dtype=np.float32)
-    for label, run in _mismatches(P, rank):
-        out = np.full(4, -7, dtype=np.float32)
-        got = call(lambda: run(comm, out))
-        if label == "allreduce against broadcast" and rank == 0 and not isinstance(got, BaseException):
-            # On one node a small broadcast is one-way: its root returns
-            # before the calls are compared and hears of the mismatch from
-            # its next collective, which does not run.
-            got = call(comm.barrier)
-        check.expect_raises(label, got, distml.MismatchError)
-        # The result of a carried call that did not agree never reaches out.
-        check.expect(label + ": out untouched", out, np.full(4, -7, dtype=np.float32), "bits")
-        check.expect(label + ": next allreduce", call(lambda: comm.allreduce(f32)), f32 * P)
+    _expect_mismatches(comm, check, _mismatches(P, rank), lambda: comm.allreduce(f32))
     # The message names what differs, and where.
     got = call(lambda: comm.allreduce(np.arange(2, dtype=np.float64) if rank == 0 else f32))
     check.expect_true("message names both dtypes",
@@ -269,13 +277,8 @@ def test_halving_doubling_mismatch_every_rank_raises(comm_default):
         pytest.skip("a mismatch needs two ranks")
     check = Checker(P)
     f32 = np.arange(4, dtype=np.float32)
-    for label, run in _halving_mismatches(P, rank):
-        out = np.full(4, -7, dtype=np.float32)
-        got = call(lambda: run(comm, out))
-        check.expect_raises(label, got, distml.MismatchError)
-        check.expect(label + ": out untouched", out, np.full(4, -7, dtype=np.float32), "bits")
-        got = call(lambda: comm.allreduce(f32, algorithm="halving_doubling"))
-        check.expect(label + ": next allreduce", got, f32 * P)
+    _expect_mismatches(comm, check, _halving_mismatches(P, rank),
+                       lambda: comm.allreduce(f32, algorithm="halving_doubling"))
     check.verify()
 
 
