@@ -34,6 +34,10 @@ _U8 = _core.DType.uint8
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
+# numpy's may_share_memory without its __array_function__ dispatch (half its
+# cost on a small array), for the short paths' overlap test of two ndarrays.
+_may_share = getattr(np.may_share_memory, "_implementation", np.may_share_memory)
+
 
 _created = 0  # communicators created by this process so far
 
@@ -294,6 +298,9 @@ class Communicator:
             comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
             bool(shared_memory), int(slot or 0),
         )
+        # Fixed for the communicator's life; plain attributes, because the
+        # short paths below read them on every call.
+        self._rank, self._size = self._core.rank, self._core.size
         for env, attr in _SHM_SIZE_ENV.items():
             value = _env_float(env)
             if value is not None:
@@ -329,12 +336,12 @@ class Communicator:
     @property
     def rank(self) -> int:
         """This process's rank in the communicator."""
-        return self._core.rank
+        return self._rank
 
     @property
     def size(self) -> int:
         """The number of ranks."""
-        return self._core.size
+        return self._size
 
     @property
     def timeout(self) -> Optional[float]:
@@ -467,9 +474,10 @@ class Communicator:
                 return self._empty(shape, x.dtype)
             except MemoryError:
                 return None
-        if (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == shape and out.flags.c_contiguous
-                and out.flags.writeable and not np.may_share_memory(out, x)):
-            return out
+        if type(out) is np.ndarray and out.dtype == x.dtype and out.shape == shape:
+            flags = out.flags
+            if flags.c_contiguous and flags.writeable and not _may_share(out, x):
+                return out
         return None
 
     def _result_buffer(self, x: np.ndarray, out: Optional[np.ndarray], shape: tuple):
@@ -591,12 +599,12 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
-        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self.size
+        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str and x.flags.c_contiguous):
             code = _DTYPE_CODES.get(x.dtype)
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
             if code is not None and opc is not None:
-                if self.rank != root:
+                if self._rank != root:
                     self._core.run(_REDUCE, code, opc, x.size, 1, root, algorithm, (), x, None)
                     return None
                 dst = x if out is x and x.flags.writeable else self._short_out(x, out, x.shape)
@@ -658,10 +666,11 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
-        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self.size
+        if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str):
             code = _DTYPE_CODES.get(x.dtype)
-            if code is not None and x.flags.c_contiguous and x.flags.writeable:
+            flags = x.flags
+            if code is not None and flags.c_contiguous and flags.writeable:
                 self._core.run(_BROADCAST, code, _NO_OP, x.size, 1, root, algorithm, (), x, x)
                 return x
         arr = _as_array(x)
@@ -698,7 +707,9 @@ class Communicator:
         if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
             code = _DTYPE_CODES.get(x.dtype)
             if code is not None:
-                dst = self._short_out(x, out, (self.size * x.shape[0],) + x.shape[1:])
+                shape = x.shape
+                dst = self._short_out(x, out, (self._size * shape[0],) + shape[1:] if len(shape) > 1 else
+                                      (self._size * shape[0],))
                 if dst is not None:
                     self._core.run(_ALLGATHER, code, _NO_OP, x.size, 1, 0, algorithm, x.shape, x, dst)
                     return dst
@@ -745,8 +756,10 @@ class Communicator:
             code = _DTYPE_CODES.get(x.dtype)
             opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
             if code is not None and opc is not None:
-                rows, size = x.shape[0], self.size  # numpy.array_split's part of this rank
-                shape = (rows // size + (self.rank < rows % size),) + x.shape[1:]
+                rows, size = x.shape[0], self._size  # numpy.array_split's part of this rank
+                shape = (rows // size + (self._rank < rows % size),)
+                if x.ndim > 1:
+                    shape += x.shape[1:]
                 dst = self._short_out(x, out, shape)
                 if dst is not None:
                     unit = 1 if x.ndim == 1 else int(np.prod(x.shape[1:], dtype=np.int64))
@@ -794,7 +807,7 @@ class Communicator:
         """
         # The common case, kept short (see allreduce).
         if (type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous
-                and x.shape[0] % self.size == 0):
+                and x.shape[0] % self._size == 0):
             code = _DTYPE_CODES.get(x.dtype)
             if code is not None:
                 dst = x if out is x and x.flags.writeable else self._short_out(x, out, x.shape)
