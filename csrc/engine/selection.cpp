@@ -25,10 +25,14 @@ constexpr std::size_t kPairBroadcastTreeMaxBytes = std::size_t{2} << 20;
 // allreduce above this size and up to allreduce_small_bytes takes
 // halving-doubling (which sends 2 (P-1)/P of the buffer, in 2 log2(P)
 // rounds) instead of recursive doubling (all of it, in log2(P) rounds).
-// 4 hosts x 1 rank on TCP (bench/results/carried.md): at 64 KiB it wins
-// with and without a 1 Gbit/s limit; at 16-32 KiB it wins under the
-// limit but loses on unlimited links, where rounds cost more than bytes.
-constexpr std::size_t kHalvingAboveBytes = std::size_t{32} << 10;
+// 4 hosts x 1 rank on TCP (bench/results/carried.md, "Where 4 x 1 switches
+// schedule"): under a 1 Gbit/s limit recursive doubling falls below
+// MPI_Allreduce from 12 KiB (0.72-0.85x) where halving-doubling stays above
+// it (1.03-1.10x); on unlimited links recursive doubling is faster still
+// (1.29-1.46x against 1.11-1.17x). auto cannot see the link's speed, so it
+// takes the schedule that is ahead of MPI on both from 12 KiB; a tune
+// table built on a fast link can keep recursive doubling there.
+constexpr std::size_t kHalvingAboveBytes = std::size_t{8} << 10;
 }  // namespace
 
 bool Communicator::available(Algo algo) const {

@@ -285,7 +285,7 @@ def test_halving_doubling_mismatch_every_rank_raises(comm_default):
 def test_auto_allreduce_choices_without_hierarchical_layout(comm_default):
     """Where ranks do not share one node and there is no hierarchical layout
     (nodes of one rank, or unequal nodes), "auto" takes recursive doubling
-    up to 32 KiB, halving-doubling above it up to 64 KiB where P is a power
+    up to 8 KiB, halving-doubling above it up to 64 KiB where P is a power
     of two of at least 4 (recursive doubling otherwise), and the ring above;
     read back from the trace, with the results against numpy."""
     comm = comm_default
@@ -293,7 +293,7 @@ def test_auto_allreduce_choices_without_hierarchical_layout(comm_default):
     if not _across_nodes(comm) or comm._core.hierarchical:
         pytest.skip("needs ranks on several nodes without a hierarchical layout")
     middle = "halving_doubling" if P >= 4 and P & (P - 1) == 0 else "recursive_doubling"
-    cases = [(32768, "recursive_doubling"), (32772, middle), (65536, middle), (65540, "ring")]
+    cases = [(8192, "recursive_doubling"), (8196, middle), (65536, middle), (65540, "ring")]
     check = Checker(P)
     core = comm._core
     core.drain_trace()
