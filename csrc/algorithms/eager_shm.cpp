@@ -21,9 +21,14 @@ void reduce_eager(ShmGroup& shm, std::uint64_t seq, void* out, std::size_t first
                   const Reduction& red) {
   if (count == 0) return;
   const int P = shm.size();
-  std::vector<const void*> srcs(P);
+  // A node's ranks fit on the stack but on very large nodes: no allocation
+  // on the path of every small reduction.
+  constexpr int kOnStack = 64;
+  const void* on_stack[kOnStack];
+  std::vector<const void*> on_heap(P > kOnStack ? P : 0);
+  const void** srcs = P > kOnStack ? on_heap.data() : on_stack;
   for (int r = 0; r < P; ++r) srcs[r] = posted(shm, r, seq) + first * red.elem;
-  kernels::reduce_many(out, srcs.data(), P, count, red.dtype, red.op);
+  kernels::reduce_many(out, srcs, P, count, red.dtype, red.op);
   red.finish(out, count);
 }
 

@@ -39,13 +39,18 @@ const void* data_of(const py::object& arr, std::size_t* nbytes) {
   return a.data();
 }
 
-engine::Call make_call(engine::Kind kind, DType dtype, Op op, std::size_t count, std::size_t unit, int root,
+// The collective, dtype and op arrive as plain ints (members of Kind, DType
+// and Op convert through __index__): converting three enum arguments cost
+// more than the rest of a small call's way through the bindings.
+engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
                        const std::string& algo, const std::vector<std::int64_t>& shape,
                        const py::object& in, const py::object& out) {
+  DISTML_CHECK_ARG(kind >= 0 && kind < engine::kKinds && dtype >= 0 && dtype < kNumDTypes && op >= 0 && op < kNumOps,
+                   "unknown collective, dtype or op code");
   engine::Call c;
-  c.kind = kind;
-  c.dtype = dtype;
-  c.op = op;
+  c.kind = engine::Kind(kind);
+  c.dtype = DType(dtype);
+  c.op = Op(op);
   c.count = count;
   c.unit = unit;
   c.root = root;
@@ -61,6 +66,10 @@ engine::Call make_call(engine::Kind kind, DType dtype, Op op, std::size_t count,
   const char* o0 = static_cast<const char*>(c.out);
   if (i0 && o0 && i0 != o0 && in_bytes && out_bytes && i0 < o0 + out_bytes && o0 < i0 + in_bytes) {
     DISTML_THROW(InvalidArgument, "out overlaps x without being x; pass out=x for an in-place call, or separate arrays");
+  }
+  // Whose output has another shape than the input, nothing runs in place.
+  if (i0 && i0 == o0 && in_bytes && out_bytes && (c.kind == engine::Kind::kAllgather || c.kind == engine::Kind::kReduceScatter)) {
+    DISTML_THROW(InvalidArgument, "out overlaps x; " << engine::kind_name(c.kind) << " needs separate input and output");
   }
   return c;
 }
@@ -216,9 +225,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("size", &engine::Communicator::size)
       .def(
           "run",
-          [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count,
-             std::size_t unit, int root, const std::string& algo,
-             const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
+          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, std::size_t unit,
+             int root, const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
+             const py::object& out) {
             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
             self.drain();
             py::gil_scoped_release nogil;
@@ -226,7 +235,7 @@ PYBIND11_MODULE(_core, m) {
           })
       .def(
           "refuse",
-          [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count, int root,
+          [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
              const std::string& algo, bool no_memory) {
             auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
             call.invalid = no_memory ? engine::kNoMemory : engine::kInvalidArguments;
@@ -238,7 +247,7 @@ PYBIND11_MODULE(_core, m) {
           "Takes part in a collective's agreement as unable to run it (invalid arguments, or no "
           "memory for its buffers), so that every rank raises; then raises here.")
       .def("submit",
-           [](engine::Communicator& self, engine::Kind kind, DType dtype, Op op, std::size_t count,
+           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,
               const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
@@ -249,10 +258,10 @@ PYBIND11_MODULE(_core, m) {
            })
       .def(
           "run_rows",
-          [](engine::Communicator& self, engine::Kind kind, DType dtype, std::size_t count, std::size_t unit,
+          [](engine::Communicator& self, int kind, int dtype, std::size_t count, std::size_t unit,
              const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
              const py::object& out, std::vector<std::int64_t> rows, bool async) -> py::object {
-            auto call = make_call(kind, dtype, Op::kSum, count, unit, 1, algo, shape, in, out);
+            auto call = make_call(kind, dtype, static_cast<int>(Op::kSum), count, unit, 1, algo, shape, in, out);
             call.rows = std::make_shared<const std::vector<std::int64_t>>(std::move(rows));
             if (async) {
               auto keep = keep_alive(in, out);

@@ -88,9 +88,9 @@ class Communicator:
     def set_table(self, kind: Kind, rows: Sequence[tuple[int, str]]) -> None: ...
     def run(
         self,
-        kind: Kind,
-        dtype: DType,
-        op: Op,
+        kind: Kind | int,
+        dtype: DType | int,
+        op: Op | int,
         count: int,
         unit: int,
         root: int,
@@ -101,9 +101,9 @@ class Communicator:
     ) -> None: ...
     def submit(
         self,
-        kind: Kind,
-        dtype: DType,
-        op: Op,
+        kind: Kind | int,
+        dtype: DType | int,
+        op: Op | int,
         count: int,
         unit: int,
         root: int,
@@ -114,8 +114,8 @@ class Communicator:
     ) -> Work: ...
     def run_rows(
         self,
-        kind: Kind,
-        dtype: DType,
+        kind: Kind | int,
+        dtype: DType | int,
         count: int,
         unit: int,
         algorithm: str,
@@ -125,7 +125,7 @@ class Communicator:
         rows: Sequence[int],
         async_op: bool,
     ) -> Optional[Work]: ...
-    def refuse(self, kind: Kind, dtype: DType, op: Op, count: int, root: int, algorithm: str,
+    def refuse(self, kind: Kind | int, dtype: DType | int, op: Op | int, count: int, root: int, algorithm: str,
                no_memory: bool = ...) -> None: ...
     def resolve(self, kind: Kind, dtype: DType, count: int, algorithm: str) -> str: ...
     def free(self) -> None: ...

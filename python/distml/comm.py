@@ -17,26 +17,44 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
-from ._dtypes import _DTYPE_CODES, _op_cache, dtype_code, op_code
+from ._dtypes import _DTYPE_CODES, dtype_code, op_code
 from ._errors import DistmlError
 from ._partition import part_size
 
 __all__ = ["Communicator", "Handle"]
 
 # The core's codes of collectives; _NO_OP stands for the operator of those
-# that do not reduce.
+# that do not reduce. The core's calls take them as plain ints, which convert
+# faster than its enum members (those are accepted too, and the general
+# paths pass dtype_code's and op_code's).
 _K = _core.Kind
 _ALLREDUCE, _REDUCE, _BROADCAST, _ALLGATHER, _REDUCE_SCATTER, _ALLTOALL, _BARRIER = (
-    _K.allreduce, _K.reduce, _K.broadcast, _K.allgather, _K.reduce_scatter, _K.alltoall, _K.barrier)
-_ALLTOALLV, _ALLGATHERV = _K.alltoallv, _K.allgatherv
-_NO_OP = _core.Op.sum
-_U8 = _core.DType.uint8
+    int(_K.allreduce), int(_K.reduce), int(_K.broadcast), int(_K.allgather), int(_K.reduce_scatter),
+    int(_K.alltoall), int(_K.barrier))
+_ALLTOALLV, _ALLGATHERV = int(_K.alltoallv), int(_K.allgatherv)
+_NO_OP = int(_core.Op.sum)
+_U8 = int(_core.DType.uint8)
+
+# The short paths' codes as ints: every dtype the core knows, and the
+# (op, dtype) pairs named by strings seen so far (filled by _short_op).
+_DTYPE_INTS = {dtype: int(code) for dtype, code in _DTYPE_CODES.items()}
+_OP_INTS: dict = {}
+
+
+def _short_op(op: Any, dtype: np.dtype) -> Optional[int]:
+    """The code of ``op`` (a string) on ``dtype``, or None where op_code
+    would raise (the general path then raises it) or ``op`` is no string."""
+    if not isinstance(op, str):
+        return None
+    try:
+        code = int(op_code(op, dtype))
+    except (TypeError, ValueError):
+        return None
+    if len(_OP_INTS) < 1024:
+        _OP_INTS[(op, dtype)] = code
+    return code
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
-
-# numpy's may_share_memory without its __array_function__ dispatch (half its
-# cost on a small array), for the short paths' overlap test of two ndarrays.
-_may_share = getattr(np.may_share_memory, "_implementation", np.may_share_memory)
 
 
 _created = 0  # communicators created by this process so far
@@ -465,10 +483,13 @@ class Communicator:
 
     def _short_out(self, x: np.ndarray, out: Any, shape: tuple) -> Optional[np.ndarray]:
         """The short paths' result array: a new one, or ``out`` when it is a
-        writable C-contiguous array of ``shape`` and x's dtype that does not
-        overlap ``x``; None sends the call down the general path (which
-        raises what is wrong, or refuses through the agreement when memory
-        runs out)."""
+        writable C-contiguous array of ``shape`` and x's dtype; None sends
+        the call down the general path (which raises what is wrong, or
+        refuses through the agreement when memory runs out). Overlap with
+        ``x`` is the core's to refuse (ValueError): any but exactly x's
+        memory, and for allgather and reduce_scatter any at all. (That test
+        of two addresses costs the core nothing; numpy's may_share_memory
+        cost a quarter of a small call's Python time.)"""
         if out is None:
             try:
                 return self._empty(shape, x.dtype)
@@ -476,7 +497,7 @@ class Communicator:
                 return None
         if type(out) is np.ndarray and out.dtype == x.dtype and out.shape == shape:
             flags = out.flags
-            if flags.c_contiguous and flags.writeable and not _may_share(out, x):
+            if flags.c_contiguous and flags.writeable:
                 return out
         return None
 
@@ -535,8 +556,10 @@ class Communicator:
         # mismatch. (A 1-D shape is passed as (): the count says it all, and
         # a 1-D call still differs from an N-D one.)
         if type(x) is np.ndarray and not async_op and type(algorithm) is str:
-            code = _DTYPE_CODES.get(x.dtype)
-            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            code = _DTYPE_INTS.get(x.dtype)
+            opc = _OP_INTS.get((op, x.dtype)) if isinstance(op, str) else None
+            if opc is None:
+                opc = _short_op(op, x.dtype)
             if code is not None and opc is not None and x.flags.c_contiguous:
                 if out is None:
                     try:
@@ -601,8 +624,10 @@ class Communicator:
         # The common case, kept short (see allreduce).
         if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str and x.flags.c_contiguous):
-            code = _DTYPE_CODES.get(x.dtype)
-            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            code = _DTYPE_INTS.get(x.dtype)
+            opc = _OP_INTS.get((op, x.dtype)) if isinstance(op, str) else None
+            if opc is None:
+                opc = _short_op(op, x.dtype)
             if code is not None and opc is not None:
                 if self._rank != root:
                     self._core.run(_REDUCE, code, opc, x.size, 1, root, algorithm, (), x, None)
@@ -668,7 +693,7 @@ class Communicator:
         # The common case, kept short (see allreduce).
         if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str):
-            code = _DTYPE_CODES.get(x.dtype)
+            code = _DTYPE_INTS.get(x.dtype)
             flags = x.flags
             if code is not None and flags.c_contiguous and flags.writeable:
                 self._core.run(_BROADCAST, code, _NO_OP, x.size, 1, root, algorithm, (), x, x)
@@ -705,7 +730,7 @@ class Communicator:
         """
         # The common case, kept short (see allreduce).
         if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
-            code = _DTYPE_CODES.get(x.dtype)
+            code = _DTYPE_INTS.get(x.dtype)
             if code is not None:
                 shape = x.shape
                 dst = self._short_out(x, out, (self._size * shape[0],) + shape[1:] if len(shape) > 1 else
@@ -753,8 +778,10 @@ class Communicator:
         """
         # The common case, kept short (see allreduce).
         if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
-            code = _DTYPE_CODES.get(x.dtype)
-            opc = _op_cache.get((op, x.dtype)) if isinstance(op, str) else None
+            code = _DTYPE_INTS.get(x.dtype)
+            opc = _OP_INTS.get((op, x.dtype)) if isinstance(op, str) else None
+            if opc is None:
+                opc = _short_op(op, x.dtype)
             if code is not None and opc is not None:
                 rows, size = x.shape[0], self._size  # numpy.array_split's part of this rank
                 shape = (rows // size + (self._rank < rows % size),)
@@ -808,7 +835,7 @@ class Communicator:
         # The common case, kept short (see allreduce).
         if (type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous
                 and x.shape[0] % self._size == 0):
-            code = _DTYPE_CODES.get(x.dtype)
+            code = _DTYPE_INTS.get(x.dtype)
             if code is not None:
                 dst = x if out is x and x.flags.writeable else self._short_out(x, out, x.shape)
                 if dst is not None:
