@@ -12,6 +12,10 @@ same run, the same messages moved by MPI alone (mpi4py Isend/Irecv of
 every worker's slice to every server, then every shard back: the step's
 pattern without the parameter server), and MPI point-to-point bandwidth
 between ranks 0 and 1 for one shard's bytes. Rounds alternate between the implementations.
+Per rank, the share of the wall time its threads ran on a core and waited
+runnable for one (cpu_by_rank, runqueue_by_rank; /proc schedstat), and per
+worker the share of its waiting before every server had begun answering
+(wait_for_server_by_rank).
 
 straggler: the digits MLP (hidden 512, batch 64 per worker, Adam), one
 worker slowed by sleeping (f - 1) times its own compute time each step,
@@ -34,6 +38,29 @@ import sys
 import time
 
 import numpy as np
+
+
+def cpu_clocks() -> dict:
+    """Per thread of this process (by tid): nanoseconds run on a CPU and
+    waited runnable for one, from /proc/self/task/*/schedstat."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ran, waited, _ = f.read().split()
+        except (OSError, ValueError):
+            continue
+        out[tid] = (int(ran), int(waited))
+    return out
+
+
+def cpu_split(before: dict, after: dict, wall: float) -> dict:
+    """Seconds this process ran and waited runnable (all its threads) between
+    two cpu_clocks(), as fractions of `wall` (threads that ended between the
+    two are missed)."""
+    ran = sum(a[0] - before.get(t, (0, 0))[0] for t, a in after.items()) * 1e-9
+    waited = sum(a[1] - before.get(t, (0, 0))[1] for t, a in after.items()) * 1e-9
+    return dict(cpu=ran / wall, runqueue=waited / wall)
 
 
 def loadavg() -> str:
@@ -122,11 +149,18 @@ def throughput(args) -> dict:
             np.copyto(dst, src)
             return time.perf_counter() - t
 
+        # Where each rank's time goes while the workers step: the share of
+        # the wall time its threads ran, and waited runnable for a core
+        # (dedicated servers: from before the constructor, which serves, to
+        # its return; workers: their timed rounds).
+        clocks0, wall0 = cpu_clocks(), time.perf_counter()
         ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=servers, lr=1e-6)
         if ps.is_worker:
             ps.step(grads)  # warm-up
             ps.push(grads)
             ps.pull()
+            clocks0, wall0 = cpu_clocks(), time.perf_counter()
+            st0 = ps.stats()
         # Dedicated servers are inside the constructor now: only the workers
         # time step(); the MPI rounds run on every rank after close(). Each
         # round also times push() then pull(), the same bytes in two
@@ -135,11 +169,21 @@ def throughput(args) -> dict:
             t = time.perf_counter()
             ps.step(grads)
             step_times.append(time.perf_counter() - t)
+            if args.steps_only:
+                continue
             t = time.perf_counter()
             ps.push(grads)
             ps.pull()
             split_times.append(time.perf_counter() - t)
         st = ps.stats()
+        sched = cpu_split(clocks0, cpu_clocks(), time.perf_counter() - wall0)
+        if ps.is_server:
+            # Of that wall time, the share in updates (the optimizer, and a
+            # colocated rank's copies of its own shard).
+            sched["update"] = st["server"]["busy_seconds"] / (time.perf_counter() - wall0)
+        if ps.is_worker:
+            sched["wait_for_server"] = st["wait_for_server_seconds"] - st0["wait_for_server_seconds"]
+            sched["wait"] = st["wait_seconds"] - st0["wait_seconds"]
         ps.close()
         world.Barrier()
         mpi_pattern()
@@ -164,13 +208,13 @@ def throughput(args) -> dict:
                 time.sleep(0.25)
         mine = dict(rank=rank, step=step_times, split=split_times, mpi=mpi_times, p2p=p2p_times, copy_all=copy_all_times,
                     copy_alone=copy_alone_times, wait=st.get("wait_seconds", 0.0),
-                    most=st.get("server", {}).get("most_in_flight", 0))
+                    most=st.get("server", {}).get("most_in_flight", 0), sched=sched)
         every = world.gather(mine, root=0)
         if rank == 0:
             step_bytes = 2 * total * 4  # push + pull per worker
             # The slowest worker's median step; the slowest rank's MPI round.
             step_med = max(statistics.median(e["step"]) for e in every if e["step"])
-            split_med = max(statistics.median(e["split"]) for e in every if e["split"])
+            split_med = max((statistics.median(e["split"]) for e in every if e["split"]), default=float("nan"))
             mpi_med = statistics.median([max(e["mpi"][r] for e in every) for r in range(args.rounds)])
             p2p_med = statistics.median([max(every[0]["p2p"][r], every[1]["p2p"][r]) for r in range(args.rounds)])
             shard_bytes = (bounds[1] - bounds[0]) * 4
@@ -202,7 +246,12 @@ def throughput(args) -> dict:
                        ratio_to_mpi_pattern=mpi_med / step_med,
                        p2p_bytes_per_s=shard_bytes / p2p_med, ratio_to_p2p=(step_bytes / step_med) / (shard_bytes / p2p_med),
                        memcpy_all_bytes_per_s=shard_bytes / copy_all, memcpy_alone_bytes_per_s=shard_bytes / copy_alone,
-                       best_copies=units, best_seconds=best, ratio_to_best=best / step_med)
+                       best_copies=units, best_seconds=best, ratio_to_best=best / step_med,
+                       cpu_by_rank=[round(e["sched"]["cpu"], 3) for e in every],
+                       runqueue_by_rank=[round(e["sched"]["runqueue"], 3) for e in every],
+                       update_by_rank=[round(e["sched"].get("update", 0), 3) for e in every],
+                       wait_for_server_by_rank=[round(e["sched"].get("wait_for_server", 0) / e["sched"]["wait"], 3)
+                                                if e["sched"].get("wait") else None for e in every])
             rows.append(row)
             print(json.dumps(row), flush=True)
     return dict(rows=rows)
@@ -390,6 +439,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--steps-only", action="store_true",
+                    help="throughput: time step() alone, without the push() then pull() rounds (so that the "
+                         "servers' CPU shares are those of steps)")
     ap.add_argument("--pieces", type=int, nargs="+", default=None,
                     help="throughput: DISTML_PS_PIECE_BYTES values to run in turn (default: the environment's)")
     args = ap.parse_args()

@@ -132,6 +132,7 @@ void register_ps(py::module_& m) {
              d["bytes_pulled"] = s.bytes_pulled;
              d["pulls"] = s.pulls;
              d["wait_seconds"] = s.wait_seconds;
+             d["wait_for_server_seconds"] = s.wait_for_server_seconds;
              d["shard_versions"] = s.shard_versions;
              return d;
            })

@@ -114,10 +114,16 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
   const std::int64_t reply_cut = step ? piece : kCutElements;
   std::vector<Header> sent(n), got(n);
   // A reply's header is received once it has arrived (probed): until then
-  // the wait may be long (a sync pull waits for the slowest worker) and
-  // sleeps between polls. The parameters follow the header on the data
-  // channel; once they are expected the data is moving, and the wait only
-  // yields.
+  // the wait may be long (a sync pull waits for the slowest worker; a step
+  // waits behind the other workers' pushes) and sleeps between polls. The
+  // parameters follow the header on the data channel; once they are
+  // expected the data is moving, and the wait only yields. A step's pushed
+  // pieces do not count as moving before their server's header has come:
+  // the server sends the header as it takes the step, MPICH copies a large
+  // message on the receiver's side, so nothing waits on this worker until
+  // then. (Yielding in a loop meanwhile took the cores from the server: with
+  // three workers queued at one dedicated server on two cores, the server
+  // ran half the time; bench/results/ps.md.)
   std::vector<std::vector<tp::Pending>> recvs(n), pushing(n);
   std::vector<tp::Pending> sends;
   std::vector<char> matched(n, 0);
@@ -152,15 +158,15 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
                     step ? out : std::vector<tp::Piece>{});
     }
     tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
-    bool failed_reply = false;
+    bool failed_reply = false, answered = false;
     for (;;) {
       bool all = true, moving = false;
       for (auto& s : sends) all = s.test() && all;
-      for (auto& v : pushing) {
-        for (auto& s : v) {
+      for (std::size_t k = 0; k < n; ++k) {
+        for (auto& s : pushing[k]) {
           if (!s.test()) {
             all = false;
-            moving = true;
+            moving = moving || matched[k];
           }
         }
       }
@@ -208,6 +214,10 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
             moving = true;
           }
         }
+      }
+      if (!answered && std::all_of(matched.begin(), matched.end(), [](char m) { return m != 0; })) {
+        answered = true;
+        wstats_.wait_for_server_seconds += seconds_since(t0);
       }
       if (all || failed_reply) break;
       if (Clock::now() > until) {

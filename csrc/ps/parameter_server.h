@@ -112,6 +112,11 @@ struct WorkerStats {
   std::int64_t bytes_pulled = 0;
   std::int64_t pulls = 0;
   double wait_seconds = 0;
+  // The part of wait_seconds spent in requests (pull, step, close) before
+  // every server had begun answering (its reply header arrived): queued
+  // behind other workers or waiting for a clock, with no data of this
+  // worker's moving.
+  double wait_for_server_seconds = 0;
   std::vector<std::int64_t> shard_versions;  // per server: the version its last reply carried
 };
 

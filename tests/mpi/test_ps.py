@@ -8,6 +8,9 @@ agreed with the others by the conftest hooks.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -542,3 +545,57 @@ def test_max_in_flight_must_be_valid_and_agree(comm_default, monkeypatch):
     monkeypatch.setenv("DISTML_PS_MAX_IN_FLIGHT", "0" if comm.rank == 0 else "1")
     with pytest.raises(distml.MismatchError, match="DISTML_PS_MAX_IN_FLIGHT"):
         ParameterServer(problem(), optim.SGD, comm=comm, lr=0.1)
+
+
+# ---- a worker waiting for its server -------------------------------------------
+# A step that its server has not begun (queued behind other workers' pushes,
+# or the server busy) has nothing to move on the worker's side: MPICH copies
+# a large message on the receiver's side, and the reply has not started. The
+# worker sleeps between polls until the reply's header arrives and polls
+# without sleeping only while the reply comes in; before, it yielded in a
+# loop and took a share of the cores from the server it waited for (three
+# workers and a dedicated server on two cores: the server ran half the time).
+# Here the dedicated server is stopped (SIGSTOP) for `hold` seconds while
+# rank 0 steps: the step takes at least `hold`, counted in
+# stats()["wait_for_server_seconds"], and costs rank 0 little CPU time.
+
+def test_a_step_waiting_for_its_server_sleeps(comm_default):
+    comm = comm_default
+    if comm.size < 2:
+        pytest.skip("needs a dedicated server")
+    pids = comm.allgather(np.array([os.getpid()], dtype=np.int64))
+    server_pid = int(pids[comm.size - 1])
+    # 2 MiB of float32: one piece, far above MPICH's eager size, so its send
+    # completes only once the server has received it.
+    shape, hold = (512, 1024), 1.0
+    params = [np.zeros(shape, dtype=np.float32)]
+    grads = [np.ones(shape, dtype=np.float32)]
+    ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=1, lr=0.5)
+    cpu = wall = waited = waited_all = None
+    if ps.is_worker:
+        ps.step(grads)
+        if comm.rank == 0:
+            before = ps.stats()
+            os.kill(server_pid, signal.SIGSTOP)
+            resume = threading.Timer(hold, os.kill, (server_pid, signal.SIGCONT))
+            resume.start()
+            try:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                ps.step(grads)
+                cpu, wall = time.thread_time() - c0, time.perf_counter() - t0
+            finally:
+                resume.join()
+            after = ps.stats()
+            waited = after.get("wait_for_server_seconds", 0.0) - before.get("wait_for_server_seconds", 0.0)
+            waited_all = after["wait_seconds"] - before["wait_seconds"]
+        else:
+            ps.step(grads)
+        ps.close()
+    # Two steps of every worker, each at lr / W: every rank ends at -lr * 2.
+    np.testing.assert_allclose(params[0], -1.0, rtol=1e-6)
+    if comm.rank == 0:
+        assert wall >= 0.9 * hold, wall
+        # Spinning took about the whole wait (more than half of it even on
+        # loaded cores); sleeping takes a few per cent.
+        assert cpu < 0.2 * wall, (cpu, wall)
+        assert 0.9 * hold <= waited <= waited_all + 1e-6, (waited, waited_all, wall)

@@ -367,6 +367,9 @@ class ParameterServer:
             most updates applied to a shard between this worker's pull and
             its next gradient's application), ``bytes_pushed``,
             ``bytes_pulled``, ``wait_seconds`` (blocked in push/pull),
+            ``wait_for_server_seconds`` (the part of ``wait_seconds`` in
+            pulls, steps and closes before every server had begun
+            answering: queued behind other workers, or waiting for a clock),
             ``shard_versions`` (per server, the shard version its last reply
             to this worker carried; after an async step, the version that
             step's update made), and on server ranks ``server`` (a dict:
