@@ -209,7 +209,11 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
   if (eager && (call.kind != Kind::kBroadcast || rank_ == call.root)) {
     alg::post_eager(shm, seq, call.in, call.count * dtype_size(call.dtype));
   }
-  if (shm.enter(seq) == Gate::kGivenUp) {
+  // Without a deadline nobody gives up, so the gate has nothing to order
+  // and the arrival counters alone tell who has entered: each rank then
+  // writes only lines of its own control block, where every rank's entry
+  // into the gate moves rank 0's line between cores (await_shm_arrival).
+  if (comm_->has_deadline() && shm.enter(seq) == Gate::kGivenUp) {
     DISTML_THROW(Timeout, "rank " << rank_ << " arrived at " << kind_name(call.kind) << " (collective #" << seq
                                   << ") after the other ranks gave up waiting for it (timeout " << settings_.timeout
                                   << " s)");
@@ -283,11 +287,25 @@ void Communicator::await_shm_arrival(Kind kind, std::uint64_t seq, int who) {
   const bool deadline = comm_->has_deadline();
   const double warn_after = settings_.stall_warning > 0 ? settings_.stall_warning : 0.5 * timeout;
   bool warned = false;
+  // Every rank's arrival counter at `seq` means every rank has entered:
+  // without a deadline nobody enters the gate (arrive_through_shm); with
+  // one, a rank publishes its arrival only after entering, and once all
+  // have entered nobody can give up. (So a collective that ran without a
+  // deadline is waited for rightly by a later check_one_way with one.)
+  auto all_arrived = [&] {
+    for (int r = 0; r < size_; ++r) {
+      if (r != rank_ && shm.control(r).arrived.load(std::memory_order_acquire) < seq) return false;
+    }
+    return true;
+  };
   for (long polls = 0;; ++polls) {
-    const Gate g = shm.gate(seq);
-    if (g == Gate::kAllIn) break;
-    // Another rank gave up (this rank's deadline may not have passed yet).
-    if (g == Gate::kGivenUp) DISTML_THROW(Timeout, never_arrived() << " never arrived");
+    if (all_arrived()) break;
+    if (deadline) {
+      const Gate g = shm.gate(seq);
+      if (g == Gate::kAllIn) break;
+      // Another rank gave up (this rank's deadline may not have passed yet).
+      if (g == Gate::kGivenUp) DISTML_THROW(Timeout, never_arrived() << " never arrived");
+    }
     // The root's note and data were written before it published this.
     if (who >= 0 && shm.control(who).arrived.load(std::memory_order_acquire) >= seq) break;
     transport::MpiComm::pause(polls);
