@@ -39,11 +39,29 @@ const void* data_of(const py::object& arr, std::size_t* nbytes) {
   return a.data();
 }
 
+// x's shape into the call: a tuple (as the short paths pass it) read in
+// place, anything else through pybind11's conversion to a vector.
+void set_shape(engine::Call& c, const py::handle& shape) {
+  if (PyTuple_Check(shape.ptr())) {
+    const Py_ssize_t n = PyTuple_GET_SIZE(shape.ptr());
+    c.ndim = static_cast<int>(n);
+    for (Py_ssize_t i = 0; i < n && i < engine::kMaxDims; ++i) {
+      const long long d = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
+      if (d == -1 && PyErr_Occurred()) throw py::error_already_set();
+      c.shape[i] = d;
+    }
+    return;
+  }
+  const auto dims = shape.cast<std::vector<std::int64_t>>();
+  c.ndim = static_cast<int>(dims.size());
+  for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = dims[i];
+}
+
 // The collective, dtype and op arrive as plain ints (members of Kind, DType
 // and Op convert through __index__): converting three enum arguments cost
 // more than the rest of a small call's way through the bindings.
 engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size_t unit, int root,
-                       const std::string& algo, const std::vector<std::int64_t>& shape,
+                       const std::string& algo, const py::handle& shape,
                        const py::object& in, const py::object& out) {
   DISTML_CHECK_ARG(kind >= 0 && kind < engine::kKinds && dtype >= 0 && dtype < kNumDTypes && op >= 0 && op < kNumOps,
                    "unknown collective, dtype or op code");
@@ -54,9 +72,8 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
   c.count = count;
   c.unit = unit;
   c.root = root;
-  c.algo = engine::parse_algo(c.kind, algo);
-  c.ndim = static_cast<int>(shape.size());
-  for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = shape[i];
+  c.algo = algo == "auto" ? engine::Algo::kAuto : engine::parse_algo(c.kind, algo);
+  set_shape(c, shape);
   std::size_t in_bytes = 0, out_bytes = 0;
   c.in = data_of(in, &in_bytes);
   c.out = const_cast<void*>(data_of(out, &out_bytes));
@@ -226,7 +243,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "run",
           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, std::size_t unit,
-             int root, const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
+             int root, const std::string& algo, const py::object& shape, const py::object& in,
              const py::object& out) {
             auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
             self.drain();
@@ -237,7 +254,7 @@ PYBIND11_MODULE(_core, m) {
           "refuse",
           [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count, int root,
              const std::string& algo, bool no_memory) {
-            auto call = make_call(kind, dtype, op, count, 1, root, algo, {}, py::none(), py::none());
+            auto call = make_call(kind, dtype, op, count, 1, root, algo, py::tuple(), py::none(), py::none());
             call.invalid = no_memory ? engine::kNoMemory : engine::kInvalidArguments;
             py::gil_scoped_release nogil;
             self.run(call);
@@ -249,7 +266,7 @@ PYBIND11_MODULE(_core, m) {
       .def("submit",
            [](engine::Communicator& self, int kind, int dtype, int op, std::size_t count,
               std::size_t unit, int root, const std::string& algo,
-              const std::vector<std::int64_t>& shape, const py::object& in, const py::object& out) {
+              const py::object& shape, const py::object& in, const py::object& out) {
              auto call = make_call(kind, dtype, op, count, unit, root, algo, shape, in, out);
              auto keep = keep_alive(in, out);
              self.drain();
@@ -259,7 +276,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "run_rows",
           [](engine::Communicator& self, int kind, int dtype, std::size_t count, std::size_t unit,
-             const std::string& algo, const std::vector<std::int64_t>& shape, const py::object& in,
+             const std::string& algo, const py::object& shape, const py::object& in,
              const py::object& out, std::vector<std::int64_t> rows, bool async) -> py::object {
             auto call = make_call(kind, dtype, static_cast<int>(Op::kSum), count, unit, 1, algo, shape, in, out);
             call.rows = std::make_shared<const std::vector<std::int64_t>>(std::move(rows));
