@@ -37,42 +37,34 @@ void allreduce_carried(MpiComm& comm, char* msg, char* tmp, std::size_t count, c
   const std::size_t bytes = kCarriedHeaderBytes + (count > 0 ? count * red->elem : 0);
   if (P == 1) return;
 
-  int p2 = 1;
-  while (p2 * 2 <= P) p2 *= 2;
-  const int rem = P - p2;
+  const Fold F(P, r);
 
   // Fold the leftover ranks in.
-  int vrank;
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      comm.send(msg, bytes, r + 1, kTagFingerprint);
-      vrank = -1;
+  if (F.folded()) {
+    if (F.sits_out()) {
+      comm.send(msg, bytes, F.pair(), kTagFingerprint);
     } else {
-      comm.recv(tmp, kCarryCapacity, r - 1, kTagFingerprint);
+      comm.recv(tmp, kCarryCapacity, F.pair(), kTagFingerprint);
       combine_message(msg, tmp, count, red);
-      vrank = r / 2;
     }
-  } else {
-    vrank = r - rem;
   }
 
   // Exchange and combine along each bit of the renumbered rank.
-  if (vrank >= 0) {
-    for (int mask = 1; mask < p2; mask <<= 1) {
-      const int vpeer = vrank ^ mask;
-      const int peer = vpeer < rem ? vpeer * 2 + 1 : vpeer + rem;
+  if (!F.sits_out()) {
+    for (int mask = 1; mask < F.p2; mask <<= 1) {
+      const int peer = F.peer_of(F.vrank ^ mask);
       comm.sendrecv(msg, bytes, peer, tmp, kCarryCapacity, peer, kTagFingerprint);
       combine_message(msg, tmp, count, red);
     }
   }
 
   // Hand the result back to the ranks that sat out.
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      comm.recv(tmp, kCarryCapacity, r + 1, kTagFingerprint);
+  if (F.folded()) {
+    if (F.sits_out()) {
+      comm.recv(tmp, kCarryCapacity, F.pair(), kTagFingerprint);
       std::memcpy(msg, tmp, bytes);
     } else {
-      comm.send(msg, bytes, r - 1, kTagFingerprint);
+      comm.send(msg, bytes, F.pair(), kTagFingerprint);
     }
   }
 }

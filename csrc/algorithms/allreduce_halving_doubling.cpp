@@ -43,19 +43,11 @@ namespace distml::algorithms {
 
 namespace {
 
-struct Layout {
-  int P, rank, p2, rem, vrank;
+struct Layout : Fold {
   Blocks blocks;
 
   Layout(const MpiComm& comm, std::size_t count)
-      : P(comm.size()), rank(comm.rank()), p2(1), rem(0), vrank(-1), blocks{count, 1} {
-    while (p2 * 2 <= P) p2 *= 2;
-    rem = P - p2;
-    blocks = Blocks{count, p2};
-    if (rank < 2 * rem) vrank = rank % 2 == 0 ? -1 : rank / 2;
-    else vrank = rank - rem;
-  }
-  int peer_of(int v) const { return v < rem ? v * 2 + 1 : v + rem; }
+      : Fold(comm.size(), comm.rank()), blocks{count, largest_power_of_two(comm.size())} {}
   // Elements of blocks [first, first + n).
   std::size_t offset(int first) const { return blocks.offset(first); }
   std::size_t size(int first, int n) const { return blocks.offset(first + n) - blocks.offset(first); }
@@ -88,17 +80,17 @@ bool run(MpiComm& comm, char* acc, std::size_t count, const Reduction* red, Carr
   };
 
   // Fold in.
-  if (L.rank < 2 * L.rem) {
-    if (L.rank % 2 == 0) {
-      comm.send(msg, hdr + bytes, L.rank + 1, tag);
+  if (L.folded()) {
+    if (L.sits_out()) {
+      comm.send(msg, hdr + bytes, L.pair(), tag);
     } else {
-      comm.recv(tmp, room, L.rank - 1, tag);
+      comm.recv(tmp, room, L.pair(), tag);
       combine(acc, tmp, count);
     }
   }
 
   bool agreed = true;
-  if (L.vrank >= 0) {
+  if (!L.sits_out()) {
     // Halving: [lo, lo + n) is the range of blocks this rank still reduces.
     int lo = 0, n = L.p2;
     for (int mask = 1; mask < L.p2; mask <<= 1) {
@@ -137,17 +129,17 @@ bool run(MpiComm& comm, char* acc, std::size_t count, const Reduction* red, Carr
   }
 
   // Fold out: the header (the verdict) and the result.
-  if (L.rank < 2 * L.rem) {
-    if (L.rank % 2 == 0) {
+  if (L.folded()) {
+    if (L.sits_out()) {
       if (header) {
-        comm.recv(tmp, room, L.rank + 1, tag);
+        comm.recv(tmp, room, L.pair(), tag);
         std::memcpy(msg, tmp, hdr + bytes);
         agreed = carried_agreed(*header);
       } else {
-        comm.recv(acc, bytes, L.rank + 1, tag);
+        comm.recv(acc, bytes, L.pair(), tag);
       }
     } else {
-      comm.send(msg, hdr + bytes, L.rank - 1, tag);
+      comm.send(msg, hdr + bytes, L.pair(), tag);
     }
   }
   return agreed;
@@ -157,8 +149,7 @@ bool run(MpiComm& comm, char* acc, std::size_t count, const Reduction* red, Carr
 
 std::size_t halving_carry_bytes(std::size_t count, std::size_t elem, int P) {
   if (P <= 1) return 0;
-  int p2 = 1;
-  while (p2 * 2 <= P) p2 *= 2;
+  const int p2 = Fold::largest_power_of_two(P);
   // With ranks folded in, the fold's message holds the whole buffer; else
   // the first halving step's lower half is the largest (array_split puts
   // the extra elements first).

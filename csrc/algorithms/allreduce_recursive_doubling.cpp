@@ -21,41 +21,33 @@ void allreduce_recursive_doubling(MpiComm& comm, const void* in, void* out, std:
   if (P == 1) return;
   char* tmp = comm.scratch().take(bytes);
 
-  int p2 = 1;
-  while (p2 * 2 <= P) p2 *= 2;
-  const int rem = P - p2;
+  const Fold F(P, r);
 
   // Fold the leftover ranks in.
-  int vrank;
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      comm.send(acc, bytes, r + 1, kTagRecursiveDoubling);
-      vrank = -1;
+  if (F.folded()) {
+    if (F.sits_out()) {
+      comm.send(acc, bytes, F.pair(), kTagRecursiveDoubling);
     } else {
-      comm.recv(tmp, bytes, r - 1, kTagRecursiveDoubling);
+      comm.recv(tmp, bytes, F.pair(), kTagRecursiveDoubling);
       red.combine(acc, tmp, count);
-      vrank = r / 2;
     }
-  } else {
-    vrank = r - rem;
   }
 
   // Exchange and reduce along each bit of the renumbered rank.
-  if (vrank >= 0) {
-    for (int mask = 1; mask < p2; mask <<= 1) {
-      const int vpeer = vrank ^ mask;
-      const int peer = vpeer < rem ? vpeer * 2 + 1 : vpeer + rem;
+  if (!F.sits_out()) {
+    for (int mask = 1; mask < F.p2; mask <<= 1) {
+      const int peer = F.peer_of(F.vrank ^ mask);
       comm.sendrecv(acc, bytes, peer, tmp, bytes, peer, kTagRecursiveDoubling);
       red.combine(acc, tmp, count);
     }
   }
 
   // Hand the result back to the ranks that sat out.
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      comm.recv(acc, bytes, r + 1, kTagRecursiveDoubling);
+  if (F.folded()) {
+    if (F.sits_out()) {
+      comm.recv(acc, bytes, F.pair(), kTagRecursiveDoubling);
     } else {
-      comm.send(acc, bytes, r - 1, kTagRecursiveDoubling);
+      comm.send(acc, bytes, F.pair(), kTagRecursiveDoubling);
     }
   }
 }

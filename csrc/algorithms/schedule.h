@@ -57,6 +57,39 @@ struct Reduction {
   }
 };
 
+// How the schedules built on pairs (recursive doubling, halving-doubling,
+// and the carried check) run on any number of ranks. p2 is the largest power
+// of two <= P and rem = P - p2. Of the first 2 rem ranks each even one hands
+// its buffer to the odd one after it and sits out (fold in); the p2 ranks
+// left take part, numbered by `vrank` (the odd ones of those pairs first,
+// then the others in order), and partner vrank ^ mask at each step; at the
+// end the odd ranks hand the result back (fold out).
+struct Fold {
+  int rank, p2 = 1, rem = 0;
+  int vrank = -1;  // -1: this rank sits out
+
+  Fold(int P, int r) : rank(r) {
+    p2 = largest_power_of_two(P);
+    rem = P - p2;
+    if (rank < 2 * rem) vrank = rank % 2 == 0 ? -1 : rank / 2;
+    else vrank = rank - rem;
+  }
+  static int largest_power_of_two(int P) {
+    int p = 1;
+    while (p * 2 <= P) p *= 2;
+    return p;
+  }
+  // This rank is in a pair of the fold: it sends (even) or takes (odd) the
+  // pair's buffer before the steps and the other way round after them.
+  bool folded() const { return rank < 2 * rem; }
+  bool sits_out() const { return vrank < 0; }
+  // The odd rank a sitting-out rank pairs with, or the even one an odd one
+  // takes in.
+  int pair() const { return rank % 2 == 0 ? rank + 1 : rank - 1; }
+  // The rank that takes part as `v`.
+  int peer_of(int v) const { return v < rem ? v * 2 + 1 : v + rem; }
+};
+
 struct Tuning {
   std::size_t segment_bytes = std::size_t{1} << 20;
   // At most this many segments of one step in flight at once.
