@@ -104,3 +104,30 @@ def test_peers_table(tmp_path):
     assert "| size | distml in place us | MPI_Allreduce us | DeepSpeed shm us | vs MPI_Allreduce | vs DeepSpeed shm |" in table
     # Times 2.0 / 3.0 / 1.5; ratios MPI (2, 1.5, 1) -> 1.5, DeepSpeed (1.5, 0.5, 2) -> 1.5.
     assert "| 1 MiB | 2.0 | 3.0 | 1.5 | 1.50 | 1.50 |" in table
+
+
+def test_peers_table_memory_bound(tmp_path):
+    """Rows that carry the memory bound get its time and each
+    implementation's fraction of it (medians over runs) from 1 MiB; smaller
+    rows leave those cells empty, and MPI's in-place row, which has no
+    bound, gets no column."""
+    paths = []
+    for k, (reach_mine, reach_ds) in enumerate([(0.8, 0.4), (0.6, 0.5), (0.9, 0.3)]):
+        rows = []
+        for nbytes in (4096, 1 << 20):
+            bound = nbytes / 1e10 * 2.5
+            mine = _row("distml:in-place", nbytes, bound / reach_mine, 2)
+            ds = _row("deepspeed:shm", nbytes, bound / reach_ds, 2)
+            for r, reach in ((mine, reach_mine), (ds, reach_ds)):
+                r.update(memory_bound_s=bound, of_memory_bound=reach)
+            rows += [mine, ds, _row("mpi4py:in-place", nbytes, bound, 2)]
+        path = tmp_path / f"run{k}.json"
+        path.write_text(json.dumps({"machine": {"P": 2}, "rows": rows}))
+        paths.append(str(path))
+    table = bench.peers_table(paths)
+    assert ("| size | distml in place us | MPI in place us | DeepSpeed shm us | vs MPI in place | vs DeepSpeed shm |"
+            " memory bound us | distml of bound | DeepSpeed shm of bound |") in table
+    line = next(l for l in table.splitlines() if l.startswith("| 1 MiB |"))
+    assert line.endswith("| 262.1 | 0.80 | 0.40 |"), line
+    small = next(l for l in table.splitlines() if l.startswith("| 4 KiB |"))
+    assert small.endswith("|  |  |  |"), small

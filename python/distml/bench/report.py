@@ -155,7 +155,10 @@ def peers_table(paths: Sequence[str]) -> str:
     Per size: the median over runs of each implementation's time, and the
     median over runs of the ratio (that implementation's time / distml's
     in-place time) taken inside each run, above 1 where distml is faster.
-    A column appears only where some run has the row."""
+    A column appears only where some run has the row. Where the rows carry
+    the memory bound (add_memory_bound), rows from 1 MiB also give the
+    bound's time and, for distml and each peer, the fraction of it reached
+    (medians over runs)."""
     by_p: Dict[int, List[Dict[str, Any]]] = {}
     for p in paths:
         with open(p) as f:
@@ -166,9 +169,16 @@ def peers_table(paths: Sequence[str]) -> str:
         runs = by_p[P]
         times: Dict[Tuple[int, str], List[float]] = {}
         ratios: Dict[Tuple[int, str], List[float]] = {}
+        bounds: Dict[Tuple[int, str], List[float]] = {}
+        reached: Dict[Tuple[int, str], List[float]] = {}
         for res in runs:
-            run = {(r["bytes"], r["implementation"]): r["time_s"]
-                   for r in res["rows"] if r["collective"] == "allreduce"}
+            rows = [r for r in res["rows"] if r["collective"] == "allreduce"]
+            run = {(r["bytes"], r["implementation"]): r["time_s"] for r in rows}
+            for r in rows:
+                if "of_memory_bound" in r:
+                    key = (r["bytes"], r["implementation"])
+                    bounds.setdefault(key, []).append(r["memory_bound_s"])
+                    reached.setdefault(key, []).append(r["of_memory_bound"])
             for (b, impl), t in run.items():
                 times.setdefault((b, impl), []).append(t)
                 ref = run.get((b, _PEER_REFERENCE))
@@ -176,11 +186,17 @@ def peers_table(paths: Sequence[str]) -> str:
                     ratios.setdefault((b, impl), []).append(t / ref)
         present = {impl for _, impl in times}
         cols = [(impl, label) for impl, label in _PEER_COLUMNS if impl in present]
+        bound_cols = [(impl, label) for impl, label in [(_PEER_REFERENCE, "distml"), *cols]
+                      if any(k[1] == impl for k in reached)]
         sizes = sorted({b for b, impl in times if impl == _PEER_REFERENCE})
         med = lambda v: float(np.median(v)) if v else None  # noqa: E731
         head = ("| size | distml in place us | " + " | ".join(f"{label} us" for _, label in cols) + " | "
                 + " | ".join(f"vs {label}" for _, label in cols) + " |")
-        lines = [f"P={P}: {len(runs)} run(s)", "", head, "|---:|---:|" + "---:|" * (2 * len(cols))]
+        rule = "|---:|---:|" + "---:|" * (2 * len(cols))
+        if bound_cols:
+            head += " memory bound us | " + " | ".join(f"{label} of bound" for _, label in bound_cols) + " |"
+            rule += "---:|" * (1 + len(bound_cols))
+        lines = [f"P={P}: {len(runs)} run(s)", "", head, rule]
         for b in sizes:
             cells = [f"{med(times[(b, _PEER_REFERENCE)]) * 1e6:.1f}"]
             for impl, _ in cols:
@@ -189,6 +205,13 @@ def peers_table(paths: Sequence[str]) -> str:
             for impl, _ in cols:
                 r = med(ratios.get((b, impl), []))
                 cells.append("" if r is None else f"{r:.2f}")
+            if bound_cols:
+                large = b >= 1 << 20
+                t = med(bounds.get((b, _PEER_REFERENCE), [])) if large else None
+                cells.append("" if t is None else f"{t * 1e6:.1f}")
+                for impl, _ in bound_cols:
+                    f = med(reached.get((b, impl), [])) if large else None
+                    cells.append("" if f is None else f"{f:.2f}")
             lines.append(f"| {format_size(b)} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
