@@ -339,11 +339,19 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
     // This rank's own shard: its progress thread applies the gradients
     // straight from `grads`; the push returns once it has.
     if (local >= 0) server_->post(kPush, hdrs[local], grads);
-    // A push is taken by the server's next poll, then moves: yield only.
+    // A server that has begun receiving this push (its first piece is in:
+    // MPICH copies a large message on the receiver's side, and the sender
+    // sees it complete) is moving it: yield only. Before that the push may
+    // wait behind other workers' at the server, and nothing waits on this
+    // worker (as for a step's header, see request()): sleep between polls.
+    tp::Backoff backoff(config_.poll_min_us, config_.poll_max_us);
     for (;;) {
-      bool all = local < 0 || server_->push_taken();
+      bool all = local < 0 || server_->push_taken(), moving = false;
       for (auto& v : sends) {
-        for (auto& s : v) all = s.test() && all;
+        bool done = true;
+        for (auto& s : v) done = s.test() && done;
+        all = all && done;
+        moving = moving || (!done && v.size() > 1 && !v[1].active());
       }
       if (all) break;
       if (Clock::now() > until) {
@@ -362,7 +370,11 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
         os << "]";
         DISTML_THROW(Timeout, os.str());
       }
-      tp::Backoff::yield();
+      if (moving) {
+        tp::Backoff::yield();
+      } else {
+        backoff.pause();
+      }
     }
   } catch (const Error& e) {
     broken_ = true;

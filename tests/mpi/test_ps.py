@@ -555,9 +555,25 @@ def test_max_in_flight_must_be_valid_and_agree(comm_default, monkeypatch):
 # without sleeping only while the reply comes in; before, it yielded in a
 # loop and took a share of the cores from the server it waited for (three
 # workers and a dedicated server on two cores: the server ran half the time).
-# Here the dedicated server is stopped (SIGSTOP) for `hold` seconds while
-# rank 0 steps: the step takes at least `hold`, counted in
-# stats()["wait_for_server_seconds"], and costs rank 0 little CPU time.
+# A push sleeps likewise until its first piece has been received. Here the
+# dedicated server is stopped (SIGSTOP) for `hold` seconds while rank 0
+# steps, then again while it pushes: each call takes at least `hold` (the
+# step's counted in stats()["wait_for_server_seconds"]) and costs rank 0
+# little CPU time.
+
+def with_server_stopped(server_pid, hold, call):
+    """Runs call() with the server process stopped for its first `hold`
+    seconds; returns this thread's CPU seconds and the wall seconds of it."""
+    os.kill(server_pid, signal.SIGSTOP)
+    resume = threading.Timer(hold, os.kill, (server_pid, signal.SIGCONT))
+    resume.start()
+    try:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        call()
+        return time.thread_time() - c0, time.perf_counter() - t0
+    finally:
+        resume.join()
+
 
 def test_a_step_waiting_for_its_server_sleeps(comm_default):
     comm = comm_default
@@ -571,31 +587,29 @@ def test_a_step_waiting_for_its_server_sleeps(comm_default):
     params = [np.zeros(shape, dtype=np.float32)]
     grads = [np.ones(shape, dtype=np.float32)]
     ps = ParameterServer(params, optim.SGD, comm=comm, mode="async", servers=1, lr=0.5)
-    cpu = wall = waited = waited_all = None
+    cpu = wall = waited = waited_all = push_cpu = push_wall = None
     if ps.is_worker:
         ps.step(grads)
         if comm.rank == 0:
             before = ps.stats()
-            os.kill(server_pid, signal.SIGSTOP)
-            resume = threading.Timer(hold, os.kill, (server_pid, signal.SIGCONT))
-            resume.start()
-            try:
-                t0, c0 = time.perf_counter(), time.thread_time()
-                ps.step(grads)
-                cpu, wall = time.thread_time() - c0, time.perf_counter() - t0
-            finally:
-                resume.join()
+            cpu, wall = with_server_stopped(server_pid, hold, lambda: ps.step(grads))
             after = ps.stats()
             waited = after.get("wait_for_server_seconds", 0.0) - before.get("wait_for_server_seconds", 0.0)
             waited_all = after["wait_seconds"] - before["wait_seconds"]
+            # The same for a push (no reply: its first piece tells that the
+            # server has begun).
+            push_cpu, push_wall = with_server_stopped(server_pid, hold, lambda: ps.push(grads))
         else:
             ps.step(grads)
+            ps.push(grads)
         ps.close()
-    # Two steps of every worker, each at lr / W: every rank ends at -lr * 2.
-    np.testing.assert_allclose(params[0], -1.0, rtol=1e-6)
+    # Three pushes of every worker, each at lr / W: every rank ends at -lr * 3.
+    np.testing.assert_allclose(params[0], -1.5, rtol=1e-6)
     if comm.rank == 0:
         assert wall >= 0.9 * hold, wall
         # Spinning took about the whole wait (more than half of it even on
         # loaded cores); sleeping takes a few per cent.
         assert cpu < 0.2 * wall, (cpu, wall)
         assert 0.9 * hold <= waited <= waited_all + 1e-6, (waited, waited_all, wall)
+        assert push_wall >= 0.9 * hold, push_wall
+        assert push_cpu < 0.2 * push_wall, (push_cpu, push_wall)
