@@ -20,6 +20,7 @@ namespace tp = distml::transport;
 
 namespace {
 constexpr std::size_t kAlltoallShmMaxBytes = std::size_t{32} << 10;
+constexpr std::size_t kPairBroadcastShmMaxBytes = std::size_t{48} << 10;
 constexpr std::size_t kPairBroadcastTreeMaxBytes = std::size_t{2} << 20;
 // Without a hierarchical layout, on P >= 4 ranks (a power of two),
 // allreduce above this size and up to allreduce_small_bytes takes
@@ -68,12 +69,14 @@ Algo Communicator::resolve(const Call& call) const {
       if (one_node_) return Algo::kShm;
       return bytes <= settings_.reduce_small_bytes ? Algo::kTree : Algo::kRing;
     case Kind::kBroadcast:
-      // Two ranks on one node, past the one-way path and up to 2 MiB: one
-      // MPI message (the binomial tree of two) beat the shared-memory
-      // schedule, 0.82-1.00x MPI_Bcast against 0.72-0.96x
+      // Two ranks on one node, above 48 KiB and up to 2 MiB: one MPI
+      // message (the binomial tree of two) beat the shared-memory schedule,
+      // 0.82-1.00x MPI_Bcast against 0.72-0.96x
       // (bench/results/broadcast_oneway.md); from 16 MiB shm wins (1.39x).
-      if (one_node_ && size_ == 2 && bytes > std::min(settings_.shm_one_shot_bytes, alg::kEagerBytes) &&
-          bytes <= kPairBroadcastTreeMaxBytes) {
+      // Past the one-way path up to 48 KiB the shm schedule wins since its
+      // agreement skips the arrival gate without a timeout: 0.97-1.10x
+      // against 0.83-0.87x (bench/results/collectives_p2small.md).
+      if (one_node_ && size_ == 2 && bytes > kPairBroadcastShmMaxBytes && bytes <= kPairBroadcastTreeMaxBytes) {
         return Algo::kTree;
       }
       if (one_node_) return Algo::kShm;
