@@ -252,6 +252,10 @@ void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, con
 void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                    std::size_t elem);
 void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
+// The same for two ranks that may read and write each other's memory
+// (ShmGroup::single_copy): one copy between the two arrays, half of it by
+// each rank.
+void broadcast_shm_single_copy(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
 void barrier_shm(transport::ShmGroup& shm);
 // Blocks of any size (alltoallv_shm.cpp), as alltoallv_pairwise and
 // allgatherv_pairwise; the node must hold every rank of the call.

@@ -324,6 +324,7 @@ PYBIND11_MODULE(_core, m) {
       .def("allocate_shared", &engine::Communicator::allocate_shared,
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("one_node", &engine::Communicator::one_node)
+      .def_property_readonly("single_copy", &engine::Communicator::single_copy)
       .def_property_readonly("hierarchical", &engine::Communicator::hierarchical)
       .def_property(
           "timeout", [](engine::Communicator& s) { return s.settings().timeout; },

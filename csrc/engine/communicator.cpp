@@ -49,6 +49,8 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   }
 }
 
+bool Communicator::single_copy() const { return shm_ && shm_->single_copy(); }
+
 // Finds this rank's node (MPI_COMM_TYPE_SHARED) and decides, identically on
 // every rank, between one node with shared memory for everything, several
 // equal nodes with a hierarchical allreduce, or plain MPI.

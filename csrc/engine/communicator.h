@@ -285,6 +285,9 @@ class Communicator {
   void drain() { graveyard_->drain(); }
   bool broken() const { return broken_; }
   bool one_node() const { return one_node_; }
+  // The node's ranks may copy between each other's memory (two ranks, where
+  // the OS allows it; see ShmGroup::single_copy).
+  bool single_copy() const;
   // Timeline recording: off by default; when on, each collective appends a
   // TraceEvent, which drain_trace() hands over.
   void set_trace(bool on) { trace_.store(on); }

@@ -94,6 +94,8 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
     case Kind::kBroadcast:
       if (algo == Algo::kMpi) tp::mpi_broadcast(comm, c.out, c.count * elem, c.root);
       else if (algo == Algo::kTree) alg::broadcast_binomial(comm, c.out, c.count * elem, c.root);
+      else if (algo == Algo::kShm && plan.has(kCrossMemory))
+        alg::broadcast_shm_single_copy(shm_group(), c.out, c.count * elem, c.root);
       else if (algo == Algo::kShm) alg::broadcast_shm(shm_group(), c.out, c.count * elem, c.root);
       else alg::broadcast_scatter_allgather(comm, c.out, c.count, elem, c.root, tuning);
       return;

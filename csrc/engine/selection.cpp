@@ -75,8 +75,13 @@ Algo Communicator::resolve(const Call& call) const {
       // (bench/results/broadcast_oneway.md); from 16 MiB shm wins (1.39x).
       // Past the one-way path up to 48 KiB the shm schedule wins since its
       // agreement skips the arrival gate without a timeout: 0.97-1.10x
-      // against 0.83-0.87x (bench/results/collectives_p2small.md).
-      if (one_node_ && size_ == 2 && bytes > kPairBroadcastShmMaxBytes && bytes <= kPairBroadcastTreeMaxBytes) {
+      // against 0.83-0.87x (bench/results/collectives_p2small.md). Where the
+      // two ranks can copy between each other's arrays, its single-copy
+      // variant wins at every size past the one-way path (1.03-2.00x
+      // MPI_Bcast, bench/results/broadcast_oneway.md), so tree is left to
+      // pairs that cannot.
+      if (one_node_ && size_ == 2 && !shm_->single_copy() && bytes > kPairBroadcastShmMaxBytes &&
+          bytes <= kPairBroadcastTreeMaxBytes) {
         return Algo::kTree;
       }
       if (one_node_) return Algo::kShm;
@@ -152,6 +157,11 @@ Plan Communicator::plan(const Call& c) const {
         s += R(node_block);
         p.scratch_across = R(node_block);  // recursive doubling, or an in-place ring (less)
       }
+      break;
+    case Kind::kBroadcast:
+      // Two ranks that may copy between each other's arrays: one copy,
+      // split between them (broadcast_shm.cpp).
+      if (p.algo == Algo::kShm && shm_->single_copy()) p.variant |= kCrossMemory;
       break;
     case Kind::kReduce:
       if (p.algo == Algo::kTree) s += 2 * R(bytes);

@@ -63,8 +63,9 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   int ok = size_ == 2 && allow_peer_reads(static_cast<pid_t>(control(1 - rank_).pid)) ? 1 : 0;
   DISTML_MPI(MPI_Barrier(node_.get()));  // every rank has allowed its peer
 
-  // Single copy works if every rank can read every peer's pid field
-  // through process_vm_readv (it can fail under seccomp or ptrace rules).
+  // Single copy works if every rank can read and write every peer's pid
+  // field through process_vm_readv/writev (they can fail under seccomp or
+  // ptrace rules).
   for (int r = 0; r < size_ && ok; ++r) {
     if (r == rank_) continue;
     std::uint64_t got = 0;
@@ -72,6 +73,10 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
     ok = process_vm_readv(static_cast<pid_t>(control(r).pid), &local, 1, &remote, 1, 0) ==
                  static_cast<ssize_t>(sizeof got) &&
              got == control(r).pid;
+    // And write it (the same value back): the single-copy broadcast writes
+    // into the peer's array.
+    ok = ok && process_vm_writev(static_cast<pid_t>(control(r).pid), &local, 1, &remote, 1, 0) ==
+                   static_cast<ssize_t>(sizeof got);
   }
   int all_ok = 0;
   DISTML_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node_.get()));
@@ -79,19 +84,28 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
 }
 
 void ShmGroup::read_peer(int r, void* local, std::uint64_t remote, std::size_t bytes) {
-  auto* dst = static_cast<char*>(local);
+  move_peer(r, local, remote, bytes, false);
+}
+
+void ShmGroup::write_peer(int r, std::uint64_t remote, const void* local, std::size_t bytes) {
+  move_peer(r, const_cast<void*>(local), remote, bytes, true);
+}
+
+void ShmGroup::move_peer(int r, void* local, std::uint64_t remote, std::size_t bytes, bool write) {
+  auto* at = static_cast<char*>(local);
   const pid_t pid = static_cast<pid_t>(control(r).pid);
   while (bytes > 0) {
-    struct iovec l{dst, bytes}, rm{reinterpret_cast<void*>(remote), bytes};
-    ssize_t n = process_vm_readv(pid, &l, 1, &rm, 1, 0);
+    struct iovec l{at, bytes}, rm{reinterpret_cast<void*>(remote), bytes};
+    ssize_t n = write ? process_vm_writev(pid, &l, 1, &rm, 1, 0) : process_vm_readv(pid, &l, 1, &rm, 1, 0);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == ESRCH) {
         DISTML_THROW(Error, "node rank " << r << " (process " << pid << ") has exited in the middle of a collective");
       }
-      DISTML_THROW(Error, "reading node rank " << r << "'s memory failed: " << std::strerror(errno));
+      DISTML_THROW(Error, (write ? "writing" : "reading") << " node rank " << r
+                                                          << "'s memory failed: " << std::strerror(errno));
     }
-    dst += n;
+    at += n;
     remote += static_cast<std::uint64_t>(n);
     bytes -= static_cast<std::size_t>(n);
   }

@@ -115,6 +115,8 @@ class ShmGroup {
   bool single_copy() const { return single_copy_; }
   // Copies `bytes` from address `remote` in node rank r's process into `local`.
   void read_peer(int r, void* local, std::uint64_t remote, std::size_t bytes);
+  // Copies `bytes` from `local` to address `remote` in node rank r's process.
+  void write_peer(int r, std::uint64_t remote, const void* local, std::size_t bytes);
 
   // Ranks whose counter `c` is still below `step`.
   std::vector<int> behind(Counter c, std::uint64_t step);
@@ -157,6 +159,7 @@ class ShmGroup {
   int size_ = 1;
   std::size_t slot_bytes_ = 0;
   std::uint64_t step_ = 0;
+  void move_peer(int r, void* local, std::uint64_t remote, std::size_t bytes, bool write);
   bool single_copy_ = false;
   std::vector<char*> regions_;
   // Windows live as long as the group; see ~ShmGroup.

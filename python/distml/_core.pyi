@@ -77,6 +77,7 @@ class Communicator:
     shm_stream_bytes: int
     carry_bytes: int
     one_node: bool
+    single_copy: bool
     hierarchical: bool
     def __init__(
         self, fortran_handle: int, timeout: float, check: bool, segment_bytes: int,

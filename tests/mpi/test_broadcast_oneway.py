@@ -200,13 +200,14 @@ def test_mismatch_names_fields(comm_default):
 def test_auto_choice_on_one_node(comm_default):
     """What auto takes for a broadcast on one node: the one-way shared-memory
     path up to 16 KiB, the shared-memory schedule past it; with two ranks
-    one MPI message (tree) above 48 KiB up to 2 MiB; the shared-memory
-    schedule beyond (and at any size with more ranks)."""
+    that cannot copy between each other's memory, one MPI message (tree)
+    above 48 KiB up to 2 MiB; the shared-memory schedule beyond (and at any
+    size with more ranks, or two that can: its single-copy variant)."""
     comm = comm_default
     if not _shm(comm):
         pytest.skip("needs every rank on one node")
     check = Checker(comm.size)
-    pair = comm.size == 2
+    pair = comm.size == 2 and not comm._core.single_copy
     for nbytes, want in [(8, "shm"), (16 << 10, "shm"), ((16 << 10) + 1, "shm"), (48 << 10, "shm"),
                          ((48 << 10) + 1, "tree" if pair else "shm"),
                          (256 << 10, "tree" if pair else "shm"), (2 << 20, "tree" if pair else "shm"),
