@@ -300,11 +300,17 @@ def straggler_run(comm, method, slow_factor, args, data):
         at += b
         return idx
 
+    # --moving: each step of each worker is slow with probability 1 / P (so
+    # one worker in P on average, a different one from step to step), from
+    # a generator seeded by the rank; otherwise the last rank always is.
+    slow_draw = np.random.default_rng(1000 + rank)
+
     def compute(idx):
         t0 = time.perf_counter()
         loss_fn(model(X[idx]), y[idx])
         model.backward(loss_fn.backward())
-        if rank == slow_rank and slow_factor > 1:
+        slow = slow_draw.random() < 1 / P if args.moving else rank == slow_rank
+        if slow and slow_factor > 1:
             time.sleep((slow_factor - 1) * (time.perf_counter() - t0))
 
     def check(step):
@@ -363,7 +369,8 @@ def straggler(args) -> dict:
                 runs.append(r)
                 if comm.rank == 0:
                     print(json.dumps(r), flush=True)
-    return dict(runs=runs, target=args.target, epochs=args.epochs, batch=args.batch, hidden=args.hidden)
+    return dict(runs=runs, target=args.target, epochs=args.epochs, batch=args.batch, hidden=args.hidden,
+                moving=args.moving)
 
 
 # ---- report -------------------------------------------------------------------------
@@ -395,8 +402,11 @@ def report(paths, md_path):
                              f"{r['p2p_bytes_per_s'] / 1e9:.2f} GB/s | {p2p_ratio:.2f} | "
                              f"{r['mpi_pattern_bytes_per_s'] / r['p2p_bytes_per_s']:.2f} | {memcpy} | {best} | {split} |")
         else:
+            who = ("each step of each worker slowed with probability 1/P (a moving straggler)"
+                   if res.get("moving") else "the last rank slowed at every step")
             lines.append(f"digits MLP hidden {res['hidden']}, batch {res['batch']} per worker, "
-                         f"{res['epochs']} epochs of samples in all; medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")
+                         f"{res['epochs']} epochs of samples in all, {who}; "
+                         f"medians of {max(r['rep'] for r in res['runs']) + 1} runs\n")
             lines.append("| P | slowdown | method | samples/s | vs sync allreduce | time to "
                          f"{res['target']} | accuracy | max staleness | samples per worker |")
             lines.append("|---|---:|---|---:|---:|---:|---:|---:|---|")
@@ -439,6 +449,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--moving", action="store_true",
+                    help="straggler: slow a random worker's step (probability 1/P each) instead of the last rank's every step")
     ap.add_argument("--steps-only", action="store_true",
                     help="throughput: time step() alone, without the push() then pull() rounds (so that the "
                          "servers' CPU shares are those of steps)")
