@@ -47,7 +47,7 @@ struct Layout : Fold {
   Blocks blocks;
 
   Layout(const MpiComm& comm, std::size_t count)
-      : Fold(comm.size(), comm.rank()), blocks{count, largest_power_of_two(comm.size())} {}
+      : Fold(comm.size(), comm.rank()), blocks{count, p2} {}
   // Elements of blocks [first, first + n).
   std::size_t offset(int first) const { return blocks.offset(first); }
   std::size_t size(int first, int n) const { return blocks.offset(first + n) - blocks.offset(first); }
