@@ -26,11 +26,28 @@ def test_memory_bound_factors():
     assert bench.memory_bound_factor("distml:auto", 1) is None
 
 
+def test_memory_bound_factors_other_collectives():
+    # One copy of every block that changes rank.
+    for P in (2, 4):
+        assert bench.memory_bound_factor("distml:auto", P, "allgather") == 1.0
+        assert bench.memory_bound_factor(bench.BASELINE, P, "alltoall") == 1.0
+        assert bench.memory_bound_factor("distml:auto", P, "reduce_scatter") == pytest.approx((1 + 1 / P) / 2)
+        assert bench.memory_bound_factor("distml:auto", P, "reduce") == pytest.approx((1 + 1 / P) / 2)
+        assert bench.memory_bound_factor("distml:auto", P, "broadcast") == pytest.approx((P - 1) / P)
+        assert bench.memory_bound_factor("distml:auto", P, "barrier") is None
+    rows = [_row(bench.BASELINE, 10 ** 9, 2.0, collective="allgather"),
+            _row("distml:auto", 10 ** 9, 0.5, collective="reduce_scatter")]
+    bench.add_memory_bound(rows, 1e9, cores=2)
+    assert rows[0]["memory_bound_s"] == pytest.approx(1.0)
+    assert rows[0]["max_ratio_at_bound"] == pytest.approx(2.0)
+    assert rows[1]["of_memory_bound"] == pytest.approx(0.75 / 0.5)
+
+
 def test_add_memory_bound():
     gb = 1e9
     rows = [_row(bench.BASELINE, 10 ** 9, 5.0), _row("distml:auto", 10 ** 9, 2.0),
             _row("distml:shared-buffer", 10 ** 9, 2.0), _row("mpi4py:in-place", 10 ** 9, 1.0),
-            _row(bench.BASELINE, 10 ** 9, 1.0, collective="broadcast")]
+            _row(bench.BASELINE, 10 ** 9, 1.0, collective="barrier")]
     bench.add_memory_bound(rows, 1 * gb, cores=2)  # 1 GB/s: a memcpy of the message takes 1 s
     mpi, auto, shared, inplace, other = rows
     assert mpi["memory_bound_s"] == pytest.approx(2.5)

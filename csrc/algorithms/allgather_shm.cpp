@@ -2,6 +2,11 @@
 // rank copies the next segment of its block into its slot and posts; then
 // every rank copies every peer's segment into place and releases. Rounds run
 // until the longest block is done; blocks may differ in size.
+//
+// Single copy (ranks that may read each other's memory, see
+// ShmGroup::single_copy): every rank posts its input's address and reads
+// each peer's block straight into its output (process_vm_readv), one copy
+// per block where staging takes two.
 #include "algorithms/schedule.h"
 #include "transport/shm.h"
 
@@ -33,6 +38,26 @@ void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Bl
     }
     shm.publish(Counter::kReleased, step);
   }
+}
+
+void allgather_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                               std::size_t elem) {
+  const int L = shm.size(), me = shm.rank();
+  auto* dst = static_cast<char*>(out);
+  const std::uint64_t step = shm.next_step();
+  shm.control(me).in_addr = reinterpret_cast<std::uint64_t>(in);
+  shm.publish(Counter::kPosted, step);
+  // The own block while the peers post.
+  char* own = dst + blocks.offset(me) * elem;
+  if (in != own && blocks.size(me)) std::memcpy(own, in, blocks.size(me) * elem);
+  for (int i = 1; i < L; ++i) {
+    const int r = (me + i) % L;
+    shm.wait_one(r, Counter::kPosted, step);
+    if (blocks.size(r)) shm.read_peer(r, dst + blocks.offset(r) * elem, shm.control(r).in_addr, blocks.size(r) * elem);
+  }
+  // Every rank's input is read by its peers until all are done.
+  shm.publish(Counter::kReleased, step);
+  shm.wait_all(Counter::kReleased, step);
 }
 
 }  // namespace distml::algorithms

@@ -169,7 +169,7 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
-  const std::size_t piece = std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
+  const std::size_t piece = single_copy_piece(elem);
   auto& mine = shm.control(me);
   mine.in_addr = reinterpret_cast<std::uint64_t>(in);
   mine.out_addr = reinterpret_cast<std::uint64_t>(out);

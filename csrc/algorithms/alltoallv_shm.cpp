@@ -143,4 +143,33 @@ void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const s
   }
 }
 
+void alltoall_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes) {
+  const int L = shm.size(), me = shm.rank();
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  if (block_bytes == 0) return;
+  const bool in_place = src == dst;
+  const std::uint64_t step = shm.next_step();
+  shm.control(me).in_addr = reinterpret_cast<std::uint64_t>(in);
+  shm.publish(Counter::kPosted, step);
+  if (!in_place) std::memcpy(dst + me * block_bytes, src + me * block_bytes, block_bytes);
+  // In place, peers still read the blocks this rank's output replaces: stage
+  // what arrives until every peer is done reading.
+  char* staging = in_place ? shm.scratch().take(block_bytes * static_cast<std::size_t>(L - 1)) : nullptr;
+  for (int i = 1; i < L; ++i) {
+    const int r = (me + i) % L;
+    shm.wait_one(r, Counter::kPosted, step);
+    char* to = in_place ? staging + (i - 1) * block_bytes : dst + r * block_bytes;
+    shm.read_peer(r, to, shm.control(r).in_addr + me * block_bytes, block_bytes);
+  }
+  // Done reading peers' inputs (an in-place rank waits for this).
+  shm.publish(Counter::kReduced, step);
+  if (in_place) {
+    shm.wait_all(Counter::kReduced, step);
+    for (int i = 1; i < L; ++i) std::memcpy(dst + ((me + i) % L) * block_bytes, staging + (i - 1) * block_bytes, block_bytes);
+  }
+  shm.publish(Counter::kReleased, step);
+  shm.wait_all(Counter::kReleased, step);
+}
+
 }  // namespace distml::algorithms

@@ -238,6 +238,13 @@ void stage_and_reduce(transport::ShmGroup& shm, const char* src, std::size_t len
 // Copies every rank's reduced slice of the chunk of `step` into `dst`.
 void gather_reduced(transport::ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
                     std::uint64_t step, bool stream = false);
+// Single-copy schedules (peers read each other's memory directly) read a
+// peer's input in pieces of this many elements (128 KiB, whole cache lines)
+// into staging that stays in cache, and reduce from there.
+inline std::size_t single_copy_piece(std::size_t elem) {
+  const std::size_t align = std::max<std::size_t>(1, 64 / elem);
+  return std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
+}
 // Large messages where peers can read each other's memory directly.
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
                                std::size_t count, const Reduction& red, bool stream);
@@ -248,9 +255,13 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
 // `out` receives block `rank` of `blocks` (reduced over the node).
 void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                         const Reduction& red);
+void reduce_scatter_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                                    const Reduction& red);
 // `in` holds this rank's block of `blocks`; `out` receives every block.
 void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                    std::size_t elem);
+void allgather_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
+                               std::size_t elem);
 void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
 // The same for two ranks that may read and write each other's memory
 // (ShmGroup::single_copy): one copy between the two arrays, half of it by
@@ -264,6 +275,9 @@ void alltoallv_shm(transport::ShmGroup& shm, const void* in, const std::size_t* 
 void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const std::size_t* sizes);
 // Every block `block_bytes` (alltoallv_shm.cpp); `in` may equal `out`.
 void alltoall_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes);
+// Each rank reads its block of every peer's input straight into its output;
+// in place (in == out), through staging of (size - 1) blocks from scratch.
+void alltoall_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes);
 // `out` is written on the root only.
 void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
                 const Reduction& red, int root);

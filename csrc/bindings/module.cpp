@@ -350,6 +350,10 @@ PYBIND11_MODULE(_core, m) {
           [](engine::Communicator& s) { return s.settings().shm_single_copy_max_bytes; },
           [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_single_copy_max_bytes = v; }); })
       .def_property(
+          "shm_single_copy_blocks_bytes",
+          [](engine::Communicator& s) { return s.settings().shm_single_copy_blocks_bytes; },
+          [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_single_copy_blocks_bytes = v; }); })
+      .def_property(
           "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
           [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_stream_bytes = v; }); })
       .def_property(
@@ -409,6 +413,7 @@ PYBIND11_MODULE(_core, m) {
         d["shm_one_shot_bytes"] = s.settings().shm_one_shot_bytes;
         d["shm_single_copy_bytes"] = s.settings().shm_single_copy_bytes;
         d["shm_single_copy_max_bytes"] = s.settings().shm_single_copy_max_bytes;
+        d["shm_single_copy_blocks_bytes"] = s.settings().shm_single_copy_blocks_bytes;
         d["shm_stream_bytes"] = s.settings().shm_stream_bytes;
         d["carry_bytes"] = s.settings().carry_bytes;
         return d;

@@ -59,7 +59,10 @@ void Communicator::setup_nodes() {
   // Measured with 4 ranks on one node (two cores): staging through the slots
   // beats reading three peers' arrays directly at every size (by 1.2-1.3x
   // from 8 to 64 MiB); with two ranks reading directly wins from 256 KiB.
-  if (nodes.largest() > 2) settings_.shm_single_copy_bytes = std::numeric_limits<std::size_t>::max();
+  if (nodes.largest() > 2) {
+    settings_.shm_single_copy_bytes = std::numeric_limits<std::size_t>::max();
+    settings_.shm_single_copy_blocks_bytes = std::numeric_limits<std::size_t>::max();
+  }
   if (nodes.one_node()) {
     one_node_ = true;
     shm_ = std::make_unique<tp::ShmGroup>(nodes.node(), settings_.shm_slot_bytes, comm_.get());

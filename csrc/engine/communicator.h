@@ -153,6 +153,12 @@ struct Settings {
   // faster (by 10-15% at 16-64 MiB).
   std::size_t shm_single_copy_bytes = 256 << 10;
   std::size_t shm_single_copy_max_bytes = 8 << 20;
+  // From this size on (the call's input), shm allgather, reduce_scatter and
+  // alltoall read peers' arrays directly (where the OS allows it; the same
+  // rule as above): one copy of each block instead of two through the
+  // slots. Measured with two ranks: level with staging up to 256 KiB,
+  // ahead above (bench/results/others_large.md).
+  std::size_t shm_single_copy_blocks_bytes = 32 << 10;
   // From this size on, shm schedules write results that nothing reads back
   // during the collective with streaming stores, past the cache.
   std::size_t shm_stream_bytes = 8 << 20;
@@ -334,6 +340,11 @@ class Communicator {
   // collectives but barrier and the variable ones; see ShmControl::eager): the same answer
   // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
+  // Whether shm allgather, reduce_scatter or alltoall of `bytes` (the
+  // call's input) takes its single-copy variant.
+  bool blocks_single_copy(Algo algo, std::size_t bytes) const {
+    return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes;
+  }
   void dispatch(const Call& call, const Plan& plan);
   void worker_loop();
   transport::ShmGroup& shm_group();

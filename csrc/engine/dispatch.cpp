@@ -105,6 +105,10 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       char* own = static_cast<char*>(c.out) + r * block_bytes;
       if (block_bytes == 0) return;
       const alg::Blocks blocks{c.count * P, P, c.count};
+      if (algo == Algo::kShm && plan.has(kCrossMemory)) {
+        alg::allgather_shm_single_copy(shm_group(), c.in, c.out, blocks, elem);
+        return;
+      }
       if (algo == Algo::kShm) {
         alg::allgather_shm(shm_group(), c.in, c.out, blocks, elem);
         return;
@@ -123,6 +127,8 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
         std::vector<std::size_t> counts(P);
         for (int i = 0; i < P; ++i) counts[i] = blocks.size(i);
         tp::mpi_reduce_scatter(comm, c.in, c.out, counts.data(), c.dtype, red.op);
+      } else if (algo == Algo::kShm && plan.has(kCrossMemory)) {
+        alg::reduce_scatter_shm_single_copy(shm_group(), c.in, c.out, blocks, red);
       } else if (algo == Algo::kShm) {
         alg::reduce_scatter_shm(shm_group(), c.in, c.out, blocks, red);
       } else {
@@ -137,6 +143,8 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
     case Kind::kAlltoall: {
       const std::size_t block_bytes = c.count / P * elem;
       if (algo == Algo::kMpi) tp::mpi_alltoall(comm, c.in, c.out, block_bytes);
+      else if (algo == Algo::kShm && plan.has(kCrossMemory))
+        alg::alltoall_shm_single_copy(shm_group(), c.in, c.out, block_bytes);
       else if (algo == Algo::kShm) alg::alltoall_shm(shm_group(), c.in, c.out, block_bytes);
       else alg::alltoall_pairwise(comm, c.in, c.out, block_bytes);
       return;

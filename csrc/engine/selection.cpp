@@ -93,8 +93,11 @@ Algo Communicator::resolve(const Call& call) const {
       // Shared memory wins on one node up to 32 KiB with two ranks and up to
       // 256 KiB with four (its data travels with the arrival up to the
       // eager limit); beyond, MPI's single copy per block wins or ties
-      // (bench/results/collectives_17.md).
+      // (bench/results/collectives_17.md), unless the two ranks read each
+      // other's blocks directly: 1.02-1.87x MPI_Alltoall from 32 KiB to
+      // 64 MiB against 0.91-1.58x for pairwise (bench/results/others_large.md).
       if (one_node_ && bytes <= (size_ == 2 ? kAlltoallShmMaxBytes : 8 * kAlltoallShmMaxBytes)) return Algo::kShm;
+      if (one_node_ && blocks_single_copy(Algo::kShm, bytes)) return Algo::kShm;
       return Algo::kPairwise;
     case Kind::kAlltoallv:
     case Kind::kAllgatherv:
@@ -145,9 +148,7 @@ Plan Communicator::plan(const Call& c) const {
         // Peers read back what this schedule streams: worth it from 4x on.
         p.variant |= kCrossMemory;
         if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
-        const std::size_t align = std::max<std::size_t>(1, 64 / elem);
-        const std::size_t piece = std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
-        s += R(piece * elem * static_cast<std::size_t>(shm_->size() - 1));
+        s += R(alg::single_copy_piece(elem) * elem * static_cast<std::size_t>(shm_->size() - 1));
       } else if (p.algo == Algo::kShm) {
         // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
         // sequences of collectives: from 8 MiB it lost to caching stores).
@@ -167,11 +168,24 @@ Plan Communicator::plan(const Call& c) const {
       if (p.algo == Algo::kTree) s += 2 * R(bytes);
       else if (p.algo == Algo::kRing) s += R(bytes) + R(block0);
       break;
+    case Kind::kAllgather:
+      // Sizes here are each rank's block, as the collective is called with.
+      if (blocks_single_copy(p.algo, bytes)) p.variant |= kCrossMemory;
+      break;
     case Kind::kReduceScatter:
       if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
+      if (blocks_single_copy(p.algo, bytes)) {
+        p.variant |= kCrossMemory;
+        s += R(alg::single_copy_piece(elem) * elem * static_cast<std::size_t>(shm_->size() - 1));
+      }
       break;
     case Kind::kAlltoall:
       if (p.algo == Algo::kPairwise && in_place && P > 1) s += R(bytes);
+      if (blocks_single_copy(p.algo, bytes)) {
+        p.variant |= kCrossMemory;
+        // In place, the blocks from peers wait in scratch (alltoallv_shm.cpp).
+        if (in_place) s += R(c.count / static_cast<std::size_t>(P) * elem * static_cast<std::size_t>(P - 1));
+      }
       break;
     case Kind::kAlltoallv:
     case Kind::kAllgatherv:
@@ -281,7 +295,7 @@ void Communicator::rehash_settings() {
      << s.allreduce_small_bytes << ' ' << s.broadcast_small_bytes << ' ' << s.reduce_small_bytes << ' '
      << s.pair_ring_min_bytes << ' ' << s.pair_ring_max_bytes << ' ' << s.shm_slot_bytes << ' '
      << s.shm_one_shot_bytes << ' ' << s.shm_single_copy_bytes << ' ' << s.shm_single_copy_max_bytes << ' '
-     << s.shm_stream_bytes << ' ' << s.shm << ' ' << s.carry_bytes;
+     << s.shm_single_copy_blocks_bytes << ' ' << s.shm_stream_bytes << ' ' << s.shm << ' ' << s.carry_bytes;
   for (const auto& rows : s.table) {
     os << " |";
     for (const auto& [bytes, algo] : rows) os << ' ' << bytes << ':' << static_cast<int>(algo);
@@ -314,6 +328,7 @@ std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Setting
       {"shm_one_shot_bytes (DISTML_SHM_ONE_SHOT_BYTES)", s.shm_one_shot_bytes},
       {"shm_single_copy_bytes (DISTML_SHM_SINGLE_COPY_BYTES)", s.shm_single_copy_bytes},
       {"shm_single_copy_max_bytes (DISTML_SHM_SINGLE_COPY_MAX_BYTES)", s.shm_single_copy_max_bytes},
+      {"shm_single_copy_blocks_bytes (DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES)", s.shm_single_copy_blocks_bytes},
       {"shm_stream_bytes (DISTML_SHM_STREAM_BYTES)", s.shm_stream_bytes},
       {"carry_bytes (DISTML_CARRY_BYTES)", s.carry_bytes},
   };

@@ -74,6 +74,7 @@ class Communicator:
     shm_one_shot_bytes: int
     shm_single_copy_bytes: int
     shm_single_copy_max_bytes: int
+    shm_single_copy_blocks_bytes: int
     shm_stream_bytes: int
     carry_bytes: int
     one_node: bool

@@ -91,6 +91,7 @@ _SHM_SIZE_ENV = {
     "DISTML_SHM_ONE_SHOT_BYTES": "shm_one_shot_bytes",
     "DISTML_SHM_SINGLE_COPY_BYTES": "shm_single_copy_bytes",
     "DISTML_SHM_SINGLE_COPY_MAX_BYTES": "shm_single_copy_max_bytes",
+    "DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES": "shm_single_copy_blocks_bytes",
     "DISTML_SHM_STREAM_BYTES": "shm_stream_bytes",
 }
 
@@ -249,7 +250,9 @@ class Communicator:
             size, ``DISTML_SHM_ONE_SHOT_BYTES`` the size up to which
             allreduce takes one step, ``DISTML_SHM_SINGLE_COPY_BYTES`` and
             ``DISTML_SHM_SINGLE_COPY_MAX_BYTES`` the sizes between which
-            allreduce reads peers' arrays directly, and
+            allreduce reads peers' arrays directly,
+            ``DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES`` the size from which
+            allgather, reduce_scatter and alltoall do, and
             ``DISTML_SHM_STREAM_BYTES`` the size from which results are
             written past the cache (streaming stores).
         tune: let ``algorithm="auto"`` follow the table measured by

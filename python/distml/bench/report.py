@@ -13,37 +13,54 @@ import numpy as np
 from .common import BASELINE, format_size
 
 
-def memory_bound_factor(implementation: str, P: int) -> Optional[float]:
-    """Bytes an allreduce must move per rank through memory, in memcpys of
-    the message (a memcpy of n bytes reads n and writes n).
+def memory_bound_factor(implementation: str, P: int, collective: str = "allreduce") -> Optional[float]:
+    """Bytes a collective must move per rank through memory, in memcpys of
+    the row's ``bytes`` (a memcpy of n bytes reads n and writes n); None
+    where no bound is given.
 
-    Out of place, a schedule that copies the input into shared memory,
-    reduces a 1/P slice from every rank's copy and copies the result out
-    moves about 2.5 memcpys' worth. In place on node-shared arrays
+    allreduce: out of place, a schedule that copies the input into shared
+    memory, reduces a 1/P slice from every rank's copy and copies the result
+    out moves about 2.5 memcpys' worth. In place on node-shared arrays
     (distml:shared-buffer) a rank reads its 1/P slice of every rank (n),
     writes it (n/P), and copies the other slices in ((P-1)/P n each way):
     (1 + 1/P + 2(P-1)/P) / 2 memcpys. None for MPI's in-place variant,
     whose schedule is MPI's own.
+
+    The others, at least one copy of every block that changes rank (a
+    single-copy schedule; staging through shared memory takes two):
+    allgather (bytes: the gathered buffer) and alltoall (bytes: each rank's
+    input) write all of a rank's output and read as much, 1 memcpy;
+    reduce_scatter and reduce (bytes: each rank's input) read every rank's
+    input once between them and write one result, (1 + 1/P) / 2; broadcast
+    writes every other rank's copy, (P - 1) / P, shared among the P ranks.
     """
     if P < 2 or implementation == "mpi4py:in-place":
         return None
-    if implementation == "distml:shared-buffer":
-        return (1 + 1 / P + 2 * (P - 1) / P) / 2
-    return 2.5
+    if collective == "allreduce":
+        if implementation == "distml:shared-buffer":
+            return (1 + 1 / P + 2 * (P - 1) / P) / 2
+        return 2.5
+    if collective in ("allgather", "alltoall"):
+        return 1.0
+    if collective in ("reduce_scatter", "reduce"):
+        return (1 + 1 / P) / 2
+    if collective == "broadcast":
+        return (P - 1) / P
+    return None
 
 
 def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) -> None:
-    """For allreduce rows: the time the memory bound allows at the measured
-    memcpy rate (``memory_bound_s``) and the fraction of it reached
-    (``of_memory_bound``, above 1 where caches beat main memory). The
-    baseline's row also gets ``max_ratio_at_bound``: the ratio to MPI a
-    schedule running exactly at the 2.5-memcpy bound would show.
+    """For rows with a bound (memory_bound_factor): the time the memory
+    bound allows at the measured memcpy rate (``memory_bound_s``) and the
+    fraction of it reached (``of_memory_bound``, above 1 where caches beat
+    main memory). The baseline's row also gets ``max_ratio_at_bound``: the
+    ratio to MPI a schedule running exactly at the bound would show.
 
     ``memcpy_Bps`` is one rank's rate; with more ranks than ``cores`` the
     ranks sharing a core copy one after the other, so the bound stretches
     by P / cores."""
     for r in rows:
-        factor = memory_bound_factor(r["implementation"], r["P"]) if r["collective"] == "allreduce" else None
+        factor = memory_bound_factor(r["implementation"], r["P"], r["collective"])
         if factor is None:
             continue
         bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
@@ -104,7 +121,8 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
                    max_bytes: Optional[int] = None, field: str = "ratio") -> str:
     """A markdown table, one row per size, one column per (file, implementation):
     ``field`` is "ratio" (baseline / distml time), "time_us", "busbw" or
-    "bound" (allreduce: fraction of the memory-bandwidth bound reached)."""
+    "bound" (fraction of the memory-bandwidth bound reached, where
+    memory_bound_factor gives one)."""
     results = []
     for p in paths:
         with open(p) as f:
