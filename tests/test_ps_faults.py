@@ -29,13 +29,22 @@ pytestmark = pytest.mark.mpi
 def run_stopped(tmp_path, P, case, mode, layout, limit=90):
     """Launches the script, waits for every survivor's report (or `limit`
     seconds), then kills the job. Returns {rank: report}."""
+    victim = (P - 2 if layout == "dedicated" else P - 1) if case == "worker" else P - 1
+    args = [SCRIPT, case, mode, layout, str(TIMEOUT)]
+    return victim, run_job(tmp_path, P, args, victim, limit)
+
+
+def run_job(tmp_path, P, args, victim, limit, env_extra=None):
+    """Runs `args` (a script and its arguments, OUTDIR appended) on P ranks
+    until every rank but `victim` has written OUTDIR/rank-R.json (or `limit`
+    seconds), then kills the job. Returns {rank: report}."""
     outdir = tmp_path / "out"
     outdir.mkdir()
-    cmd = [mpiexec(), "-n", str(P), sys.executable, SCRIPT, case, mode, layout, str(TIMEOUT), str(outdir)]
+    cmd = [mpiexec(), "-n", str(P), sys.executable, *args, str(outdir)]
     env = dict(os.environ)
     for k in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "DISTML_TIMEOUT", "DISTML_CHECK"):
         env.pop(k, None)
-    victim = (P - 2 if layout == "dedicated" else P - 1) if case == "worker" else P - 1
+    env.update(env_extra or {})
     survivors = [r for r in range(P) if r != victim]
     segments = mpich_segments()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -61,7 +70,7 @@ def run_stopped(tmp_path, P, case, mode, layout, limit=90):
         path = outdir / f"rank-{r}.json"
         assert path.exists(), f"rank {r} never reported within {limit}s (a hang); output:\n{output[-5000:]}"
         reports[r] = json.loads(path.read_text())
-    return victim, reports
+    return reports
 
 
 def names(msg, rank):
@@ -106,3 +115,39 @@ def test_killed_rank_ends_the_job(tmp_path):
     assert not result.hung, result.describe()
     assert result.returncode != 0, result.describe()
     assert (tmp_path / "victim.json").exists(), result.describe()
+
+
+LOST_SCRIPT = os.path.join("tests", "fault_scripts", "ps_lost_worker.py")
+# A survivor's step that waited behind the stalled one goes on at the
+# server's verdict, 3/4 of the timeout after the victim's last progress, and
+# must end within the timeout from its own start: the steps queued ahead of
+# it must take less than 1/4 of it.
+LOST_TIMEOUT = 8.0
+
+
+@pytest.mark.parametrize("P,servers", [(4, 1), (4, 2)])
+def test_async_worker_stopped_mid_step_is_lost_alone(tmp_path, P, servers):
+    """A worker stopped while its step's pieces are under way (its push and
+    its reply): the servers give up on it alone; the other workers train
+    on, see it in stats()["lost_workers"], and their updates move the
+    parameters as they should; the victim's last update reached each
+    element whole or not at all, in whole pieces; close() raises naming it
+    without waiting for a verdict. (Before, the server that stalled failed
+    its whole shard for every worker.)"""
+    victim = P - servers - 1
+    # 8 MiB in 256 KiB pieces: 33 pieces a push with one server, 17 with two.
+    reports = run_job(tmp_path, P, [LOST_SCRIPT, str(servers), str(LOST_TIMEOUT), "8"], victim, limit=120,
+                      env_extra={"DISTML_PS_PIECE_BYTES": str(256 * 1024)})
+    workers = [r for r in range(P - servers) if r != victim]
+    for r in workers:
+        rep = reports[r]
+        assert rep["train_error"] is None, rep
+        assert rep["victim_caught"], rep  # it stopped in the middle of a step
+        assert rep["lost_workers"] == [victim], rep
+        assert len(rep["checks"]) >= 12 and all(rep["checks"]) and not rep["problems"], rep
+        assert rep["close"] == "CommTimeoutError" and names(rep["close_msg"], victim), rep
+        # The servers knew: no verdict on the close was waited for.
+        assert rep["close_seconds"] < 0.75 * LOST_TIMEOUT, rep
+    for r in range(P - servers, P):
+        rep = reports[r]
+        assert rep["saw"] == "CommTimeoutError" and names(rep["msg"], victim), rep

@@ -134,6 +134,7 @@ void register_ps(py::module_& m) {
              d["wait_seconds"] = s.wait_seconds;
              d["wait_for_server_seconds"] = s.wait_for_server_seconds;
              d["shard_versions"] = s.shard_versions;
+             d["lost_workers"] = s.lost_workers;
              return d;
            })
       .def("server_stats", [](const ps::ParameterServer& self) {
@@ -150,6 +151,7 @@ void register_ps(py::module_& m) {
         d["applied_per_worker"] = s.applied_per_worker;
         d["busy_seconds"] = s.busy_seconds;
         d["most_in_flight"] = s.most_in_flight;
+        d["lost_workers"] = s.lost_workers;
         return d;
       });
 }

@@ -256,32 +256,8 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
     const Header& h = got[k];
     const int server = config_.servers[which[k]];
     if (!matched[k]) continue;  // only after an error reply from another server
-    if (h.status != kOk) {
-      broken_ = true;
-      std::ostringstream os;
-      const std::int64_t mask = h.info0 & ((std::int64_t{1} << 62) - 1), more = (h.info0 >> 62) & 1;
-      if (h.status == kWorkersLate) {
-        os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
-           << " to push clock " << h.info1;
-        broken_reason_ = os.str();
-        DISTML_THROW(Timeout, broken_reason_);
-      }
-      if (h.status == kPeerLate) {
-        os << "parameter server on rank " << server << " timed out waiting for rank(s) " << ranks_in(mask, more)
-           << " to take part in a transfer";
-        broken_reason_ = os.str();
-        DISTML_THROW(Timeout, broken_reason_);
-      }
-      if (h.status == kNotClosed) {
-        os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
-           << " to close";
-        broken_reason_ = os.str();
-        DISTML_THROW(Timeout, broken_reason_);
-      }
-      os << "parameter server on rank " << server << " has failed (its rank raised the cause)";
-      broken_reason_ = os.str();
-      DISTML_THROW(Unusable, broken_reason_);
-    }
+    if (h.status != kOk) raise_reply(server, h);
+    lost_mask_ |= h.info0;  // an OK reply's info0: the workers its server has given up on
     if (data) {
       wstats_.bytes_pulled += (bounds_[which[k] + 1] - bounds_[which[k]]) * static_cast<std::int64_t>(elem);
     }
@@ -295,6 +271,59 @@ void ParameterServer::request(int op, const std::vector<int>& which, std::int64_
     if (config_.mode == Mode::kSync) {
       wstats_.max_staleness = std::max(wstats_.max_staleness, wstats_.clock - min_version);
     }
+  }
+  raise_if_lost();
+}
+
+void ParameterServer::raise_reply(int server, const Header& h) {
+  broken_ = true;
+  std::ostringstream os;
+  const std::int64_t mask = h.info0 & ((std::int64_t{1} << 62) - 1), more = (h.info0 >> 62) & 1;
+  if (h.status == kWorkersLate) {
+    os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
+       << " to push clock " << h.info1;
+    broken_reason_ = os.str();
+    DISTML_THROW(Timeout, broken_reason_);
+  }
+  if (h.status == kPeerLate) {
+    os << "parameter server on rank " << server << " timed out waiting for rank(s) " << ranks_in(mask, more)
+       << " to take part in a transfer";
+    broken_reason_ = os.str();
+    DISTML_THROW(Timeout, broken_reason_);
+  }
+  if (h.status == kNotClosed) {
+    os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
+       << " to close";
+    broken_reason_ = os.str();
+    DISTML_THROW(Timeout, broken_reason_);
+  }
+  if (h.status == kWorkersLost) {
+    os << "parameter server on rank " << server << " gave up on worker(s) " << ranks_in(mask, more)
+       << ", stalled in the middle of a transfer: it cannot close without them";
+    broken_reason_ = os.str();
+    DISTML_THROW(Timeout, broken_reason_);
+  }
+  os << "parameter server on rank " << server << " has failed (its rank raised the cause)";
+  broken_reason_ = os.str();
+  DISTML_THROW(Unusable, broken_reason_);
+}
+
+void ParameterServer::raise_if_lost() {
+  if (config_.mode != Mode::kAsync) return;
+  // Every reply due has been received (one request at a time per server),
+  // so a header waiting now was sent unasked. A worker given up on that
+  // resumes must not keep what its call under way received: the server
+  // may have changed the shard under the reply it abandoned.
+  for (std::size_t i = 0; i < config_.servers.size(); ++i) {
+    if (is_local(static_cast<int>(i))) continue;
+    const int server = config_.servers[i];
+    tp::Incoming in;
+    if (!mail_->probe_from(tp::Mailbox::kReplies, server, kReplyTag, &in)) continue;
+    Header h;
+    tp::Pending hp = mail_->receive(in, &h, std::min(in.bytes, sizeof(Header)));
+    while (!hp.test()) tp::Backoff::yield();  // arrived already: completes at once
+    if (server_ && worker_) server_->withdraw();
+    raise_reply(server, h);
   }
 }
 
@@ -384,6 +413,7 @@ void ParameterServer::push(const std::vector<tp::Piece>& grads) {
     throw;
   }
   wstats_.wait_seconds += seconds_since(t0);
+  raise_if_lost();
   wstats_.clock = c;
   wstats_.bytes_pushed += static_cast<std::int64_t>(total_bytes(grads));
 }

@@ -48,7 +48,10 @@
 //   matched by (server, tag) alone (and a LocalLink holds one request); a
 //   server takes a worker's next push only after its last one has ended,
 //   so a worker's pieces are matched by (worker, tag) in order;
-// - every wait has a deadline when a timeout is set, and polls with backoff.
+// - every wait has a deadline when a timeout is set, and polls with backoff;
+// - a transfer a server gives up on (async: a worker lost in the middle of
+//   one, Server::lose) keeps its buffers as long as the server lives: MPI
+//   may still complete it if the worker resumes.
 #pragma once
 
 #include <mpi.h>
@@ -118,6 +121,10 @@ struct WorkerStats {
   // worker's moving.
   double wait_for_server_seconds = 0;
   std::vector<std::int64_t> shard_versions;  // per server: the version its last reply carried
+  // Async: workers a server has given up on (stalled in the middle of a
+  // transfer), as the servers' replies to this worker named them (ranks
+  // above 61 are not named there; the servers' own stats name them).
+  std::vector<int> lost_workers;
 };
 
 struct ServerStats {
@@ -132,6 +139,7 @@ struct ServerStats {
   std::vector<std::int64_t> applied_per_worker;  // by rank
   double busy_seconds = 0;  // in the optimizer and copies
   std::int64_t most_in_flight = 0;  // most pushes (and steps) being received at once
+  std::vector<int> lost_workers;    // async: workers given up on, in the order they were lost
 };
 
 class Server;
@@ -171,6 +179,9 @@ class ParameterServer {
   WorkerStats worker_stats() const {
     WorkerStats s = wstats_;
     s.shard_versions = known_version_;
+    for (int r = 0; r < 62; ++r) {
+      if (lost_mask_ & (std::int64_t{1} << r)) s.lost_workers.push_back(r);
+    }
     return s;
   }
   ServerStats server_stats() const;
@@ -192,6 +203,12 @@ class ParameterServer {
   // This rank's server has failed: the parameter server is broken; raises
   // Timeout or Error with the server's reason.
   void raise_if_server_failed();
+  // An error reply `h` from server rank `server`: the parameter server is
+  // broken; raises Timeout (naming the ranks it names) or Unusable.
+  [[noreturn]] void raise_reply(int server, const Header& h);
+  // Async: a header from a server when none is due is an error reply that
+  // server sent on giving up on this worker (Server::lose): raises it.
+  void raise_if_lost();
 
   Config config_;
   std::unique_ptr<transport::Mailbox> mail_;
@@ -202,6 +219,7 @@ class ParameterServer {
   std::thread progress_;
   std::atomic<bool> stop_{false};
   std::vector<std::int64_t> known_version_;  // per server, from replies
+  std::int64_t lost_mask_ = 0;               // workers the servers' replies named lost (wire.h, rank_bit)
   WorkerStats wstats_;
   bool closed_ = false;
   bool broken_ = false;

@@ -55,6 +55,7 @@ class Server {
     last_pull_version_.assign(P, 0);
     max_stale_.assign(P, 0);
     closed_.assign(P, 0);
+    lost_.assign(P, 0);
     final_clock_.assign(P, 0);
     seg_bounds_.assign(1, 0);
     for (auto n : cfg.segments) seg_bounds_.push_back(seg_bounds_.back() + n);
@@ -146,8 +147,13 @@ class Server {
       }
       if (start_queued()) progressed = true;
       for (auto it = replies_.begin(); it != replies_.end();) {
-        bool all = true;
-        for (auto& p : it->second) all = p.test() && all;
+        bool all = true, moved = false;
+        for (auto& p : it->sends) {
+          const bool was = p.active();
+          all = p.test() && all;
+          moved = moved || (was && !p.active());
+        }
+        if (moved) it->since = Clock::now();
         if (all) {
           it = replies_.erase(it);
           progressed = true;
@@ -269,6 +275,15 @@ class Server {
     bool local;
   };
 
+  // A reply being delivered: its header (which lives here until sent), and
+  // a pull's shard.
+  struct Reply {
+    int w;
+    std::unique_ptr<Header> header;
+    std::vector<tp::Pending> sends;
+    Clock::time_point since;  // last progress
+  };
+
   char* staged(const Inflight& r, std::size_t k) {
     if (r.direct) return reinterpret_cast<char*>(slots_[slot_of(r.h.clock)].data()) + (pieces_[k].first - lo_) * elem_;
     return reinterpret_cast<char*>(staging_[r.w].data()) + (k % 2) * half_;
@@ -294,6 +309,16 @@ class Server {
     bool progressed = false;
     while (!queue_.empty()) {
       Queued& q = queue_.front();
+      if (lost_[q.w]) {
+        // A lost worker that has resumed: its requests get the error reply
+        // (a push's is read by its next request), and no data of its is
+        // received any more.
+        const int w = q.w;
+        queue_.pop_front();
+        progressed = true;
+        reply_error(w, kPeerLate, rank_bit(w), 0);
+        continue;
+      }
       const bool data = q.op == kPush || q.op == kStep;
       if (data ? busy_worker(q.w) : !inflight_.empty()) break;
       if (data && cfg_.max_in_flight > 0) {
@@ -373,6 +398,7 @@ class Server {
       r.reply = std::make_unique<Header>();
       r.reply->version = r.version;
       r.reply->stale = std::max(max_stale_[w], r.stale);
+      r.reply->info0 = lost_mask_;
       r.reply_header = mail_.send(tp::Mailbox::kReplies, w, kReplyTag, r.reply.get(), sizeof(Header));
       r.sends.resize(pieces_.size());
     }
@@ -413,8 +439,12 @@ class Server {
     const std::size_t k = r.applied;
     if (!r.local && !r.ring[k % 2].test()) return false;
     if (r.take && before) {
-      if (before->applied <= k) return false;
-      if (k < before->sends.size() && !const_cast<Inflight*>(before)->sends[k].test()) return false;
+      // Waiting for the record before: not this worker's stall (its
+      // verdict clock restarts, see check_stalls()).
+      if (before->applied <= k || (k < before->sends.size() && !const_cast<Inflight*>(before)->sends[k].test())) {
+        r.since = Clock::now();
+        return false;
+      }
     }
     const auto [a, b] = pieces_[k];
     const std::size_t n = static_cast<std::size_t>(b - a);
@@ -499,6 +529,7 @@ class Server {
         link_.reply = Header{};
         link_.reply.version = version_;
         link_.reply.stale = max_stale_[w];
+        link_.reply.info0 = lost_mask_;
         link_.replied = true;
       }
       link_.data.clear();
@@ -508,8 +539,11 @@ class Server {
   }
 
   // A record stalled on its own worker (a piece that does not arrive, a
-  // reply not taken) past the verdict time: a Timeout naming that worker.
-  // (A record waiting for the one before it is not its worker's fault.)
+  // reply not taken) past the verdict time. Sync/bounded: a Timeout naming
+  // that worker (the server fails: no clock completes without it). Async:
+  // the server gives up on that worker alone (lose()), as on a pull's reply
+  // its worker stopped taking. (A record waiting for the one before it is
+  // not its worker's fault.)
   void check_stalls() {
     if (cfg_.timeout <= 0 || failed_) return;
     for (auto& r : inflight_) {
@@ -522,10 +556,83 @@ class Server {
         what = "deliver parameters to";
       }
       if (!own) continue;
+      if (cfg_.mode == Mode::kAsync) {
+        lose(r.w);
+        return;  // the chain changed: the next poll looks again
+      }
       late_peer_ = r.w;
       DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank() << " timed out waiting to " << what
                                                         << " rank " << r.w);
     }
+    if (cfg_.mode != Mode::kAsync || done_) return;
+    for (auto& e : replies_) {
+      if (seconds_since(e.since) <= verdict_seconds()) continue;
+      lose(e.w);
+      return;
+    }
+  }
+
+  // Async mode: worker w stalled in the middle of a transfer (a push whose
+  // pieces stopped arriving, a reply it stopped taking) past the verdict
+  // time: stopped or dead, MPI cannot tell. The server gives up on w alone
+  // and goes on serving the others.
+  // - w's record leaves the chain, and the records behind it go on: its
+  //   receives are cancelled and its sends abandoned (Pending::abandon).
+  //   Their buffers outlive them: w's staging and the shard live as long as
+  //   the server (and w's staging is never used again), the step's reply
+  //   header moves to abandoned_. Pieces are applied only once fully
+  //   received, in order, so w's last update stands on the pieces applied
+  //   before the stall and on none of the rest: every element has the whole
+  //   of it or none of it (its optimizer step number stays taken: the later
+  //   updates are numbered already).
+  // - Its pull reply in flight is abandoned likewise.
+  // - w is lost: it is sent an error reply now (a w that resumes reads it
+  //   as the answer to its next request, or after the one under way, see
+  //   ParameterServer::request), its later requests get the same, every OK
+  //   reply names the lost workers (info0), and once every other worker
+  //   has closed the close fails naming them (on_close()).
+  // Waits of the other records restart: they were held up by w's.
+  void lose(int w) {
+    lost_[w] = 1;
+    lost_workers_.push_back(w);
+    lost_mask_ |= rank_bit(w);
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      if (it->w != w) {
+        ++it;
+        continue;
+      }
+      for (auto& p : it->ring) p.abandon();
+      it->reply_header.abandon();
+      for (auto& p : it->sends) p.abandon();
+      if (it->reply) abandoned_.push_back(std::move(it->reply));
+      it = inflight_.erase(it);
+    }
+    for (auto it = replies_.begin(); it != replies_.end();) {
+      if (it->w != w) {
+        ++it;
+        continue;
+      }
+      for (auto& p : it->sends) p.abandon();
+      abandoned_.push_back(std::move(it->header));
+      it = replies_.erase(it);
+    }
+    const auto now = Clock::now();
+    for (auto& r : inflight_) r.since = now;
+    for (auto& e : replies_) e.since = now;
+    reply_error(w, kPeerLate, rank_bit(w), 0);
+    if (!closers_.empty() && closers_.size() + lost_workers_.size() >= workers_.size()) fail_for_lost();
+    publish();
+  }
+
+  // Every worker has closed but the lost ones: the close cannot complete
+  // (the final broadcast takes every rank), and a verdict would say nothing
+  // new, so the closers hear now.
+  void fail_for_lost() {
+    std::ostringstream os;
+    os << "parameter server on rank " << mail_.rank() << " gave up on worker(s) [";
+    for (std::size_t i = 0; i < lost_workers_.size(); ++i) os << (i ? ", " : "") << lost_workers_[i];
+    os << "], stalled in the middle of a transfer: it cannot close without them";
+    fail(kWorkersLost, lost_mask_, 0, os.str(), true);
   }
 
   std::size_t slot_of(std::int64_t clock) const { return static_cast<std::size_t>(clock % (cfg_.staleness + 1)); }
@@ -609,7 +716,11 @@ class Server {
     closers_.push_back(w);
     // Clocks that waited for this worker may be complete now.
     if (cfg_.mode == Mode::kSync) advance();
-    if (closers_.size() < workers_.size()) return;
+    if (closers_.size() + lost_workers_.size() < workers_.size()) return;
+    if (!lost_workers_.empty()) {
+      fail_for_lost();
+      return;
+    }
     quiesce();
     for (int c : closers_) reply_status(c, kOk, 0, 0, false);
     closers_.clear();
@@ -617,10 +728,38 @@ class Server {
   }
 
   // Completes the replies in flight, which read the shard: called before
-  // the shard changes.
+  // the shard changes. Async: a reply that makes no progress for the
+  // verdict time gives up on its worker (lose()) instead of failing.
   void quiesce() {
-    for (auto& r : replies_) wait_all(r.second, "deliver parameters to");
-    replies_.clear();
+    if (cfg_.mode != Mode::kAsync) {
+      for (auto& r : replies_) wait_all(r.sends, "deliver parameters to");
+      replies_.clear();
+      return;
+    }
+    while (!replies_.empty()) {
+      Reply& e = replies_.front();
+      if (deliver(e)) {
+        replies_.pop_front();
+      } else {
+        lose(e.w);  // takes e out
+      }
+    }
+  }
+
+  // Polls e (yielding, as wait()) until delivered (true) or stalled for the
+  // verdict time since its last progress (false).
+  bool deliver(Reply& e) {
+    for (;;) {
+      bool all = true;
+      for (auto& p : e.sends) {
+        const bool was = p.active();
+        all = p.test() && all;
+        if (was && !p.active()) e.since = Clock::now();
+      }
+      if (all) return true;
+      if (cfg_.timeout > 0 && seconds_since(e.since) > verdict_seconds()) return false;
+      tp::Backoff::yield();
+    }
   }
 
   void reply(int w, bool data) {
@@ -644,7 +783,7 @@ class Server {
       link_.reply.version = version_;
       link_.reply.status = status;
       link_.reply.stale = max_stale_[w];
-      link_.reply.info0 = info0;
+      link_.reply.info0 = status == kOk ? lost_mask_ : info0;
       link_.reply.info1 = info1;
       link_.replied = true;
       return;
@@ -653,7 +792,7 @@ class Server {
     h->version = version_;
     h->status = status;
     h->stale = max_stale_[w];
-    h->info0 = info0;
+    h->info0 = status == kOk ? lost_mask_ : info0;
     h->info1 = info1;
     std::vector<tp::Pending> sends;
     sends.push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, h.get(), sizeof(Header)));
@@ -665,7 +804,13 @@ class Server {
       }
       bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
     }
-    replies_.emplace_back(std::move(h), std::move(sends));
+    if (lost_[w]) {
+      // Nothing waits for a lost worker's error reply.
+      for (auto& p : sends) p.abandon();
+      abandoned_.push_back(std::move(h));
+      return;
+    }
+    replies_.push_back(Reply{w, std::move(h), std::move(sends), Clock::now()});
   }
 
   void reply_error(int w, std::int64_t status, std::int64_t info0, std::int64_t info1) {
@@ -746,7 +891,7 @@ class Server {
       std::vector<tp::Pending> sends;
       sends.push_back(std::move(r.reply_header));
       for (auto& p : r.sends) sends.push_back(std::move(p));
-      replies_.emplace_back(std::move(r.reply), std::move(sends));
+      replies_.push_back(Reply{r.w, std::move(r.reply), std::move(sends), Clock::now()});
     }
     inflight_.clear();
     publish();
@@ -765,6 +910,7 @@ class Server {
     stats_.applied_per_worker = applied_;
     stats_.busy_seconds = busy_;
     stats_.most_in_flight = most_in_flight_;
+    stats_.lost_workers = lost_workers_;
   }
 
   struct PendingPull {
@@ -793,12 +939,17 @@ class Server {
   std::vector<std::vector<double>> slots_;
   std::vector<int> counts_, begun_;  // per slot: pushes applied, pushes begun
   std::vector<char> is_worker_, closed_;
+  std::vector<char> lost_;         // async: workers given up on (lose())
+  std::vector<int> lost_workers_;  // the same, in the order they were lost
+  std::int64_t lost_mask_ = 0;     // the same as a reply's mask (rank_bit)
   std::vector<std::int64_t> pushed_, applied_, last_pull_version_, max_stale_, final_clock_;
   std::int64_t version_ = 0, max_stale_all_ = 0, requests_ = 0, bytes_received_ = 0, bytes_sent_ = 0;
   double busy_ = 0;
   std::int64_t most_in_flight_ = 0;
   std::deque<PendingPull> pending_;
-  std::deque<std::pair<std::unique_ptr<Header>, std::vector<tp::Pending>>> replies_;
+  std::deque<Reply> replies_;
+  // Headers of sends abandoned to lost workers: MPI may still read them.
+  std::vector<std::unique_ptr<Header>> abandoned_;
   std::vector<int> closers_;
   Clock::time_point first_close_{};
   bool done_ = false;

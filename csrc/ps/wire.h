@@ -22,8 +22,16 @@ using Clock = std::chrono::steady_clock;
 constexpr int kPush = 1, kPull = 2, kClose = 3, kStep = 4;  // request tags (= Header::op)
 constexpr int kReplyTag = 1;
 constexpr int kPushData = 1, kReplyData = 2;  // data channel tags
-// Reply status codes.
-constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3, kPeerLate = 4;
+// Reply status codes. kWorkersLost: the close cannot complete, workers the
+// server gave up on (async mode, csrc/ps/server.h Server::lose) will never
+// close. An error reply's info0 names ranks as a bitmask (rank_bit); an OK
+// reply's info0 is the mask of the workers its server has given up on.
+constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed = 3, kPeerLate = 4,
+                       kWorkersLost = 5;
+
+// Rank r's bit in a reply's mask: ranks 0..61 have their own bit, the
+// higher ones share bit 62 ("and ranks above 61").
+inline std::int64_t rank_bit(int r) { return std::int64_t{1} << (r < 62 ? r : 62); }
 
 static_assert(sizeof(Header) == 64, "the header is part of the wire format");
 

@@ -71,6 +71,12 @@ class Pending {
   bool test();
   // Bytes a completed receive got (set by test()).
   std::size_t received() const { return received_; }
+  // Gives up on the transfer (its peer is lost): a receive is cancelled
+  // (MPICH cancels one not yet matched; one already matched may still land
+  // in its buffer), then the request is freed, which completes it as far
+  // as this side is concerned; a send is freed and left to MPI. Either way
+  // the buffer must outlive the peer's part of the transfer.
+  void abandon() noexcept { release(); }
 
  private:
   friend class Mailbox;

@@ -80,7 +80,8 @@ class ParameterServer:
             gradients (servers widen them to the parameters' dtype).
         timeout: seconds a worker waits for the servers, and a server for a
             worker that a sync/bounded pull or a close depends on (default:
-            the communicator's timeout; None: no limit).
+            the communicator's timeout; None: no limit). A server gives up
+            on a transfer that makes no progress for 3/4 of it (see below).
         **optimizer_kwargs: the optimizer's hyperparameters (``lr``,
             ``momentum``, ``betas``, ...), checked by the optimizer's own
             constructor.
@@ -91,7 +92,20 @@ class ParameterServer:
         distml.MismatchError: ranks passed different shapes, dtypes, modes,
             layouts, optimizers or hyperparameters (on every rank).
         distml.CommTimeoutError: (dedicated servers) a worker never pushed a
-            clock a pull waited for, or never closed.
+            clock a pull waited for, or never closed, or was lost (below).
+
+    A worker that stalls in the middle of a transfer with a server (a push
+    whose pieces stop arriving, a reply it stops taking) for 3/4 of the
+    timeout: in sync/bounded mode that server fails, and every worker's
+    next request to it raises CommTimeoutError naming the stalled worker.
+    In async mode the server gives up on that worker alone (it is *lost*)
+    and serves the others on: their ``stats()["lost_workers"]`` name it,
+    and ``close()`` raises CommTimeoutError naming it as soon as every
+    other worker has closed. The lost worker's last push or step stays
+    applied to the pieces of the shard received in full before the stall
+    and is dropped on the rest (each piece is applied only once received in
+    full): every element holds all of that update or none of it. Its later
+    calls, should it resume, raise CommTimeoutError. docs/ps.md, Failures.
 
     Must be called on all ranks of ``comm``.
     """
@@ -372,12 +386,15 @@ class ParameterServer:
             answering: queued behind other workers, or waiting for a clock),
             ``shard_versions`` (per server, the shard version its last reply
             to this worker carried; after an async step, the version that
-            step's update made), and on server ranks ``server`` (a dict:
+            step's update made), ``lost_workers`` (async: the workers the
+            servers have given up on, as their replies to this worker
+            named them), and on server ranks ``server`` (a dict:
             ``updates_applied``, ``applied_per_worker`` by rank,
             ``max_staleness``, ``optimizer_state_bytes``, ``shard_elements``,
             ``bytes_received``, ``bytes_sent``, ``busy_seconds`` in updates,
             ``most_in_flight``: the most pushes or steps, of different
-            workers, the server was receiving at once) and
+            workers, the server was receiving at once, ``lost_workers``:
+            the workers this server has given up on, in that order) and
             ``progress_cpu_seconds`` (the progress thread's CPU time so far,
             while it runs).
         """
@@ -395,7 +412,10 @@ class ParameterServer:
 
         Raises:
             distml.CommTimeoutError: a worker never closed, or a server never
-                answered, within the timeout (naming it).
+                answered, within the timeout (naming it); or a server has
+                given up on a worker (async: lost in the middle of a
+                transfer), at once when every other worker has closed
+                (naming it).
 
         Must be called on all worker ranks (dedicated servers have closed in
         their constructor; calling it there does nothing).
