@@ -43,6 +43,19 @@ def test_memory_bound_factors_other_collectives():
     assert rows[1]["of_memory_bound"] == pytest.approx(0.75 / 0.5)
 
 
+def test_memory_bound_from_the_size_memcpy():
+    # A row that carries a memcpy of its bytes timed on every rank at once
+    # takes that time as the memcpy (no stretch for ranks sharing cores).
+    rows = [_row(bench.BASELINE, 1 << 24, 4e-3, P=4, collective="alltoall"),
+            _row("distml:auto", 1 << 24, 2e-3, P=4, collective="reduce_scatter")]
+    rows[0]["size_memcpy_s"] = 3e-3
+    rows[1]["size_memcpy_s"] = 3e-3
+    bench.add_memory_bound(rows, 1e12, cores=2)
+    assert rows[0]["memory_bound_s"] == pytest.approx(3e-3)
+    assert rows[0]["max_ratio_at_bound"] == pytest.approx(4 / 3)
+    assert rows[1]["memory_bound_s"] == pytest.approx(3e-3 * (1 + 1 / 4) / 2)
+
+
 def test_add_memory_bound():
     gb = 1e9
     rows = [_row(bench.BASELINE, 10 ** 9, 5.0), _row("distml:auto", 10 ** 9, 2.0),

@@ -58,12 +58,17 @@ def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) 
 
     ``memcpy_Bps`` is one rank's rate; with more ranks than ``cores`` the
     ranks sharing a core copy one after the other, so the bound stretches
-    by P / cores."""
+    by P / cores. Rows that carry ``size_memcpy_s`` (a memcpy of the row's
+    bytes on every rank at once, timed with them: sweep.SizeMemcpy) take
+    that instead, which already includes the sharing."""
     for r in rows:
         factor = memory_bound_factor(r["implementation"], r["P"], r["collective"])
         if factor is None:
             continue
-        bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
+        if r.get("size_memcpy_s"):
+            bound = factor * r["size_memcpy_s"]
+        else:
+            bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
         r["memory_bound_s"] = bound
         r["of_memory_bound"] = bound / r["time_s"]
         if r["implementation"] == BASELINE:

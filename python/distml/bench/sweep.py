@@ -220,6 +220,30 @@ def usable_algorithms(comm: Any, mcomm: Any, name: str, algs: Sequence[str], dty
     return tuple(ok), refused
 
 
+# From this size on, each size's rows get a memcpy of the row's bytes on
+# every rank at once, timed interleaved with them (see SizeMemcpy).
+SIZE_MEMCPY_MIN_BYTES = 1 << 20
+
+
+class SizeMemcpy:
+    """``np.copyto`` of a row's bytes on every rank at once, rotating over
+    as many buffer pairs as the row's collective uses: the memcpy rate at
+    that size, with the ranks sharing the memory system (and the cores, when
+    there are more ranks than cores) as the collective does. The single
+    rank's 256 MiB ceiling overstates it at sizes of 16-64 MiB on these
+    machines (7.3-7.5 GB/s each with two ranks copying at once, against
+    10-12 GB/s alone at 256 MiB)."""
+
+    def __init__(self, nbytes: int, nsets: int) -> None:
+        self.src = [np.ones(nbytes, np.uint8) for _ in range(nsets)]
+        # Written once so that no page is first touched inside a timed call.
+        self.dst = [np.ones(nbytes, np.uint8) for _ in range(nsets)]
+
+    def call(self) -> Callable[[int], Any]:
+        src, dst, n = self.src, self.dst, len(self.src)
+        return lambda i: np.copyto(dst[i % n], src[i % n])
+
+
 def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
     # Per set: the input plus the output (allreduce, alltoall: both full size).
     per_set = {"broadcast": 1.0, "reduce_scatter": 1.0 + 1.0 / size, "allgather": 1.0 + 1.0 / size}.get(name, 2.0)
@@ -323,7 +347,13 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 impls.append(("distml:fresh", "auto", case.fresh_call(comm)))
                 if comm.shared_memory == "one node":
                     impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
-            all_times = time_interleaved(mcomm, [run for _, _, run in impls], iters, warmup)
+            size_memcpy = (SizeMemcpy(case.nbytes, nsets) if memcpy and name != "barrier"
+                           and case.nbytes >= SIZE_MEMCPY_MIN_BYTES else None)
+            runs = [run for _, _, run in impls] + ([size_memcpy.call()] if size_memcpy else [])
+            all_times = time_interleaved(mcomm, runs, iters, warmup)
+            memcpy_s = float(np.median(all_times[-1])) if size_memcpy else None
+            all_times = all_times[:len(impls)]
+            del size_memcpy
             measured: List[Dict[str, Any]] = []
             for (impl, alg, _), times in zip(impls, all_times):
                 med = float(np.median(times))
@@ -339,6 +369,8 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                     "p90_time_s": float(np.percentile(times, 90)),
                     "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * factor / 1e9,
                 })
+                if memcpy_s is not None:
+                    measured[-1]["size_memcpy_s"] = memcpy_s
             base = next((m for m in measured if m["implementation"] == BASELINE), None)
             for m in measured:
                 m["ratio"] = base["time_s"] / m["time_s"] if base else None
