@@ -91,12 +91,14 @@ Algo Communicator::resolve(const Call& call) const {
       return one_node_ ? Algo::kShm : Algo::kRing;
     case Kind::kAlltoall:
       // Shared memory wins on one node up to 32 KiB with two ranks and up to
-      // 256 KiB with four (its data travels with the arrival up to the
-      // eager limit); beyond, MPI's single copy per block wins or ties
-      // (bench/results/collectives_17.md), unless the two ranks read each
-      // other's blocks directly: 1.02-1.87x MPI_Alltoall from 32 KiB to
-      // 64 MiB against 0.91-1.58x for pairwise (bench/results/others_large.md).
-      if (one_node_ && bytes <= (size_ == 2 ? kAlltoallShmMaxBytes : 8 * kAlltoallShmMaxBytes)) return Algo::kShm;
+      // 512 KiB with four (its data travels with the arrival up to the
+      // eager limit; at 512 KiB 1.02-1.04x MPI_Alltoall against 0.97-1.00x
+      // for pairwise); beyond, MPI's single copy per block wins or ties
+      // (bench/results/collectives_17.md, others_large.md), unless the two
+      // ranks read each other's blocks directly: 1.00-1.87x MPI_Alltoall
+      // from 32 KiB to 64 MiB against 0.91-1.58x for pairwise
+      // (bench/results/others_large.md).
+      if (one_node_ && bytes <= (size_ == 2 ? kAlltoallShmMaxBytes : 16 * kAlltoallShmMaxBytes)) return Algo::kShm;
       if (one_node_ && blocks_single_copy(Algo::kShm, bytes)) return Algo::kShm;
       return Algo::kPairwise;
     case Kind::kAlltoallv:
