@@ -231,8 +231,8 @@ class SizeMemcpy:
     that size, with the ranks sharing the memory system (and the cores, when
     there are more ranks than cores) as the collective does. The single
     rank's 256 MiB ceiling overstates it at sizes of 16-64 MiB on these
-    machines (7.3-7.5 GB/s each with two ranks copying at once, against
-    10-12 GB/s alone at 256 MiB)."""
+    machines (6.0-7.0 GB/s each with two ranks copying at once, against
+    11.3-12.1 GB/s alone at 256 MiB; bench/results/others_large.md)."""
 
     def __init__(self, nbytes: int, nsets: int) -> None:
         self.src = [np.ones(nbytes, np.uint8) for _ in range(nsets)]
