@@ -125,18 +125,18 @@ LOST_SCRIPT = os.path.join("tests", "fault_scripts", "ps_lost_worker.py")
 LOST_TIMEOUT = 8.0
 
 
-@pytest.mark.parametrize("P,servers", [(4, 1), (4, 2)])
-def test_async_worker_stopped_mid_step_is_lost_alone(tmp_path, P, servers):
+@pytest.mark.parametrize("P,servers,call", [(4, 1, "step"), (4, 2, "step"), (4, 1, "pull")])
+def test_async_worker_stopped_mid_transfer_is_lost_alone(tmp_path, P, servers, call):
     """A worker stopped while its step's pieces are under way (its push and
-    its reply): the servers give up on it alone; the other workers train
-    on, see it in stats()["lost_workers"], and their updates move the
-    parameters as they should; the victim's last update reached each
-    element whole or not at all, in whole pieces; close() raises naming it
-    without waiting for a verdict. (Before, the server that stalled failed
-    its whole shard for every worker.)"""
+    its reply), or its pull's reply: the servers give up on it alone; the
+    other workers train on, see it in stats()["lost_workers"], and their
+    updates move the parameters as they should; the victim's last update
+    reached each element whole or not at all, in whole pieces; close()
+    raises naming it without waiting for a verdict. (Before, the server
+    that stalled failed its whole shard for every worker.)"""
     victim = P - servers - 1
     # 8 MiB in 256 KiB pieces: 33 pieces a push with one server, 17 with two.
-    reports = run_job(tmp_path, P, [LOST_SCRIPT, str(servers), str(LOST_TIMEOUT), "8"], victim, limit=120,
+    reports = run_job(tmp_path, P, [LOST_SCRIPT, str(servers), str(LOST_TIMEOUT), "8", call], victim, limit=120,
                       env_extra={"DISTML_PS_PIECE_BYTES": str(256 * 1024)})
     workers = [r for r in range(P - servers) if r != victim]
     for r in workers:

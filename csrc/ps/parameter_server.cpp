@@ -491,6 +491,9 @@ void ParameterServer::serve(const std::vector<tp::Piece>& out) {
 
 void ParameterServer::raise_if_server_failed() {
   if (!server_->failed()) return;
+  // A dedicated server polls no more once it raises: its error replies go
+  // out first (a colocated rank's progress thread keeps polling).
+  if (!worker_) server_->flush(config_.timeout > 0 ? std::min(1.0, 0.25 * config_.timeout) : 1.0);
   broken_ = true;
   broken_reason_ = server_->failure();
   if (server_->timed_out()) throw Timeout(server_->failure());

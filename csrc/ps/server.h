@@ -179,6 +179,23 @@ class Server {
     return stats_;
   }
 
+  // A failed dedicated server is about to raise and stop polling, and its
+  // error replies move only while it polls (MPICH may not have sent a
+  // header yet): it polls them out first, for at most `seconds` (a reply
+  // to a stopped worker never completes).
+  void flush(double seconds) {
+    const auto until = Clock::now() + to_duration(seconds);
+    tp::Backoff backoff(cfg_.poll_min_us, cfg_.poll_max_us);
+    while (Clock::now() < until) {
+      bool all = true;
+      for (auto& e : replies_) {
+        for (auto& p : e.sends) all = p.test() && all;
+      }
+      if (all) return;
+      backoff.pause();
+    }
+  }
+
  private:
   static std::size_t bytes_words(std::size_t bytes) { return bytes / sizeof(double) + 1; }
 

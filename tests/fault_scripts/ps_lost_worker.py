@@ -1,18 +1,19 @@
 """An async parameter-server worker stops for good (SIGSTOP) in the middle of
-a step, while the others train on.
+a step or a pull, while the others train on.
 
-    mpiexec -n P python ps_lost_worker.py SERVERS TIMEOUT MIB OUTDIR
+    mpiexec -n P python ps_lost_worker.py SERVERS TIMEOUT MIB CALL OUTDIR
 
 The last SERVERS ranks are dedicated servers; the victim is the last worker;
-the parameters are MIB MiB of float64.
-Its gradients are 1000 (the survivors' are 1), so any part of an update of
-its that reaches a shard shows. A second thread of the victim watches its
-own parameters while its step is under way (the reply is written into them
+the parameters are MIB MiB of float64. After a few full steps the victim
+makes CALL ("step" or "pull") while a second thread watches the arrays the
+reply is written into, and stops the process once the first element of
+server 0's shard has arrived and the middle one has not. A step's reply comes
 piece by piece, each piece once its server has applied that piece of the
-push) and stops the process once the first element of server 0's shard has
-changed and the last has not: its push and its reply are both under way.
-(If no step is caught in the middle, it stops after its last attempt and
-says so.) The victim writes OUTDIR/victim.json (its steps completed)
+push, so its push and its reply are both under way; a pull's reply comes
+one message per parameter. (If no call is caught in the middle, it stops
+after its last attempt and says so.) Its gradients are 1000 (the
+survivors' are 1), so any part of an update of its that reaches a shard
+shows. It writes OUTDIR/victim.json (its updates completed and begun)
 first.
 
 Each survivor worker steps until its stats() report the victim lost, then
@@ -25,7 +26,6 @@ order, waits for the other survivors (files in OUTDIR) and closes. Every
 survivor writes OUTDIR/rank-R.json; then it waits to be killed (the test
 ends the job; MPI_Finalize would wait for the stopped rank).
 """
-
 from __future__ import annotations
 
 import json
@@ -69,12 +69,16 @@ def piece_cuts(sizes, lo, hi, limit):
     return out
 
 
-def victim_loop(ps, params, rank, outdir, timeout):
+def victim_loop(ps, params, rank, outdir, call):
+    # Stops once the first element of server 0's shard has arrived and the
+    # middle one has not: half the reply is still to come, so the call
+    # cannot end between the look and the signal.
     lo, hi = ps.shard_bounds[0], ps.shard_bounds[1]
+    mid = (lo + hi) // 2
     sizes = [p.size for p in params]
 
-    def element(i):
-        for p, n in zip(params, sizes):
+    def element(arrays, i):
+        for p, n in zip(arrays, sizes):
             if i < n:
                 return p.reshape(-1)[i]
             i -= n
@@ -87,29 +91,45 @@ def victim_loop(ps, params, rank, outdir, timeout):
             ps.step(grads)
             steps += 1
             continue
-        before_first, before_last = element(lo), element(hi - 1)
+        if call == "step":
+            # The reply lands in params: an element has arrived once changed.
+            out = params
+            first, middle = element(out, lo), element(out, mid)
+            arrived = lambda i, was: element(out, i) != was  # noqa: E731
+        else:
+            # A pull into arrays of NaN: an element has arrived once a number.
+            out = [np.full_like(p, np.nan) for p in params]
+            first = middle = None
+            arrived = lambda i, was: not np.isnan(element(out, i))  # noqa: E731
         stop = threading.Event()
         caught = threading.Event()
+        began = steps + (1 if call == "step" else 0)  # updates of the victim begun, this call's included
+        # Written before the call: nothing may delay the signal once the
+        # watcher has looked (a call that ends uncaught rewrites it).
+        write(os.path.join(outdir, "victim.json"), {"rank": rank, "pid": os.getpid(), "steps": steps,
+                                                    "began": began, "caught": True, "attempt": attempt})
 
         def watch():
             while not stop.is_set():
-                if element(lo) != before_first and element(hi - 1) == before_last:
-                    caught.set()
-                    write(os.path.join(outdir, "victim.json"),
-                          {"rank": rank, "pid": os.getpid(), "steps": steps, "caught": True, "attempt": attempt})
+                if arrived(lo, first) and not arrived(mid, middle):
                     os.kill(os.getpid(), signal.SIGSTOP)
+                    caught.set()
                     return
                 time.sleep(0.0002)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        ps.step(grads)
+        if call == "step":
+            ps.step(grads)
+        else:
+            ps.pull(out)
         stop.set()
         watcher.join()
         if caught.is_set():
             time.sleep(600)  # continued only to be killed
-        steps += 1
-    write(os.path.join(outdir, "victim.json"), {"rank": rank, "pid": os.getpid(), "steps": steps, "caught": False})
+        steps = began
+    write(os.path.join(outdir, "victim.json"),
+          {"rank": rank, "pid": os.getpid(), "steps": steps, "began": steps, "caught": False})
     os.kill(os.getpid(), signal.SIGSTOP)
     time.sleep(600)
 
@@ -159,16 +179,17 @@ def survivor_loop(ps, params, rank, victim, workers, outdir, timeout, piece_elem
         for i in range(len(bounds) - 1):
             a, b = bounds[i], bounds[i + 1]
             # value = -scale * (survivor updates + VICTIM_GRAD * victim updates);
-            # the victim began v["steps"] + 1 updates (its last one stalled).
-            survivor_updates = versions[i] - (v["steps"] + 1)
+            # the victim began v["began"] updates (a stalled step's included).
+            survivor_updates = versions[i] - v["began"]
             victim_updates = (-final[a:b] / scale - survivor_updates) / VICTIM_GRAD
             whole = np.round(victim_updates)
             if not np.allclose(victim_updates, whole, rtol=0, atol=1e-6):
                 rep["problems"].append(f"shard {i}: a fraction of a victim update: {victim_updates[:3]}")
                 continue
             got = set(np.unique(whole).astype(int).tolist())
-            if not got <= {v["steps"], v["steps"] + 1}:
-                rep["problems"].append(f"shard {i}: victim updates {sorted(got)}, expected {v['steps']} or one more")
+            if not got <= {v["steps"], v["began"]}:
+                rep["problems"].append(f"shard {i}: victim updates {sorted(got)}, expected {v['steps']} or "
+                                       f"{v['began']}")
                 continue
             applied = []
             for pa, pb in piece_cuts(sizes, a, b, piece_elems):
@@ -176,7 +197,7 @@ def survivor_loop(ps, params, rank, victim, workers, outdir, timeout, piece_elem
                 if len(vals) != 1:
                     rep["problems"].append(f"shard {i}: piece [{pa}, {pb}) applied in part")
                     break
-                applied.append(vals.pop() == v["steps"] + 1)
+                applied.append(vals.pop() == v["began"] != v["steps"])
             else:
                 if applied != sorted(applied, reverse=True):
                     rep["problems"].append(f"shard {i}: pieces applied out of order: {applied}")
@@ -204,13 +225,17 @@ def survivor_loop(ps, params, rank, victim, workers, outdir, timeout, piece_elem
 
 
 def main() -> None:
-    servers, timeout, mib, outdir = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    servers, timeout, mib, call, outdir = (int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+                                           sys.argv[5])
     comm = distml.init()
     rank, P = comm.rank, comm.size
     workers = list(range(P - servers))
     victim = workers[-1]
-    # MIB MiB of float64 in two parameters.
+    # MIB MiB of float64 in two parameters; a pull's reply comes one message
+    # per parameter, so there the large one comes last (see victim_loop).
     params = [np.zeros((mib * 128, 1024)), np.zeros(1000)]
+    if call == "pull":
+        params.reverse()
     piece_elems = int(os.environ.get("DISTML_PS_PIECE_BYTES", str(1 << 21))) // 8
     rep = {"rank": rank, "role": "server", "victim": victim}
     t0 = time.monotonic()
@@ -222,7 +247,7 @@ def main() -> None:
         if not ps.is_worker:
             rep.update(saw="ok", msg="", seconds=round(time.monotonic() - t0, 3))
         elif rank == victim:
-            victim_loop(ps, params, rank, outdir, timeout)
+            victim_loop(ps, params, rank, outdir, call)
         else:
             rep = survivor_loop(ps, params, rank, victim, workers, outdir, timeout, piece_elems)
     write(os.path.join(outdir, f"rank-{rank}.json"), rep)
