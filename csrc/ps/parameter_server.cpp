@@ -279,33 +279,28 @@ void ParameterServer::raise_reply(int server, const Header& h) {
   broken_ = true;
   std::ostringstream os;
   const std::int64_t mask = h.info0 & ((std::int64_t{1} << 62) - 1), more = (h.info0 >> 62) & 1;
-  if (h.status == kWorkersLate) {
-    os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
-       << " to push clock " << h.info1;
-    broken_reason_ = os.str();
-    DISTML_THROW(Timeout, broken_reason_);
+  os << "parameter server on rank " << server;
+  switch (h.status) {
+    case kWorkersLate:
+      os << " timed out waiting for worker(s) " << ranks_in(mask, more) << " to push clock " << h.info1;
+      break;
+    case kPeerLate:
+      os << " timed out waiting for rank(s) " << ranks_in(mask, more) << " to take part in a transfer";
+      break;
+    case kNotClosed:
+      os << " timed out waiting for worker(s) " << ranks_in(mask, more) << " to close";
+      break;
+    case kWorkersLost:
+      os << " gave up on worker(s) " << ranks_in(mask, more)
+         << ", stalled in the middle of a transfer: it cannot close without them";
+      break;
+    default:
+      os << " has failed (its rank raised the cause)";
+      broken_reason_ = os.str();
+      DISTML_THROW(Unusable, broken_reason_);
   }
-  if (h.status == kPeerLate) {
-    os << "parameter server on rank " << server << " timed out waiting for rank(s) " << ranks_in(mask, more)
-       << " to take part in a transfer";
-    broken_reason_ = os.str();
-    DISTML_THROW(Timeout, broken_reason_);
-  }
-  if (h.status == kNotClosed) {
-    os << "parameter server on rank " << server << " timed out waiting for worker(s) " << ranks_in(mask, more)
-       << " to close";
-    broken_reason_ = os.str();
-    DISTML_THROW(Timeout, broken_reason_);
-  }
-  if (h.status == kWorkersLost) {
-    os << "parameter server on rank " << server << " gave up on worker(s) " << ranks_in(mask, more)
-       << ", stalled in the middle of a transfer: it cannot close without them";
-    broken_reason_ = os.str();
-    DISTML_THROW(Timeout, broken_reason_);
-  }
-  os << "parameter server on rank " << server << " has failed (its rank raised the cause)";
   broken_reason_ = os.str();
-  DISTML_THROW(Unusable, broken_reason_);
+  DISTML_THROW(Timeout, broken_reason_);
 }
 
 void ParameterServer::raise_if_lost() {
