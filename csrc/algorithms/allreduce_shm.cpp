@@ -164,12 +164,38 @@ namespace distml::algorithms {
 //      read my buffers until then.
 // In place is safe: during step 2 a peer reads only my slice of its own
 // index, which I overwrite in step 3 only after that peer has reduced.
+void reduce_from_peers(transport::ShmGroup& shm, const char* in, char* dst, std::size_t first,
+                       std::size_t count, const Reduction& red, bool stream) {
+  const int L = shm.size(), me = shm.rank();
+  const std::size_t elem = red.elem;
+  const std::size_t piece = single_copy_piece(elem);
+  char* staging = shm.scratch().take(piece * elem * static_cast<std::size_t>(L - 1));
+  // Not when an average must still be finished in place: that would read the
+  // streamed slice back from memory.
+  const bool stream_out = stream && red.average_over <= 1;
+  std::vector<const void*> srcs(L);
+  for (std::size_t o = 0; o < count; o += piece) {
+    const std::size_t n = std::min(piece, count - o);
+    const std::size_t at = (first + o) * elem;
+    srcs[0] = in + at;
+    for (int i = 1; i < L; ++i) {
+      const int r = (me + i) % L;
+      char* d = staging + (i - 1) * piece * elem;
+      shm.read_peer(r, d, shm.control(r).in_addr + at, n * elem);
+      srcs[i] = d;
+    }
+    char* y = dst + o * elem;
+    if (stream_out) kernels::reduce_many_stream(y, srcs.data(), L, n, red.dtype, red.op);
+    else kernels::reduce_many(y, srcs.data(), L, n, red.dtype, red.op);
+    red.finish(y, n);
+  }
+}
+
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
                                std::size_t count, const Reduction& red, bool stream) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
-  const std::size_t piece = single_copy_piece(elem);
   auto& mine = shm.control(me);
   mine.in_addr = reinterpret_cast<std::uint64_t>(in);
   mine.out_addr = reinterpret_cast<std::uint64_t>(out);
@@ -179,26 +205,8 @@ void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* o
 
   std::size_t s0, sn;
   chunk_slice(count, L, me, align, &s0, &sn);
-  char* staging = shm.scratch().take(piece * elem * static_cast<std::size_t>(L - 1));
-  // Not when an average must still be finished in place: that would read the
-  // streamed slice back from memory.
-  const bool stream_out = stream && red.average_over <= 1;
-  std::vector<const void*> srcs(L);
-  const char* x = static_cast<const char*>(in);
   char* y = static_cast<char*>(out);
-  for (std::size_t o = s0; o < s0 + sn; o += piece) {
-    const std::size_t n = std::min(piece, s0 + sn - o);
-    srcs[0] = x + o * elem;
-    for (int i = 1; i < L; ++i) {
-      const int r = (me + i) % L;
-      char* dst = staging + (i - 1) * piece * elem;
-      shm.read_peer(r, dst, shm.control(r).in_addr + o * elem, n * elem);
-      srcs[i] = dst;
-    }
-    if (stream_out) kernels::reduce_many_stream(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
-    else kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
-    red.finish(y + o * elem, n);
-  }
+  reduce_from_peers(shm, static_cast<const char*>(in), y + s0 * elem, s0, sn, red, stream);
   shm.publish(Counter::kReduced, step);
 
   for (int i = 1; i < L; ++i) {

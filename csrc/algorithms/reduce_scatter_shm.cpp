@@ -60,30 +60,13 @@ void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, con
 
 void reduce_scatter_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                                     const Reduction& red) {
-  const int L = shm.size(), me = shm.rank();
-  const std::size_t elem = red.elem;
-  const std::size_t piece = single_copy_piece(elem);
+  const int me = shm.rank();
   const std::uint64_t step = shm.next_step();
   shm.control(me).in_addr = reinterpret_cast<std::uint64_t>(in);
   shm.publish(Counter::kPosted, step);
   shm.wait_all(Counter::kPosted, step);
-  char* staging = shm.scratch().take(piece * elem * static_cast<std::size_t>(L - 1));
-  std::vector<const void*> srcs(L);
-  const auto* x = static_cast<const char*>(in);
-  auto* y = static_cast<char*>(out);
-  const std::size_t s0 = blocks.offset(me), sn = blocks.size(me);
-  for (std::size_t o = 0; o < sn; o += piece) {
-    const std::size_t n = std::min(piece, sn - o);
-    const std::size_t at = (s0 + o) * elem;
-    srcs[0] = x + at;
-    for (int i = 1; i < L; ++i) {
-      const int r = (me + i) % L;
-      char* d = staging + (i - 1) * piece * elem;
-      shm.read_peer(r, d, shm.control(r).in_addr + at, n * elem);
-      srcs[i] = d;
-    }
-    kernels::reduce_many(y + o * elem, srcs.data(), L, n, red.dtype, red.op);
-  }
+  reduce_from_peers(shm, static_cast<const char*>(in), static_cast<char*>(out), blocks.offset(me), blocks.size(me),
+                    red, false);
   shm.publish(Counter::kReleased, step);
   shm.wait_all(Counter::kReleased, step);
 }

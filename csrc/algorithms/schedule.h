@@ -245,6 +245,13 @@ inline std::size_t single_copy_piece(std::size_t elem) {
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
   return std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
 }
+// Reduces elements [first, first + count) of every node rank's input into
+// dst (dst[0] is element `first`): this rank's from `in`, each peer's read
+// in single_copy_piece() pieces from the address it posted (in_addr) into
+// staging from scratch; finishes averages (Reduction::finish); `stream`:
+// streaming stores where nothing is finished in place.
+void reduce_from_peers(transport::ShmGroup& shm, const char* in, char* dst, std::size_t first,
+                       std::size_t count, const Reduction& red, bool stream);
 // Large messages where peers can read each other's memory directly.
 void allreduce_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out,
                                std::size_t count, const Reduction& red, bool stream);
