@@ -169,7 +169,7 @@ void reduce_from_peers(transport::ShmGroup& shm, const char* in, char* dst, std:
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t piece = single_copy_piece(elem);
-  char* staging = shm.scratch().take(piece * elem * static_cast<std::size_t>(L - 1));
+  char* staging = shm.scratch().take(single_copy_staging_bytes(elem, L));
   // Not when an average must still be finished in place: that would read the
   // streamed slice back from memory.
   const bool stream_out = stream && red.average_over <= 1;

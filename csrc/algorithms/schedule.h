@@ -245,6 +245,10 @@ inline std::size_t single_copy_piece(std::size_t elem) {
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
   return std::max<std::size_t>(align, (std::size_t{128} << 10) / elem);
 }
+// The staging reduce_from_peers takes from scratch on a node of L ranks.
+inline std::size_t single_copy_staging_bytes(std::size_t elem, int L) {
+  return single_copy_piece(elem) * elem * static_cast<std::size_t>(L - 1);
+}
 // Reduces elements [first, first + count) of every node rank's input into
 // dst (dst[0] is element `first`): this rank's from `in`, each peer's read
 // in single_copy_piece() pieces from the address it posted (in_addr) into

@@ -150,7 +150,7 @@ Plan Communicator::plan(const Call& c) const {
         // Peers read back what this schedule streams: worth it from 4x on.
         p.variant |= kCrossMemory;
         if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;
-        s += R(alg::single_copy_piece(elem) * elem * static_cast<std::size_t>(shm_->size() - 1));
+        s += R(alg::single_copy_staging_bytes(elem, shm_->size()));
       } else if (p.algo == Algo::kShm) {
         // Streamed copy-out pays here only from 4x (measured at P=2 in mixed
         // sequences of collectives: from 8 MiB it lost to caching stores).
@@ -178,7 +178,7 @@ Plan Communicator::plan(const Call& c) const {
       if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
       if (blocks_single_copy(p.algo, bytes)) {
         p.variant |= kCrossMemory;
-        s += R(alg::single_copy_piece(elem) * elem * static_cast<std::size_t>(shm_->size() - 1));
+        s += R(alg::single_copy_staging_bytes(elem, shm_->size()));
       }
       break;
     case Kind::kAlltoall:
