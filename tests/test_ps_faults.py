@@ -125,8 +125,15 @@ LOST_SCRIPT = os.path.join("tests", "fault_scripts", "ps_lost_worker.py")
 LOST_TIMEOUT = 8.0
 
 
-@pytest.mark.parametrize("P,servers,call", [(4, 1, "step"), (4, 2, "step"), (4, 1, "pull")])
-def test_async_worker_stopped_mid_transfer_is_lost_alone(tmp_path, P, servers, call):
+@pytest.mark.parametrize("P,servers,call,piece", [
+    (4, 1, "step", 256 * 1024), (4, 2, "step", 256 * 1024), (4, 1, "pull", 256 * 1024),
+    # Small messages, each taking one of MPICH's 64 shared-memory cells of
+    # the server's until the victim receives it: 8 KiB pieces (1025 a
+    # push), and a pull of 1048 arrays of 8000 B. Before the server kept
+    # at most csrc/ps/wire.h's kReplyWindow of them under way towards one
+    # worker, the victim held every cell and the survivors timed out.
+    (4, 1, "step", 8 * 1024), (4, 1, "pull-small-arrays", 256 * 1024)])
+def test_async_worker_stopped_mid_transfer_is_lost_alone(tmp_path, P, servers, call, piece):
     """A worker stopped while its step's pieces are under way (its push and
     its reply), or its pull's reply: the servers give up on it alone; the
     other workers train on, see it in stats()["lost_workers"], and their
@@ -135,9 +142,10 @@ def test_async_worker_stopped_mid_transfer_is_lost_alone(tmp_path, P, servers, c
     raises naming it without waiting for a verdict. (Before, the server
     that stalled failed its whole shard for every worker.)"""
     victim = P - servers - 1
-    # 8 MiB in 256 KiB pieces: 33 pieces a push with one server, 17 with two.
+    # 8 MiB in 256 KiB pieces: 33 pieces a push with one server, 17 with two
+    # (or in `piece`s).
     reports = run_job(tmp_path, P, [LOST_SCRIPT, str(servers), str(LOST_TIMEOUT), "8", call], victim, limit=120,
-                      env_extra={"DISTML_PS_PIECE_BYTES": str(256 * 1024)})
+                      env_extra={"DISTML_PS_PIECE_BYTES": str(piece)})
     workers = [r for r in range(P - servers) if r != victim]
     for r in workers:
         rep = reports[r]

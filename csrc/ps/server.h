@@ -126,11 +126,6 @@ class Server {
     link_.out.clear();
   }
 
-  // Completes every transfer in `ps` (see wait()).
-  void wait_all(std::vector<tp::Pending>& ps, const char* what) {
-    for (auto& p : ps) wait(p, what);
-  }
-
   // One round: a piece of every push under way, at most one new request,
   // the replies in flight, the deadlines.
   bool poll() {
@@ -147,14 +142,7 @@ class Server {
       }
       if (start_queued()) progressed = true;
       for (auto it = replies_.begin(); it != replies_.end();) {
-        bool all = true, moved = false;
-        for (auto& p : it->sends) {
-          const bool was = p.active();
-          all = p.test() && all;
-          moved = moved || (was && !p.active());
-        }
-        if (moved) it->since = Clock::now();
-        if (all) {
+        if (progress(*it)) {
           it = replies_.erase(it);
           progressed = true;
         } else {
@@ -188,9 +176,7 @@ class Server {
     tp::Backoff backoff(cfg_.poll_min_us, cfg_.poll_max_us);
     while (Clock::now() < until) {
       bool all = true;
-      for (auto& e : replies_) {
-        for (auto& p : e.sends) all = p.test() && all;
-      }
+      for (auto& e : replies_) all = progress(e) && all;
       if (all) return;
       backoff.pause();
     }
@@ -299,7 +285,34 @@ class Server {
     std::unique_ptr<Header> header;
     std::vector<tp::Pending> sends;
     Clock::time_point since;  // last progress
+    // A pull's ranges of the shard not sent yet: posted as the worker
+    // takes the ones before (see kReplyWindow, progress()).
+    std::vector<std::pair<std::int64_t, std::int64_t>> rest = {};
+    std::size_t next = 0;
   };
+
+  // Moves e on: posts its next ranges while fewer than kReplyWindow are
+  // under way, and notes progress. True once every part is delivered.
+  bool progress(Reply& e) {
+    bool all = true, moved = false;
+    std::size_t under_way = 0;
+    for (std::size_t i = 0; i < e.sends.size(); ++i) {
+      const bool was = e.sends[i].active();
+      const bool done = e.sends[i].test();
+      all = all && done;
+      moved = moved || (was && done);
+      if (i > 0 && !done) ++under_way;  // [0] is the header
+    }
+    for (; e.next < e.rest.size() && under_way < kReplyWindow; ++e.next, ++under_way) {
+      const auto [a, b] = e.rest[e.next];
+      e.sends.push_back(mail_.send_synchronous(tp::Mailbox::kData, e.w, kReplyData,
+                                               reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
+                                               static_cast<std::size_t>(b - a) * elem_));
+      all = false;
+    }
+    if (moved) e.since = Clock::now();
+    return all && e.next == e.rest.size();
+  }
 
   char* staged(const Inflight& r, std::size_t k) {
     if (r.direct) return reinterpret_cast<char*>(slots_[slot_of(r.h.clock)].data()) + (pieces_[k].first - lo_) * elem_;
@@ -463,6 +476,7 @@ class Server {
         return false;
       }
     }
+    if (window_full(r)) return false;  // its worker's to take: see check_stalls()
     const auto [a, b] = pieces_[k];
     const std::size_t n = static_cast<std::size_t>(b - a);
     char* shard = reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_;
@@ -476,7 +490,9 @@ class Server {
         }
       } else {
         take_piece(r, a, b, staged(r, k));
-        if (r.op == kStep) r.sends[k] = mail_.send(tp::Mailbox::kData, r.w, kReplyData, shard, n * elem_);
+        if (r.op == kStep) {
+          r.sends[k] = mail_.send_synchronous(tp::Mailbox::kData, r.w, kReplyData, shard, n * elem_);
+        }
       }
       busy_ += seconds_since(t0);
     }
@@ -486,6 +502,13 @@ class Server {
     if (!r.local && k + 2 < pieces_.size()) r.ring[k % 2] = post_receive(r, k + 2);
     if (r.applied == pieces_.size()) end(r);
     return true;
+  }
+
+  // A remote step's next piece waits until its worker has taken the piece
+  // kReplyWindow before it (see kReplyWindow).
+  bool window_full(Inflight& r) const {
+    const std::size_t k = r.applied;
+    return r.take && r.op == kStep && !r.local && k >= kReplyWindow && !r.sends[k - kReplyWindow].test();
   }
 
   // Elements [a, b) of a push, at `src` in the wire dtype.
@@ -565,7 +588,7 @@ class Server {
     if (cfg_.timeout <= 0 || failed_) return;
     for (auto& r : inflight_) {
       if (seconds_since(r.since) <= verdict_seconds()) continue;
-      bool own = !r.ended && !r.local && r.ring[r.applied % 2].active();
+      bool own = !r.ended && !r.local && (r.ring[r.applied % 2].active() || window_full(r));
       const char* what = "receive a push from";
       if (r.ended) {
         own = r.reply_header.active();
@@ -749,7 +772,17 @@ class Server {
   // verdict time gives up on its worker (lose()) instead of failing.
   void quiesce() {
     if (cfg_.mode != Mode::kAsync) {
-      for (auto& r : replies_) wait_all(r.sends, "deliver parameters to");
+      for (auto& e : replies_) {
+        while (!progress(e)) {
+          if (cfg_.timeout > 0 && seconds_since(e.since) > verdict_seconds()) {
+            late_peer_ = e.w;
+            DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank()
+                                                              << " timed out waiting to deliver parameters to rank "
+                                                              << e.w);
+          }
+          tp::Backoff::yield();
+        }
+      }
       replies_.clear();
       return;
     }
@@ -767,13 +800,7 @@ class Server {
   // verdict time since its last progress (false).
   bool deliver(Reply& e) {
     for (;;) {
-      bool all = true;
-      for (auto& p : e.sends) {
-        const bool was = p.active();
-        all = p.test() && all;
-        if (was && !p.active()) e.since = Clock::now();
-      }
-      if (all) return true;
+      if (progress(e)) return true;
       if (cfg_.timeout > 0 && seconds_since(e.since) > verdict_seconds()) return false;
       tp::Backoff::yield();
     }
@@ -813,21 +840,19 @@ class Server {
     h->info1 = info1;
     std::vector<tp::Pending> sends;
     sends.push_back(mail_.send(tp::Mailbox::kReplies, w, kReplyTag, h.get(), sizeof(Header)));
-    if (data) {
-      for (auto [a, b] : cuts(seg_bounds_, lo_, hi_)) {
-        sends.push_back(mail_.send(tp::Mailbox::kData, w, kReplyData,
-                                   reinterpret_cast<char*>(params_.data()) + (a - lo_) * elem_,
-                                   static_cast<std::size_t>(b - a) * elem_));
-      }
-      bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
-    }
     if (lost_[w]) {
-      // Nothing waits for a lost worker's error reply.
+      // Nothing waits for a lost worker's error reply (never with data).
       for (auto& p : sends) p.abandon();
       abandoned_.push_back(std::move(h));
       return;
     }
-    replies_.push_back(Reply{w, std::move(h), std::move(sends), Clock::now()});
+    Reply e{w, std::move(h), std::move(sends), Clock::now()};
+    if (data) {
+      e.rest = cuts(seg_bounds_, lo_, hi_);
+      bytes_sent_ += static_cast<std::int64_t>(count_ * elem_);
+    }
+    progress(e);
+    replies_.push_back(std::move(e));
   }
 
   void reply_error(int w, std::int64_t status, std::int64_t info0, std::int64_t info1) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -34,6 +35,19 @@ constexpr std::int64_t kOk = 0, kWorkersLate = 1, kServerFailed = 2, kNotClosed 
 inline std::int64_t rank_bit(int r) { return std::int64_t{1} << (r < 62 ? r : 62); }
 
 static_assert(sizeof(Header) == 64, "the header is part of the wire format");
+
+// Data messages of one reply (a step's pieces, a pull's ranges) a server
+// keeps under way towards one worker: each is a synchronous send, and the
+// next is posted only once the one kReplyWindow before it has been matched.
+// MPICH sends a message below its single-copy threshold (8 KiB here)
+// through shared-memory cells taken from a pool of 64 per sending process,
+// for all its peers, and a cell stays taken until its receiver takes the
+// message. Without the window a worker that stops receiving in the middle
+// of a reply in small pieces held every cell of its server's, and the
+// server's replies to every other worker waited behind it. With it, a
+// stopped worker holds at most this many. (tests/test_ps_faults.py,
+// small pieces.)
+constexpr std::size_t kReplyWindow = 8;
 
 // Longest message, in elements (512 MiB of float64: below MPI's int count).
 constexpr std::int64_t kCutElements = std::int64_t{1} << 26;

@@ -105,6 +105,13 @@ Pending Mailbox::send(Channel ch, int peer, int tag, const void* buf, std::size_
   return p;
 }
 
+Pending Mailbox::send_synchronous(Channel ch, int peer, int tag, const void* buf, std::size_t bytes) {
+  Pending p;
+  p.peer_ = peer;
+  DISTML_MPI(MPI_Issend(buf, int_bytes(bytes), MPI_BYTE, peer, tag, comm(ch), &p.req_));
+  return p;
+}
+
 Pending Mailbox::recv(Channel ch, int peer, int tag, void* buf, std::size_t bytes) {
   Pending p;
   p.peer_ = peer;

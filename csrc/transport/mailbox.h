@@ -112,6 +112,14 @@ class Mailbox {
 
   // One contiguous message of `bytes` (below 2 GiB).
   Pending send(Channel ch, int peer, int tag, const void* buf, std::size_t bytes);
+  // The same, complete only once `peer` has matched it (MPI_Issend). A
+  // small send completes at once on its own: MPICH copies it into a
+  // shared-memory cell of the sender's, which stays taken until the peer
+  // receives it, and the sender has a fixed number of cells (64) for all
+  // its peers. A sender that keeps a bounded number of synchronous sends
+  // under way towards each peer knows that a peer that stops receiving
+  // holds at most that many of its cells.
+  Pending send_synchronous(Channel ch, int peer, int tag, const void* buf, std::size_t bytes);
   Pending recv(Channel ch, int peer, int tag, void* buf, std::size_t bytes);
   // Looks for a request (any source, any tag) on the request channel.
   bool probe(Incoming* in);

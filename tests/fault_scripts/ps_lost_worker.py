@@ -3,6 +3,9 @@ a step or a pull, while the others train on.
 
     mpiexec -n P python ps_lost_worker.py SERVERS TIMEOUT MIB CALL OUTDIR
 
+CALL is "step", "pull" or "pull-small-arrays" (a pull, of parameters in
+many small arrays).
+
 The last SERVERS ranks are dedicated servers; the victim is the last worker;
 the parameters are MIB MiB of float64. After a few full steps the victim
 makes CALL ("step" or "pull") while a second thread watches the arrays the
@@ -233,9 +236,15 @@ def main() -> None:
     victim = workers[-1]
     # MIB MiB of float64 in two parameters; a pull's reply comes one message
     # per parameter, so there the large one comes last (see victim_loop).
+    # "pull-small-arrays": MIB MiB in arrays of 1000 (8000 B each, one small
+    # message apiece in a pull's reply, so that the replies still owed to
+    # the stopped victim outnumber MPICH's 64 shared-memory cells).
     params = [np.zeros((mib * 128, 1024)), np.zeros(1000)]
     if call == "pull":
         params.reverse()
+    elif call == "pull-small-arrays":
+        params = [np.zeros(1000) for _ in range(mib * (1 << 20) // 8000)]
+        call = "pull"
     piece_elems = int(os.environ.get("DISTML_PS_PIECE_BYTES", str(1 << 21))) // 8
     rep = {"rank": rank, "role": "server", "victim": victim}
     t0 = time.monotonic()
