@@ -18,6 +18,12 @@ namespace distml::engine {
 
 namespace tp = distml::transport;
 
+namespace {
+// On nodes of more than two ranks, alltoall's single copy from this size
+// (the call's input); see setup_nodes.
+constexpr std::size_t kNodeAlltoallSingleCopyBytes = std::size_t{512} << 10;
+}  // namespace
+
 // ---- Communicator -------------------------------------------------------
 
 Communicator::Communicator(MPI_Comm user, const Settings& settings)
@@ -57,11 +63,16 @@ bool Communicator::single_copy() const { return shm_ && shm_->single_copy(); }
 void Communicator::setup_nodes() {
   const tp::NodeLayout nodes(*comm_);
   // Measured with 4 ranks on one node (two cores): staging through the slots
-  // beats reading three peers' arrays directly at every size (by 1.2-1.3x
-  // from 8 to 64 MiB); with two ranks reading directly wins from 256 KiB.
+  // beats reading three peers' arrays directly at every size for allreduce
+  // (by 1.2-1.3x from 8 to 64 MiB); with two ranks reading directly wins
+  // from 256 KiB. alltoall reads its blocks from the peers' arrays from
+  // 512 KiB on nodes of more than two ranks: at P = 4 1.12-1.20x
+  // MPI_Alltoall from 512 KiB to 4 MiB, against 1.04x staged at 512 KiB and
+  // 0.97-1.14x for pairwise (level from 16 MiB); at P = 3 staging stays
+  // ahead at 384 KiB (bench/results/others_large.md).
   if (nodes.largest() > 2) {
     settings_.shm_single_copy_bytes = std::numeric_limits<std::size_t>::max();
-    settings_.shm_single_copy_blocks_bytes = std::numeric_limits<std::size_t>::max();
+    settings_.shm_single_copy_blocks_bytes = kNodeAlltoallSingleCopyBytes;
   }
   if (nodes.one_node()) {
     one_node_ = true;

@@ -340,10 +340,15 @@ class Communicator {
   // collectives but barrier and the variable ones; see ShmControl::eager): the same answer
   // on every rank whose call agrees.
   bool eager(const Call& call, Algo algo) const;
-  // Whether shm allgather, reduce_scatter or alltoall of `bytes` (the
-  // call's input) takes its single-copy variant.
-  bool blocks_single_copy(Algo algo, std::size_t bytes) const {
-    return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes;
+  // Whether shm allgather, reduce_scatter or alltoall (`kind`) of `bytes`
+  // (the call's input) takes its single-copy variant. On nodes of more than
+  // two ranks only alltoall does: there allgather's single copy was
+  // 1.13-1.17x MPI_Allgather from 256 KiB to 4 MiB against 1.29-1.55x
+  // staged, and reduce_scatter's gained 5-15% only from 4 MiB
+  // (bench/results/others_large.md).
+  bool blocks_single_copy(Kind kind, Algo algo, std::size_t bytes) const {
+    return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes &&
+           (shm_->size() == 2 || kind == Kind::kAlltoall);
   }
   void dispatch(const Call& call, const Plan& plan);
   void worker_loop();

@@ -94,12 +94,13 @@ Algo Communicator::resolve(const Call& call) const {
       // 512 KiB with four (its data travels with the arrival up to the
       // eager limit; at 512 KiB 1.02-1.04x MPI_Alltoall against 0.97-1.00x
       // for pairwise); beyond, MPI's single copy per block wins or ties
-      // (bench/results/collectives_17.md, others_large.md), unless the two
-      // ranks read each other's blocks directly: 1.00-1.87x MPI_Alltoall
-      // from 32 KiB to 64 MiB against 0.91-1.58x for pairwise
-      // (bench/results/others_large.md).
+      // (bench/results/collectives_17.md, others_large.md), unless the
+      // ranks read each other's blocks directly (shm_single_copy_blocks_bytes,
+      // see setup_nodes): with two ranks 1.00-1.87x MPI_Alltoall from 32 KiB
+      // to 64 MiB against 0.91-1.58x for pairwise, with four 1.12-1.22x from
+      // 512 KiB against 0.97-1.22x (bench/results/others_large.md).
       if (one_node_ && bytes <= (size_ == 2 ? kAlltoallShmMaxBytes : 16 * kAlltoallShmMaxBytes)) return Algo::kShm;
-      if (one_node_ && blocks_single_copy(Algo::kShm, bytes)) return Algo::kShm;
+      if (one_node_ && blocks_single_copy(call.kind, Algo::kShm, bytes)) return Algo::kShm;
       return Algo::kPairwise;
     case Kind::kAlltoallv:
     case Kind::kAllgatherv:
@@ -164,7 +165,7 @@ Plan Communicator::plan(const Call& c) const {
     case Kind::kBroadcast:
       // Two ranks that may copy between each other's arrays: one copy,
       // split between them (broadcast_shm.cpp).
-      if (p.algo == Algo::kShm && shm_->single_copy()) p.variant |= kCrossMemory;
+      if (p.algo == Algo::kShm && shm_->single_copy() && shm_->size() == 2) p.variant |= kCrossMemory;
       break;
     case Kind::kReduce:
       if (p.algo == Algo::kTree) s += 2 * R(bytes);
@@ -172,18 +173,18 @@ Plan Communicator::plan(const Call& c) const {
       break;
     case Kind::kAllgather:
       // Sizes here are each rank's block, as the collective is called with.
-      if (blocks_single_copy(p.algo, bytes)) p.variant |= kCrossMemory;
+      if (blocks_single_copy(c.kind, p.algo, bytes)) p.variant |= kCrossMemory;
       break;
     case Kind::kReduceScatter:
       if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
-      if (blocks_single_copy(p.algo, bytes)) {
+      if (blocks_single_copy(c.kind, p.algo, bytes)) {
         p.variant |= kCrossMemory;
         s += R(alg::single_copy_staging_bytes(elem, shm_->size()));
       }
       break;
     case Kind::kAlltoall:
       if (p.algo == Algo::kPairwise && in_place && P > 1) s += R(bytes);
-      if (blocks_single_copy(p.algo, bytes)) {
+      if (blocks_single_copy(c.kind, p.algo, bytes)) {
         p.variant |= kCrossMemory;
         // In place, the blocks from peers wait in scratch (alltoallv_shm.cpp).
         if (in_place) s += R(c.count / static_cast<std::size_t>(P) * elem * static_cast<std::size_t>(P - 1));

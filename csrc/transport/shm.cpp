@@ -16,6 +16,7 @@
 namespace distml::transport {
 
 namespace {
+bool peer_reads_unrestricted();
 bool allow_peer_reads(pid_t peer);
 }
 
@@ -58,9 +59,10 @@ ShmGroup::ShmGroup(MPI_Comm node, std::size_t slot_bytes, MpiComm* parent)
   c.out_addr = 0;
   // Nobody reads a peer's counters (or its pid) before the peer has set them.
   DISTML_MPI(MPI_Barrier(node_.get()));
-  // Reading peers' memory directly serves only nodes of two ranks (see the
-  // engine's setup_nodes); elsewhere it is not even tried.
-  int ok = size_ == 2 && allow_peer_reads(static_cast<pid_t>(control(1 - rank_).pid)) ? 1 : 0;
+  // Two ranks allow each other where Yama asks for it (a process names one
+  // tracer); on larger nodes peers are read only where nothing restricts it.
+  int ok = size_ == 2 ? allow_peer_reads(static_cast<pid_t>(control(1 - rank_).pid))
+                      : peer_reads_unrestricted();
   DISTML_MPI(MPI_Barrier(node_.get()));  // every rank has allowed its peer
 
   // Single copy works if every rank can read and write every peer's pid
@@ -136,6 +138,21 @@ void ShmGroup::abandon() {
 }
 
 namespace {
+// Yama's ptrace_scope (0 where Yama is absent).
+int yama_ptrace_scope() {
+  int scope = 0;
+  if (FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r")) {
+    if (std::fscanf(f, "%d", &scope) != 1) scope = 0;
+    std::fclose(f);
+  }
+  return scope;
+}
+
+// Whether any process of the user may read this one's memory, with no
+// consent given: what a node of more than two ranks needs, since consent
+// names a single peer (below).
+bool peer_reads_unrestricted() { return yama_ptrace_scope() == 0; }
+
 // Where Yama restricts ptrace to a process's descendants (ptrace_scope 1),
 // process_vm_readv needs the target's consent: it is given to the one peer
 // that reads this process, never to every process of the user. A process
@@ -143,11 +160,7 @@ namespace {
 // goes without direct reads. Elsewhere (scope 0) nothing needs allowing; at
 // scope 2 or 3 nothing can be.
 bool allow_peer_reads(pid_t peer) {
-  int scope = 0;
-  if (FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r")) {
-    if (std::fscanf(f, "%d", &scope) != 1) scope = 0;
-    std::fclose(f);
-  }
+  const int scope = yama_ptrace_scope();
   if (scope == 0) return true;
   if (scope != 1) return false;
 #ifdef PR_SET_PTRACER

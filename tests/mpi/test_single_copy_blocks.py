@@ -1,11 +1,13 @@
-"""allgather, reduce_scatter and alltoall between two ranks of one node that
+"""allgather, reduce_scatter and alltoall between ranks of one node that
 may read each other's memory (ShmGroup::single_copy): from
 ``shm_single_copy_blocks_bytes`` on, the shared-memory schedule reads each
 block straight from the peer's array instead of staging it through the
-slots. Results against numpy for odd sizes and several dtypes and ops, with
-the threshold lowered so that every size past the arrival's data takes the
-variant and raised so that none does; alltoall in place on one rank and not
-on the other; what ran, from the trace; a mismatch raises on both ranks."""
+slots; on nodes of more than two ranks only alltoall does (from 512 KiB by
+default). Results against numpy for odd sizes and several dtypes and ops,
+with the threshold lowered so that every size past the arrival's data takes
+the variant and raised so that none does; alltoall in place on one rank and
+not on the others; what ran, from the trace; a mismatch raises on every
+rank."""
 
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ def pair(comm_default):
     comm = comm_default
     if not (comm.size == 2 and comm._core.one_node):
         pytest.skip("needs two ranks on one node")
+    if not comm._core.single_copy:
+        pytest.skip("the ranks may not read each other's memory here (ptrace rules)")
+    return comm
+
+
+@pytest.fixture
+def node(comm_default):
+    """Two or more ranks on one node that may read each other's memory."""
+    comm = comm_default
+    if not (comm.size >= 2 and comm._core.one_node):
+        pytest.skip("needs two or more ranks on one node")
     if not comm._core.single_copy:
         pytest.skip("the ranks may not read each other's memory here (ptrace rules)")
     return comm
@@ -54,7 +67,7 @@ def _elements(nbytes: int, dtype: np.dtype, P: int) -> int:
 
 
 @pytest.mark.parametrize("threshold", [0, 1 << 62], ids=["single_copy", "staged"])
-def test_allgather_and_alltoall(pair, threshold):
+def test_allgather(pair, threshold):
     comm, P, r = pair, pair.size, pair.rank
     check = Checker(P)
     with _Threshold(comm, threshold):
@@ -70,7 +83,18 @@ def test_allgather_and_alltoall(pair, threshold):
                 check.expect(f"allgather out= {key}", call(lambda: comm.allgather(x, out=out, algorithm="shm")),
                              allgather_ref(xs), "bits", same=out)
                 check.expect(f"allgather input unchanged {key}", x, xs[r], "bits")
+    check.verify()
 
+
+@pytest.mark.parametrize("threshold", [0, 1 << 62], ids=["single_copy", "staged"])
+def test_alltoall(node, threshold):
+    comm, P, r = node, node.size, node.rank
+    check = Checker(P)
+    with _Threshold(comm, threshold):
+        for dtype in DTYPES:
+            for nbytes in SIZES:
+                n = _elements(nbytes, dtype, P)
+                key = (str(dtype), n)
                 xs = inputs(("sc_alltoall",) + key, dtype, (n,), "bits", P)
                 want = alltoall_ref(xs, r)
                 x = xs[r].copy()
@@ -78,8 +102,8 @@ def test_allgather_and_alltoall(pair, threshold):
                 check.expect(f"alltoall input unchanged {key}", x, xs[r], "bits")
                 check.expect(f"alltoall in place {key}", call(lambda: comm.alltoall(x, out=x, algorithm="shm")),
                              want, "bits", same=x)
-                # One rank in place, the other not: the in-place rank must not
-                # overwrite blocks its peer is still reading.
+                # One rank in place, the others not: the in-place rank must not
+                # overwrite blocks its peers are still reading.
                 x = xs[r].copy()
                 out = x if r == 0 else np.empty_like(x)
                 check.expect(f"alltoall in place on rank 0 only {key}",
@@ -140,6 +164,46 @@ def test_auto_takes_the_variant_from_the_threshold(pair):
                     assert not expect and collective == "alltoall", (x.nbytes, kinds)
             if expect:
                 assert all(a == "shm" and "cross-memory" in s for _, a, s in kinds), kinds
+
+
+def test_node_of_more_ranks_reads_peers_only_for_alltoall(node):
+    """On nodes of more than two ranks auto's alltoall takes the single copy
+    from 512 KiB (staged shared memory below), and allgather and
+    reduce_scatter never read peers directly, whatever the threshold."""
+    comm, P = node, node.size
+    if P == 2:
+        pytest.skip("needs more than two ranks (two: test_auto_takes_the_variant_from_the_threshold)")
+    assert comm._core.shm_single_copy_blocks_bytes == 512 << 10
+
+    def whole(nbytes):  # float32 elements, a multiple of P
+        n = -(-nbytes // 4)
+        return np.ones(n + (-n) % P, np.float32)
+
+    for nbytes, expect in ((512 << 10, True), (1 << 20, True), (256 << 10, False)):
+        x = whole(nbytes)
+        kinds = [e for e in _schedules(comm, lambda: comm.alltoall(x)) if e[0] == "alltoall"]
+        assert len(kinds) == 1 and kinds[0][1] == "shm", (nbytes, kinds)
+        assert ("cross-memory" in kinds[0][2]) == expect, (nbytes, kinds)
+    with _Threshold(comm, 0):
+        x = whole(1 << 20)
+        events = _schedules(comm, lambda: (comm.allgather(x), comm.reduce_scatter(x), comm.alltoall(x)))
+        kinds = {e[0]: e for e in events if e[0] in ("allgather", "reduce_scatter", "alltoall")}
+        assert set(kinds) == {"allgather", "reduce_scatter", "alltoall"}, events
+        assert "cross-memory" not in kinds["allgather"][2] and "cross-memory" not in kinds["reduce_scatter"][2], kinds
+        assert "cross-memory" in kinds["alltoall"][2], kinds
+
+
+def test_alltoall_mismatch_raises_on_every_rank(node):
+    comm, P, r = node, node.size, node.rank
+    with _Threshold(comm, 0):
+        n = P * (1 << 16) + (P if r == P - 1 else 0)
+        with pytest.raises(MismatchError):
+            comm.alltoall(np.ones(n, np.float32), algorithm="shm")
+        # Still usable afterwards.
+        x = np.full(P * (1 << 16), r + 1.0, np.float32)
+        got = comm.alltoall(x, algorithm="shm")
+        want = np.repeat(np.arange(1, P + 1, dtype=np.float32), 1 << 16)
+        assert (got == want).all()
 
 
 def test_mismatch_raises_on_both_ranks(pair):
