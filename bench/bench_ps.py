@@ -20,9 +20,16 @@ worker the share of its waiting before every server had begun answering
 straggler: the digits MLP (hidden 512, batch 64 per worker, Adam), one
 worker slowed by sleeping (f - 1) times its own compute time each step,
 f = 2 and 4; a budget of samples over all workers; samples/s, time to 0.95
-test accuracy (rank 0 evaluates its parameters every 8 steps) and final
+test accuracy (from copies of rank 0's parameters after every step,
+evaluated after the run, the copies' time off the clock) and final
 accuracy, for sync DistributedOptimizer (allreduce), the parameter server
 in bounded (s = 1, 4) and async mode, repeated in rotating order.
+
+delays (one process, no mpiexec): the straggler runs' training with every
+update's gradients taken d updates late, for each d of --delays, at the
+same budget: the accuracy that staleness alone costs.
+
+    python bench/bench_ps.py delays --workers 2 --batch 512 --epochs 40
 
 Every run records `cat /proc/loadavg` before and after: the machine is shared.
 """
@@ -389,6 +396,61 @@ def straggler(args) -> dict:
                 moving=args.moving)
 
 
+def delays(args) -> dict:
+    """What stale gradients alone cost in accuracy, in one process: the
+    straggler runs' model, data, Adam and budget in clocks (updates of P
+    workers' batches each), every clock's update the average of P batches'
+    gradients taken at the parameters of `d` updates before. d = 0 is sync
+    training; bounded staleness s lets a worker's gradient be up to s
+    updates old. No communication: the accuracy left after the budget is
+    the staleness's doing."""
+    from distml import nn, optim
+    from distml.data import shard_indices
+
+    X, y, Xt, yt = digits()
+    P, b = args.workers, args.batch
+    clocks = int(np.ceil(args.epochs * len(X) / (b * P)))
+    rows = []
+    for d in args.delays:
+        model = nn.Sequential(nn.Linear(64, args.hidden, rng=0), nn.ReLU(),
+                              nn.Linear(args.hidden, args.hidden, rng=1), nn.ReLU(),
+                              nn.Linear(args.hidden, 10, rng=2))
+        loss_fn = nn.SoftmaxCrossEntropy()
+        params = model.parameters()
+        opt = optim.Adam(params, lr=2e-3)
+        history = [[p.copy() for p in params]]
+        epochs = [0] * P
+        orders = [shard_indices(len(X), r, P, seed=0, epoch=0) for r in range(P)]
+        at = [0] * P
+        reached = None
+        for c in range(clocks):
+            now = [p.copy() for p in params]
+            for p, v in zip(params, history[max(0, len(history) - 1 - d)]):
+                p[...] = v
+            total = None
+            for r in range(P):
+                if at[r] + b > len(orders[r]):
+                    epochs[r] += 1
+                    orders[r], at[r] = shard_indices(len(X), r, P, seed=0, epoch=epochs[r]), 0
+                idx = orders[r][at[r]:at[r] + b]
+                at[r] += b
+                loss_fn(model(X[idx]), y[idx])
+                model.backward(loss_fn.backward())
+                g = [x.copy() for x in model.grads()]
+                total = g if total is None else [t + x for t, x in zip(total, g)]
+            for p, v in zip(params, now):
+                p[...] = v
+            opt.step([t / P for t in total])
+            history.append([p.copy() for p in params])
+            if reached is None and float((model(Xt).argmax(1) == yt).mean()) >= args.target:
+                reached = c + 1
+        row = dict(delay=d, workers=P, batch=b, clocks=clocks, accuracy=float((model(Xt).argmax(1) == yt).mean()),
+                   clocks_to_target=reached)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return dict(rows=rows, target=args.target, epochs=args.epochs, hidden=args.hidden)
+
+
 # ---- report -------------------------------------------------------------------------
 
 def report(paths, md_path):
@@ -454,7 +516,7 @@ def report(paths, md_path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["throughput", "straggler", "report"])
+    ap.add_argument("part", choices=["throughput", "straggler", "delays", "report"])
     ap.add_argument("paths", nargs="*")
     ap.add_argument("--out", default=None)
     ap.add_argument("--md", default=None)
@@ -470,6 +532,9 @@ def main() -> None:
     ap.add_argument("--steps-only", action="store_true",
                     help="throughput: time step() alone, without the push() then pull() rounds (so that the "
                          "servers' CPU shares are those of steps)")
+    ap.add_argument("--delays", type=int, nargs="+", default=[0, 1, 2, 4],
+                    help="delays: the gradients' ages, in updates, to train with (one process, no MPI)")
+    ap.add_argument("--workers", type=int, default=2, help="delays: batches averaged in each update")
     ap.add_argument("--pieces", type=int, nargs="+", default=None,
                     help="throughput: DISTML_PS_PIECE_BYTES values to run in turn (default: the environment's)")
     args = ap.parse_args()
@@ -477,6 +542,14 @@ def main() -> None:
         report(args.paths, args.md)
         return
     before = loadavg()
+    if args.part == "delays":
+        res = delays(args)
+        res.update(part=args.part, command="python " + " ".join(sys.argv), loadavg_before=before,
+                   loadavg_after=loadavg(), time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+        return
     res = throughput(args) if args.part == "throughput" else straggler(args)
     from mpi4py import MPI
 
