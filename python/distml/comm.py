@@ -252,7 +252,8 @@ class Communicator:
             ``DISTML_SHM_SINGLE_COPY_MAX_BYTES`` the sizes between which
             allreduce reads peers' arrays directly,
             ``DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES`` the size from which
-            allgather, reduce_scatter and alltoall do, and
+            allgather, reduce_scatter and alltoall move blocks between
+            the ranks' arrays directly, and
             ``DISTML_SHM_STREAM_BYTES`` the size from which results are
             written past the cache (streaming stores).
         tune: let ``algorithm="auto"`` follow the table measured by
