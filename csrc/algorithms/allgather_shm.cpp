@@ -8,8 +8,11 @@
 // own block into place and writes it from there straight into every peer's
 // output (process_vm_writev), one copy per block where staging takes two.
 // Writing the block just copied, still in this core's cache, beat reading
-// each peer's input into place at P = 2: 1.00-1.45x MPI_Allgather from
-// 64 KiB to 16 MiB against 0.94-1.37x (bench/results/others_large.md).
+// each peer's input into place at P = 2 from 512 KiB: 1.00-1.32x
+// MPI_Allgather up to 16 MiB against 0.94-1.15x. Below 256 KiB (level at
+// 256 KiB; at 64 KiB ahead in one set of runs and behind in another) every
+// rank posts its input instead and reads each peer's block
+// (bench/results/others_large.md).
 #include "algorithms/schedule.h"
 #include "transport/shm.h"
 
@@ -43,10 +46,33 @@ void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Bl
   }
 }
 
+namespace {
+// From this size (the first block, which every rank knows) the single copy
+// writes into the peers' outputs; below it reads the peers' inputs.
+constexpr std::size_t kSingleCopyWriteBytes = std::size_t{256} << 10;
+}  // namespace
+
 void allgather_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                                std::size_t elem) {
   const int L = shm.size(), me = shm.rank();
   auto* dst = static_cast<char*>(out);
+  if (blocks.size(0) * elem < kSingleCopyWriteBytes) {
+    const std::uint64_t step = shm.next_step();
+    shm.control(me).in_addr = reinterpret_cast<std::uint64_t>(in);
+    shm.publish(Counter::kPosted, step);
+    // The own block while the peers post.
+    char* own = dst + blocks.offset(me) * elem;
+    if (in != own && blocks.size(me)) std::memcpy(own, in, blocks.size(me) * elem);
+    for (int i = 1; i < L; ++i) {
+      const int r = (me + i) % L;
+      shm.wait_one(r, Counter::kPosted, step);
+      if (blocks.size(r)) shm.read_peer(r, dst + blocks.offset(r) * elem, shm.control(r).in_addr, blocks.size(r) * elem);
+    }
+    // Every rank's input is read by its peers until all are done.
+    shm.publish(Counter::kReleased, step);
+    shm.wait_all(Counter::kReleased, step);
+    return;
+  }
   const std::uint64_t step = shm.next_step();
   shm.control(me).out_addr = reinterpret_cast<std::uint64_t>(out);
   shm.publish(Counter::kPosted, step);
