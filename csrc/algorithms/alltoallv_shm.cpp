@@ -24,8 +24,9 @@
 // each peer's (process_vm_readv); in place it stages what arrives until
 // every peer is done reading. Writing was 1.02-1.17x MPI_Alltoall at P = 2
 // from 512 KiB to 4 MiB against 1.00-1.03x reading, and 1.06-1.17x against
-// 1.03-1.12x at P = 4; at 256 KiB they were level and at 64 KiB reading
-// ahead (1.72x against 1.62x; bench/results/others_large.md).
+// 1.03-1.12x at P = 4; at 256 KiB reading was level or ahead (1.02x
+// against 1.01x, and 0.98x for writing in later runs), at 64 KiB ahead
+// (1.72x against 1.62x; bench/results/others_large.md).
 //
 // Hang invariant: every rank runs the same number of rounds. allgatherv's
 // and alltoall's ranks all know every block's size; alltoallv's ranks know
@@ -158,7 +159,7 @@ void allgatherv_shm(transport::ShmGroup& shm, const void* in, void* out, const s
 namespace {
 // From this size (the call's input) alltoall's single copy writes its
 // blocks into the peers' outputs; below it reads the peers' blocks.
-constexpr std::size_t kSingleCopyWriteBytes = std::size_t{256} << 10;
+constexpr std::size_t kSingleCopyWriteBytes = std::size_t{512} << 10;
 }  // namespace
 
 void alltoall_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes) {
