@@ -66,23 +66,28 @@ def _elements(nbytes: int, dtype: np.dtype, P: int) -> int:
     return n - n % P + P  # alltoall needs a multiple of P rows
 
 
+def _cases(name: str, P: int):
+    """(key, every rank's input) for each dtype and size."""
+    for dtype in DTYPES:
+        for nbytes in SIZES:
+            n = _elements(nbytes, dtype, P)
+            key = (str(dtype), n)
+            yield key, inputs((name,) + key, dtype, (n,), "bits", P)
+
+
 @pytest.mark.parametrize("threshold", [0, 1 << 62], ids=["single_copy", "staged"])
 def test_allgather(pair, threshold):
     comm, P, r = pair, pair.size, pair.rank
     check = Checker(P)
     with _Threshold(comm, threshold):
-        for dtype in DTYPES:
-            for nbytes in SIZES:
-                n = _elements(nbytes, dtype, P)
-                key = (str(dtype), n)
-                xs = inputs(("sc_allgather",) + key, dtype, (n,), "bits", P)
-                x = xs[r].copy()
-                check.expect(f"allgather {key}", call(lambda: comm.allgather(x, algorithm="shm")), allgather_ref(xs),
-                             "bits")
-                out = np.empty(P * n, dtype)
-                check.expect(f"allgather out= {key}", call(lambda: comm.allgather(x, out=out, algorithm="shm")),
-                             allgather_ref(xs), "bits", same=out)
-                check.expect(f"allgather input unchanged {key}", x, xs[r], "bits")
+        for key, xs in _cases("sc_allgather", P):
+            x = xs[r].copy()
+            check.expect(f"allgather {key}", call(lambda: comm.allgather(x, algorithm="shm")), allgather_ref(xs),
+                         "bits")
+            out = np.empty(P * xs[r].size, xs[r].dtype)
+            check.expect(f"allgather out= {key}", call(lambda: comm.allgather(x, out=out, algorithm="shm")),
+                         allgather_ref(xs), "bits", same=out)
+            check.expect(f"allgather input unchanged {key}", x, xs[r], "bits")
     check.verify()
 
 
@@ -91,23 +96,19 @@ def test_alltoall(node, threshold):
     comm, P, r = node, node.size, node.rank
     check = Checker(P)
     with _Threshold(comm, threshold):
-        for dtype in DTYPES:
-            for nbytes in SIZES:
-                n = _elements(nbytes, dtype, P)
-                key = (str(dtype), n)
-                xs = inputs(("sc_alltoall",) + key, dtype, (n,), "bits", P)
-                want = alltoall_ref(xs, r)
-                x = xs[r].copy()
-                check.expect(f"alltoall {key}", call(lambda: comm.alltoall(x, algorithm="shm")), want, "bits")
-                check.expect(f"alltoall input unchanged {key}", x, xs[r], "bits")
-                check.expect(f"alltoall in place {key}", call(lambda: comm.alltoall(x, out=x, algorithm="shm")),
-                             want, "bits", same=x)
-                # One rank in place, the others not: the in-place rank must not
-                # overwrite blocks its peers are still reading.
-                x = xs[r].copy()
-                out = x if r == 0 else np.empty_like(x)
-                check.expect(f"alltoall in place on rank 0 only {key}",
-                             call(lambda: comm.alltoall(x, out=out, algorithm="shm")), want, "bits", same=out)
+        for key, xs in _cases("sc_alltoall", P):
+            want = alltoall_ref(xs, r)
+            x = xs[r].copy()
+            check.expect(f"alltoall {key}", call(lambda: comm.alltoall(x, algorithm="shm")), want, "bits")
+            check.expect(f"alltoall input unchanged {key}", x, xs[r], "bits")
+            check.expect(f"alltoall in place {key}", call(lambda: comm.alltoall(x, out=x, algorithm="shm")),
+                         want, "bits", same=x)
+            # One rank in place, the others not: the in-place rank must not
+            # overwrite blocks its peers are still reading.
+            x = xs[r].copy()
+            out = x if r == 0 else np.empty_like(x)
+            check.expect(f"alltoall in place on rank 0 only {key}",
+                         call(lambda: comm.alltoall(x, out=out, algorithm="shm")), want, "bits", same=out)
     check.verify()
 
 
