@@ -773,14 +773,10 @@ class Server {
   void quiesce() {
     if (cfg_.mode != Mode::kAsync) {
       for (auto& e : replies_) {
-        while (!progress(e)) {
-          if (cfg_.timeout > 0 && seconds_since(e.since) > verdict_seconds()) {
-            late_peer_ = e.w;
-            DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank()
-                                                              << " timed out waiting to deliver parameters to rank "
-                                                              << e.w);
-          }
-          tp::Backoff::yield();
+        if (!deliver(e)) {
+          late_peer_ = e.w;
+          DISTML_THROW(Timeout, "parameter server on rank " << mail_.rank()
+                                                            << " timed out waiting to deliver parameters to rank " << e.w);
         }
       }
       replies_.clear();
