@@ -277,6 +277,14 @@ def digits():
     return X[order[n_test:]], y[order[n_test:]], X[order[:n_test]], y[order[:n_test]]
 
 
+def digits_mlp(hidden):
+    """The straggler runs' model: 64 -> hidden -> hidden -> 10, fixed seeds."""
+    from distml import nn
+
+    return nn.Sequential(nn.Linear(64, hidden, rng=0), nn.ReLU(), nn.Linear(hidden, hidden, rng=1), nn.ReLU(),
+                         nn.Linear(hidden, 10, rng=2))
+
+
 def straggler_run(comm, method, slow_factor, args, data):
     import distml
     from distml import nn, optim
@@ -286,8 +294,7 @@ def straggler_run(comm, method, slow_factor, args, data):
     X, y, Xt, yt = data
     rank, P = comm.rank, comm.size
     slow_rank = P - 1
-    model = nn.Sequential(nn.Linear(64, args.hidden, rng=0), nn.ReLU(),
-                          nn.Linear(args.hidden, args.hidden, rng=1), nn.ReLU(), nn.Linear(args.hidden, 10, rng=2))
+    model = digits_mlp(args.hidden)
     loss_fn = nn.SoftmaxCrossEntropy()
     b = args.batch
     budget = args.epochs * len(X)
@@ -412,9 +419,7 @@ def delays(args) -> dict:
     clocks = int(np.ceil(args.epochs * len(X) / (b * P)))
     rows = []
     for d in args.delays:
-        model = nn.Sequential(nn.Linear(64, args.hidden, rng=0), nn.ReLU(),
-                              nn.Linear(args.hidden, args.hidden, rng=1), nn.ReLU(),
-                              nn.Linear(args.hidden, 10, rng=2))
+        model = digits_mlp(args.hidden)
         loss_fn = nn.SoftmaxCrossEntropy()
         params = model.parameters()
         opt = optim.Adam(params, lr=2e-3)
