@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from distml import bench
@@ -54,6 +55,67 @@ def test_memory_bound_from_the_size_memcpy():
     assert rows[0]["memory_bound_s"] == pytest.approx(3e-3)
     assert rows[0]["max_ratio_at_bound"] == pytest.approx(4 / 3)
     assert rows[1]["memory_bound_s"] == pytest.approx(3e-3 * (1 + 1 / 4) / 2)
+
+
+def test_memory_bound_counts_the_cores_a_short_copy_waits_for():
+    # Four ranks on two cores, each copy 1 ms of CPU: the node needs 2 ms
+    # for the four, though each rank's wall time says 1.1 ms. With as many
+    # cores as ranks the wall time stands.
+    for cores, want in ((2, 2e-3), (4, 1.1e-3)):
+        rows = [_row(bench.BASELINE, 1 << 20, 4e-3, P=4, collective="alltoall")]
+        rows[0].update(size_memcpy_s=1.1e-3, size_memcpy_cpu_s=1e-3)
+        bench.add_memory_bound(rows, 1e12, cores=cores)
+        assert rows[0]["memory_bound_s"] == pytest.approx(want)
+    # A copy the scheduler sliced already shows the sharing in its wall time.
+    rows = [_row(bench.BASELINE, 1 << 24, 9e-3, P=4, collective="alltoall")]
+    rows[0].update(size_memcpy_s=5e-3, size_memcpy_cpu_s=2e-3)
+    bench.add_memory_bound(rows, 1e12, cores=2)
+    assert rows[0]["memory_bound_s"] == pytest.approx(5e-3)
+
+
+def test_private_bound_takes_the_cheaper_way_across():
+    P, memcpy = 4, 1e-3
+    # Kernel copy slower than two memcpys: peers' blocks cross by two memcpys.
+    # Between: by the kernel. Faster than one memcpy: every block by the kernel.
+    for kernel, want in ((3e-3, memcpy / P + (P - 1) / P * 2 * memcpy),
+                         (1.5e-3, memcpy / P + (P - 1) / P * 1.5e-3),
+                         (0.5e-3, 0.5e-3)):
+        rows = [_row(bench.BASELINE, 1 << 20, 4e-3, P=P, collective="alltoall"),
+                _row("distml:auto", 1 << 20, 2e-3, P=P, collective="alltoall")]
+        for r in rows:
+            r.update(size_memcpy_s=memcpy, size_kernel_copy_s=kernel)
+        bench.add_memory_bound(rows, 1e12, cores=P)
+        mpi, auto = rows
+        assert mpi["private_bound_s"] == pytest.approx(want)
+        assert mpi["max_ratio_at_private_bound"] == pytest.approx(4e-3 / want)
+        assert auto["of_private_bound"] == pytest.approx(want / 2e-3)
+        assert "max_ratio_at_private_bound" not in auto
+        assert mpi["memory_bound_s"] == pytest.approx(memcpy)
+    # Only alltoall gets it, and only rows that timed the kernel's copy.
+    rows = [_row(bench.BASELINE, 1 << 20, 4e-3, P=2, collective="reduce_scatter"),
+            _row(bench.BASELINE, 1 << 20, 4e-3, P=2, collective="allgather"),
+            _row(bench.BASELINE, 1 << 20, 4e-3, P=2, collective="alltoall")]
+    rows[0].update(size_memcpy_s=1e-3, size_kernel_copy_s=1e-3)
+    rows[1].update(size_memcpy_s=1e-3, size_kernel_copy_s=1e-3)
+    rows[2].update(size_memcpy_s=1e-3)
+    bench.add_memory_bound(rows, 1e12, cores=2)
+    assert not any("private_bound_s" in r for r in rows)
+
+
+def test_size_memcpy_times_the_kernel_copy():
+    from distml.bench.sweep import SizeMemcpy
+
+    m = SizeMemcpy(3 << 20, 2)
+    for a in m.src:
+        a[:] = np.arange(a.size) % 251
+    m.call()(0)
+    assert np.array_equal(m.dst[0], m.src[0]) and len(m.cpu_s) == 1 and m.cpu_s[0] > 0
+    kernel = m.kernel_call()
+    if kernel is None:
+        pytest.skip("process_vm_writev is refused here")
+    m.dst[1][:] = 0
+    kernel(1)
+    assert np.array_equal(m.dst[1], m.src[1]) and len(m.kernel_cpu_s) == 1
 
 
 def test_add_memory_bound():

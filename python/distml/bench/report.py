@@ -60,19 +60,53 @@ def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) 
     ranks sharing a core copy one after the other, so the bound stretches
     by P / cores. Rows that carry ``size_memcpy_s`` (a memcpy of the row's
     bytes on every rank at once, timed with them: sweep.SizeMemcpy) take
-    that instead, which already includes the sharing."""
+    that instead; with more ranks than cores, the CPU time of that copy
+    (``size_memcpy_cpu_s``) times P / cores where that is longer, since a
+    copy shorter than the scheduler's slice runs whole while its rank has
+    the core and its wall time leaves out the waiting for one.
+
+    alltoall's rows that also carry the kernel's copy of their bytes
+    (``size_kernel_copy_s``, process_vm_writev) get a second, tighter bound
+    for arrays in each rank's private memory (``private_bound_s``,
+    ``of_private_bound``, and the baseline's
+    ``max_ratio_at_private_bound``): a rank's own block is one copy, each
+    block from a peer leaves that peer's memory either by the kernel's copy
+    or by two memcpys through shared memory, whichever is faster at this
+    size: min(kernel, memcpy) / P + (P - 1) / P * min(kernel, 2 * memcpy)
+    of the row's bytes. No schedule on private arrays moves a block between
+    processes with less. allgather has none: its sender reads one block
+    and writes it to every peer, so a memcpy of the output (a read and a
+    write of every byte) overstates what it must move, and its single copy
+    reached 1.2x the time such a bound gives at P = 4."""
+    def copy_time(r: Dict[str, Any], wall: str, cpu: str) -> Optional[float]:
+        if not r.get(wall):
+            return None
+        t = r[wall]
+        if r["P"] > cores and r.get(cpu):
+            t = max(t, r[cpu] * r["P"] / max(1, cores))
+        return t
+
     for r in rows:
         factor = memory_bound_factor(r["implementation"], r["P"], r["collective"])
         if factor is None:
             continue
-        if r.get("size_memcpy_s"):
-            bound = factor * r["size_memcpy_s"]
+        memcpy = copy_time(r, "size_memcpy_s", "size_memcpy_cpu_s")
+        if memcpy is not None:
+            bound = factor * memcpy
         else:
             bound = factor * r["bytes"] / memcpy_Bps * max(1.0, r["P"] / max(1, cores))
         r["memory_bound_s"] = bound
         r["of_memory_bound"] = bound / r["time_s"]
         if r["implementation"] == BASELINE:
             r["max_ratio_at_bound"] = r["time_s"] / bound
+        kernel = copy_time(r, "size_kernel_copy_s", "size_kernel_copy_cpu_s")
+        if memcpy is not None and kernel is not None and r["collective"] == "alltoall":
+            P = r["P"]
+            private = min(kernel, memcpy) / P + (P - 1) / P * min(kernel, 2 * memcpy)
+            r["private_bound_s"] = private
+            r["of_private_bound"] = private / r["time_s"]
+            if r["implementation"] == BASELINE:
+                r["max_ratio_at_private_bound"] = r["time_s"] / private
 
 
 _HEADER = f"{'collective':<15}{'implementation':<28}{'bytes':>10}{'time(us)':>12}{'algbw GB/s':>12}" \

@@ -228,20 +228,93 @@ SIZE_MEMCPY_MIN_BYTES = 1 << 20
 class SizeMemcpy:
     """``np.copyto`` of a row's bytes on every rank at once, rotating over
     as many buffer pairs as the row's collective uses: the memcpy rate at
-    that size, with the ranks sharing the memory system (and the cores, when
-    there are more ranks than cores) as the collective does. The single
-    rank's 256 MiB ceiling overstates it at sizes of 16-64 MiB on these
-    machines (6.0-7.0 GB/s each with two ranks copying at once, against
-    11.3-12.1 GB/s alone at 256 MiB; bench/results/others_large.md)."""
+    that size, with the ranks sharing the memory system as the collective
+    does. The single rank's 256 MiB ceiling overstates it at sizes of
+    16-64 MiB on these machines (6.0-7.0 GB/s each with two ranks copying
+    at once, against 11.3-12.1 GB/s alone at 256 MiB;
+    bench/results/others_large.md).
+
+    With more ranks than cores, a rank's wall time does not show the
+    sharing of the cores when the copy is shorter than the scheduler's
+    slice: four ranks on two cores each timed 87-93 us for a 1 MiB copy,
+    as two ranks alone do, while the node needs twice that to make the four
+    copies. So each call also records the CPU time its copy took
+    (``cpu_s``); the bound then takes that times P / cores where it is
+    longer (report.add_memory_bound).
+
+    ``kernel_call`` times the same bytes copied by the kernel
+    (process_vm_writev into this process's own array, the call the
+    single-copy schedules make towards a peer), where the kernel allows it:
+    the other way a block can leave one process's private memory for
+    another's, the first being two memcpys through shared memory."""
 
     def __init__(self, nbytes: int, nsets: int) -> None:
         self.src = [np.ones(nbytes, np.uint8) for _ in range(nsets)]
         # Written once so that no page is first touched inside a timed call.
         self.dst = [np.ones(nbytes, np.uint8) for _ in range(nsets)]
+        self.cpu_s: List[float] = []
+        self.kernel_cpu_s: List[float] = []
 
     def call(self) -> Callable[[int], Any]:
         src, dst, n = self.src, self.dst, len(self.src)
-        return lambda i: np.copyto(dst[i % n], src[i % n])
+        cpu, clock = self.cpu_s, time.thread_time
+
+        def run(i: int) -> None:
+            t = clock()
+            np.copyto(dst[i % n], src[i % n])
+            cpu.append(clock() - t)
+        return run
+
+    def kernel_call(self) -> Optional[Callable[[int], Any]]:
+        """The kernel's copy of the row's bytes, or None where the kernel
+        refuses process_vm_writev (or it is not Linux)."""
+        write = _process_vm_writev()
+        if write is None:
+            return None
+        src, dst, n = self.src, self.dst, len(self.src)
+        cpu, clock = self.kernel_cpu_s, time.thread_time
+        try:
+            write(src[0], dst[0])
+        except OSError:
+            return None
+
+        def run(i: int) -> None:
+            t = clock()
+            write(src[i % n], dst[i % n])
+            cpu.append(clock() - t)
+        return run
+
+
+def _process_vm_writev() -> Optional[Callable[[np.ndarray, np.ndarray], None]]:
+    """``write(src, dst)``: process_vm_writev of src into dst, both arrays of
+    this process; None where libc has no such call."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.process_vm_writev
+    except (OSError, AttributeError):
+        return None
+
+    class IoVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(IoVec), ctypes.c_ulong, ctypes.POINTER(IoVec), ctypes.c_ulong,
+                   ctypes.c_ulong]
+    fn.restype = ctypes.c_ssize_t
+    pid = os.getpid()
+
+    def write(src: np.ndarray, dst: np.ndarray) -> None:
+        done, total = 0, src.nbytes
+        while done < total:
+            local = IoVec(src.ctypes.data + done, total - done)
+            remote = IoVec(dst.ctypes.data + done, total - done)
+            got = fn(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if got <= 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"process_vm_writev: {os.strerror(err)}")
+            done += got
+    return write
 
 
 def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
@@ -349,11 +422,26 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                     impls.append(("distml:shared-buffer", "auto", case.shared_buffer_call(comm)))
             size_memcpy = (SizeMemcpy(case.nbytes, nsets) if memcpy and name != "barrier"
                            and case.nbytes >= SIZE_MEMCPY_MIN_BYTES else None)
-            runs = [run for _, _, run in impls] + ([size_memcpy.call()] if size_memcpy else [])
+            copies: List[Callable[[int], Any]] = []
+            if size_memcpy:
+                copies.append(size_memcpy.call())
+                kernel = size_memcpy.kernel_call()
+                # Every rank times the same calls, or the barriers would pair wrongly.
+                if mcomm.allreduce(kernel is not None, op=MPI.LAND):
+                    copies.append(kernel)
+            runs = [run for _, _, run in impls] + copies
             all_times = time_interleaved(mcomm, runs, iters, warmup)
-            memcpy_s = float(np.median(all_times[-1])) if size_memcpy else None
+            extra: Dict[str, float] = {}
+            if size_memcpy:
+                # Wall times are already the slowest rank's; CPU times too.
+                cpu_med = lambda v: mcomm.allreduce(float(np.median(v[warmup:] or v)), op=MPI.MAX)  # noqa: E731
+                extra["size_memcpy_s"] = float(np.median(all_times[len(impls)]))
+                extra["size_memcpy_cpu_s"] = cpu_med(size_memcpy.cpu_s)
+                if len(copies) > 1:
+                    extra["size_kernel_copy_s"] = float(np.median(all_times[len(impls) + 1]))
+                    extra["size_kernel_copy_cpu_s"] = cpu_med(size_memcpy.kernel_cpu_s)
             all_times = all_times[:len(impls)]
-            del size_memcpy
+            del size_memcpy, copies
             measured: List[Dict[str, Any]] = []
             for (impl, alg, _), times in zip(impls, all_times):
                 med = float(np.median(times))
@@ -369,8 +457,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                     "p90_time_s": float(np.percentile(times, 90)),
                     "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * factor / 1e9,
                 })
-                if memcpy_s is not None:
-                    measured[-1]["size_memcpy_s"] = memcpy_s
+                measured[-1].update(extra)
             base = next((m for m in measured if m["implementation"] == BASELINE), None)
             for m in measured:
                 m["ratio"] = base["time_s"] / m["time_s"] if base else None
