@@ -98,8 +98,9 @@ _SHM_SIZE_ENV = {
 
 # New results (``y = comm.allreduce(x)``) from this size on come from the
 # communicator's result pool (see Communicator._empty); smaller ones from
-# numpy, whose allocator already reuses small blocks.
-_POOL_MIN_BYTES = 128 << 10
+# numpy, whose allocator already reuses small blocks (allreduce's short
+# path in the core makes those itself, below the same size).
+_POOL_MIN_BYTES = _core.SHORT_FRESH_MAX_BYTES
 _POOL_DEFAULT_CAP = 1 << 30
 
 
@@ -554,11 +555,17 @@ class Communicator:
         """
         # The common case, kept short because small allreduces are latency
         # bound: contiguous arrays, blocking, out absent or a matching
-        # contiguous array. (Partial overlap of x and out is refused by the
-        # core.) Everything else takes the general path below. Both pass the
-        # shape, which ranks compare: equal counts in different shapes are a
-        # mismatch. (A 1-D shape is passed as (): the count says it all, and
-        # a 1-D call still differs from an N-D one.)
+        # contiguous array. The core takes it whole (allreduce_short, which
+        # returns None for anything else); new results from the pool's size
+        # on come through the Python short path below. (Partial overlap of x
+        # and out is refused by the core.) Everything else takes the general
+        # path. All pass the shape, which ranks compare: equal counts in
+        # different shapes are a mismatch. (A 1-D shape is passed as (): the
+        # count says it all, and a 1-D call still differs from an N-D one.)
+        if not async_op:
+            result = self._core.allreduce_short(x, op, out, algorithm)
+            if result is not None:
+                return result
         if type(x) is np.ndarray and not async_op and type(algorithm) is str:
             code = _DTYPE_INTS.get(x.dtype)
             opc = _OP_INTS.get((op, x.dtype)) if isinstance(op, str) else None

@@ -1,0 +1,139 @@
+"""allreduce's short path in the core (allreduce_short in
+csrc/bindings/module.cpp): which calls it takes and which it hands back to
+the Python layer, and that both give numpy's results and the same errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distml
+from mpi_helpers import Checker, call
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _handed_back(comm, P):
+    """Calls the core must leave to Python: (label, x, op, out, algorithm).
+    None of them may start a collective, so they are safe on one rank."""
+    x = np.arange(12, dtype=np.float32)
+    big = np.ones((128 << 10) // 4, np.float32)
+    ro = np.empty(12, np.float32)
+    ro.flags.writeable = False
+    return [
+        ("a list", [1.0, 2.0], "sum", None, "auto"),
+        ("non-contiguous x", np.arange(24, dtype=np.float32)[::2], "sum", None, "auto"),
+        ("big-endian x", x.astype(">f4"), "sum", None, "auto"),
+        ("bool x", np.ones(3, bool), "sum", None, "auto"),
+        ("a subclass", x.view(_Sub), "sum", None, "auto"),
+        ("upper-case op", x, "SUM", None, "auto"),
+        ("an unknown op", x, "mean", None, "auto"),
+        ("a bitwise op on floats", x, "band", None, "auto"),
+        ("an op that is no string", x, np.add, None, "auto"),
+        ("a new result the pool makes", big, "sum", None, "auto"),
+        ("an algorithm that is no string", x, "sum", None, 3),
+        ("out of another dtype", x, "sum", np.empty(12, np.float64), "auto"),
+        ("out of another shape", x, "sum", np.empty((3, 4), np.float32), "auto"),
+        ("out read-only", x, "sum", ro, "auto"),
+        ("out non-contiguous", x, "sum", np.empty(24, np.float32)[::2], "auto"),
+        ("out a subclass", x, "sum", np.empty(12, np.float32).view(_Sub), "auto"),
+        ("out big-endian", x, "sum", np.empty(12, ">f4"), "auto"),
+    ]
+
+
+def test_short_path_hands_back_what_it_does_not_take(comm):
+    check = Checker(comm.size)
+    for label, x, op, out, algorithm in _handed_back(comm, comm.size):
+        got = call(lambda: comm._core.allreduce_short(x, op, out, algorithm))
+        check.expect_true(f"{label}: handed back (got {got!r:.60})", got is None)
+    check.verify()
+
+
+def test_short_path_takes_the_common_calls(comm):
+    # Each of these is taken by the core (it returns the result, not None),
+    # and gives numpy's sum. Run in the same order on every rank.
+    P, rank = comm.size, comm.rank
+    check = Checker(P)
+    xs = [np.arange(12, dtype=np.float32) + r for r in range(P)]
+    want = sum(xs)
+    x = xs[rank]
+    y = np.empty_like(x)
+    got = call(lambda: comm._core.allreduce_short(x, "sum", y, "auto"))
+    check.expect("out=y", got, want, same=y)
+    got = call(lambda: comm._core.allreduce_short(x.copy(), distml.Op.SUM, None, "auto"))
+    check.expect("a new result, op as distml.Op", got, want)
+    z = x.copy()
+    got = call(lambda: comm._core.allreduce_short(z, "sum", z, "ring"))
+    check.expect("in place, a named algorithm", got, want, same=z)
+    check.verify()
+
+
+def test_every_path_gives_numpys_result(comm):
+    # The same reductions through the core's short path and through the
+    # Python layer's (the cases it hands back), against numpy.
+    P, rank = comm.size, comm.rank
+    check = Checker(P)
+    cases = []
+    for dt in ("<f4", ">f4", "f2", "f8", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "l", "q", "L", "Q"):
+        for shape in ((), (1,), (5,), (3, 4), (2, 3, 2)):
+            cases.append((np.dtype(dt), shape))
+    for dtype, shape in cases:
+        xs = [((np.arange(int(np.prod(shape)), dtype=np.int64) * 7 + r) % 5).astype(dtype).reshape(shape)
+              for r in range(P)]
+        ref = np.sum(np.stack([a.astype(np.float64) for a in xs]), axis=0)
+        x = xs[rank]
+        for op in ("sum", "max"):
+            want = (ref if op == "sum" else np.max(np.stack([a.astype(np.float64) for a in xs]), axis=0))
+            label = f"{dtype.str} shape={shape} op={op}"
+            if not dtype.isnative:
+                # Refused on every path, by name.
+                for kw in ({}, {"out": np.empty(shape, dtype)}, {"out": x}):
+                    got = call(lambda: comm.allreduce(x, op=op, **kw))
+                    check.expect_true(f"{label} {list(kw)}: {got!r:.80}",
+                                      isinstance(got, TypeError) and "byte order" in str(got))
+                continue
+            got = call(lambda: comm.allreduce(x, op=op))
+            ok = (not isinstance(got, BaseException) and got.shape == shape and got.dtype == dtype
+                  and np.array_equal(got.astype(np.float64), want))
+            check.expect_true(f"{label}: new result {got!r:.80}", ok)
+            out = np.empty(shape, dtype)
+            got = call(lambda: comm.allreduce(x, op=op, out=out))
+            check.expect_true(f"{label}: out=", got is out and np.array_equal(out.astype(np.float64), want))
+            inplace = x.copy()
+            got = call(lambda: comm.allreduce(inplace, op=op, out=inplace))
+            check.expect_true(f"{label}: in place", got is inplace
+                              and np.array_equal(inplace.astype(np.float64), want))
+    check.verify()
+
+
+def test_short_path_errors_name_the_problem(comm):
+    P, rank = comm.size, comm.rank
+    check = Checker(P)
+    x = np.arange(16, dtype=np.float32)
+    # Partial overlap of x and out: refused by the core on every rank alike.
+    check.expect_raises("out overlapping x", call(lambda: comm.allreduce(x[:8], out=x[4:12])), ValueError)
+    check.expect_raises("unknown algorithm", call(lambda: comm.allreduce(x, algorithm="no-such")), ValueError)
+    check.expect_raises("bitwise op on floats", call(lambda: comm.allreduce(x, op="bxor")), TypeError)
+    # The same count in another shape on one rank is a mismatch, raised on
+    # every rank; then the communicator still works.
+    if P > 1:
+        a = x.reshape(4, 4) if rank == 0 else x.reshape(2, 8)
+        check.expect_raises("2-D shapes differ", call(lambda: comm.allreduce(a)), distml.MismatchError)
+        b = x.reshape(16, 1) if rank == 0 else x
+        check.expect_raises("2-D against 1-D", call(lambda: comm.allreduce(b)), distml.MismatchError)
+    check.expect("after the errors", call(lambda: comm.allreduce(x)), x * P)
+    check.verify()
+
+
+@pytest.mark.parametrize("nbytes", [8, 4096, (128 << 10) - 4, 128 << 10])
+def test_new_results_on_both_sides_of_the_pool(comm, nbytes):
+    P = comm.size
+    x = np.full(nbytes // 4, comm.rank + 1, np.float32)
+    check = Checker(P)
+    got = call(lambda: comm.allreduce(x))
+    check.expect(f"{nbytes} B", got, np.full_like(x, P * (P + 1) / 2))
+    check.expect_true(f"{nbytes} B: a new array", isinstance(got, np.ndarray) and got is not x
+                      and not np.shares_memory(got, x))
+    check.verify()
