@@ -555,16 +555,17 @@ class Communicator:
         """
         # The common case, kept short because small allreduces are latency
         # bound: contiguous arrays, blocking, out absent or a matching
-        # contiguous array. The core takes it whole (allreduce_short, which
-        # returns None for anything else); new results from the pool's size
-        # on come through the Python short path below. (Partial overlap of x
+        # contiguous array. The core takes it whole (Communicator.short in
+        # csrc/bindings/module.cpp, NotImplemented for anything else); new
+        # results from the pool's size on, and bfloat16, come through the
+        # Python short path below. (Partial overlap of x
         # and out is refused by the core.) Everything else takes the general
         # path. All pass the shape, which ranks compare: equal counts in
         # different shapes are a mismatch. (A 1-D shape is passed as (): the
         # count says it all, and a 1-D call still differs from an N-D one.)
         if not async_op:
-            result = self._core.allreduce_short(x, op, out, algorithm)
-            if result is not None:
+            result = self._core.short(_ALLREDUCE, x, op, out, algorithm, 0)
+            if result is not NotImplemented:
                 return result
         if type(x) is np.ndarray and not async_op and type(algorithm) is str:
             code = _DTYPE_INTS.get(x.dtype)
@@ -633,6 +634,10 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
+        if not async_op:
+            result = self._core.short(_REDUCE, x, op, out, algorithm, root)
+            if result is not NotImplemented:
+                return result
         if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str and x.flags.c_contiguous):
             code = _DTYPE_INTS.get(x.dtype)
@@ -702,6 +707,10 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
+        if not async_op:
+            result = self._core.short(_BROADCAST, x, None, None, algorithm, root)
+            if result is not NotImplemented:
+                return result
         if (type(x) is np.ndarray and not async_op and type(root) is int and 0 <= root < self._size
                 and type(algorithm) is str):
             code = _DTYPE_INTS.get(x.dtype)
@@ -740,6 +749,10 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
+        if not async_op:
+            result = self._core.short(_ALLGATHER, x, None, out, algorithm, 0)
+            if result is not NotImplemented:
+                return result
         if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
             code = _DTYPE_INTS.get(x.dtype)
             if code is not None:
@@ -788,6 +801,10 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
+        if not async_op:
+            result = self._core.short(_REDUCE_SCATTER, x, op, out, algorithm, 0)
+            if result is not NotImplemented:
+                return result
         if type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous:
             code = _DTYPE_INTS.get(x.dtype)
             opc = _OP_INTS.get((op, x.dtype)) if isinstance(op, str) else None
@@ -844,6 +861,10 @@ class Communicator:
         Must be called on all ranks.
         """
         # The common case, kept short (see allreduce).
+        if not async_op:
+            result = self._core.short(_ALLTOALL, x, None, out, algorithm, 0)
+            if result is not NotImplemented:
+                return result
         if (type(x) is np.ndarray and not async_op and type(algorithm) is str and x.ndim and x.flags.c_contiguous
                 and x.shape[0] % self._size == 0):
             code = _DTYPE_INTS.get(x.dtype)
