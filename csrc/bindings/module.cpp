@@ -1,6 +1,8 @@
 // pybind11 bindings: argument conversion, GIL release, and the mapping of the
-// core's errors to distml's Python exceptions. No logic lives here; the
-// Python layer (python/distml/comm.py) validates arrays and passes pointers.
+// core's errors to distml's Python exceptions. The Python layer
+// (python/distml/comm.py) validates arrays and passes pointers, except for
+// the collectives' common call, whose checks short_call makes here (a small
+// collective is latency bound) and hands everything else back.
 #include <mpi.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
