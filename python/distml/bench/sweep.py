@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import os
 import sys
 import time
@@ -255,15 +256,19 @@ class SizeMemcpy:
         self.cpu_s: List[float] = []
         self.kernel_cpu_s: List[float] = []
 
-    def call(self) -> Callable[[int], Any]:
+    def _timed(self, copy: Callable[[np.ndarray, np.ndarray], Any], cpu: List[float]) -> Callable[[int], Any]:
+        """Call ``i``: ``copy`` of buffer pair ``i``, its CPU time appended to ``cpu``."""
         src, dst, n = self.src, self.dst, len(self.src)
-        cpu, clock = self.cpu_s, time.thread_time
+        clock = time.thread_time
 
         def run(i: int) -> None:
             t = clock()
-            np.copyto(dst[i % n], src[i % n])
+            copy(src[i % n], dst[i % n])
             cpu.append(clock() - t)
         return run
+
+    def call(self) -> Callable[[int], Any]:
+        return self._timed(lambda s, d: np.copyto(d, s), self.cpu_s)
 
     def kernel_call(self) -> Optional[Callable[[int], Any]]:
         """The kernel's copy of the row's bytes, or None where the kernel
@@ -271,23 +276,18 @@ class SizeMemcpy:
         write = _process_vm_writev()
         if write is None:
             return None
-        src, dst, n = self.src, self.dst, len(self.src)
-        cpu, clock = self.kernel_cpu_s, time.thread_time
         try:
-            write(src[0], dst[0])
+            write(self.src[0], self.dst[0])
         except OSError:
             return None
-
-        def run(i: int) -> None:
-            t = clock()
-            write(src[i % n], dst[i % n])
-            cpu.append(clock() - t)
-        return run
+        return self._timed(write, self.kernel_cpu_s)
 
 
+@functools.lru_cache(maxsize=None)
 def _process_vm_writev() -> Optional[Callable[[np.ndarray, np.ndarray], None]]:
     """``write(src, dst)``: process_vm_writev of src into dst, both arrays of
-    this process; None where libc has no such call."""
+    this process; None where libc has no such call. Made once per process
+    (the sweep asks for it at every size)."""
     import ctypes
 
     try:
@@ -423,11 +423,14 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             size_memcpy = (SizeMemcpy(case.nbytes, nsets) if memcpy and name != "barrier"
                            and case.nbytes >= SIZE_MEMCPY_MIN_BYTES else None)
             copies: List[Callable[[int], Any]] = []
+            timed_kernel = False
             if size_memcpy:
                 copies.append(size_memcpy.call())
+            if size_memcpy and name == "alltoall":  # the only rows with a bound from it (add_memory_bound)
                 kernel = size_memcpy.kernel_call()
                 # Every rank times the same calls, or the barriers would pair wrongly.
-                if mcomm.allreduce(kernel is not None, op=MPI.LAND):
+                timed_kernel = mcomm.allreduce(kernel is not None, op=MPI.LAND)
+                if timed_kernel:
                     copies.append(kernel)
             runs = [run for _, _, run in impls] + copies
             all_times = time_interleaved(mcomm, runs, iters, warmup)
@@ -437,7 +440,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 cpu_med = lambda v: mcomm.allreduce(float(np.median(v[warmup:] or v)), op=MPI.MAX)  # noqa: E731
                 extra["size_memcpy_s"] = float(np.median(all_times[len(impls)]))
                 extra["size_memcpy_cpu_s"] = cpu_med(size_memcpy.cpu_s)
-                if len(copies) > 1:
+                if timed_kernel:
                     extra["size_kernel_copy_s"] = float(np.median(all_times[len(impls) + 1]))
                     extra["size_kernel_copy_cpu_s"] = cpu_med(size_memcpy.kernel_cpu_s)
             all_times = all_times[:len(impls)]
