@@ -75,6 +75,11 @@ void check_overlap(const engine::Call& c, std::size_t in_bytes, std::size_t out_
   }
 }
 
+// The algorithm a call names ("auto" without a lookup).
+engine::Algo call_algo(engine::Kind kind, const std::string& algo) {
+  return algo == "auto" ? engine::Algo::kAuto : engine::parse_algo(kind, algo);
+}
+
 // The collective, dtype and op arrive as plain ints (members of Kind, DType
 // and Op convert through __index__): converting three enum arguments cost
 // more than the rest of a small call's way through the bindings.
@@ -90,7 +95,7 @@ engine::Call make_call(int kind, int dtype, int op, std::size_t count, std::size
   c.count = count;
   c.unit = unit;
   c.root = root;
-  c.algo = algo == "auto" ? engine::Algo::kAuto : engine::parse_algo(c.kind, algo);
+  c.algo = call_algo(c.kind, algo);
   set_shape(c, shape);
   std::size_t in_bytes = 0, out_bytes = 0;
   c.in = data_of(in, &in_bytes);
@@ -245,6 +250,8 @@ py::object short_call(engine::Communicator& self, int kind_code, py::handle x, p
     default:
       return back;
   }
+  std::size_t result_bytes = item;
+  for (auto d : shape) result_bytes *= static_cast<std::size_t>(d);
   py::object res = py::none();
   void* dst = nullptr;
   if (kind == engine::Kind::kBroadcast) {
@@ -254,9 +261,7 @@ py::object short_call(engine::Communicator& self, int kind_code, py::handle x, p
     dst = xa->data;
   } else if (result) {
     if (out.is_none()) {
-      std::size_t n = item;
-      for (auto d : shape) n *= static_cast<std::size_t>(d);
-      if (n >= kShortFreshMaxBytes) return back;
+      if (result_bytes >= kShortFreshMaxBytes) return back;
       res = py::array(py::reinterpret_borrow<py::dtype>(xa->descr), shape);
     } else if (may_be_x && out.ptr() == x.ptr()) {
       if (!(xa->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) return back;
@@ -278,18 +283,12 @@ py::object short_call(engine::Communicator& self, int kind_code, py::handle x, p
   c.count = count;
   c.unit = unit;
   c.root = root;
-  const std::string algo(a, static_cast<std::size_t>(alen));
-  c.algo = algo == "auto" ? engine::Algo::kAuto : engine::parse_algo(c.kind, algo);
+  c.algo = call_algo(kind, std::string(a, static_cast<std::size_t>(alen)));
   c.ndim = pass_shape ? nd : 0;
   for (int i = 0; i < c.ndim && i < engine::kMaxDims; ++i) c.shape[i] = dims[i];
   c.in = xa->data;
   c.out = dst;
-  std::size_t out_bytes = 0;
-  if (dst) {
-    out_bytes = item;
-    for (auto d : shape) out_bytes *= static_cast<std::size_t>(d);
-  }
-  check_overlap(c, count * item, out_bytes);
+  check_overlap(c, count * item, dst ? result_bytes : 0);
   self.drain();
   {
     py::gil_scoped_release nogil;

@@ -558,11 +558,11 @@ class Communicator:
         # contiguous array. The core takes it whole (Communicator.short in
         # csrc/bindings/module.cpp, NotImplemented for anything else); new
         # results from the pool's size on, and bfloat16, come through the
-        # Python short path below. (Partial overlap of x
-        # and out is refused by the core.) Everything else takes the general
-        # path. All pass the shape, which ranks compare: equal counts in
-        # different shapes are a mismatch. (A 1-D shape is passed as (): the
-        # count says it all, and a 1-D call still differs from an N-D one.)
+        # Python short path below. (Partial overlap of x and out is refused
+        # by the core.) Everything else takes the general path. All pass the
+        # shape, which ranks compare: equal counts in different shapes are a
+        # mismatch. (A 1-D shape is passed as (): the count says it all, and
+        # a 1-D call still differs from an N-D one.)
         if not async_op:
             result = self._core.short(_ALLREDUCE, x, op, out, algorithm, 0)
             if result is not NotImplemented:
