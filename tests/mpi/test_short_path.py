@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import distml
+from distml._core import SHORT_FRESH_MAX_BYTES as POOL
 from distml.comm import _ALLGATHER, _ALLREDUCE, _ALLTOALL, _BROADCAST, _REDUCE, _REDUCE_SCATTER
 from mpi_helpers import Checker, call
 
@@ -16,11 +17,11 @@ class _Sub(np.ndarray):
     pass
 
 
-def _handed_back(comm, P):
+def _handed_back():
     """Calls the core must leave to Python: (label, x, op, out, algorithm).
     None of them may start a collective, so they are safe on one rank."""
     x = np.arange(12, dtype=np.float32)
-    big = np.ones((128 << 10) // 4, np.float32)
+    big = np.ones(POOL // 4, np.float32)
     ro = np.empty(12, np.float32)
     ro.flags.writeable = False
     return [
@@ -59,7 +60,7 @@ def _handed_back_others(P):
         ("broadcast: root out of range", _BROADCAST, x, None, None, "auto", P),
         ("allgather: 0-d x", _ALLGATHER, np.float32(1.0) * np.ones((), np.float32), None, None, "auto", 0),
         ("allgather: out of x's shape", _ALLGATHER, x, None, np.empty(4 * P + 1, np.float32), "auto", 0),
-        ("allgather: a new result the pool makes", _ALLGATHER, np.ones((128 << 10) // 4 // P + 1, np.float32),
+        ("allgather: a new result the pool makes", _ALLGATHER, np.ones(POOL // 4 // P + 1, np.float32),
          None, None, "auto", 0),
         ("reduce_scatter: 0-d x", _REDUCE_SCATTER, np.ones((), np.float32), "sum", None, "auto", 0),
         ("reduce_scatter: out of the wrong rows", _REDUCE_SCATTER, x, "sum", np.empty(5, np.float32), "auto", 0),
@@ -71,7 +72,7 @@ def _handed_back_others(P):
 
 def test_short_path_hands_back_what_it_does_not_take(comm):
     check = Checker(comm.size)
-    for label, x, op, out, algorithm in _handed_back(comm, comm.size):
+    for label, x, op, out, algorithm in _handed_back():
         got = call(lambda: comm._core.short(_ALLREDUCE, x, op, out, algorithm, 0))
         check.expect_true(f"allreduce {label}: handed back (got {got!r:.60})", got is NotImplemented)
     for label, kind, x, op, out, algorithm, root in _handed_back_others(comm.size):
@@ -170,7 +171,7 @@ def test_short_path_errors_name_the_problem(comm):
     check.verify()
 
 
-@pytest.mark.parametrize("nbytes", [8, 4096, (128 << 10) - 4, 128 << 10])
+@pytest.mark.parametrize("nbytes", [8, 4096, POOL - 4, POOL])
 def test_new_results_on_both_sides_of_the_pool(comm, nbytes):
     P = comm.size
     x = np.full(nbytes // 4, comm.rank + 1, np.float32)
