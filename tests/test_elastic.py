@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -301,6 +302,39 @@ def test_witness_does_not_record_a_signal_it_forwarded(tmp_path):
             proc.kill()
     launch = tmp_path / "launch-0"
     assert not launch.exists() or os.listdir(launch) == []
+
+
+def test_witness_holds_a_fault_back_until_asked_to_end(tmp_path):
+    """A rank's fault is on record at once, but its witness ends only when
+    the process manager ends it (here after the record is seen) or after
+    FAULT_GRACE: across hosts a survivor could fault within microseconds of
+    a peer's death and, reported at once, get the job ended before the
+    peer's witness had recorded that death (CI saw rank 1 counted lost
+    instead of the killed rank 3)."""
+    from distml.elastic import _witness
+    from distml.elastic._supervisor import _FAULT_SIGNALS
+
+    assert _witness.FAULT_SIGNALS == _FAULT_SIGNALS
+    env = dict(os.environ, DISTML_ELASTIC_RUN=str(tmp_path))
+    launch = tmp_path / "launch-0"
+    with subprocess.Popen([sys.executable, "-S", _witness.__file__, sys.executable, "-c",
+                           "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            for _ in range(3000):  # up to 30 s for the record
+                if launch.exists() and any(n.endswith(".json") for n in os.listdir(launch)):
+                    break
+                assert proc.poll() is None, "the witness ended before the fault was on record"
+                time.sleep(0.01)
+            time.sleep(0.1)  # far less than FAULT_GRACE; a witness that did not hold has ended by now
+            assert proc.poll() is None, "the witness reported the fault at once"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=_witness.FAULT_GRACE) == -signal.SIGSEGV
+            assert proc.stderr.read() == ""
+        finally:
+            proc.kill()
+    (name,) = os.listdir(launch)
+    assert json.loads((launch / name).read_text())["signal"] == int(signal.SIGSEGV)
 
 
 def test_below_min_ranks_stops_with_a_clear_error(data, tmp_path):

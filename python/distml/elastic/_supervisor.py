@@ -302,8 +302,9 @@ def _witnessed_losses(launch_dir: str, ranks: Dict[int, dict], exits: Dict[int, 
     killed or exited is that loss's casualty, not a loss of its own: MPICH's
     TCP netmod can crash a survivor inside MPI_Isend to a peer that has just
     died (seen in core dumps of the cross-host tests). Its slot is sound, so
-    it is relaunched. When every recorded end is a fault, the first one is
-    the loss."""
+    it is relaunched. Its witness holds the fault back from the process
+    manager (_witness._hold), so that the peer's end is on record too. When
+    every recorded end is a fault, the first one is the loss."""
     by_pid = {int(rec["pid"]): r for r, rec in ranks.items() if "pid" in rec}
     ended = []
     for pid, rec in _records(launch_dir, "ended-", key="pid").items():

@@ -13,6 +13,10 @@ the same status, so the process manager hears of the death after the record
 exists. When the process manager ends the witness itself (SIGTERM then
 SIGKILL to the process it started), the rank follows at once through
 ``PR_SET_PDEATHSIG`` and nothing is recorded: those ranks were not lost.
+A rank that faults (SIGSEGV and the like) is recorded at once but reported
+to the process manager up to FAULT_GRACE seconds later (``_hold``): such a
+fault is most often a casualty of a peer's death, and that death must be on
+record first.
 
 It runs as a file (not ``-m distml...``) so that it imports nothing of
 distml, and with ``-S``; only the standard library is used.
@@ -28,6 +32,10 @@ import time
 _PR_SET_PDEATHSIG = 1
 ENV_RUN = "DISTML_ELASTIC_RUN"          # the same names as distml.elastic._state
 ENV_RESTART = "DISTML_ELASTIC_RESTART"
+# Signals of a fault inside the rank (the same as distml.elastic._supervisor._FAULT_SIGNALS).
+FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE,
+                                           signal.SIGILL))
+FAULT_GRACE = 2.0  # seconds a fault is held back from the process manager (_hold)
 
 
 def _launch_dir():
@@ -57,6 +65,23 @@ def _record(launch_dir: str, pid: int, status: int) -> None:
         pass
 
 
+def _hold(asked: set) -> None:
+    """Keeps a rank's fault from the process manager for FAULT_GRACE seconds,
+    or until it asks the witness to end (a signal lands in ``asked``).
+
+    A rank that faults has most often been crashed by a peer's death:
+    MPICH's TCP netmod can fault inside a send to a peer that just died.
+    The peer's witness must record that death before the process manager
+    ends the job, or the supervisor, finding only the fault, takes the
+    casualty for the loss. Hearing of the fault at once, the process manager
+    could end the peer's witness before it was scheduled to write; held
+    back, the fault reaches it only after the peer's witness has recorded
+    and ended, which ends the job."""
+    deadline = time.monotonic() + FAULT_GRACE
+    while not asked and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def main(argv) -> int:
     if not argv:
         print("distml witness: no program given", file=sys.stderr)
@@ -65,7 +90,7 @@ def main(argv) -> int:
     if launch_dir is None:  # not under the supervisor: nothing to record
         os.execvp(argv[0], argv)
     parent = os.getpid()
-    pid = os.fork()
+    pid = rank_pid = os.fork()
     if pid == 0:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)  # as a process started by mpiexec has them
@@ -85,17 +110,21 @@ def main(argv) -> int:
 
     def forward(signum, _frame):
         forwarded.add(signum)
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
+        if pid > 0:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
     _, status = os.waitpid(pid, 0)  # retried after a handler ran (PEP 475)
+    pid = -1  # reaped: its number may be reused, so nothing is forwarded to it now
     if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) \
             and not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in forwarded):
-        _record(launch_dir, pid, status)
+        _record(launch_dir, rank_pid, status)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULT_SIGNALS:
+            _hold(forwarded)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):  # the two whose action cannot be set
