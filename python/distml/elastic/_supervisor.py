@@ -48,6 +48,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._run import EXIT_BELOW_MIN_RANKS
 from ._state import ENV_RESTART, ENV_RUN, read_json
+from ._witness import FAULT_SIGNALS
 
 __all__ = ["supervise", "witness_command", "parse_hosts", "format_hosts", "leaked_segments", "remove_segments"]
 
@@ -288,11 +289,6 @@ def witness_command(program: Sequence[str]) -> List[str]:
             *program]
 
 
-# Signals of a fault inside the process, as opposed to one sent to it.
-_FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE,
-                                            signal.SIGILL))
-
-
 def _witnessed_losses(launch_dir: str, ranks: Dict[int, dict], exits: Dict[int, dict], exited: float,
                       killed: Sequence[int]) -> List[int]:
     """Ranks whose witness saw them end on their own, without a word
@@ -312,7 +308,7 @@ def _witnessed_losses(launch_dir: str, ranks: Dict[int, dict], exits: Dict[int, 
         when = float(rec.get("time", exited))
         if rank is None or rank in exits or pid in killed or when > exited:
             continue
-        ended.append((when, rank, rec.get("signal") in _FAULT_SIGNALS))
+        ended.append((when, rank, rec.get("signal") in FAULT_SIGNALS))
     if not ended:
         return []
     not_faults = [rank for _, rank, fault in ended if not fault]

@@ -32,7 +32,7 @@ import time
 _PR_SET_PDEATHSIG = 1
 ENV_RUN = "DISTML_ELASTIC_RUN"          # the same names as distml.elastic._state
 ENV_RESTART = "DISTML_ELASTIC_RESTART"
-# Signals of a fault inside the rank (the same as distml.elastic._supervisor._FAULT_SIGNALS).
+# Signals of a fault inside the rank, as opposed to one sent to it (the supervisor's too).
 FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE,
                                            signal.SIGILL))
 FAULT_GRACE = 2.0  # seconds a fault is held back from the process manager (_hold)
