@@ -147,3 +147,43 @@ def test_bound_table(tmp_path):
     table = bench.markdown_table([str(path)], "allreduce", 1, None, "bound")
     want_mpi = 2.5 * (1 << 20) / 1e10 / 4e-4
     assert f"| 1 MiB | {want_mpi:.2f} | {2 * want_mpi:.2f} |" in table
+
+
+def test_cross_core_table(tmp_path):
+    """--field cross_core: one column per file, the row's cross_core_s in
+    us, '-' where a row has none (below 1 MiB, or no two ranks on a node)."""
+    rows = [_row(bench.BASELINE, 64 << 10, 1e-5), _row("distml:auto", 64 << 10, 1e-5),
+            _row(bench.BASELINE, 1 << 20, 4e-4), _row("distml:auto", 1 << 20, 2e-4)]
+    rows[2]["cross_core_s"] = rows[3]["cross_core_s"] = 123e-6
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"machine": {"P": 2}, "rows": rows}))
+    lines = bench.markdown_table([str(path)], "allreduce", 1, None, "cross_core").splitlines()
+    assert lines[0] == "| size | P=2 cross-core us |"
+    assert lines[2:] == ["| 64 KiB | - |", "| 1 MiB | 123 |"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("P", [1, 2])
+def test_sweep_times_lines_between_cores_beside_its_rows(tmp_path, P):
+    """From 1 MiB, with two ranks on the node, every row carries the time of
+    the cross-core handoff timed among its calls (sweep.CrossCore), and
+    alltoall's kernel copy still comes from its own column (the handoff is
+    timed between the memcpy and it)."""
+    from mpirun import launch
+
+    out = tmp_path / "sweep.json"
+    run = launch(P, ["-m", "distml.bench", "--collectives", "alltoall,reduce_scatter", "--algorithms", "auto",
+                     "--sizes", "64K,1M", "--iters", "20", "--warmup", "2", "--quiet", "--out", str(out)],
+                 timeout=300)
+    assert not run.hung and run.returncode == 0, run.describe()
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and not any("cross_core_s" in r for r in rows if r["bytes"] < 1 << 20)
+    big = [r for r in rows if r["bytes"] == 1 << 20]
+    assert len(big) == 4
+    if P == 1:
+        assert not any("cross_core_s" in r for r in big)
+        return
+    assert all(r["cross_core_s"] > 0 for r in big)
+    for r in big:
+        if r["collective"] == "alltoall" and "size_kernel_copy_s" in r:
+            assert r["size_kernel_copy_s"] != r["cross_core_s"] and r["size_kernel_copy_s"] != r["size_memcpy_s"]
