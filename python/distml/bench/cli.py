@@ -74,13 +74,10 @@ def table_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="distml-bench table", description="Markdown table from sweep JSON files.")
     p.add_argument("files", nargs="+")
     p.add_argument("--collective", default="allreduce")
-    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound", "cross_core", "peers"),
-                   default="ratio",
+    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound", "peers"), default="ratio",
                    help="ratio to MPI, time, bus bandwidth, (allreduce) the fraction of the "
-                        "memory-bandwidth bound reached, the time of lines handed between two cores "
-                        "beside each row from 1 MiB (the machine's phase, bench/results/host_phases.md), "
-                        "or (allreduce runs with --peers) times and ratios against MPI and the peers, "
-                        "medians over the files of each P")
+                        "memory-bandwidth bound reached, or (allreduce runs with --peers) times and "
+                        "ratios against MPI and the peers, medians over the files of each P")
     p.add_argument("--min-bytes", type=parse_size, default=1)
     p.add_argument("--max-bytes", type=parse_size, default=None)
     a = p.parse_args(argv)

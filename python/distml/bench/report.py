@@ -159,11 +159,9 @@ def write_json(result: Dict[str, Any], path: str) -> None:
 def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_bytes: int = 0,
                    max_bytes: Optional[int] = None, field: str = "ratio") -> str:
     """A markdown table, one row per size, one column per (file, implementation):
-    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw",
+    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw" or
     "bound" (fraction of the memory-bandwidth bound reached, where
-    memory_bound_factor gives one) or "cross_core" (the row's
-    ``cross_core_s`` in us, one column per file: the machine's phase while
-    the row was timed, sweep.CrossCore)."""
+    memory_bound_factor gives one)."""
     results = []
     for p in paths:
         with open(p) as f:
@@ -179,10 +177,6 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
             impl = r["implementation"]
             if field == "ratio" and impl == BASELINE:
                 continue
-            if field == "cross_core":
-                if impl != BASELINE:
-                    continue
-                impl = "cross-core us"
             col = (pl, fi, impl)
             if col not in columns:
                 columns.append(col)
@@ -193,8 +187,6 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
                 v = f"{r['time_s'] * 1e6:.1f}"
             elif field == "bound":
                 v = f"{r['of_memory_bound']:.2f}" if "of_memory_bound" in r else "-"
-            elif field == "cross_core":
-                v = f"{r['cross_core_s'] * 1e6:.0f}" if "cross_core_s" in r else "-"
             else:
                 v = f"{r['busbw_GBps']:.2f}"
             cells[(r["bytes"], impl, fi)] = v

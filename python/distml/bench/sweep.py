@@ -317,60 +317,6 @@ def _process_vm_writev() -> Optional[Callable[[np.ndarray, np.ndarray], None]]:
     return write
 
 
-class CrossCore:
-    """Lines handed between two ranks' cores through shared memory, timed
-    beside a row's collectives: the machine's phase at that row.
-
-    Some machines switch, over seconds to minutes, between a phase in which
-    a core that rewrites lines its peer has read pays 5-7x as much and one
-    in which it does not (bench/results/host_phases.md); staged
-    shared-memory schedules slow down with it, single copies and MPI much
-    less. Call ``k`` has node rank 0 write buffer ``k % 2`` of a shared
-    window, which node rank 1 read in call ``k - 1``, while node rank 1 copies
-    out buffer ``(k + 1) % 2``, which rank 0 wrote in call ``k - 1``; the
-    other ranks do nothing. Its time, the slower of the two, is the row's
-    ``cross_core_s``. Made on nodes of two or more ranks only (``make``)."""
-
-    BYTES = 256 << 10
-
-    def __init__(self, node: Any) -> None:
-        from mpi4py import MPI
-
-        self.role = node.Get_rank()
-        self.win = MPI.Win.Allocate_shared(2 * self.BYTES if self.role == 0 else 0, 1, comm=node)
-        buf, _ = self.win.Shared_query(0)
-        self.shared = np.frombuffer(buf, np.uint8, 2 * self.BYTES).reshape(2, self.BYTES)
-        self.src = np.full(self.BYTES, 7, np.uint8)
-        self.dst = np.empty(self.BYTES, np.uint8)
-        self.calls = 0
-        if self.role == 0:
-            self.shared[:] = 7
-        node.Barrier()
-
-    @classmethod
-    def make(cls, world: Any) -> Optional["CrossCore"]:
-        """On every rank (collective); None where no two ranks share a node."""
-        from mpi4py import MPI
-
-        node = world.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            shared = world.allreduce(node.Get_size() >= 2, op=MPI.LAND)
-            return cls(node) if shared else None
-        finally:
-            node.Free()
-
-    def call(self, _i: int) -> None:
-        k = self.calls
-        self.calls += 1
-        if self.role == 0:
-            np.copyto(self.shared[k % 2], self.src)
-        elif self.role == 1:
-            np.copyto(self.dst, self.shared[(k + 1) % 2])
-
-    def free(self) -> None:
-        self.win.Free()
-
-
 def buffer_sets(name: str, nbytes: int, item: int, size: int, args: argparse.Namespace) -> int:
     # Per set: the input plus the output (allreduce, alltoall: both full size).
     per_set = {"broadcast": 1.0, "reduce_scatter": 1.0 + 1.0 / size, "allgather": 1.0 + 1.0 / size}.get(name, 2.0)
@@ -442,8 +388,6 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         for peer_name, why in refused_peers.items():
             say(f"allreduce: skipping {LABELS[peer_name]}: {why}")
             skipped.append({"collective": "allreduce", "algorithm": LABELS[peer_name], "reason": why})
-    # Beside every row that times a memcpy of its bytes (the rows with a bound).
-    cross = CrossCore.make(world) if memcpy else None
     started = time.perf_counter()
     for name in args.collectives:
         factor_of = COLLECTIVES[name]
@@ -482,8 +426,6 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             timed_kernel = False
             if size_memcpy:
                 copies.append(size_memcpy.call())
-            if size_memcpy and cross:
-                copies.append(cross.call)
             if size_memcpy and name == "alltoall":  # the only rows with a bound from it (add_memory_bound)
                 kernel = size_memcpy.kernel_call()
                 # Every rank times the same calls, or the barriers would pair wrongly.
@@ -498,10 +440,8 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 cpu_med = lambda v: mcomm.allreduce(float(np.median(v[warmup:] or v)), op=MPI.MAX)  # noqa: E731
                 extra["size_memcpy_s"] = float(np.median(all_times[len(impls)]))
                 extra["size_memcpy_cpu_s"] = cpu_med(size_memcpy.cpu_s)
-                if cross:
-                    extra["cross_core_s"] = float(np.median(all_times[len(impls) + 1]))
                 if timed_kernel:
-                    extra["size_kernel_copy_s"] = float(np.median(all_times[len(impls) + 1 + bool(cross)]))
+                    extra["size_kernel_copy_s"] = float(np.median(all_times[len(impls) + 1]))
                     extra["size_kernel_copy_cpu_s"] = cpu_med(size_memcpy.kernel_cpu_s)
             all_times = all_times[:len(impls)]
             del size_memcpy, copies
@@ -528,8 +468,6 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             rows.extend(measured)
             del case
     elapsed = time.perf_counter() - started
-    if cross:
-        cross.free()
     if peers:
         close_peers(peers, mcomm)
     if memcpy:
