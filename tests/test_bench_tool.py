@@ -147,3 +147,128 @@ def test_bound_table(tmp_path):
     table = bench.markdown_table([str(path)], "allreduce", 1, None, "bound")
     want_mpi = 2.5 * (1 << 20) / 1e10 / 4e-4
     assert f"| 1 MiB | {want_mpi:.2f} | {2 * want_mpi:.2f} |" in table
+
+
+# The machine's phase (distml.bench.machine.phase_reading, sweep.phase_fields).
+
+def _two_cpus():
+    cpus = bench.machine.phase_cpus()
+    if cpus is None:
+        pytest.skip("this process may run on one CPU only")
+    return cpus
+
+
+def test_cross_core_times_the_three_copies():
+    from distml import _core
+
+    a, b = _two_cpus()
+    r = _core.cross_core(a, b, 64 << 10, 3)
+    assert set(r) == {"local_s", "handoff_s", "rewrite_s"}
+    for key, value in r.items():
+        assert 0 < value < 1, (key, value)  # 64 KiB: microseconds, finite (every round measured)
+
+
+def test_cross_core_refuses_what_it_cannot_measure():
+    from distml import _core
+
+    a, b = _two_cpus()
+    with pytest.raises(ValueError, match="must differ"):
+        _core.cross_core(a, a, 4096, 1)
+    import os
+    outside = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(ValueError, match=f"CPU {outside} is not one this process may run on"):
+        _core.cross_core(a, outside, 4096, 1)
+    with pytest.raises(ValueError, match="bytes"):
+        _core.cross_core(a, b, 0, 1)
+    with pytest.raises(ValueError, match="reps"):
+        _core.cross_core(a, b, 4096, 0)
+
+
+def test_phase_fields_split_rounds_by_their_reading():
+    from distml.bench.sweep import phase_fields
+
+    # Rounds 0-2 fast (readings 5-6), 3-4 slow (20, 12: the threshold itself
+    # counts as slow), 5 not read.
+    readings = np.array([5.0, 6.0, 5.5, 20.0, 12.0, np.nan])
+    impl = np.array([1.0, 1.0, 1.0, 4.0, 4.0, 9.0])
+    base = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 9.0])
+    got = phase_fields(impl, base, readings, 12.0)
+    assert got["slow_share"] == pytest.approx(2 / 5)
+    assert got["phase_median"] == pytest.approx(6.0)
+    assert got["time_fast_s"] == 1.0 and got["time_slow_s"] == 4.0
+    assert got["ratio_fast"] == pytest.approx(2.0) and got["ratio_slow"] == pytest.approx(0.5)
+    # The baseline's own row: times, no ratios; a phase without rounds: no fields.
+    own = phase_fields(base[:3], None, readings[:3], 12.0)
+    assert "ratio_fast" not in own and "time_slow_s" not in own and own["slow_share"] == 0
+    assert phase_fields(impl, base, np.full(6, np.nan), 12.0) == {}
+
+
+def test_time_interleaved_reads_the_phase_between_rounds():
+    from mpi4py import MPI
+
+    from distml.bench import sweep
+
+    calls = []
+
+    def phase():
+        calls.append(len(log))
+        return float(len(calls))
+
+    log = []
+    iters = 2 * sweep.PHASE_READINGS + 1  # read every 3rd round
+    times, readings = sweep.time_interleaved_phased(MPI.COMM_SELF, [log.append, log.append], iters, 2, phase)
+    assert times.shape == (2, iters) and readings.shape == (iters,)
+    every = 3
+    # Read before rounds 0, 3, 6, ...: after the warm-up's 4 calls and then
+    # after every 3 rounds of 2 calls; never between a round's calls.
+    assert calls == [4 + 2 * i for i in range(0, iters, every)]
+    assert list(readings) == [1.0 + i // every for i in range(iters)]
+    none = sweep.time_interleaved_phased(MPI.COMM_SELF, [log.append], 4, 0, lambda: None)[1]
+    assert np.isnan(none).all()
+    assert sweep.time_interleaved_phased(MPI.COMM_SELF, [log.append], 4, 0)[1] is None
+
+
+def test_phase_table(tmp_path):
+    rows = [dict(_row(bench.BASELINE, 1 << 20, 4e-4), slow_share=0.25),
+            dict(_row("distml:auto", 1 << 20, 2e-4), slow_share=0.25, ratio_fast=2.5, ratio_slow=0.75),
+            dict(_row("distml:auto", 2 << 20, 2e-4), slow_share=0.0, ratio_fast=1.5),
+            _row("distml:auto", 4 << 20, 2e-4)]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"machine": {"P": 2}, "rows": rows}))
+    table = bench.markdown_table([str(path)], "allreduce", 1, None, "phase")
+    assert "| 1 MiB | 2.50 / 0.75 (25%) |" in table
+    assert "| 2 MiB | 1.50 / - (0%) |" in table
+    assert "| 4 MiB | - |" in table
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("no_phase", [False, True])
+def test_sweep_rows_carry_their_phase(tmp_path, no_phase):
+    from mpirun import launch
+
+    out = tmp_path / "sweep.json"
+    args = ["-m", "distml.bench", "--collectives", "allreduce,allgather", "--algorithms", "auto",
+            "--sizes", "4K,1M", "--iters", "40", "--min-iters", "20", "--no-memcpy", "--no-extras", "--quiet",
+            "--out", str(out)] + (["--no-phase"] if no_phase else [])
+    run = launch(2, args, timeout=240)
+    assert not run.hung and run.returncode == 0, run.describe()
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert len(rows) == 8  # 2 collectives x 2 sizes x (MPI, distml)
+    if no_phase:
+        assert result["config"]["phase"] is None
+        assert not any("slow_share" in r for r in rows)
+        return
+    if bench.machine.phase_cpus() is None:
+        pytest.skip("this process may run on one CPU only: the sweep reads no phase")
+    assert result["config"]["phase"]["slow_ratio"] == bench.machine.SLOW_PHASE_RATIO
+    for r in rows:
+        assert 0 <= r["slow_share"] <= 1 and r["phase_median"] > 0, r
+        phases = [p for p in ("fast", "slow") if f"time_{p}_s" in r]
+        # A phase has figures exactly where it has rounds.
+        assert ("fast" in phases) == (r["slow_share"] < 1) and ("slow" in phases) == (r["slow_share"] > 0), r
+        if r["implementation"] == bench.BASELINE:
+            assert "ratio_fast" not in r and "ratio_slow" not in r
+        elif len(phases) == 1:
+            # Every round in one phase: that phase's ratio is the row's.
+            assert r[f"ratio_{phases[0]}"] == pytest.approx(r["ratio"]), r

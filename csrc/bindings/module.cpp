@@ -16,6 +16,7 @@
 #include "common/types.h"
 #include "engine/communicator.h"
 #include "kernels/reduce.h"
+#include "machine/cross_core.h"
 #include "transport/shm.h"
 
 namespace py = pybind11;
@@ -704,6 +705,21 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), dtype, divisor);
   });
+  m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {
+    machine::CrossCore c;
+    {
+      py::gil_scoped_release nogil;
+      c = machine::cross_core(cpu_a, cpu_b, bytes, reps);
+    }
+    py::dict d;
+    d["local_s"] = c.local_s;
+    d["handoff_s"] = c.handoff_s;
+    d["rewrite_s"] = c.rewrite_s;
+    return d;
+  }, py::arg("cpu_a"), py::arg("cpu_b"), py::arg("bytes"), py::arg("reps"),
+     "Seconds for two threads pinned to cpu_a and cpu_b to move `bytes` of cache lines (the fastest of "
+     "`reps` rounds): local (A copies privately), handoff (B copies out what A wrote), rewrite (A writes "
+     "what B read). See csrc/machine/cross_core.h.");
   void bind_buffers(py::module_&); bind_buffers(m);  // the gradient buffer: csrc/bindings/buffers.cpp
   void bind_result_pool(py::module_&); bind_result_pool(m);  // collectives' new results: csrc/bindings/result_pool.cpp
   void register_ps(py::module_&); register_ps(m);  // the parameter server: csrc/bindings/ps.cpp

@@ -30,7 +30,13 @@ Timing protocol (the same for distml and the baseline):
   memory budget, so a message that fits in the last-level cache is not timed
   warm from the previous iteration; outputs are preallocated (``out=``);
 - large messages run fewer iterations (a byte budget per size), so a full
-  P = 2 sweep of allreduce takes a minute or two.
+  P = 2 sweep of allreduce takes a minute or two;
+- the machine's phase is read about 16 times per (collective, size),
+  between rounds and outside the timed calls: on some virtual machines
+  moving cache lines between two cores gets 3-5x dearer for seconds to
+  minutes at a time (bench/results/host_phases.md). Every row then also
+  carries the share of its rounds in the slow phase and its ratio within
+  each phase (``table --field phase``); ``--no-phase`` turns it off.
 
 Reported per (collective, implementation, size): median time, algbw = bytes /
 time, busbw = algbw x the NCCL-tests factor (allreduce 2(P-1)/P; allgather,
@@ -50,13 +56,13 @@ The sweep must be started on all ranks with the same arguments.
 from __future__ import annotations
 
 from .common import BASELINE, COLLECTIVES, DEFAULT_SIZES, KiB, MiB, MEMCPY_BYTES, format_size, parse_size
-from .machine import machine_info, memcpy_ceiling
-from .sweep import Case, accepted_algorithms, run_sweep, time_interleaved, usable_algorithms
+from .machine import machine_info, memcpy_ceiling, phase_reading
+from .sweep import Case, accepted_algorithms, run_sweep, time_interleaved, time_interleaved_phased, usable_algorithms
 from .report import add_memory_bound, markdown_table, memory_bound_factor, peers_table, print_table, write_json
 from .plot import plot
 from .cli import build_parser, main
 
 __all__ = ["BASELINE", "COLLECTIVES", "DEFAULT_SIZES", "KiB", "MiB", "MEMCPY_BYTES", "format_size", "parse_size",
-           "machine_info", "memcpy_ceiling", "Case", "accepted_algorithms", "run_sweep", "time_interleaved",
-           "usable_algorithms", "add_memory_bound", "markdown_table", "memory_bound_factor", "peers_table", "print_table",
+           "machine_info", "memcpy_ceiling", "phase_reading", "Case", "accepted_algorithms", "run_sweep",
+           "time_interleaved", "time_interleaved_phased", "usable_algorithms", "add_memory_bound", "markdown_table", "memory_bound_factor", "peers_table", "print_table",
            "write_json", "plot", "build_parser", "main"]

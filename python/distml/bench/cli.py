@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "per call); default: distml's default (DISTML_CHECK, on)")
     p.add_argument("--segment-bytes", type=parse_size, default=None, help="distml segment size (tuning)")
     p.add_argument("--no-memcpy", action="store_true", help="skip the memcpy ceiling")
+    p.add_argument("--no-phase", action="store_true",
+                   help="do not read the machine's phase between rounds (distml.bench.machine.phase_reading); "
+                   "by default every row gets its rounds' share in the slow phase and its ratio in each phase")
     p.add_argument("--no-extras", action="store_true",
                    help="allreduce: skip the extra rows (MPI_IN_PLACE; distml in place, on node-shared buffers, and returning a new array)")
     p.add_argument("--peers", type=_csv, default=None,
@@ -74,9 +77,10 @@ def table_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="distml-bench table", description="Markdown table from sweep JSON files.")
     p.add_argument("files", nargs="+")
     p.add_argument("--collective", default="allreduce")
-    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound", "peers"), default="ratio",
+    p.add_argument("--field", choices=("ratio", "time_us", "busbw", "bound", "phase", "peers"), default="ratio",
                    help="ratio to MPI, time, bus bandwidth, (allreduce) the fraction of the "
-                        "memory-bandwidth bound reached, or (allreduce runs with --peers) times and "
+                        "memory-bandwidth bound reached, the ratio to MPI in the machine's fast and slow "
+                        "phase with the share of slow rounds, or (allreduce runs with --peers) times and "
                         "ratios against MPI and the peers, medians over the files of each P")
     p.add_argument("--min-bytes", type=parse_size, default=1)
     p.add_argument("--max-bytes", type=parse_size, default=None)

@@ -156,12 +156,22 @@ def write_json(result: Dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+def _phase_cell(r: Dict[str, Any]) -> str:
+    if "slow_share" not in r:
+        return "-"
+    fast, slow = r.get("ratio_fast"), r.get("ratio_slow")
+    show = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    return f"{show(fast)} / {show(slow)} ({r['slow_share']:.0%})"
+
+
 def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_bytes: int = 0,
                    max_bytes: Optional[int] = None, field: str = "ratio") -> str:
     """A markdown table, one row per size, one column per (file, implementation):
-    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw" or
+    ``field`` is "ratio" (baseline / distml time), "time_us", "busbw",
     "bound" (fraction of the memory-bandwidth bound reached, where
-    memory_bound_factor gives one)."""
+    memory_bound_factor gives one) or "phase" (the ratio in the machine's
+    fast and slow phase, and the share of the row's rounds in the slow one:
+    "1.52 / 0.91 (30%)", "-" for a phase without rounds; sweep.phase_fields)."""
     results = []
     for p in paths:
         with open(p) as f:
@@ -175,7 +185,7 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
             if r["collective"] != collective or r["bytes"] < min_bytes or (max_bytes and r["bytes"] > max_bytes):
                 continue
             impl = r["implementation"]
-            if field == "ratio" and impl == BASELINE:
+            if field in ("ratio", "phase") and impl == BASELINE:
                 continue
             col = (pl, fi, impl)
             if col not in columns:
@@ -185,6 +195,8 @@ def markdown_table(paths: Sequence[str], collective: str = "allreduce", min_byte
                 v = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
             elif field == "time_us":
                 v = f"{r['time_s'] * 1e6:.1f}"
+            elif field == "phase":
+                v = _phase_cell(r)
             elif field == "bound":
                 v = f"{r['of_memory_bound']:.2f}" if "of_memory_bound" in r else "-"
             else:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .common import BASELINE, COLLECTIVES, DEFAULT_SIZES, format_size
-from .machine import _loadavg, machine_info, memcpy_ceiling
+from .machine import SLOW_PHASE_RATIO, _loadavg, machine_info, memcpy_ceiling, phase_cpus, phase_reading
 from .report import _HEADER, _format_row, add_memory_bound
 
 
@@ -39,6 +39,26 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     Returns times in seconds, shape ``(len(runs), iters)``, each the maximum
     over ranks (one MAX reduction at the end, none inside the timed loop).
     """
+    return time_interleaved_phased(mcomm, runs, iters, warmup)[0]
+
+
+# Readings of the machine's phase per row and implementation set (see
+# time_interleaved_phased).
+PHASE_READINGS = 16
+
+
+def time_interleaved_phased(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: int, warmup: int,
+                            phase: Optional[Callable[[], Optional[float]]] = None
+                            ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """time_interleaved, and the machine's phase in every timed round.
+
+    ``phase()`` (collective over ``mcomm``, e.g. machine.phase_reading) is
+    called before the first timed round and then before every
+    ``ceil(iters / PHASE_READINGS)``-th, between rounds and outside the
+    timed calls; each round gets the reading taken last before it. Returns
+    ``(times, readings)``: ``readings`` has one value per timed round (NaN
+    where the reading was None), or is None without ``phase``.
+    """
     from mpi4py import MPI
 
     n = len(runs)
@@ -46,6 +66,9 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
         for k, run in enumerate(runs):
             run(w * n + k)
     times = np.empty((n, iters), dtype=np.float64)
+    readings = np.full(iters, np.nan) if phase is not None else None
+    every = max(1, -(-iters // PHASE_READINGS))
+    reading = np.nan
     perf = time.perf_counter
     barrier = mcomm.Barrier
     # A new order every round, the same on every rank (fixed seed), so that
@@ -55,6 +78,11 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
     # only rotates.
     orders = np.random.default_rng(12345).permuted(np.tile(np.arange(n), (iters, 1)), axis=1)
     for i in range(iters):
+        if readings is not None:
+            if i % every == 0:
+                value = phase()
+                reading = np.nan if value is None else value
+            readings[i] = reading
         for j in range(n):
             k = int(orders[i, j])
             barrier()
@@ -62,7 +90,31 @@ def time_interleaved(mcomm: Any, runs: Sequence[Callable[[int], Any]], iters: in
             runs[k](i * n + j)
             times[k, i] = perf() - t0
     mcomm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-    return times
+    return times, readings
+
+
+def phase_fields(times: np.ndarray, base: Optional[np.ndarray], readings: np.ndarray,
+                 slow_ratio: float) -> Dict[str, Any]:
+    """A row's figures split by the machine's phase: ``times`` are the row's
+    per-round times, ``base`` the baseline's in the same rounds (None for
+    the baseline's own row or where there is none), ``readings`` the phase
+    in each round (NaN: not read). A round is slow where its reading is at
+    least ``slow_ratio``. Gives the share of slow rounds, and for each phase
+    with rounds the median time and, with ``base``, the ratio of medians as
+    the row's ``ratio`` is taken; {} where no round has a reading."""
+    known = ~np.isnan(readings)
+    if not known.any():
+        return {}
+    slow = known & (readings >= slow_ratio)
+    out: Dict[str, Any] = {"phase_median": float(np.median(readings[known])),
+                           "slow_share": float(slow.sum() / known.sum())}
+    for label, mask in (("fast", known & ~slow), ("slow", slow)):
+        if not mask.any():
+            continue
+        out[f"time_{label}_s"] = float(np.median(times[mask]))
+        if base is not None:
+            out[f"ratio_{label}"] = float(np.median(base[mask])) / out[f"time_{label}_s"]
+    return out
 
 
 class Case:
@@ -365,6 +417,15 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     load_before = _loadavg()
 
     info = machine_info(nranks)
+    # The machine's phase, read between rounds (time_interleaved_phased):
+    # rank 0's first two CPUs, or none where rank 0 may use only one.
+    phase = None
+    if not getattr(args, "no_phase", False):
+        cpus = mcomm.bcast(phase_cpus() if rank == 0 else None, root=0)
+        if cpus is not None:
+            phase = functools.partial(phase_reading, mcomm, cpus)
+        else:
+            say("phase: not read (rank 0 may run on one CPU only)")
     memcpy = None if args.no_memcpy else memcpy_ceiling(mcomm)
     if memcpy:
         say(f"memcpy ceiling: np.copyto of {format_size(memcpy['bytes'])}: {memcpy['bandwidth_GBps']:.2f} GB/s")
@@ -433,7 +494,7 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 if timed_kernel:
                     copies.append(kernel)
             runs = [run for _, _, run in impls] + copies
-            all_times = time_interleaved(mcomm, runs, iters, warmup)
+            all_times, readings = time_interleaved_phased(mcomm, runs, iters, warmup, phase)
             extra: Dict[str, float] = {}
             if size_memcpy:
                 # Wall times are already the slowest rank's; CPU times too.
@@ -462,6 +523,10 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 })
                 measured[-1].update(extra)
             base = next((m for m in measured if m["implementation"] == BASELINE), None)
+            if readings is not None:
+                base_times = all_times[measured.index(base)] if base else None
+                for m, times in zip(measured, all_times):
+                    m.update(phase_fields(times, None if m is base else base_times, readings, SLOW_PHASE_RATIO))
             for m in measured:
                 m["ratio"] = base["time_s"] / m["time_s"] if base else None
                 say(_format_row(m))
@@ -498,6 +563,11 @@ def run_sweep(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "timing": "implementations interleaved, random order per round; barrier before every call; "
                           "per-call max over ranks; median over iterations",
                 "busbw_factors": {n: COLLECTIVES[n](nranks) for n in args.collectives},
+                "phase": (None if phase is None else
+                          {"cpus": list(phase.args[1]), "slow_ratio": SLOW_PHASE_RATIO,
+                           "readings_per_row": PHASE_READINGS,
+                           "reading": "rewrite of lines the other CPU read / the same copy within one CPU "
+                                      "(distml.bench.machine.cross_core_ratio), between rounds"}),
             },
             "memcpy": memcpy,
             "elapsed_s": elapsed,
