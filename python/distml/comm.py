@@ -105,16 +105,36 @@ _POOL_DEFAULT_CAP = 1 << 30
 
 
 def _pool_cap() -> int:
-    value = os.environ.get("DISTML_RESULT_POOL_BYTES", "")
-    if value.strip() == "":
-        return _POOL_DEFAULT_CAP
+    cap = _env_bytes("DISTML_RESULT_POOL_BYTES")
+    return _POOL_DEFAULT_CAP if cap is None else cap
+
+
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _env_bytes(name: str) -> Optional[int]:
+    """The size in environment variable ``name``: a whole number of bytes,
+    optionally with a binary unit (64K, 8M, 1G; KiB, MiB, GiB too); None
+    where it is unset or empty."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    text = value.strip().lower()
+    for suffix in ("ib", "b"):
+        if text.endswith(suffix) and text[:-len(suffix)][-1:] in ("k", "m", "g"):
+            text = text[:-len(suffix)]
+            break
+    unit = text[-1:] if text[-1:] in ("k", "m", "g") else ""
+    number = text[:-1] if unit else text
     try:
-        cap = int(float(value))
+        count: Optional[float] = float(number)
     except ValueError:
-        raise ValueError(f"DISTML_RESULT_POOL_BYTES={value!r} is not a number of bytes") from None
-    if cap < 0:
-        raise ValueError(f"DISTML_RESULT_POOL_BYTES={value!r} is negative")
-    return cap
+        count = None
+    if count is None or not math.isfinite(count) or (not unit and not count.is_integer()):
+        raise ValueError(f"{name}={value!r} is not a number of bytes (examples: 65536, 64K, 8M, 1G)")
+    if count < 0:
+        raise ValueError(f"{name}={value!r} is negative")
+    return int(count * _BYTE_UNITS[unit])
 
 
 def _caller() -> str:
@@ -316,7 +336,10 @@ class Communicator:
         self._pool = _core.ResultPool(cap) if cap > 0 else None
         if shared_memory is None:
             shared_memory = os.environ.get("DISTML_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
-        slot = _env_float("DISTML_SHM_SLOT_BYTES")
+        slot = _env_bytes("DISTML_SHM_SLOT_BYTES")
+        # Read before the core communicator exists: a bad value raises on
+        # every rank before any rank has communicated.
+        sizes = {attr: _env_bytes(env) for env, attr in _SHM_SIZE_ENV.items()}
         self._core = _core.Communicator(
             comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
             bool(shared_memory), int(slot or 0),
@@ -324,10 +347,9 @@ class Communicator:
         # Fixed for the communicator's life; plain attributes, because the
         # short paths below read them on every call.
         self._rank, self._size = self._core.rank, self._core.size
-        for env, attr in _SHM_SIZE_ENV.items():
-            value = _env_float(env)
+        for attr, value in sizes.items():
             if value is not None:
-                setattr(self._core, attr, int(value))
+                setattr(self._core, attr, value)
         if stall_warning is not None:
             self._core.stall_warning = float(stall_warning)
         global _created

@@ -159,3 +159,23 @@ def test_bad_pool_setting_raises(monkeypatch):
     monkeypatch.setenv("DISTML_RESULT_POOL_BYTES", "lots")
     with pytest.raises(ValueError, match="DISTML_RESULT_POOL_BYTES"):
         distml.Communicator()
+
+
+def test_byte_settings_take_units_and_name_a_bad_value(monkeypatch):
+    import distml
+
+    monkeypatch.setenv("DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES", "1G")
+    monkeypatch.setenv("DISTML_SHM_STREAM_BYTES", "64KiB")
+    monkeypatch.setenv("DISTML_RESULT_POOL_BYTES", "8M")
+    comm = distml.Communicator()
+    try:
+        assert comm._core.shm_single_copy_blocks_bytes == 1 << 30
+        assert comm._core.shm_stream_bytes == 64 << 10
+        assert comm._pool.cap_bytes == 8 << 20
+    finally:
+        comm.free()
+    for value, says in (("lots", "is not a number of bytes"), ("1.5", "is not a number of bytes"),
+                        ("inf", "is not a number of bytes"), ("-4K", "is negative")):
+        monkeypatch.setenv("DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES", value)
+        with pytest.raises(ValueError, match=f"DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES='{value}' {says}"):
+            distml.Communicator()
