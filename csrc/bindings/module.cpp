@@ -16,6 +16,7 @@
 #include "common/types.h"
 #include "engine/communicator.h"
 #include "kernels/reduce.h"
+#include "engine/variant_tuner.h"
 #include "machine/cross_core.h"
 #include "transport/shm.h"
 
@@ -569,6 +570,9 @@ PYBIND11_MODULE(_core, m) {
           "shm_stream_bytes", [](engine::Communicator& s) { return s.settings().shm_stream_bytes; },
           [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.shm_stream_bytes = v; }); })
       .def_property(
+          "shm_tune", [](engine::Communicator& s) { return s.settings().shm_tune; },
+          [](engine::Communicator& s, bool v) { change(s, [&](engine::Settings& x) { x.shm_tune = v; }); })
+      .def_property(
           "carry_bytes", [](engine::Communicator& s) { return s.settings().carry_bytes; },
           [](engine::Communicator& s, std::size_t v) { change(s, [&](engine::Settings& x) { x.carry_bytes = v; }); })
       .def("set_thresholds",
@@ -705,6 +709,15 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     kernels::scale_avg(b, static_cast<std::size_t>(buf.size()), dtype, divisor);
   });
+  // The choice between a shared-memory schedule's variants, on its own
+  // (engine/variant_tuner.h): for tests of the policy.
+  py::class_<engine::VariantTuner>(m, "VariantTuner")
+      .def(py::init<double>(), py::arg("explore_seconds"))
+      .def("choose", &engine::VariantTuner::choose, py::arg("kind"), py::arg("bytes"), py::arg("now"),
+           "Whether the next call of `kind` and `bytes` runs the single copy.")
+      .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("single_copy"),
+           py::arg("seconds"), py::arg("now"))
+      .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {
     machine::CrossCore c;
     {

@@ -203,6 +203,9 @@ void Communicator::arrive_through_shm(const Call& call, const Signature& mine, b
   if (unchecked_ != 0) check_one_way(call);
   const std::uint64_t seq = seq_;
   std::memcpy(shm.control(shm.rank()).note[seq & 1], &mine, sizeof mine);
+  // Node rank 0's choice of variant (Communicator::execute), under the
+  // note's rule of reuse.
+  if (choice_ >= 0) shm.control(shm.rank()).choice[seq & 1] = static_cast<std::uint8_t>(choice_);
   // A small collective posts its input with the note (a broadcast: the
   // root's data); see algorithms/eager_shm.h.
   const bool one_way = eager && call.kind == Kind::kBroadcast && one_way_allowed_;

@@ -3,6 +3,7 @@
 // happens when any of it fails.
 #include "engine/communicator.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -12,6 +13,7 @@
 #include "common/aligned_buffer.h"
 #include "common/error.h"
 #include "engine/internal.h"
+#include "engine/variant_tuner.h"
 #include "transport/topology.h"
 
 namespace distml::engine {
@@ -22,6 +24,14 @@ namespace {
 // On nodes of more than two ranks, alltoall's single copy from this size
 // (the call's input); see setup_nodes.
 constexpr std::size_t kNodeAlltoallSingleCopyBytes = std::size_t{512} << 10;
+// How long a variant of a shared-memory schedule goes untimed before node
+// rank 0 runs it again (VariantTuner): the machine's phases last seconds
+// to minutes.
+constexpr double kTuneExploreSeconds = 0.5;
+
+double steady_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 }  // namespace
 
 // ---- Communicator -------------------------------------------------------
@@ -40,6 +50,7 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   DISTML_MPI(MPI_Bcast(&comm_id_, 1, MPI_UINT64_T, 0, comm_->raw()));
 
   if (settings_.shm && size_ > 1) setup_nodes();
+  if (one_node_ && shm_->rank() == 0 && shm_->single_copy()) tuner_ = std::make_unique<VariantTuner>(kTuneExploreSeconds);
   if (size_ == 1) arrival_ = Arrival::kNone;
   else if (one_node_) arrival_ = Arrival::kShm;  // a flag per rank: free enough to do always
   else if (settings_.timeout > 0) arrival_ = Arrival::kRoot;
@@ -176,6 +187,12 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   }
   const Plan plan = this->plan(call);  // refuses before any communication
   const std::uint64_t seq = ++seq_;
+  // The plan that runs: the staged schedule may stand in for the single
+  // copy, as node rank 0 chose (variant_tuner.h; read after the arrival).
+  Plan ran = plan;
+  const bool tuned = tunable(call.kind, plan);
+  const std::size_t call_bytes = call.count * dtype_size(call.dtype);
+  choice_ = tuned && tuner_ ? tuner_->choose(call.kind, call_bytes, steady_seconds()) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
@@ -195,8 +212,8 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     ev.seq = seq;
     ev.kind = call.kind;
     ev.dtype = call.dtype;
-    ev.algo = plan.algo;
-    ev.variant = plan.variant;
+    ev.algo = ran.algo;
+    ev.variant = ran.variant;
     ev.bytes = call.count * dtype_size(call.dtype);
     ev.ok = ok;
     ev.end = now_us();
@@ -211,7 +228,14 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     if (tracing) ev.arrived = now_us();
     if (!call.invalid) {
       if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
-      dispatch(call, plan);
+      const bool single = !tuned || shm_->control(0).choice[seq & 1] != 0;
+      if (!single) ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
+      const double t0 = tuned && tuner_ ? steady_seconds() : 0;
+      dispatch(call, ran);
+      if (tuned && tuner_) {
+        const double t1 = steady_seconds();
+        tuner_->record(call.kind, call_bytes, single, t1 - t0, t1);
+      }
     }
   } catch (const Timeout& e) {
     record(false);

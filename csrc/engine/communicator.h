@@ -28,6 +28,8 @@
 
 namespace distml::engine {
 
+class VariantTuner;
+
 enum class Kind : std::uint8_t {
   kAllreduce = 0,
   kReduce = 1,
@@ -162,6 +164,11 @@ struct Settings {
   // From this size on, shm schedules write results that nothing reads back
   // during the collective with streaming stores, past the cache.
   std::size_t shm_stream_bytes = 8 << 20;
+  // Where the thresholds above give allreduce, allgather or reduce_scatter
+  // the single copy, node rank 0 chooses between it and the staged schedule
+  // by their times (engine/variant_tuner.h); off, the thresholds alone
+  // decide.
+  bool shm_tune = true;
   bool shm = true;  // use the node's shared memory when every rank is on one node
   // Where ranks do not share one node and they agree on each call (the
   // mismatch check, or a timeout), allreduce up to this size moves its data
@@ -350,6 +357,20 @@ class Communicator {
     return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes &&
            (shm_->size() == 2 || kind == Kind::kAlltoall);
   }
+  // Whether the staged schedule may stand in for `plan`'s single copy
+  // (Settings::shm_tune): the same answer on every rank whose plan agrees.
+  bool tunable(Kind kind, const Plan& plan) const;
+  // Whether shm allgather of `bytes` (each rank's block) on a node of more
+  // than two ranks offers its single copy to the choice by times
+  // (Settings::shm_tune), which the thresholds never give it there: staged
+  // it was 0.86-0.94x MPI_Allgather at P = 4 for blocks of 512 KiB to 2 MiB
+  // on the AMD machines and the single copy 1.25-1.58x, where on the Intel
+  // ones staging led (bench/results/host_phases.md).
+  bool offers_single_copy(Kind kind, Algo algo, std::size_t bytes) const {
+    return settings_.shm_tune && one_node_ && algo == Algo::kShm && shm_ && shm_->single_copy() &&
+           shm_->size() > 2 && kind == Kind::kAllgather && bytes >= kOfferedSingleCopyBytes;
+  }
+  static constexpr std::size_t kOfferedSingleCopyBytes = std::size_t{256} << 10;
   void dispatch(const Call& call, const Plan& plan);
   void worker_loop();
   transport::ShmGroup& shm_group();
@@ -396,6 +417,11 @@ class Communicator {
   // only, so that an async call's handle reports its own mismatch (the
   // caller may never wait for the handle of the call after it).
   bool one_way_allowed_ = false;
+  // On node rank 0 where the single copy is possible: the choice between
+  // the variants, and the one made for the collective being executed (-1:
+  // none), which arrive_through_shm hands to the other ranks.
+  std::unique_ptr<VariantTuner> tuner_;
+  int choice_ = -1;
   std::uint64_t comm_id_ = 0;  // shared by this communicator's ranks
   std::atomic<bool> trace_{false};
   std::mutex trace_mu_;

@@ -173,7 +173,9 @@ Plan Communicator::plan(const Call& c) const {
       break;
     case Kind::kAllgather:
       // Sizes here are each rank's block, as the collective is called with.
-      if (blocks_single_copy(c.kind, p.algo, bytes)) p.variant |= kCrossMemory;
+      if (blocks_single_copy(c.kind, p.algo, bytes) || offers_single_copy(c.kind, p.algo, bytes)) {
+        p.variant |= kCrossMemory;
+      }
       break;
     case Kind::kReduceScatter:
       if (p.algo == Algo::kRing && c.count > 0) s += R(bytes);
@@ -289,6 +291,12 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
   }
 }
 
+bool Communicator::tunable(Kind kind, const Plan& plan) const {
+  return settings_.shm_tune && one_node_ && plan.algo == Algo::kShm && plan.has(kCrossMemory) &&
+         !plan.has(kEager) && !plan.has(kInWindow) &&
+         (kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter);
+}
+
 void Communicator::rehash_settings() {
   // Everything that selects or shapes a schedule; not the timeout's value or
   // the stall warning, which only decide when a rank gives up or speaks.
@@ -298,7 +306,8 @@ void Communicator::rehash_settings() {
      << s.allreduce_small_bytes << ' ' << s.broadcast_small_bytes << ' ' << s.reduce_small_bytes << ' '
      << s.pair_ring_min_bytes << ' ' << s.pair_ring_max_bytes << ' ' << s.shm_slot_bytes << ' '
      << s.shm_one_shot_bytes << ' ' << s.shm_single_copy_bytes << ' ' << s.shm_single_copy_max_bytes << ' '
-     << s.shm_single_copy_blocks_bytes << ' ' << s.shm_stream_bytes << ' ' << s.shm << ' ' << s.carry_bytes;
+     << s.shm_single_copy_blocks_bytes << ' ' << s.shm_stream_bytes << ' ' << s.shm << ' ' << s.carry_bytes << ' '
+     << s.shm_tune;
   for (const auto& rows : s.table) {
     os << " |";
     for (const auto& [bytes, algo] : rows) os << ' ' << bytes << ':' << static_cast<int>(algo);
@@ -334,6 +343,7 @@ std::vector<std::pair<const char*, std::uint64_t>> settings_fields(const Setting
       {"shm_single_copy_blocks_bytes (DISTML_SHM_SINGLE_COPY_BLOCKS_BYTES)", s.shm_single_copy_blocks_bytes},
       {"shm_stream_bytes (DISTML_SHM_STREAM_BYTES)", s.shm_stream_bytes},
       {"carry_bytes (DISTML_CARRY_BYTES)", s.carry_bytes},
+      {"shm_tune (DISTML_SHM_TUNE)", s.shm_tune},
   };
   // What the named fields do not cover (the tune table, the window, ...).
   f.push_back({"tune table or other settings", hash});

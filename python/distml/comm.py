@@ -340,6 +340,7 @@ class Communicator:
         # Read before the core communicator exists: a bad value raises on
         # every rank before any rank has communicated.
         sizes = {attr: _env_bytes(env) for env, attr in _SHM_SIZE_ENV.items()}
+        shm_tune = os.environ.get("DISTML_SHM_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
         self._core = _core.Communicator(
             comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
             bool(shared_memory), int(slot or 0),
@@ -350,6 +351,8 @@ class Communicator:
         for attr, value in sizes.items():
             if value is not None:
                 setattr(self._core, attr, value)
+        if not shm_tune:
+            self._core.shm_tune = False
         if stall_warning is not None:
             self._core.stall_warning = float(stall_warning)
         global _created

@@ -46,7 +46,10 @@ class _Settings:
         self.core = comm._core
         self.want = {"shm_single_copy_bytes": 0 if single_copy else 1 << 62,
                      "shm_single_copy_max_bytes": 1 << 62,
-                     "shm_stream_bytes": 0 if stream else 1 << 62}
+                     "shm_stream_bytes": 0 if stream else 1 << 62,
+                     # The thresholds alone decide (no choice by times:
+                     # test_variant_tuner.py).
+                     "shm_tune": False}
 
     def __enter__(self):
         self.saved = {k: getattr(self.core, k) for k in self.want}

@@ -41,18 +41,20 @@ def node(comm_default):
 
 
 class _Threshold:
-    """Within the block, the single-copy variant from `bytes` on."""
+    """Within the block, the single-copy variant from `bytes` on, and only
+    the threshold decides (no choice by times: test_variant_tuner.py)."""
 
     def __init__(self, comm, bytes_: int) -> None:
         self.core, self.bytes = comm._core, bytes_
 
     def __enter__(self):
-        self.saved = self.core.shm_single_copy_blocks_bytes
+        self.saved = self.core.shm_single_copy_blocks_bytes, self.core.shm_tune
         self.core.shm_single_copy_blocks_bytes = self.bytes
+        self.core.shm_tune = False
         return self
 
     def __exit__(self, *exc):
-        self.core.shm_single_copy_blocks_bytes = self.saved
+        self.core.shm_single_copy_blocks_bytes, self.core.shm_tune = self.saved
 
 
 # Bytes of each rank's block (allgather) or of each rank's input: past the

@@ -1,0 +1,47 @@
+// See variant_tuner.h.
+#include "engine/variant_tuner.h"
+
+#include <algorithm>
+
+namespace distml::engine {
+
+double VariantTuner::Times::median() const {
+  double v[kSamples];
+  std::copy(last, last + count, v);
+  std::sort(v, v + count);
+  return count % 2 ? v[count / 2] : (v[count / 2 - 1] + v[count / 2]) / 2;
+}
+
+VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) {
+  std::uint32_t log2 = 0;
+  while (log2 < 63 && (std::size_t{2} << log2) <= bytes) ++log2;
+  return classes_[(static_cast<std::uint32_t>(kind) << 8) | log2];
+}
+
+bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
+  SizeClass& c = size_class(kind, bytes);
+  if (c.burst > 0) {
+    --c.burst;
+    return c.bursting;
+  }
+  // The single copy first: the default before anything is known.
+  for (const bool single : {true, false}) {
+    const Times& t = c.variant[single];
+    if (t.count < kSamples || now - t.at > explore_seconds_) {
+      c.bursting = single;
+      c.burst = kSamples - 1;
+      return single;
+    }
+  }
+  return c.variant[1].median() <= c.variant[0].median();
+}
+
+void VariantTuner::record(Kind kind, std::size_t bytes, bool single_copy, double seconds, double now) {
+  Times& t = size_class(kind, bytes).variant[single_copy];
+  t.last[t.next] = seconds;
+  t.next = (t.next + 1) % kSamples;
+  t.count = std::min(t.count + 1, kSamples);
+  t.at = now;
+}
+
+}  // namespace distml::engine

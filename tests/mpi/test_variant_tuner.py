@@ -1,0 +1,197 @@
+"""The choice between a shared-memory schedule's two variants by their
+times (engine/variant_tuner.h): the policy on its own, with times given;
+and on two ranks of one node, that every rank runs the variant node rank 0
+chose for each call, that both variants give numpy's results, that turning
+it off leaves the threshold's variant, and that ranks must agree on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distml
+from distml import MismatchError, _core
+
+from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref
+
+K = _core.VariantTuner.samples
+RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
+
+
+def _run(tuner, kind, nbytes, now, times):
+    """Runs one call as the engine does: choose, then record the time that
+    `times` gives the chosen variant. Returns whether it was the single copy."""
+    single = tuner.choose(kind, nbytes, now)
+    tuner.record(kind, nbytes, single, times[single], now)
+    return single
+
+
+def test_policy_tries_both_then_keeps_the_faster():
+    t = _core.VariantTuner(0.5)
+    staged_faster = {True: 2e-4, False: 1e-4}
+    # Unknown: the single copy K times, then the staged schedule K times.
+    got = [_run(t, RS, 1 << 20, 0.0, staged_faster) for _ in range(2 * K)]
+    assert got == [True] * K + [False] * K
+    # Then the faster, while the other's times are fresh.
+    assert [_run(t, RS, 1 << 20, 0.1, staged_faster) for _ in range(5)] == [False] * 5
+
+
+def test_policy_looks_again_at_a_variant_left_untimed():
+    assert K == 3  # the sequences below follow a median of three
+    t = _core.VariantTuner(0.5)
+    staged_faster = {True: 2e-4, False: 1e-4}
+    for _ in range(2 * K):
+        _run(t, RS, 1 << 20, 0.0, staged_faster)
+    # Within the period, only the faster runs.
+    assert [_run(t, RS, 1 << 20, 0.3, staged_faster) for _ in range(5)] == [False] * 5
+    # 0.6 s on, the staged schedule has become slower (a change of phase).
+    # The single copy, untimed since 0.0, runs K times; the staged schedule
+    # still holds the lower median until two of its last three times are
+    # the new ones; then the single copy wins.
+    single_faster = {True: 2e-4, False: 5e-4}
+    got = [_run(t, RS, 1 << 20, 0.6, single_faster) for _ in range(K + 5)]
+    assert got == [True] * K + [False] * 2 + [True] * 3
+    # The staged times are fresh until 0.5 s after its last call (0.6 s).
+    assert [_run(t, RS, 1 << 20, 1.0, single_faster) for _ in range(5)] == [True] * 5
+    assert [_run(t, RS, 1 << 20, 1.2, single_faster) for _ in range(K + 2)] == [False] * K + [True] * 2
+
+
+def test_policy_keeps_size_classes_and_collectives_apart():
+    t = _core.VariantTuner(0.5)
+    for _ in range(2 * K):
+        _run(t, RS, 1 << 20, 0.0, {True: 2e-4, False: 1e-4})
+    # The same power of two shares what was learnt ...
+    assert _run(t, RS, (1 << 20) + 12345, 0.1, {True: 1.0, False: 1.0}) is False
+    # ... another size class or collective starts again with the single copy.
+    assert [_run(t, RS, 2 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(K)] == [True] * K
+    assert [_run(t, AG, 1 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(K)] == [True] * K
+
+
+# ---- on two ranks of one node ------------------------------------------------
+
+@pytest.fixture
+def fresh():
+    """A new communicator (its node rank 0 has learnt nothing yet) on two or
+    more ranks of one node that may read each other's memory."""
+    comm = distml.Communicator()
+    try:
+        if not (comm.size >= 2 and comm._core.one_node):
+            pytest.skip("needs two or more ranks on one node")
+        if not comm._core.single_copy:
+            pytest.skip("the ranks may not read each other's memory here (ptrace rules)")
+        yield comm
+    finally:
+        comm.free()
+
+
+def _chosen(comm):
+    """The collectives whose variant is chosen by times at _calls' sizes: on
+    two ranks the three whose thresholds give them the single copy; on more,
+    allgather, which the thresholds never give it there."""
+    return ("allreduce", "reduce_scatter", "allgather") if comm.size == 2 else ("allgather",)
+
+
+def _traced(comm, fn):
+    core = comm._core
+    core.drain_trace()
+    core.set_trace(True)
+    try:
+        fn()
+        return [(e["collective"], e["schedule"]) for e in core.drain_trace()]
+    finally:
+        core.set_trace(False)
+
+
+def _calls(comm, rounds):
+    """`rounds` calls of each collective the tuner covers, at sizes in its
+    range (1 MiB float32), checked against numpy as they come."""
+    P, r = comm.size, comm.rank
+    bad = []
+    n = (1 << 20) // 4
+    xs = inputs("tuner", np.dtype(np.float32), (n,), "small", P)
+    want_ar = reduce_ref(xs, "sum")
+    want_rs = reduce_scatter_ref(xs, "sum", r)
+    part = inputs("tuner_ag", np.dtype(np.float32), (n // P,), "small", P)
+    want_ag = allgather_ref(part)
+    for i in range(rounds):
+        for name, got, want in (("allreduce", comm.allreduce(xs[r]), want_ar),
+                                ("reduce_scatter", comm.reduce_scatter(xs[r]), want_rs),
+                                ("allgather", comm.allgather(part[r]), want_ag)):
+            if not np.array_equal(got, want):
+                bad.append((name, i))
+    return bad
+
+
+def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
+    comm = fresh
+    bad = []
+    events = _traced(comm, lambda: bad.extend(_calls(comm, 40)))
+    assert not bad, bad
+    everyone = world.allgather(events)
+    assert all(e == everyone[0] for e in everyone), "ranks ran different variants"
+    for name in ("allreduce", "reduce_scatter", "allgather"):
+        single = ["cross-memory" in s for c, s in events if c == name]
+        assert len(single) == 40, (name, events)
+        if name in _chosen(comm):
+            # The first calls of a size class try both variants, in this order.
+            assert single[:2 * K] == [True] * K + [False] * K, (name, single)
+        else:
+            assert not any(single), (name, single)
+
+
+def test_off_the_threshold_decides(fresh):
+    comm = fresh
+    comm._core.shm_tune = False
+    bad = []
+    events = _traced(comm, lambda: bad.extend(_calls(comm, 2 * K + 2)))
+    assert not bad, bad
+    assert len(events) == 3 * (2 * K + 2), events
+    for name, schedule in events:
+        # Two ranks: the thresholds give all three the single copy at this
+        # size; more: none of them.
+        assert ("cross-memory" in schedule) == (comm.size == 2), events
+
+
+def test_ranks_must_agree_on_it(world, monkeypatch):
+    if world.size < 2:
+        pytest.skip("needs two ranks")
+    if world.rank == 0:
+        monkeypatch.setenv("DISTML_SHM_TUNE", "0")
+    with pytest.raises(MismatchError, match="shm_tune"):
+        distml.Communicator()
+
+
+def test_allgather_both_variants_on_any_node(fresh, world):
+    """Every size class starts with K single copies and K staged calls, so
+    a new communicator runs both: allgather's single copy is reached on
+    nodes of more than two ranks only this way. Odd block sizes around the
+    write variant's threshold and past two slots, several dtypes, with and
+    without out=."""
+    from mpi_helpers import BF16
+
+    comm, P, r = fresh, fresh.size, fresh.rank
+    bad, seen = [], {}
+    for dtype in (np.dtype(np.uint8), BF16, np.dtype(np.float64)):
+        for nbytes in ((256 << 10) + 77, (1 << 20) + 3, (3 << 20) + 129):
+            n = max(1, nbytes // dtype.itemsize)
+            xs = inputs(("tuner_ag_sizes", str(dtype), n), dtype, (n,), "bits", P)
+            want = allgather_ref(xs)
+            out = np.empty(P * n, dtype)
+
+            def calls():
+                for i in range(2 * K):
+                    fresh_result = comm.allgather(xs[r])
+                    same = comm.allgather(xs[r], out=out) is out
+                    if not (same and np.array_equal(fresh_result.view(np.uint8), want.view(np.uint8))
+                            and np.array_equal(out.view(np.uint8), want.view(np.uint8))):
+                        bad.append((str(dtype), n, i))
+
+            events = _traced(comm, calls)
+            seen[(str(dtype), n)] = sorted({"cross-memory" in s for c, s in events if c == "allgather"})
+    assert not bad, bad
+    # The three sizes fall in three size classes, each new to this
+    # communicator for the first dtype; later dtypes reuse what was learnt.
+    first = [v for (d, _), v in seen.items() if d == "uint8"]
+    assert first == [[False, True]] * 3, seen
+    everyone = world.allgather(seen)
+    assert all(e == everyone[0] for e in everyone), everyone
