@@ -13,6 +13,13 @@
 // MPI_Bcast's time / 1.03-1.20 from 20 to 48 KiB, / 1.35-1.42 at 256 KiB and
 // / 1.86-2.00 from 1 to 64 MiB, where staging through the slots took
 // / 0.74-1.38 (bench/results/broadcast_oneway.md).
+//
+// On nodes of more than two ranks the root posts its array's address and
+// every other rank reads all of it (process_vm_readv); the root returns
+// once every rank has. One copy per receiving rank, none by the root, and
+// no slot to refill (which the AMD machines' slow phase makes dear,
+// bench/results/host_phases.md). Offered to the choice by times only
+// (engine/variant_tuner.h).
 #include "algorithms/schedule.h"
 #include "transport/shm.h"
 
@@ -42,6 +49,20 @@ void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int r
 
 void broadcast_shm_single_copy(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root) {
   const int me = shm.rank();
+  if (shm.size() > 2) {
+    const std::uint64_t step = shm.next_step();
+    if (me == root) {
+      shm.control(me).in_addr = reinterpret_cast<std::uint64_t>(buf);
+      shm.publish(Counter::kPosted, step);
+    } else {
+      shm.wait_one(root, Counter::kPosted, step);
+      if (bytes) shm.read_peer(root, buf, shm.control(root).in_addr, bytes);
+    }
+    // The root's array is read by every other rank until all are done.
+    shm.publish(Counter::kReleased, step);
+    if (me == root) shm.wait_all(Counter::kReleased, step);
+    return;
+  }
   const int other = 1 - me;
   // The root writes the second half into the other rank's array while that
   // rank reads the first half from the root's: both copy at once.

@@ -717,7 +717,8 @@ PYBIND11_MODULE(_core, m) {
            "Whether the next call of `kind` and `bytes` runs the single copy.")
       .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("single_copy"),
            py::arg("seconds"), py::arg("now"))
-      .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; });
+      .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
+      .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {
     machine::CrossCore c;
     {

@@ -192,7 +192,8 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   Plan ran = plan;
   const bool tuned = tunable(call.kind, plan);
   const std::size_t call_bytes = call.count * dtype_size(call.dtype);
-  choice_ = tuned && tuner_ ? tuner_->choose(call.kind, call_bytes, steady_seconds()) : -1;
+  const double t0 = tuned && tuner_ ? steady_seconds() : 0;
+  choice_ = tuned && tuner_ ? tuner_->choose(call.kind, call_bytes, t0) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
@@ -230,7 +231,6 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
       if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
       const bool single = !tuned || shm_->control(0).choice[seq & 1] != 0;
       if (!single) ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
-      const double t0 = tuned && tuner_ ? steady_seconds() : 0;
       dispatch(call, ran);
       if (tuned && tuner_) {
         const double t1 = steady_seconds();

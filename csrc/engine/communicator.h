@@ -360,15 +360,18 @@ class Communicator {
   // Whether the staged schedule may stand in for `plan`'s single copy
   // (Settings::shm_tune): the same answer on every rank whose plan agrees.
   bool tunable(Kind kind, const Plan& plan) const;
-  // Whether shm allgather of `bytes` (each rank's block) on a node of more
-  // than two ranks offers its single copy to the choice by times
-  // (Settings::shm_tune), which the thresholds never give it there: staged
-  // it was 0.86-0.94x MPI_Allgather at P = 4 for blocks of 512 KiB to 2 MiB
-  // on the AMD machines and the single copy 1.25-1.58x, where on the Intel
-  // ones staging led (bench/results/host_phases.md).
+  // Whether shm allgather of `bytes` (each rank's block) or broadcast on a
+  // node of more than two ranks offers its single copy to the choice by
+  // times (Settings::shm_tune), which the thresholds never give it there:
+  // staged allgather was 0.86-0.94x MPI_Allgather at P = 4 for blocks of
+  // 512 KiB to 2 MiB on the AMD machines and the single copy 1.25-1.58x,
+  // where on the Intel ones staging led (bench/results/host_phases.md);
+  // staged broadcast of 4 MiB was 0.75x MPI_Bcast in the slow phase
+  // (bench/results/phase_column.md).
   bool offers_single_copy(Kind kind, Algo algo, std::size_t bytes) const {
     return settings_.shm_tune && one_node_ && algo == Algo::kShm && shm_ && shm_->single_copy() &&
-           shm_->size() > 2 && kind == Kind::kAllgather && bytes >= kOfferedSingleCopyBytes;
+           shm_->size() > 2 && (kind == Kind::kAllgather || kind == Kind::kBroadcast) &&
+           bytes >= kOfferedSingleCopyBytes;
   }
   static constexpr std::size_t kOfferedSingleCopyBytes = std::size_t{256} << 10;
   void dispatch(const Call& call, const Plan& plan);

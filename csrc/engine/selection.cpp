@@ -166,6 +166,7 @@ Plan Communicator::plan(const Call& c) const {
       // Two ranks that may copy between each other's arrays: one copy,
       // split between them (broadcast_shm.cpp).
       if (p.algo == Algo::kShm && shm_->single_copy() && shm_->size() == 2) p.variant |= kCrossMemory;
+      if (offers_single_copy(c.kind, p.algo, bytes)) p.variant |= kCrossMemory;
       break;
     case Kind::kReduce:
       if (p.algo == Algo::kTree) s += 2 * R(bytes);
@@ -294,7 +295,8 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
 bool Communicator::tunable(Kind kind, const Plan& plan) const {
   return settings_.shm_tune && one_node_ && plan.algo == Algo::kShm && plan.has(kCrossMemory) &&
          !plan.has(kEager) && !plan.has(kInWindow) &&
-         (kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter);
+         (kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter ||
+          (kind == Kind::kBroadcast && shm_->size() > 2));
 }
 
 void Communicator::rehash_settings() {

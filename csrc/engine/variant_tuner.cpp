@@ -22,22 +22,30 @@ bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
   SizeClass& c = size_class(kind, bytes);
   if (c.burst > 0) {
     --c.burst;
-    return c.bursting;
+    return c.last = c.bursting;
   }
   // The single copy first: the default before anything is known.
   for (const bool single : {true, false}) {
     const Times& t = c.variant[single];
     if (t.count < kSamples || now - t.at > explore_seconds_) {
       c.bursting = single;
-      c.burst = kSamples - 1;
-      return single;
+      c.burst = kWarmup + kSamples - 1;
+      c.untimed = kWarmup;
+      return c.last = single;
     }
   }
-  return c.variant[1].median() <= c.variant[0].median();
+  const double kept = c.variant[c.last].median(), other = c.variant[!c.last].median();
+  if (other < 0.95 * kept) c.last = !c.last;
+  return c.last;
 }
 
 void VariantTuner::record(Kind kind, std::size_t bytes, bool single_copy, double seconds, double now) {
-  Times& t = size_class(kind, bytes).variant[single_copy];
+  SizeClass& c = size_class(kind, bytes);
+  if (c.untimed > 0 && single_copy == c.bursting) {
+    --c.untimed;
+    return;
+  }
+  Times& t = c.variant[single_copy];
   t.last[t.next] = seconds;
   t.next = (t.next + 1) % kSamples;
   t.count = std::min(t.count + 1, kSamples);

@@ -12,14 +12,23 @@
 // 1.15-1.37x. A size threshold cannot be right in both.
 //
 // Node rank 0 keeps, per collective kind and size class (a power of two),
-// the times of the last kSamples calls of each variant (from the end of the
-// arrival to the end of the schedule, on rank 0). A call runs the variant
-// with the lower median, except that a variant with fewer than kSamples
-// times, or none newer than `explore_seconds`, first gets kSamples calls in
-// a row: a change of phase is then seen within that time whichever variant
-// it favours, at a cost of kSamples calls of the slower variant per size
-// class and period. Rank 0 hands its choice to the other ranks with its
-// arrival (Communicator::arrive_through_shm), so that all run the same one.
+// the times of the last kSamples calls of each variant, and judges a
+// variant by their median. A call's time runs from its start to the end of
+// its schedule on rank 0, the wait for the other ranks' arrival included:
+// the staged schedule lets rank 0 leave while its peers still copy out,
+// and that tail shows as the next call's wait. A call runs the variant
+// that ran last unless the other's median is lower by more than a
+// twentieth (so that noise does not flip it back and forth), except that a
+// variant with fewer than kSamples times, or none newer than
+// `explore_seconds`, first gets kWarmup + kSamples calls in a row, the first
+// kWarmup untimed: a variant taken up again after a while is slow for a few
+// calls (its slots have gone cold: a staged allreduce of 1 MiB took
+// 240, 132, 268, then 70-80 us in the fast phase), which would otherwise
+// count against it. A change of phase is then seen within `explore_seconds`
+// whichever variant it favours, at a cost of kWarmup + kSamples calls of
+// the slower variant per size class and period. Rank 0 hands its choice to
+// the other ranks with its arrival (Communicator::arrive_through_shm), so
+// that all run the same one.
 #pragma once
 
 #include <cstddef>
@@ -32,7 +41,7 @@ namespace distml::engine {
 
 class VariantTuner {
  public:
-  static constexpr int kSamples = 3;
+  static constexpr int kSamples = 3, kWarmup = 3;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // Whether the next call `kind` of `bytes` runs the single copy; `now` in
   // seconds of a steady clock.
@@ -51,7 +60,9 @@ class VariantTuner {
   struct SizeClass {
     Times variant[2];  // [0]: staged, [1]: single copy
     int burst = 0;     // calls still to run `bursting` in a row
+    int untimed = 0;   // of which the first this many are not recorded
     bool bursting = false;
+    bool last = true;  // the variant chosen last
   };
   SizeClass& size_class(Kind kind, std::size_t bytes);
   double explore_seconds_;

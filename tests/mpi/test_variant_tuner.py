@@ -15,6 +15,8 @@ from distml import MismatchError, _core
 from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref
 
 K = _core.VariantTuner.samples
+W = _core.VariantTuner.warmup
+B = W + K  # the calls in a row a variant gets when it is (re)examined
 RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
 
 
@@ -29,42 +31,67 @@ def _run(tuner, kind, nbytes, now, times):
 def test_policy_tries_both_then_keeps_the_faster():
     t = _core.VariantTuner(0.5)
     staged_faster = {True: 2e-4, False: 1e-4}
-    # Unknown: the single copy K times, then the staged schedule K times.
-    got = [_run(t, RS, 1 << 20, 0.0, staged_faster) for _ in range(2 * K)]
-    assert got == [True] * K + [False] * K
+    # Unknown: the single copy B times, then the staged schedule B times.
+    got = [_run(t, RS, 1 << 20, 0.0, staged_faster) for _ in range(2 * B)]
+    assert got == [True] * B + [False] * B
     # Then the faster, while the other's times are fresh.
     assert [_run(t, RS, 1 << 20, 0.1, staged_faster) for _ in range(5)] == [False] * 5
+
+
+def test_policy_does_not_count_a_variant_s_first_calls_back():
+    """The first W calls of a variant taken up again are slow (cold slots):
+    they are not what it is judged by; nor is one slow call among its last K
+    (a preempted rank)."""
+    t = _core.VariantTuner(0.5)
+    seq = [_run(t, RS, 1 << 20, 0.0, {True: 2e-4, False: 1e-4}) for _ in range(B)]
+    assert seq == [True] * B
+    # The staged schedule's first W calls take 10x; then 1e-4.
+    for i in range(B):
+        single = t.choose(RS, 1 << 20, 0.0)
+        assert single is False
+        t.record(RS, 1 << 20, single, 1e-3 if i < W or i == B - 1 else 1e-4, 0.0)
+    assert [_run(t, RS, 1 << 20, 0.1, {True: 2e-4, False: 1e-4}) for _ in range(3)] == [False] * 3
 
 
 def test_policy_looks_again_at_a_variant_left_untimed():
     assert K == 3  # the sequences below follow a median of three
     t = _core.VariantTuner(0.5)
     staged_faster = {True: 2e-4, False: 1e-4}
-    for _ in range(2 * K):
+    for _ in range(2 * B):
         _run(t, RS, 1 << 20, 0.0, staged_faster)
     # Within the period, only the faster runs.
     assert [_run(t, RS, 1 << 20, 0.3, staged_faster) for _ in range(5)] == [False] * 5
     # 0.6 s on, the staged schedule has become slower (a change of phase).
-    # The single copy, untimed since 0.0, runs K times; the staged schedule
-    # still holds the lower median until two of its last three times are
-    # the new ones; then the single copy wins.
+    # The single copy, untimed since 0.0, runs B times; the staged schedule
+    # keeps its place until two of its last three times are the new ones;
+    # then the single copy wins.
     single_faster = {True: 2e-4, False: 5e-4}
-    got = [_run(t, RS, 1 << 20, 0.6, single_faster) for _ in range(K + 5)]
-    assert got == [True] * K + [False] * 2 + [True] * 3
+    got = [_run(t, RS, 1 << 20, 0.6, single_faster) for _ in range(B + 5)]
+    assert got == [True] * B + [False] * 2 + [True] * 3
     # The staged times are fresh until 0.5 s after its last call (0.6 s).
     assert [_run(t, RS, 1 << 20, 1.0, single_faster) for _ in range(5)] == [True] * 5
-    assert [_run(t, RS, 1 << 20, 1.2, single_faster) for _ in range(K + 2)] == [False] * K + [True] * 2
+    assert [_run(t, RS, 1 << 20, 1.2, single_faster) for _ in range(B + 2)] == [False] * B + [True] * 2
+
+
+def test_policy_keeps_its_choice_within_a_twentieth():
+    t = _core.VariantTuner(0.5)
+    close = {True: 1.00e-4, False: 1.03e-4}
+    # Staged ran last (the second burst) and is 3% slower: kept.
+    assert [_run(t, RS, 1 << 20, 0.0, close) for _ in range(2 * B + 3)] == [True] * B + [False] * (B + 3)
+    # 10% slower: the single copy once the staged median has moved.
+    far = {True: 1.00e-4, False: 1.10e-4}
+    assert [_run(t, RS, 1 << 20, 0.1, far) for _ in range(5)] == [False] * 2 + [True] * 3
 
 
 def test_policy_keeps_size_classes_and_collectives_apart():
     t = _core.VariantTuner(0.5)
-    for _ in range(2 * K):
+    for _ in range(2 * B):
         _run(t, RS, 1 << 20, 0.0, {True: 2e-4, False: 1e-4})
     # The same power of two shares what was learnt ...
     assert _run(t, RS, (1 << 20) + 12345, 0.1, {True: 1.0, False: 1.0}) is False
     # ... another size class or collective starts again with the single copy.
-    assert [_run(t, RS, 2 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(K)] == [True] * K
-    assert [_run(t, AG, 1 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(K)] == [True] * K
+    assert [_run(t, RS, 2 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(B)] == [True] * B
+    assert [_run(t, AG, 1 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(B)] == [True] * B
 
 
 # ---- on two ranks of one node ------------------------------------------------
@@ -86,9 +113,10 @@ def fresh():
 
 def _chosen(comm):
     """The collectives whose variant is chosen by times at _calls' sizes: on
-    two ranks the three whose thresholds give them the single copy; on more,
-    allgather, which the thresholds never give it there."""
-    return ("allreduce", "reduce_scatter", "allgather") if comm.size == 2 else ("allgather",)
+    two ranks the three whose thresholds give them the single copy (two
+    ranks' broadcast always takes it); on more, allgather and broadcast,
+    which the thresholds never give it there."""
+    return ("allreduce", "reduce_scatter", "allgather") if comm.size == 2 else ("allgather", "broadcast")
 
 
 def _traced(comm, fn):
@@ -113,10 +141,13 @@ def _calls(comm, rounds):
     want_rs = reduce_scatter_ref(xs, "sum", r)
     part = inputs("tuner_ag", np.dtype(np.float32), (n // P,), "small", P)
     want_ag = allgather_ref(part)
+    root = P - 1
     for i in range(rounds):
+        b = xs[r].copy() if r == root else np.zeros(n, np.float32)
         for name, got, want in (("allreduce", comm.allreduce(xs[r]), want_ar),
                                 ("reduce_scatter", comm.reduce_scatter(xs[r]), want_rs),
-                                ("allgather", comm.allgather(part[r]), want_ag)):
+                                ("allgather", comm.allgather(part[r]), want_ag),
+                                ("broadcast", comm.broadcast(b, root=root), xs[root])):
             if not np.array_equal(got, want):
                 bad.append((name, i))
     return bad
@@ -129,23 +160,25 @@ def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
     assert not bad, bad
     everyone = world.allgather(events)
     assert all(e == everyone[0] for e in everyone), "ranks ran different variants"
-    for name in ("allreduce", "reduce_scatter", "allgather"):
+    for name in ("allreduce", "reduce_scatter", "allgather", "broadcast"):
         single = ["cross-memory" in s for c, s in events if c == name]
         assert len(single) == 40, (name, events)
         if name in _chosen(comm):
             # The first calls of a size class try both variants, in this order.
-            assert single[:2 * K] == [True] * K + [False] * K, (name, single)
+            assert single[:2 * B] == [True] * B + [False] * B, (name, single)
         else:
-            assert not any(single), (name, single)
+            # Two ranks' broadcast always copies once; on more ranks the
+            # others never do at this size.
+            assert all(single) if name == "broadcast" else not any(single), (name, single)
 
 
 def test_off_the_threshold_decides(fresh):
     comm = fresh
     comm._core.shm_tune = False
     bad = []
-    events = _traced(comm, lambda: bad.extend(_calls(comm, 2 * K + 2)))
+    events = _traced(comm, lambda: bad.extend(_calls(comm, 2 * B + 2)))
     assert not bad, bad
-    assert len(events) == 3 * (2 * K + 2), events
+    assert len(events) == 4 * (2 * B + 2), events
     for name, schedule in events:
         # Two ranks: the thresholds give all three the single copy at this
         # size; more: none of them.
@@ -162,7 +195,7 @@ def test_ranks_must_agree_on_it(world, monkeypatch):
 
 
 def test_allgather_both_variants_on_any_node(fresh, world):
-    """Every size class starts with K single copies and K staged calls, so
+    """Every size class starts with B single copies and B staged calls, so
     a new communicator runs both: allgather's single copy is reached on
     nodes of more than two ranks only this way. Odd block sizes around the
     write variant's threshold and past two slots, several dtypes, with and
@@ -179,7 +212,7 @@ def test_allgather_both_variants_on_any_node(fresh, world):
             out = np.empty(P * n, dtype)
 
             def calls():
-                for i in range(2 * K):
+                for i in range(2 * B):
                     fresh_result = comm.allgather(xs[r])
                     same = comm.allgather(xs[r], out=out) is out
                     if not (same and np.array_equal(fresh_result.view(np.uint8), want.view(np.uint8))
@@ -195,3 +228,28 @@ def test_allgather_both_variants_on_any_node(fresh, world):
     assert first == [[False, True]] * 3, seen
     everyone = world.allgather(seen)
     assert all(e == everyone[0] for e in everyone), everyone
+
+
+def test_broadcast_both_variants_on_more_ranks(fresh, world):
+    """On nodes of more than two ranks broadcast from 256 KiB is offered the
+    single copy (every rank reads the root's array): both variants, from
+    every root, odd sizes past two slots, the root's array unchanged."""
+    comm, P, r = fresh, fresh.size, fresh.rank
+    if P == 2:
+        pytest.skip("two ranks' broadcast always takes its single copy (test_broadcast_single_copy.py)")
+    bad, seen = [], set()
+    for root in range(P):
+        for nbytes in ((256 << 10) + 5, (3 << 20) + 77):
+            xs = inputs(("tuner_bcast", root, nbytes), np.dtype(np.uint8), (nbytes,), "bits", P)
+
+            def calls():
+                for i in range(2 * B):
+                    b = xs[root].copy() if r == root else np.zeros(nbytes, np.uint8)
+                    got = comm.broadcast(b, root=root)
+                    if not (got is b and np.array_equal(b, xs[root])):
+                        bad.append((root, nbytes, i))
+
+            events = _traced(comm, calls)
+            seen |= {"cross-memory" in s for c, s in events if c == "broadcast"}
+    assert not bad, bad
+    assert seen == {True, False}, seen
