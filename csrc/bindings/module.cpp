@@ -718,7 +718,8 @@ PYBIND11_MODULE(_core, m) {
       .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("single_copy"),
            py::arg("seconds"), py::arg("now"))
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
-      .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; });
+      .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })
+      .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {
     machine::CrossCore c;
     {

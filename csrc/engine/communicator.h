@@ -368,9 +368,15 @@ class Communicator {
   // where on the Intel ones staging led (bench/results/host_phases.md);
   // staged broadcast of 4 MiB was 0.75x MPI_Bcast in the slow phase
   // (bench/results/phase_column.md).
+  //
+  // Also allreduce between two ranks past shm_single_copy_max_bytes: staged
+  // with streaming stores it was ahead there on the Intel machines, and at
+  // 128 MiB on the AMD ones 19 ms against the single copy's 23 ms in the
+  // fast phase, but 61 ms against 18-19 ms in the slow one (MPI: 70 ms).
   bool offers_single_copy(Kind kind, Algo algo, std::size_t bytes) const {
-    return settings_.shm_tune && one_node_ && algo == Algo::kShm && shm_ && shm_->single_copy() &&
-           shm_->size() > 2 && (kind == Kind::kAllgather || kind == Kind::kBroadcast) &&
+    if (!(settings_.shm_tune && one_node_ && algo == Algo::kShm && shm_ && shm_->single_copy())) return false;
+    if (kind == Kind::kAllreduce) return shm_->size() == 2 && bytes >= settings_.shm_single_copy_bytes;
+    return shm_->size() > 2 && (kind == Kind::kAllgather || kind == Kind::kBroadcast) &&
            bytes >= kOfferedSingleCopyBytes;
   }
   static constexpr std::size_t kOfferedSingleCopyBytes = std::size_t{256} << 10;

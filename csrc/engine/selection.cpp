@@ -146,8 +146,9 @@ Plan Communicator::plan(const Call& c) const {
       } else if (p.algo == Algo::kShm && c.window >= 0) {
         p.variant |= kInWindow;
         if (bytes >= settings_.shm_stream_bytes) p.variant |= kStream;
-      } else if (p.algo == Algo::kShm && shm_->single_copy() && bytes >= settings_.shm_single_copy_bytes &&
-                 bytes < settings_.shm_single_copy_max_bytes) {
+      } else if ((p.algo == Algo::kShm && shm_->single_copy() && bytes >= settings_.shm_single_copy_bytes &&
+                  bytes < settings_.shm_single_copy_max_bytes) ||
+                 offers_single_copy(c.kind, p.algo, bytes)) {
         // Peers read back what this schedule streams: worth it from 4x on.
         p.variant |= kCrossMemory;
         if (bytes >= 4 * settings_.shm_stream_bytes) p.variant |= kStream;

@@ -25,9 +25,12 @@ bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
     return c.last = c.bursting;
   }
   // The single copy first: the default before anything is known.
+  const Times& running = c.variant[c.last];
+  const double period =
+      running.count ? std::max(explore_seconds_, kPeriodCalls * running.median()) : explore_seconds_;
   for (const bool single : {true, false}) {
     const Times& t = c.variant[single];
-    if (t.count < kSamples || now - t.at > explore_seconds_) {
+    if (t.count < kSamples || now - t.at > period) {
       c.bursting = single;
       c.burst = kWarmup + kSamples - 1;
       c.untimed = kWarmup;

@@ -20,7 +20,8 @@
 // that ran last unless the other's median is lower by more than a
 // twentieth (so that noise does not flip it back and forth), except that a
 // variant with fewer than kSamples times, or none newer than
-// `explore_seconds`, first gets kWarmup + kSamples calls in a row, the first
+// `explore_seconds` (or kPeriodCalls calls of the running variant, where
+// those take longer), first gets kWarmup + kSamples calls in a row, the first
 // kWarmup untimed: a variant taken up again after a while is slow for a few
 // calls (its slots have gone cold: a staged allreduce of 1 MiB took
 // 240, 132, 268, then 70-80 us in the fast phase), which would otherwise
@@ -42,6 +43,11 @@ namespace distml::engine {
 class VariantTuner {
  public:
   static constexpr int kSamples = 3, kWarmup = 3;
+  // A variant is looked at again after `explore_seconds`, or after this
+  // many calls of the one running where those take longer: at most about
+  // (kWarmup + kSamples) / kPeriodCalls of the calls run the other variant
+  // (a 128 MiB allreduce takes 20-60 ms).
+  static constexpr int kPeriodCalls = 500;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // Whether the next call `kind` of `bytes` runs the single copy; `now` in
   // seconds of a steady clock.

@@ -83,6 +83,19 @@ def test_policy_keeps_its_choice_within_a_twentieth():
     assert [_run(t, RS, 1 << 20, 0.1, far) for _ in range(5)] == [False] * 2 + [True] * 3
 
 
+def test_policy_looks_again_less_often_at_long_calls():
+    """Calls of 10 ms: the other variant is looked at again after
+    period_calls calls' worth of time (5 s), not after 0.5 s."""
+    t = _core.VariantTuner(0.5)
+    long_calls = {True: 1e-2, False: 2e-2}
+    for _ in range(2 * B):
+        _run(t, RS, 64 << 20, 0.0, long_calls)
+    period = _core.VariantTuner.period_calls * 1e-2
+    assert period > 1.0
+    assert [_run(t, RS, 64 << 20, period - 0.1, long_calls) for _ in range(3)] == [True] * 3
+    assert [_run(t, RS, 64 << 20, period + 0.1, long_calls) for _ in range(B + 1)] == [False] * B + [True]
+
+
 def test_policy_keeps_size_classes_and_collectives_apart():
     t = _core.VariantTuner(0.5)
     for _ in range(2 * B):
