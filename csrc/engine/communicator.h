@@ -165,9 +165,9 @@ struct Settings {
   // during the collective with streaming stores, past the cache.
   std::size_t shm_stream_bytes = 8 << 20;
   // Where the thresholds above give allreduce, allgather or reduce_scatter
-  // the single copy, node rank 0 chooses between it and the staged schedule
-  // by their times (engine/variant_tuner.h); off, the thresholds alone
-  // decide.
+  // the single copy, or offers_single_copy offers it, node rank 0 chooses
+  // between it and the staged schedule by their times
+  // (engine/variant_tuner.h); off, the thresholds alone decide.
   bool shm_tune = true;
   bool shm = true;  // use the node's shared memory when every rank is on one node
   // Where ranks do not share one node and they agree on each call (the

@@ -38,7 +38,7 @@ bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
     }
   }
   const double kept = c.variant[c.last].median(), other = c.variant[!c.last].median();
-  if (other < 0.95 * kept) c.last = !c.last;
+  if (other < 0.9 * kept) c.last = !c.last;
   return c.last;
 }
 
