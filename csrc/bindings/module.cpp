@@ -719,7 +719,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("seconds"), py::arg("now"))
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
       .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })
-      .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; });
+      .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; })
+      .def_property_readonly_static("warmup_seconds",
+                                    [](py::object) { return engine::VariantTuner::kWarmupSeconds; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {
     machine::CrossCore c;
     {

@@ -20,10 +20,7 @@ VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) 
 
 bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
   SizeClass& c = size_class(kind, bytes);
-  if (c.burst > 0) {
-    --c.burst;
-    return c.last = c.bursting;
-  }
+  if (c.untimed > 0 || c.timed > 0) return c.last = c.bursting;
   // The single copy first: the default before anything is known.
   const Times& running = c.variant[c.last];
   const double period =
@@ -32,8 +29,9 @@ bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
     const Times& t = c.variant[single];
     if (t.count < kSamples || now - t.at > period) {
       c.bursting = single;
-      c.burst = kWarmup + kSamples - 1;
       c.untimed = kWarmup;
+      c.untimed_seconds = 0;
+      c.timed = kSamples;
       return c.last = single;
     }
   }
@@ -45,9 +43,11 @@ bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
 void VariantTuner::record(Kind kind, std::size_t bytes, bool single_copy, double seconds, double now) {
   SizeClass& c = size_class(kind, bytes);
   if (c.untimed > 0 && single_copy == c.bursting) {
-    --c.untimed;
+    c.untimed_seconds += seconds;
+    c.untimed = c.untimed_seconds >= kWarmupSeconds ? 0 : c.untimed - 1;
     return;
   }
+  if (c.timed > 0 && single_copy == c.bursting) --c.timed;
   Times& t = c.variant[single_copy];
   t.last[t.next] = seconds;
   t.next = (t.next + 1) % kSamples;

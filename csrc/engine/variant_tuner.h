@@ -48,6 +48,10 @@ namespace distml::engine {
 class VariantTuner {
  public:
   static constexpr int kSamples = 5, kWarmup = 10;
+  // The untimed calls end early once they have taken this long: a cold
+  // slot slows a call's first chunks, which a long call outgrows (one
+  // untimed call of a 128 MiB allreduce, not ten of 20-60 ms each).
+  static constexpr double kWarmupSeconds = 2e-3;
   // A variant is looked at again after `explore_seconds`, or after this
   // many calls of the one running where those take longer: at most about
   // (kWarmup + kSamples) / kPeriodCalls of the calls run the other variant
@@ -70,8 +74,11 @@ class VariantTuner {
   };
   struct SizeClass {
     Times variant[2];  // [0]: staged, [1]: single copy
-    int burst = 0;     // calls still to run `bursting` in a row
-    int untimed = 0;   // of which the first this many are not recorded
+    // A variant taken up again: calls of `bursting` still to run untimed,
+    // the time they have taken so far, and timed calls still to run.
+    int untimed = 0;
+    double untimed_seconds = 0;
+    int timed = 0;
     bool bursting = false;
     bool last = true;  // the variant chosen last
   };

@@ -6,6 +6,8 @@ it off leaves the threshold's variant, and that ranks must agree on it."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -16,8 +18,15 @@ from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref
 
 K = _core.VariantTuner.samples
 W = _core.VariantTuner.warmup
-B = W + K  # the calls in a row a variant gets when it is (re)examined
+B = W + K  # the most calls in a row a variant gets when it is (re)examined
 M = K // 2 + 1  # new times that move a median of K
+WS = _core.VariantTuner.warmup_seconds
+
+
+def burst(t):
+    """Calls in a row for a variant (re)examined whose calls take t seconds:
+    untimed ones until they have taken WS (at most W), then K timed."""
+    return min(W, math.ceil(WS / t)) + K
 RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
 
 
@@ -40,18 +49,27 @@ def test_policy_tries_both_then_keeps_the_faster():
 
 
 def test_policy_does_not_count_a_variant_s_first_calls_back():
-    """The first W calls of a variant taken up again are slow (cold slots):
+    """The first calls of a variant taken up again are slow (cold slots):
     they are not what it is judged by; nor is one slow call among its last K
     (a preempted rank)."""
     t = _core.VariantTuner(0.5)
-    seq = [_run(t, RS, 1 << 20, 0.0, {True: 2e-4, False: 1e-4}) for _ in range(B)]
-    assert seq == [True] * B
-    # The staged schedule's first W calls take 10x; then 1e-4.
+    assert [_run(t, RS, 1 << 20, 0.0, {True: 1e-4, False: 1e-4}) for _ in range(B)] == [True] * B
+    # The staged schedule's first W calls take 1.9e-4 (W of them stay
+    # under WS), then 0.5e-4, one of its last K 1.9e-4 again.
+    assert W * 1.9e-4 < WS
     for i in range(B):
         single = t.choose(RS, 1 << 20, 0.0)
         assert single is False
-        t.record(RS, 1 << 20, single, 1e-3 if i < W or i == B - 1 else 1e-4, 0.0)
-    assert [_run(t, RS, 1 << 20, 0.1, {True: 2e-4, False: 1e-4}) for _ in range(3)] == [False] * 3
+        t.record(RS, 1 << 20, single, 1.9e-4 if i < W or i == B - 1 else 0.5e-4, 0.0)
+    assert [_run(t, RS, 1 << 20, 0.1, {True: 1e-4, False: 0.5e-4}) for _ in range(3)] == [False] * 3
+
+
+def test_policy_ends_the_untimed_calls_after_a_while():
+    """Long calls: the untimed ones end once they have taken WS."""
+    t = _core.VariantTuner(0.5)
+    slow = 0.7 * WS
+    assert [_run(t, RS, 1 << 20, 0.0, {True: slow, False: slow}) for _ in range(2 * (2 + K))] == \
+        [True] * (2 + K) + [False] * (2 + K)
 
 
 def test_policy_looks_again_at_a_variant_left_untimed():
@@ -62,15 +80,18 @@ def test_policy_looks_again_at_a_variant_left_untimed():
     # Within the period, only the faster runs.
     assert [_run(t, RS, 1 << 20, 0.3, staged_faster) for _ in range(5)] == [False] * 5
     # 0.6 s on, the staged schedule has become slower (a change of phase).
-    # The single copy, untimed since 0.0, runs B times; the staged schedule
-    # keeps its place until M of its last K times are the new ones; then
-    # the single copy wins.
-    single_faster = {True: 2e-4, False: 5e-4}
-    got = [_run(t, RS, 1 << 20, 0.6, single_faster) for _ in range(B + M + 3)]
-    assert got == [True] * B + [False] * M + [True] * 3
+    # The single copy, untimed since 0.0, runs its burst; the staged
+    # schedule keeps its place until M of its last K times are the new
+    # ones; then the single copy wins.
+    single_faster = {True: 2e-4, False: 4.5e-4}
+    n = burst(2e-4)
+    got = [_run(t, RS, 1 << 20, 0.6, single_faster) for _ in range(n + M + 3)]
+    assert got == [True] * n + [False] * M + [True] * 3
     # The staged times are fresh until 0.5 s after its last call (0.6 s).
     assert [_run(t, RS, 1 << 20, 1.0, single_faster) for _ in range(5)] == [True] * 5
-    assert [_run(t, RS, 1 << 20, 1.2, single_faster) for _ in range(B + 2)] == [False] * B + [True] * 2
+    n = burst(4.5e-4)
+    assert n < B  # its untimed calls end early
+    assert [_run(t, RS, 1 << 20, 1.2, single_faster) for _ in range(n + 2)] == [False] * n + [True] * 2
 
 
 def test_policy_keeps_its_choice_within_a_tenth():
@@ -93,7 +114,8 @@ def test_policy_looks_again_less_often_at_long_calls():
     period = _core.VariantTuner.period_calls * 1e-2
     assert period > 1.0
     assert [_run(t, RS, 64 << 20, period - 0.1, long_calls) for _ in range(3)] == [True] * 3
-    assert [_run(t, RS, 64 << 20, period + 0.1, long_calls) for _ in range(B + 1)] == [False] * B + [True]
+    n = burst(2e-2)
+    assert [_run(t, RS, 64 << 20, period + 0.1, long_calls) for _ in range(n + 1)] == [False] * n + [True]
 
 
 def test_policy_keeps_size_classes_and_collectives_apart():
@@ -103,8 +125,9 @@ def test_policy_keeps_size_classes_and_collectives_apart():
     # The same power of two shares what was learnt ...
     assert _run(t, RS, (1 << 20) + 12345, 0.1, {True: 1.0, False: 1.0}) is False
     # ... another size class or collective starts again with the single copy.
-    assert [_run(t, RS, 2 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(B)] == [True] * B
-    assert [_run(t, AG, 1 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(B)] == [True] * B
+    n = burst(1.0)
+    assert [_run(t, RS, 2 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(n)] == [True] * n
+    assert [_run(t, AG, 1 << 20, 0.1, {True: 1.0, False: 1.0}) for _ in range(n)] == [True] * n
 
 
 # ---- on two ranks of one node ------------------------------------------------
@@ -166,6 +189,17 @@ def _calls(comm, rounds):
     return bad
 
 
+def _runs(seq):
+    """[(value, length)] of the runs of equal values in seq."""
+    out = []
+    for v in seq:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return [tuple(r) for r in out]
+
+
 def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
     comm = fresh
     bad = []
@@ -177,8 +211,12 @@ def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
         single = ["cross-memory" in s for c, s in events if c == name]
         assert len(single) == 40, (name, events)
         if name in _chosen(comm):
-            # The first calls of a size class try both variants, in this order.
-            assert single[:2 * B] == [True] * B + [False] * B, (name, single)
+            # The first calls of a size class try both variants, in this
+            # order, each for its burst (fewer untimed calls where calls are
+            # long).
+            first, second = _runs(single)[:2]
+            assert first[0] is True and K + 1 <= first[1] <= B, (name, single)
+            assert second[0] is False and second[1] >= K + 1, (name, single)
         else:
             # Two ranks' broadcast always copies once; on more ranks the
             # others never do at this size.
