@@ -352,7 +352,8 @@ class Communicator {
   // two ranks only alltoall does: there allgather's single copy was
   // 1.13-1.17x MPI_Allgather from 256 KiB to 4 MiB against 1.29-1.55x
   // staged, and reduce_scatter's gained 5-15% only from 4 MiB
-  // (bench/results/others_large.md).
+  // (bench/results/others_large.md, Intel machines); allgather's is offered
+  // to the choice by times instead (offers_single_copy).
   bool blocks_single_copy(Kind kind, Algo algo, std::size_t bytes) const {
     return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes &&
            (shm_->size() == 2 || kind == Kind::kAlltoall);
