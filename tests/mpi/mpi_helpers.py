@@ -277,6 +277,19 @@ def allgather_ref(xs: List[np.ndarray]) -> np.ndarray:
 # ---- running and checking ----------------------------------------------------
 
 
+def traced(comm: Any, fn: Callable[[], Any]) -> List[dict]:
+    """The timeline events (drain_trace's dicts) of the collectives ``fn``
+    runs on ``comm``, with tracing on only while it runs."""
+    core = comm._core
+    core.drain_trace()
+    core.set_trace(True)
+    try:
+        fn()
+        return core.drain_trace()
+    finally:
+        core.set_trace(False)
+
+
 def call(fn: Callable[[], Any]) -> Any:
     """``fn()``, or the exception it raised (so later collectives still run)."""
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from distml import MismatchError
 
-from mpi_helpers import Checker, call
+from mpi_helpers import Checker, call, traced
 
 
 def _pair_on_one_node(comm):
@@ -62,15 +62,8 @@ def test_views_and_read_only_root(pair):
 
 def test_trace_names_the_single_copy_variant(pair):
     comm = pair
-    core = comm._core
-    core.drain_trace()
-    core.set_trace(True)
-    try:
-        x = np.ones(1 << 18, np.float32)
-        comm.broadcast(x, root=1)
-        events = [e for e in core.drain_trace() if e["collective"] == "broadcast"]
-    finally:
-        core.set_trace(False)
+    x = np.ones(1 << 18, np.float32)
+    events = [e for e in traced(comm, lambda: comm.broadcast(x, root=1)) if e["collective"] == "broadcast"]
     assert len(events) == 1 and events[0]["algorithm"] == "shm", events
     assert "cross-memory" in events[0].get("schedule", events[0].get("variant", "")), events
 

@@ -16,7 +16,7 @@ import pytest
 
 from distml import MismatchError
 
-from mpi_helpers import BF16, Checker, allgather_ref, alltoall_ref, call, inputs, reduce_scatter_ref
+from mpi_helpers import BF16, Checker, allgather_ref, alltoall_ref, call, inputs, reduce_scatter_ref, traced
 
 
 @pytest.fixture
@@ -139,14 +139,7 @@ def test_reduce_scatter(pair, threshold):
 
 
 def _schedules(comm, fn):
-    core = comm._core
-    core.drain_trace()
-    core.set_trace(True)
-    try:
-        fn()
-        return [(e["collective"], e["algorithm"], e.get("schedule", e.get("variant", ""))) for e in core.drain_trace()]
-    finally:
-        core.set_trace(False)
+    return [(e["collective"], e["algorithm"], e.get("schedule", e.get("variant", ""))) for e in traced(comm, fn)]
 
 
 def test_auto_takes_the_variant_from_the_threshold(pair):

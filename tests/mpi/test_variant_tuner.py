@@ -14,7 +14,7 @@ import pytest
 import distml
 from distml import MismatchError, _core
 
-from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref
+from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref, traced
 
 K = _core.VariantTuner.samples
 W = _core.VariantTuner.warmup
@@ -156,14 +156,8 @@ def _chosen(comm):
 
 
 def _traced(comm, fn):
-    core = comm._core
-    core.drain_trace()
-    core.set_trace(True)
-    try:
-        fn()
-        return [(e["collective"], e["schedule"]) for e in core.drain_trace()]
-    finally:
-        core.set_trace(False)
+    """(collective, schedule) of each call ``fn`` runs on ``comm``."""
+    return [(e["collective"], e["schedule"]) for e in traced(comm, fn)]
 
 
 def _calls(comm, rounds):
