@@ -158,8 +158,10 @@ def _env_float(name: str) -> Optional[float]:
         raise ValueError(f"{name}={value!r} is not a number of seconds") from None
 
 
-def _env_check() -> bool:
-    return os.environ.get("DISTML_CHECK", "1").strip().lower() not in ("0", "false", "no", "off")
+def _env_flag(name: str) -> bool:
+    """Environment variable ``name`` as a switch that is on unless set to
+    0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _as_array(x: Any, argname: str = "x") -> np.ndarray:
@@ -326,7 +328,7 @@ class Communicator:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         if check is None:
-            check = _env_check()
+            check = _env_flag("DISTML_CHECK")
         if segment_bytes is not None and (not isinstance(segment_bytes, int) or segment_bytes <= 0):
             raise ValueError(f"segment_bytes must be a positive int, not {segment_bytes!r}")
         if stall_warning is None:
@@ -335,12 +337,12 @@ class Communicator:
         cap = _pool_cap()
         self._pool = _core.ResultPool(cap) if cap > 0 else None
         if shared_memory is None:
-            shared_memory = os.environ.get("DISTML_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
+            shared_memory = _env_flag("DISTML_SHM")
         slot = _env_bytes("DISTML_SHM_SLOT_BYTES")
         # Read before the core communicator exists: a bad value raises on
         # every rank before any rank has communicated.
         sizes = {attr: _env_bytes(env) for env, attr in _SHM_SIZE_ENV.items()}
-        shm_tune = os.environ.get("DISTML_SHM_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+        shm_tune = _env_flag("DISTML_SHM_TUNE")
         self._core = _core.Communicator(
             comm.py2f(), float(timeout or 0.0), bool(check), int(segment_bytes or 0),
             bool(shared_memory), int(slot or 0),

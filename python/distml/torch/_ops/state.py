@@ -10,12 +10,12 @@ never rebound, so there is one copy of each.
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 import distml
+from distml.comm import _env_flag
 
 from .handles import _handles, _names, _quiesce, synchronize
 
@@ -58,7 +58,7 @@ def init(comm: Any = None) -> None:
     world = _state.comm.mpi_comm
     _state.local = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
     _state.cross = world.Split(color=_state.local.rank, key=world.rank)
-    _state.join_control = os.environ.get("DISTML_TORCH_JOIN", "1").strip().lower() not in ("0", "false", "no", "off")
+    _state.join_control = _env_flag("DISTML_TORCH_JOIN")
 
 
 def shutdown() -> None:
