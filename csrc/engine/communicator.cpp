@@ -191,9 +191,10 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   // copy, as node rank 0 chose (variant_tuner.h; read after the arrival).
   Plan ran = plan;
   const bool tuned = tunable(call.kind, plan);
+  const bool choosing = tuned && tuner_;  // node rank 0 chooses and times
   const std::size_t call_bytes = call.count * dtype_size(call.dtype);
-  const double t0 = tuned && tuner_ ? steady_seconds() : 0;
-  choice_ = tuned && tuner_ ? tuner_->choose(call.kind, call_bytes, t0) : -1;
+  const double t0 = choosing ? steady_seconds() : 0;
+  choice_ = choosing ? tuner_->choose(call.kind, call_bytes, t0) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
@@ -232,7 +233,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
       const bool single = !tuned || shm_->control(0).choice[seq & 1] != 0;
       if (!single) ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
       dispatch(call, ran);
-      if (tuned && tuner_) {
+      if (choosing) {
         const double t1 = steady_seconds();
         tuner_->record(call.kind, call_bytes, single, t1 - t0, t1);
       }

@@ -18,23 +18,27 @@
 // the staged schedule lets rank 0 leave while its peers still copy out,
 // and that tail shows as the next call's wait. A call runs the variant
 // that ran last unless the other's median is lower by more than a tenth
-// (so that noise does not flip it back and forth), except that a
-// variant with fewer than kSamples times, or none newer than
+// (so that noise does not flip it back and forth).
+//
+// A variant with fewer than kSamples times, or none newer than
 // `explore_seconds` (or kPeriodCalls calls of the running variant, where
-// those take longer), first gets kWarmup + kSamples calls in a row, the first
-// kWarmup untimed: a variant taken up again after a while is slow for a few
-// calls (its slots have gone cold: a staged reduce_scatter of 1 MiB took
-// 101, 105, 99, 78, 66, 69, 61, 56, then about 50 us in the fast phase),
-// which would otherwise count against it: with five untimed calls the
-// choice still went back to the single copy in the fast phase within a
-// second or two, and stayed there. Five times, not three, because
-// the staged schedule's calls spike now and then (to 2-4x in the fast
-// phase): with three, two spikes in a row handed the choice to the slower
-// variant until the next look. A change of phase is then seen within `explore_seconds`
-// whichever variant it favours, at a cost of kWarmup + kSamples calls of
-// the slower variant per size class and period. Rank 0 hands its choice to
-// the other ranks with its arrival (Communicator::arrive_through_shm), so
-// that all run the same one.
+// those take longer), first gets kWarmup + kSamples calls in a row, the
+// first kWarmup (or those in the first kWarmupSeconds) untimed. A variant
+// taken up again after a while is slow for a few calls (its slots have
+// gone cold: a staged reduce_scatter of 1 MiB took 101, 105, 99, 78, 66,
+// 69, 61, 56, then about 50 us in the fast phase), which would otherwise
+// count against it; with five untimed calls the choice still went back to
+// the single copy in the fast phase within a second or two, and stayed
+// there. Five times, not three, because the staged schedule's calls spike
+// now and then (to 2-4x in the fast phase): with three, two spikes in a
+// row handed the choice to the slower variant until the next look.
+//
+// A change of phase that favours the other variant is thus seen within
+// `explore_seconds`, at a cost of kWarmup + kSamples calls of the slower
+// variant per size class and period; one against the running variant
+// shows at once in its own times. Rank 0 hands its choice to the other
+// ranks with its arrival (Communicator::arrive_through_shm), so that all
+// run the same one.
 #pragma once
 
 #include <cstddef>
