@@ -21,7 +21,7 @@ namespace distml::algorithms {
 using Counter = transport::ShmGroup::Counter;
 
 void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
-                   std::size_t elem) {
+                   std::size_t elem, bool stream_slots) {
   const int L = shm.size(), me = shm.rank();
   const auto* src = static_cast<const char*>(in);
   auto* dst = static_cast<char*>(out);
@@ -32,7 +32,7 @@ void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Bl
     const int k = static_cast<int>(step & 1);
     if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
     const std::size_t own = blocks.size(me);
-    if (o < own) std::memcpy(shm.slot(me, k), src + o * elem, std::min(seg, own - o) * elem);
+    if (o < own) copy_result(shm.slot(me, k), src + o * elem, std::min(seg, own - o) * elem, stream_slots);
     shm.publish(Counter::kPosted, step);
     for (int i = 0; i < L; ++i) {
       const int r = (me + i) % L;

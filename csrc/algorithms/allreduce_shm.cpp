@@ -38,7 +38,7 @@ using transport::ShmGroup;
 using Counter = transport::ShmGroup::Counter;
 
 void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, bool stream) {
+                   const Reduction& red, bool stream, bool stream_slots) {
   const int L = shm.size();
   const std::size_t elem = red.elem;
   const auto* src = static_cast<const char*>(in);
@@ -49,14 +49,14 @@ void allreduce_shm(ShmGroup& shm, const void* in, void* out, std::size_t count,
   for (std::size_t first = 0; first < count; first += chunk) {
     const std::size_t len = std::min(chunk, count - first);
     const std::uint64_t step = shm.next_step();
-    stage_and_reduce(shm, src + first * elem, len, red, step, peers);  // 1 and 2
+    stage_and_reduce(shm, src + first * elem, len, red, step, peers, stream_slots);  // 1 and 2
     gather_reduced(shm, dst + first * elem, len, elem, step, stream);  // 3
     shm.publish(Counter::kReleased, step);
   }
 }
 
 void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Reduction& red,
-                      std::uint64_t step, std::vector<const void*>& peers) {
+                      std::uint64_t step, std::vector<const void*>& peers, bool stream_slots) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const std::size_t align = std::max<std::size_t>(1, 64 / elem);
@@ -68,7 +68,7 @@ void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Red
   for (int s = 0; s < L; ++s) {
     std::size_t c0, cn;
     chunk_slice(len, L, s, align, &c0, &cn);
-    if (s != me && cn > 0) std::memcpy(shm.slot(me, k) + c0 * elem, src + c0 * elem, cn * elem);
+    if (s != me && cn > 0) copy_result(shm.slot(me, k) + c0 * elem, src + c0 * elem, cn * elem, stream_slots);
   }
   shm.publish(Counter::kPosted, step);
   // 2. reduce my slice, my own part straight from my input and the others
@@ -80,7 +80,8 @@ void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Red
     peers.resize(L);
     peers[0] = src + s0 * elem;
     for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
-    kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    if (stream_slots) kernels::reduce_many_stream(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    else kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
     red.finish(shm.slot(me, k) + s0 * elem, sn);
   }
   shm.publish(Counter::kReduced, step);

@@ -27,7 +27,7 @@ namespace distml::algorithms {
 
 using Counter = transport::ShmGroup::Counter;
 
-void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root) {
+void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root, bool stream_slots) {
   const int me = shm.rank();
   auto* b = static_cast<char*>(buf);
   const std::size_t seg = shm.slot_bytes();
@@ -37,7 +37,7 @@ void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int r
     const int k = static_cast<int>(step & 1);
     if (me == root) {
       if (step > 2) shm.wait_all(Counter::kReleased, step - 2);
-      std::memcpy(shm.slot(root, k), b + o, n);
+      copy_result(shm.slot(root, k), b + o, n, stream_slots);
       shm.publish(Counter::kPosted, step);
     } else {
       shm.wait_one(root, Counter::kPosted, step);

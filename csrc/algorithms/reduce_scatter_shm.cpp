@@ -1,9 +1,10 @@
 // Shared-memory reduce-scatter for the ranks of one node.
 //
 // The input is cut into P blocks (array_split of rows). A round moves one
-// segment of every block: each rank copies segment o of block b into part b
-// of its slot (one part per rank), posts; then rank r reduces part r of
-// every rank's slot, in rank order, straight into its output, and releases.
+// segment of every block: each rank copies segment o of every peer's block b
+// into part b of its slot (one part per rank), posts; then rank r reduces
+// part r of every peer's slot and segment o of its own block, read straight
+// from its input, in rank order, into its output, and releases.
 // Every rank reduces in every round, so the work stays balanced however the
 // blocks are sized; the two slots alternate so that a round's copy-in
 // overlaps peers still reading the previous round.
@@ -23,7 +24,7 @@ namespace distml::algorithms {
 using Counter = transport::ShmGroup::Counter;
 
 void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
-                        const Reduction& red) {
+                        const Reduction& red, bool stream_slots) {
   const int L = shm.size(), me = shm.rank();
   const std::size_t elem = red.elem;
   const auto* src = static_cast<const char*>(in);
@@ -42,15 +43,16 @@ void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, con
     char* mine = shm.slot(me, k);
     for (int b = 0; b < L; ++b) {
       const std::size_t size = blocks.size(b);
-      if (o >= size) continue;
+      if (b == me || o >= size) continue;
       const std::size_t n = std::min(seg, size - o);
-      std::memcpy(mine + b * seg * elem, src + (blocks.offset(b) + o) * elem, n * elem);
+      copy_result(mine + b * seg * elem, src + (blocks.offset(b) + o) * elem, n * elem, stream_slots);
     }
     shm.publish(Counter::kPosted, step);
     shm.wait_all(Counter::kPosted, step);
     const std::size_t my_size = blocks.size(me);
     if (o < my_size) {
-      for (int r = 0; r < L; ++r) parts[r] = shm.slot(r, k) + me * seg * elem;
+      for (int r = 0; r < L; ++r)
+        parts[r] = r == me ? src + (blocks.offset(me) + o) * elem : shm.slot(r, k) + me * seg * elem;
       kernels::reduce_many(dst + o * elem, parts.data(), L, std::min(seg, my_size - o), red.dtype,
                            red.op);
     }

@@ -227,14 +227,26 @@ void barrier_dissemination(MpiComm& comm);
 // With `stream`, results nothing reads back during the collective are written
 // with streaming stores (for messages larger than the cache). Small messages
 // take the eager path instead (eager_shm.h).
+//
+// With `stream_slots`, the staged schedules fill the slots that peers read
+// with streaming stores too. A slot refilled with ordinary stores is
+// written over lines a peer has just read, and the writer first takes them
+// back from the peer's cache; on the AMD EPYC machines these runs use that
+// costs 3-5x more in one of the two phases the machine switches between
+// (bench/results/host_phases.md), while streaming stores do not wait for
+// those lines: in the slow phase a staged reduce_scatter of 1 MiB between
+// two ranks took 59-65 us this way against 246-249 us, in the fast phase
+// it was slower (bench/results/stream_slots.md). Which is faster is chosen
+// by times (engine/variant_tuner.h).
 void allreduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
-                   const Reduction& red, bool stream);
+                   const Reduction& red, bool stream, bool stream_slots = false);
 // The staged chunk step the shared-memory allreduce and reduce share
 // (allreduce_shm.cpp): copy the other ranks' slices of my `len` elements into
 // my slot for `step`, post, then reduce my slice (my own input and every
 // peer's slot) into my slot and mark it reduced. `peers` is scratch.
 void stage_and_reduce(transport::ShmGroup& shm, const char* src, std::size_t len,
-                      const Reduction& red, std::uint64_t step, std::vector<const void*>& peers);
+                      const Reduction& red, std::uint64_t step, std::vector<const void*>& peers,
+                      bool stream_slots = false);
 // Copies every rank's reduced slice of the chunk of `step` into `dst`.
 void gather_reduced(transport::ShmGroup& shm, char* dst, std::size_t len, std::size_t elem,
                     std::uint64_t step, bool stream = false);
@@ -265,15 +277,16 @@ void allreduce_shm_window(transport::ShmGroup& shm, const transport::ShmWindow& 
                           bool stream);
 // `out` receives block `rank` of `blocks` (reduced over the node).
 void reduce_scatter_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
-                        const Reduction& red);
+                        const Reduction& red, bool stream_slots = false);
 void reduce_scatter_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                                     const Reduction& red);
 // `in` holds this rank's block of `blocks`; `out` receives every block.
 void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
-                   std::size_t elem);
+                   std::size_t elem, bool stream_slots = false);
 void allgather_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                                std::size_t elem);
-void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root);
+void broadcast_shm(transport::ShmGroup& shm, void* buf, std::size_t bytes, int root,
+                   bool stream_slots = false);
 // The same for two ranks that may read and write each other's memory
 // (ShmGroup::single_copy): one copy between the two arrays, half of it by
 // each rank.

@@ -711,11 +711,15 @@ PYBIND11_MODULE(_core, m) {
   });
   // The choice between a shared-memory schedule's variants, on its own
   // (engine/variant_tuner.h): for tests of the policy.
+  py::enum_<engine::Variant>(m, "Variant", "A shared-memory schedule's variants the choice by times picks from.")
+      .value("staged", engine::Variant::kStaged)
+      .value("single_copy", engine::Variant::kSingleCopy)
+      .value("staged_streaming", engine::Variant::kStagedStreaming);
   py::class_<engine::VariantTuner>(m, "VariantTuner")
       .def(py::init<double>(), py::arg("explore_seconds"))
       .def("choose", &engine::VariantTuner::choose, py::arg("kind"), py::arg("bytes"), py::arg("now"),
-           "Whether the next call of `kind` and `bytes` runs the single copy.")
-      .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("single_copy"),
+           "The variant the next call of `kind` and `bytes` runs.")
+      .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
            py::arg("seconds"), py::arg("now"))
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
       .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })

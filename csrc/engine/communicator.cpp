@@ -194,7 +194,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   const bool choosing = tuned && tuner_;  // node rank 0 chooses and times
   const std::size_t call_bytes = call.count * dtype_size(call.dtype);
   const double t0 = choosing ? steady_seconds() : 0;
-  choice_ = choosing ? tuner_->choose(call.kind, call_bytes, t0) : -1;
+  choice_ = choosing ? static_cast<int>(tuner_->choose(call.kind, call_bytes, t0)) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
@@ -230,12 +230,15 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     if (tracing) ev.arrived = now_us();
     if (!call.invalid) {
       if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
-      const bool single = !tuned || shm_->control(0).choice[seq & 1] != 0;
-      if (!single) ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
+      const auto variant = static_cast<Variant>(tuned ? shm_->control(0).choice[seq & 1] : 0);
+      if (tuned && variant != Variant::kSingleCopy) {
+        ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
+        if (variant == Variant::kStagedStreaming) ran.variant |= kStreamSlots;
+      }
       dispatch(call, ran);
       if (choosing) {
         const double t1 = steady_seconds();
-        tuner_->record(call.kind, call_bytes, single, t1 - t0, t1);
+        tuner_->record(call.kind, call_bytes, variant, t1 - t0, t1);
       }
     }
   } catch (const Timeout& e) {

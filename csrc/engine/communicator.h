@@ -120,8 +120,11 @@ struct Plan {
 // calls); peers' memory is read directly (cross-memory attach); in place in a
 // node-shared window; results written with streaming stores; the data
 // travels in the agreement's own messages (across nodes, small allreduce by
-// recursive doubling; algorithms/carried.h).
-constexpr std::uint8_t kEager = 1, kCrossMemory = 2, kInWindow = 4, kStream = 8, kCarried = 16;
+// recursive doubling; algorithms/carried.h); a staged schedule fills the
+// slots peers read with streaming stores (only as node rank 0 chose,
+// engine/variant_tuner.h).
+constexpr std::uint8_t kEager = 1, kCrossMemory = 2, kInWindow = 4, kStream = 8, kCarried = 16,
+                       kStreamSlots = 32;
 std::string variant_name(Algo algo, std::uint8_t variant);
 
 struct Settings {

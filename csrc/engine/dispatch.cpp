@@ -19,7 +19,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
   const std::size_t elem = dtype_size(c.dtype);
   const int P = size_, r = rank_;
   const Algo algo = plan.algo;
-  const bool stream = plan.has(kStream);
+  const bool stream = plan.has(kStream), stream_slots = plan.has(kStreamSlots);
 
   // The agreement moved the data and wrote the result (agreement.cpp).
   if (plan.has(kCarried)) return;
@@ -70,7 +70,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       } else if (algo == Algo::kShm && plan.has(kCrossMemory))
         alg::allreduce_shm_single_copy(shm_group(), c.in, c.out, c.count, red, stream);
       else if (algo == Algo::kShm)
-        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, stream);
+        alg::allreduce_shm(shm_group(), c.in, c.out, c.count, red, stream, stream_slots);
       else if (algo == Algo::kHalvingDoubling)
         alg::allreduce_halving_doubling(comm, c.in, c.out, c.count, red);
       else if (algo == Algo::kHierarchical)
@@ -96,7 +96,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       else if (algo == Algo::kTree) alg::broadcast_binomial(comm, c.out, c.count * elem, c.root);
       else if (algo == Algo::kShm && plan.has(kCrossMemory))
         alg::broadcast_shm_single_copy(shm_group(), c.out, c.count * elem, c.root);
-      else if (algo == Algo::kShm) alg::broadcast_shm(shm_group(), c.out, c.count * elem, c.root);
+      else if (algo == Algo::kShm) alg::broadcast_shm(shm_group(), c.out, c.count * elem, c.root, stream_slots);
       else alg::broadcast_scatter_allgather(comm, c.out, c.count, elem, c.root, tuning);
       return;
 
@@ -110,7 +110,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
         return;
       }
       if (algo == Algo::kShm) {
-        alg::allgather_shm(shm_group(), c.in, c.out, blocks, elem);
+        alg::allgather_shm(shm_group(), c.in, c.out, blocks, elem, stream_slots);
         return;
       }
       if (c.in != own) std::memcpy(own, c.in, block_bytes);
@@ -130,7 +130,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       } else if (algo == Algo::kShm && plan.has(kCrossMemory)) {
         alg::reduce_scatter_shm_single_copy(shm_group(), c.in, c.out, blocks, red);
       } else if (algo == Algo::kShm) {
-        alg::reduce_scatter_shm(shm_group(), c.in, c.out, blocks, red);
+        alg::reduce_scatter_shm(shm_group(), c.in, c.out, blocks, red, stream_slots);
       } else {
         char* work = comm.scratch().take(c.count * elem);
         alg::reduce_scatter_ring(comm, c.in, work, blocks, red, tuning);

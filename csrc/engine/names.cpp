@@ -65,6 +65,7 @@ std::string variant_name(Algo algo, std::uint8_t variant) {
   if (variant & kInWindow) name += " (in place in a shared window)";
   if (variant & kStream) name += " (streaming stores)";
   if (variant & kCarried) name += " (data carried with the agreement)";
+  if (variant & kStreamSlots) name += " (slots filled with streaming stores)";
   return name;
 }
 

@@ -18,37 +18,48 @@ VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) 
   return classes_[(static_cast<std::uint32_t>(kind) << 8) | log2];
 }
 
-bool VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
-  SizeClass& c = size_class(kind, bytes);
-  if (c.untimed > 0 || c.timed > 0) return c.last = c.bursting;
-  // The single copy first: the default before anything is known.
-  const Times& running = c.variant[c.last];
-  const double period =
-      running.count ? std::max(explore_seconds_, kPeriodCalls * running.median()) : explore_seconds_;
-  for (const bool single : {true, false}) {
-    const Times& t = c.variant[single];
-    if (t.count < kSamples || now - t.at > period) {
-      c.bursting = single;
-      c.untimed = kWarmup;
-      c.untimed_seconds = 0;
-      c.timed = kSamples;
-      return c.last = single;
-    }
-  }
-  const double kept = c.variant[c.last].median(), other = c.variant[!c.last].median();
-  if (other < 0.9 * kept) c.last = !c.last;
-  return c.last;
+void VariantTuner::SizeClass::burst(int v) {
+  bursting = last = v;
+  untimed = kWarmup;
+  untimed_seconds = 0;
+  timed = kSamples;
 }
 
-void VariantTuner::record(Kind kind, std::size_t bytes, bool single_copy, double seconds, double now) {
+Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
   SizeClass& c = size_class(kind, bytes);
-  if (c.untimed > 0 && single_copy == c.bursting) {
+  if (c.untimed > 0 || c.timed > 0) return static_cast<Variant>(c.last = c.bursting);
+  // kPeriodCalls calls of the fastest known, which is what runs between looks.
+  double fastest = 0;
+  for (const Times& t : c.variant) {
+    if (t.count && (fastest == 0 || t.median() < fastest)) fastest = t.median();
+  }
+  const double period = std::max(explore_seconds_, kPeriodCalls * fastest);
+  // The single copy first: the default before anything is known.
+  for (const Variant v : {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming}) {
+    const Times& t = c.variant[static_cast<int>(v)];
+    if (t.count < kSamples || now - t.at > period) {
+      c.burst(static_cast<int>(v));
+      return v;
+    }
+  }
+  int best = c.last;
+  for (int v = 0; v < kVariants; ++v) {
+    if (c.variant[v].median() < c.variant[best].median()) best = v;
+  }
+  if (best != c.last && c.variant[best].median() < 0.9 * c.variant[c.last].median()) c.burst(best);
+  return static_cast<Variant>(c.last);
+}
+
+void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds, double now) {
+  SizeClass& c = size_class(kind, bytes);
+  const int v = static_cast<int>(variant);
+  if (c.untimed > 0 && v == c.bursting) {
     c.untimed_seconds += seconds;
     c.untimed = c.untimed_seconds >= kWarmupSeconds ? 0 : c.untimed - 1;
     return;
   }
-  if (c.timed > 0 && single_copy == c.bursting) --c.timed;
-  Times& t = c.variant[single_copy];
+  if (c.timed > 0 && v == c.bursting) --c.timed;
+  Times& t = c.variant[v];
   t.last[t.next] = seconds;
   t.next = (t.next + 1) % kSamples;
   t.count = std::min(t.count + 1, kSamples);

@@ -42,8 +42,9 @@ struct alignas(64) ShmControl {
   std::uint64_t pid;
   std::uint64_t in_addr;
   std::uint64_t out_addr;
-  // Rank 0's only: for collective v, in choice[v & 1], whether it runs its
-  // single copy (engine/variant_tuner.h); written with the note, read as it.
+  // Rank 0's only: for collective v, in choice[v & 1], the variant of its
+  // schedule it runs (engine::Variant, engine/variant_tuner.h); written with
+  // the note, read as it.
   std::uint8_t choice[2];
   char pad4[38];
   // What I called collective v with, in note[v & 1]: peers compare it after
