@@ -586,6 +586,10 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("agree_settings", &engine::Communicator::agree_settings, py::call_guard<py::gil_scoped_release>(),
            "Raises MismatchError on every rank if ranks' settings differ (collective).")
+      .def("tuned_median", &engine::Communicator::tuned_median, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
+           "Node rank 0: the median of the variant's latest times (-1: none; -1 on other ranks).")
+      .def("set_finish_delay", &engine::Communicator::set_finish_delay, py::arg("seconds"),
+           "Tests: this rank pauses at the end of every call the choice by times covers.")
       .def("set_trace", &engine::Communicator::set_trace)
       .def("drain_trace",
            [](engine::Communicator& s) {

@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "common/aligned_buffer.h"
 #include "common/error.h"
@@ -31,6 +32,26 @@ constexpr double kTuneExploreSeconds = 0.5;
 
 double steady_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A node rank's end of collective `seq` (ShmControl::done_seq), and node
+// rank 0's reading of it: seconds of the steady clock, or a negative value
+// if the rank has since finished another (or not yet this one).
+void stamp_done(tp::ShmControl& c, std::uint64_t seq) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::steady_clock::now().time_since_epoch()).count();
+  c.done_seq.store(0, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  c.done_ns.store(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
+  c.done_seq.store(seq, std::memory_order_release);
+}
+
+double done_at(const tp::ShmControl& c, std::uint64_t seq) {
+  const std::uint64_t s1 = c.done_seq.load(std::memory_order_acquire);
+  const std::uint64_t ns = c.done_ns.load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  const std::uint64_t s2 = c.done_seq.load(std::memory_order_relaxed);
+  return s1 == seq && s2 == seq ? static_cast<double>(ns) * 1e-9 : -1;
 }
 }  // namespace
 
@@ -64,6 +85,28 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
     unsigned long long n = 0;
     if (std::sscanf(fault, "%d:%llu", &r, &n) == 2 && r == rank_) inject_at_ = n;
   }
+}
+
+double Communicator::tuned_median(Kind kind, std::size_t bytes, Variant variant) const {
+  return tuner_ ? tuner_->median(kind, bytes, variant) : -1;
+}
+
+void Communicator::record_pending() {
+  if (!pending_.valid) return;
+  pending_.valid = false;
+  // A peer that has since finished another call (one-way broadcasts go on
+  // without rank 0) leaves rank 0's own end.
+  double end = pending_.end, last = end;
+  for (int r = 1; r < shm_->size(); ++r) {
+    const double t = done_at(shm_->control(r), pending_.seq);
+    if (t < 0) {
+      last = end;
+      break;
+    }
+    last = std::max(last, t);
+  }
+  end = last;
+  tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start, end);
 }
 
 bool Communicator::single_copy() const { return shm_ && shm_->single_copy(); }
@@ -228,6 +271,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     coordinate(call, plan);
     arrived = true;
     if (tracing) ev.arrived = now_us();
+    if (tuner_) record_pending();
     if (!call.invalid) {
       if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
       const auto variant = static_cast<Variant>(tuned ? shm_->control(0).choice[seq & 1] : 0);
@@ -236,10 +280,11 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
         if (variant == Variant::kStagedStreaming) ran.variant |= kStreamSlots;
       }
       dispatch(call, ran);
-      if (choosing) {
-        const double t1 = steady_seconds();
-        tuner_->record(call.kind, call_bytes, variant, t1 - t0, t1);
+      if (tuned) {
+        if (finish_delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(finish_delay_));
+        stamp_done(shm_->control(shm_->rank()), seq);
       }
+      if (choosing) pending_ = Pending{true, seq, call.kind, call_bytes, variant, t0, steady_seconds()};
     }
   } catch (const Timeout& e) {
     record(false);

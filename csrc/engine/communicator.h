@@ -29,6 +29,9 @@
 namespace distml::engine {
 
 class VariantTuner;
+// The variants of a shared-memory schedule node rank 0 chooses between by
+// their times, as it hands them to its peers (ShmControl::choice).
+enum class Variant : std::uint8_t { kStaged = 0, kSingleCopy = 1, kStagedStreaming = 2 };
 
 enum class Kind : std::uint8_t {
   kAllreduce = 0,
@@ -314,6 +317,12 @@ class Communicator {
   bool hierarchical() const { return across_ != nullptr; }
   const std::string& broken_reason() const { return broken_reason_; }
 
+  // For tests of the choice by times: the median of a variant's latest
+  // times on node rank 0 (-1: none, or not node rank 0); and a pause this
+  // rank takes at the end of every call the choice covers, before it counts
+  // as finished.
+  double tuned_median(Kind kind, std::size_t bytes, Variant variant) const;
+  void set_finish_delay(double seconds) { finish_delay_ = seconds; }
  private:
   void setup_nodes();
   void execute(const Call& in_call, double queued = -1, bool async = false);
@@ -435,6 +444,19 @@ class Communicator {
   // none), which arrive_through_shm hands to the other ranks.
   std::unique_ptr<VariantTuner> tuner_;
   int choice_ = -1;
+  // The last tuned call, timed once every rank has arrived at the next one
+  // (and so finished it): to the latest of their ends, not rank 0's own (a
+  // staged schedule lets rank 0 leave while its peers still copy out).
+  struct Pending {
+    bool valid = false;
+    std::uint64_t seq = 0;
+    Kind kind = Kind::kAllreduce;
+    std::size_t bytes = 0;
+    Variant variant = Variant::kStaged;
+    double start = 0, end = 0;  // rank 0's, seconds of the steady clock
+  } pending_;
+  void record_pending();
+  double finish_delay_ = 0;  // set_finish_delay
   std::uint64_t comm_id_ = 0;  // shared by this communicator's ranks
   std::atomic<bool> trace_{false};
   std::mutex trace_mu_;

@@ -12,10 +12,19 @@ double VariantTuner::Times::median() const {
   return count % 2 ? v[count / 2] : (v[count / 2 - 1] + v[count / 2]) / 2;
 }
 
-VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) {
+std::uint32_t VariantTuner::key(Kind kind, std::size_t bytes) {
   std::uint32_t log2 = 0;
   while (log2 < 63 && (std::size_t{2} << log2) <= bytes) ++log2;
-  return classes_[(static_cast<std::uint32_t>(kind) << 8) | log2];
+  return (static_cast<std::uint32_t>(kind) << 8) | log2;
+}
+
+VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) { return classes_[key(kind, bytes)]; }
+
+double VariantTuner::median(Kind kind, std::size_t bytes, Variant variant) const {
+  const auto it = classes_.find(key(kind, bytes));
+  if (it == classes_.end()) return -1;
+  const Times& t = it->second.variant[static_cast<int>(variant)];
+  return t.count ? t.median() : -1;
 }
 
 void VariantTuner::SizeClass::burst(int v) {

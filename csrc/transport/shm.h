@@ -42,11 +42,17 @@ struct alignas(64) ShmControl {
   std::uint64_t pid;
   std::uint64_t in_addr;
   std::uint64_t out_addr;
+  // For the choice by times (engine/variant_tuner.h): when I finished
+  // collective `done_seq`, in nanoseconds of the steady clock, so that node
+  // rank 0 can time a call to its last rank's end. A sequence lock: 0 in
+  // `done_seq` while `done_ns` changes.
+  std::atomic<std::uint64_t> done_seq;
+  std::atomic<std::uint64_t> done_ns;
   // Rank 0's only: for collective v, in choice[v & 1], the variant of its
   // schedule it runs (engine::Variant, engine/variant_tuner.h); written with
   // the note, read as it.
   std::uint8_t choice[2];
-  char pad4[38];
+  char pad4[22];
   // What I called collective v with, in note[v & 1]: peers compare it after
   // waiting for `arrived`, and a peer cannot reach collective v + 2 (and
   // overwrite the note) before I have arrived at v + 1.

@@ -272,6 +272,30 @@ def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
     assert seen == (set(FIRST) if P == 2 else {ST}), seen
 
 
+def test_a_call_is_timed_to_its_last_rank_s_end(fresh, world):
+    """Node rank 0 times a call to the end of the last rank to finish it,
+    not to its own end: a staged schedule lets rank 0 leave while its peers
+    still copy out, and where nothing follows at once (here a barrier of
+    the caller's own) that tail would be lost. The last rank pauses 20 ms
+    at the end of each call; every variant's times must show it."""
+    comm, P, r = fresh, fresh.size, fresh.rank
+    delay = 0.02
+    if r == P - 1:
+        comm._core.set_finish_delay(delay)
+    part = np.ones((512 << 10) // 4, np.float32)
+    for _ in range(3 * B):
+        world.Barrier()
+        comm.allgather(part)
+    world.Barrier()
+    comm.barrier()  # the last allgather's time is taken as this one arrives
+    comm._core.set_finish_delay(0)
+    if r == 0:
+        medians = {v: comm._core.tuned_median(_core.Kind.allgather, part.nbytes, v) for v in FIRST}
+        assert all(m >= 0.9 * delay for m in medians.values()), medians
+    else:
+        assert comm._core.tuned_median(_core.Kind.allgather, part.nbytes, ST) == -1
+
+
 def test_off_the_threshold_decides(fresh):
     comm = fresh
     comm._core.shm_tune = False

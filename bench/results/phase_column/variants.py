@@ -1,10 +1,10 @@
 """One collective timed through three communicators in one set of
 processes, alternating call by call: one that chooses its variant by times
 (the default), one with DISTML_SHM_TUNE off (the thresholds alone), and
-one with both single-copy thresholds past every size (staged); each sample
-prints the machine's phase reading, the median time of each (slowest
-rank), and the share of the choosing communicator's calls that ran the
-single copy.
+one with both single-copy thresholds past every size (staged); and MPI's
+own collective. Each sample prints the machine's phase reading, the median
+time of each (slowest rank), and the shares of the choosing communicator's
+calls that ran the single copy and staging with streaming stores.
 
     mpiexec -n P .venv/bin/python bench/results/phase_column/variants.py COLLECTIVE BYTES SAMPLES CALLS
 
@@ -31,11 +31,27 @@ def main() -> None:
     staged._core.shm_tune = False
     staged._core.shm_single_copy_bytes = 1 << 62
     staged._core.shm_single_copy_blocks_bytes = 1 << 62
-    comms = {"tuned": tuned, "thresholds": plain, "staged": staged}
+    comms = {"tuned": tuned, "thresholds": plain, "staged": staged, "mpi": None}
     x = np.ones(nbytes // 4, np.float32)
     part = np.ones(nbytes // 4 // w.size, np.float32)
 
+    out = np.empty_like(x)
+    mpi_rs = np.empty_like(part)
+    mpi_ag = np.empty(part.size * w.size, np.float32)
+
+    def mpi():
+        if kind == "allreduce":
+            w.Allreduce(x, out)
+        elif kind == "reduce_scatter":
+            w.Reduce_scatter_block(x, mpi_rs)
+        elif kind == "broadcast":
+            w.Bcast(x, root=0)
+        else:
+            w.Allgather(part, mpi_ag)
+
     def call(c):
+        if c is None:
+            return mpi()
         if kind == "allreduce":
             return c.allreduce(x)
         if kind == "reduce_scatter":
@@ -57,12 +73,14 @@ def main() -> None:
                 times[name].append(w.allreduce(time.perf_counter() - t, op=MPI.MAX))
         events = tuned._core.drain_trace()
         single = sum("cross-memory" in e["schedule"] for e in events) / max(1, len(events))
+        streaming = sum("slots filled with streaming" in e["schedule"] for e in events) / max(1, len(events))
         if w.rank == 0:
             print(f"P={w.size} {kind} {nbytes} phase {phase:.1f} "
                   + " ".join(f"{k} {np.median(v) * 1e6:.0f} us" for k, v in times.items())
-                  + f" tuned single-copy share {single:.2f}", flush=True)
+                  + f" tuned single-copy share {single:.2f} streaming share {streaming:.2f}", flush=True)
     for c in comms.values():
-        c.free()
+        if c is not None:
+            c.free()
 
 
 if __name__ == "__main__":
