@@ -722,7 +722,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<engine::VariantTuner>(m, "VariantTuner")
       .def(py::init<double>(), py::arg("explore_seconds"))
       .def("choose", &engine::VariantTuner::choose, py::arg("kind"), py::arg("bytes"), py::arg("now"),
-           "The variant the next call of `kind` and `bytes` runs.")
+           py::arg("offered") = engine::VariantTuner::kOfferAll,
+           "The variant the next call of `kind` and `bytes` runs, among those offered (bits 1 << variant).")
       .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
            py::arg("seconds"), py::arg("now"))
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })

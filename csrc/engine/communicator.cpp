@@ -71,7 +71,7 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   DISTML_MPI(MPI_Bcast(&comm_id_, 1, MPI_UINT64_T, 0, comm_->raw()));
 
   if (settings_.shm && size_ > 1) setup_nodes();
-  if (one_node_ && shm_->rank() == 0 && shm_->single_copy()) tuner_ = std::make_unique<VariantTuner>(kTuneExploreSeconds);
+  if (one_node_ && shm_->rank() == 0) tuner_ = std::make_unique<VariantTuner>(kTuneExploreSeconds);
   if (size_ == 1) arrival_ = Arrival::kNone;
   else if (one_node_) arrival_ = Arrival::kShm;  // a flag per rank: free enough to do always
   else if (settings_.timeout > 0) arrival_ = Arrival::kRoot;
@@ -230,14 +230,15 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   }
   const Plan plan = this->plan(call);  // refuses before any communication
   const std::uint64_t seq = ++seq_;
-  // The plan that runs: the staged schedule may stand in for the single
-  // copy, as node rank 0 chose (variant_tuner.h; read after the arrival).
+  // The plan that runs: another variant of its shared-memory schedule may
+  // stand in, as node rank 0 chose (variant_tuner.h; read after the arrival).
   Plan ran = plan;
-  const bool tuned = tunable(call.kind, plan);
-  const bool choosing = tuned && tuner_;  // node rank 0 chooses and times
   const std::size_t call_bytes = call.count * dtype_size(call.dtype);
+  const unsigned offered = offered_variants(call.kind, plan, call_bytes);
+  const bool tuned = offered != 0;
+  const bool choosing = tuned && tuner_;  // node rank 0 chooses and times
   const double t0 = choosing ? steady_seconds() : 0;
-  choice_ = choosing ? static_cast<int>(tuner_->choose(call.kind, call_bytes, t0)) : -1;
+  choice_ = choosing ? static_cast<int>(tuner_->choose(call.kind, call_bytes, t0, offered)) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,

@@ -370,9 +370,14 @@ class Communicator {
     return algo == Algo::kShm && shm_ && shm_->single_copy() && bytes >= settings_.shm_single_copy_blocks_bytes &&
            (shm_->size() == 2 || kind == Kind::kAlltoall);
   }
-  // Whether the staged schedule may stand in for `plan`'s single copy
-  // (Settings::shm_tune): the same answer on every rank whose plan agrees.
-  bool tunable(Kind kind, const Plan& plan) const;
+  // The variants node rank 0 chooses between for `plan` of `bytes` (the
+  // call's input), as bits 1 << Variant (Settings::shm_tune; 0: the plan
+  // runs as it is): all three where the plan takes the single copy (the
+  // staged schedule may stand in for it); staging and staging with
+  // streaming stores where it is staged from kStreamSlotsMinBytes. The same
+  // answer on every rank whose plan agrees.
+  unsigned offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const;
+  static constexpr std::size_t kStreamSlotsMinBytes = std::size_t{64} << 10;
   // Whether shm allgather of `bytes` (each rank's block) or broadcast on a
   // node of more than two ranks offers its single copy to the choice by
   // times (Settings::shm_tune), which the thresholds never give it there:

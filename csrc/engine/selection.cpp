@@ -293,11 +293,18 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
   }
 }
 
-bool Communicator::tunable(Kind kind, const Plan& plan) const {
-  return settings_.shm_tune && one_node_ && plan.algo == Algo::kShm && plan.has(kCrossMemory) &&
-         !plan.has(kEager) && !plan.has(kInWindow) &&
-         (kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter ||
-          (kind == Kind::kBroadcast && shm_->size() > 2));
+unsigned Communicator::offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const {
+  if (!(settings_.shm_tune && one_node_ && plan.algo == Algo::kShm) || plan.has(kEager) || plan.has(kInWindow)) return 0;
+  if (!(kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter ||
+        kind == Kind::kBroadcast))
+    return 0;
+  constexpr unsigned kStaged = 1u << static_cast<int>(Variant::kStaged),
+                     kSingle = 1u << static_cast<int>(Variant::kSingleCopy),
+                     kStreaming = 1u << static_cast<int>(Variant::kStagedStreaming);
+  // Two ranks' broadcast always takes its single copy: one copy split
+  // between them, which no staging matches.
+  if (plan.has(kCrossMemory)) return kind == Kind::kBroadcast && shm_->size() == 2 ? 0 : kStaged | kSingle | kStreaming;
+  return bytes >= kStreamSlotsMinBytes ? kStaged | kStreaming : 0;
 }
 
 void Communicator::rehash_settings() {

@@ -34,9 +34,10 @@ void VariantTuner::SizeClass::burst(int v) {
   timed = kSamples;
 }
 
-Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
+Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned offered) {
   SizeClass& c = size_class(kind, bytes);
-  if (c.untimed > 0 || c.timed > 0) return static_cast<Variant>(c.last = c.bursting);
+  const auto on_offer = [&](int v) { return (offered >> v & 1u) != 0; };
+  if ((c.untimed > 0 || c.timed > 0) && on_offer(c.bursting)) return static_cast<Variant>(c.last = c.bursting);
   // kPeriodCalls calls of the fastest known, which is what runs between looks.
   double fastest = 0;
   for (const Times& t : c.variant) {
@@ -46,16 +47,19 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now) {
   // The single copy first: the default before anything is known.
   for (const Variant v : {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming}) {
     const Times& t = c.variant[static_cast<int>(v)];
-    if (t.count < kSamples || now - t.at > period) {
+    if (on_offer(static_cast<int>(v)) && (t.count < kSamples || now - t.at > period)) {
       c.burst(static_cast<int>(v));
       return v;
     }
   }
-  int best = c.last;
+  // (A size class whose calls straddle a size setting may see different
+  // offers; a variant not on offer now is never kept.)
+  int best = -1;
   for (int v = 0; v < kVariants; ++v) {
-    if (c.variant[v].median() < c.variant[best].median()) best = v;
+    if (on_offer(v) && (best < 0 || c.variant[v].median() < c.variant[best].median())) best = v;
   }
-  if (best != c.last && c.variant[best].median() < 0.9 * c.variant[c.last].median()) c.burst(best);
+  if (!on_offer(c.last) || (best != c.last && c.variant[best].median() < 0.9 * c.variant[c.last].median()))
+    c.burst(best);
   return static_cast<Variant>(c.last);
 }
 

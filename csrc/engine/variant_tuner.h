@@ -74,9 +74,10 @@ class VariantTuner {
   // (a 128 MiB allreduce takes 20-60 ms).
   static constexpr int kPeriodCalls = 500;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
-  // The variant the next call `kind` of `bytes` runs; `now` in seconds of a
-  // steady clock.
-  Variant choose(Kind kind, std::size_t bytes, double now);
+  // The variant the next call `kind` of `bytes` runs, among those `offered`
+  // (bits 1 << Variant); `now` in seconds of a steady clock.
+  static constexpr unsigned kOfferAll = (1u << kVariants) - 1;
+  Variant choose(Kind kind, std::size_t bytes, double now, unsigned offered = kOfferAll);
   // That call's time, in seconds.
   void record(Kind kind, std::size_t bytes, Variant variant, double seconds, double now);
   // The median of `variant`'s latest times for `kind` of `bytes` (-1: none).

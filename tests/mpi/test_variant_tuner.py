@@ -139,6 +139,26 @@ def test_policy_looks_again_less_often_at_long_calls():
     assert [_run(t, RS, 64 << 20, period + 0.1, long_calls) for _ in range(len(seq))] == seq
 
 
+def test_policy_picks_only_among_the_variants_offered():
+    """Where the single copy cannot run (a staged plan), only the two staged
+    variants are tried and chosen, however fast the single copy was in the
+    same size class under other settings."""
+    t = _core.VariantTuner(0.5)
+    staged_only = (1 << int(ST)) | (1 << int(SS))
+    times = {ONE: 1e-5, ST: 2e-4, SS: 1e-4}
+    got = []
+    for _ in range(2 * B + 5):
+        v = t.choose(RS, 1 << 20, 0.0, staged_only)
+        t.record(RS, 1 << 20, v, times[v], 0.0)
+        got.append(v)
+    assert got == [ST] * B + [SS] * (B + 5), got
+    # The single copy offered again (a setting changed): it is tried, and
+    # kept; offered no longer, the fastest staged variant takes over.
+    seq = [_run(t, RS, 1 << 20, 0.1, times) for _ in range(B + 3)]
+    assert seq == [ONE] * (B + 3), seq
+    assert t.choose(RS, 1 << 20, 0.2, staged_only) == SS
+
+
 def test_policy_keeps_size_classes_and_collectives_apart():
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
@@ -167,12 +187,16 @@ def fresh():
         comm.free()
 
 
-def _chosen(comm):
-    """The collectives whose variant is chosen by times at _calls' sizes: on
-    two ranks the three whose thresholds give them the single copy (two
-    ranks' broadcast always takes it); on more, allgather and broadcast,
-    which the thresholds never give it there."""
-    return ("allreduce", "reduce_scatter", "allgather") if comm.size == 2 else ("allgather", "broadcast")
+def _offered(comm, name):
+    """The variants the choice by times picks from at _calls' sizes, in the
+    order a new size class tries them: on two ranks all three for the three
+    collectives whose thresholds give them the single copy (two ranks'
+    broadcast always takes it, and is not chosen for); on more, all three
+    for allgather and broadcast, which the thresholds never give the single
+    copy there, and the two staged ones for the others."""
+    if comm.size == 2:
+        return [] if name == "broadcast" else FIRST
+    return FIRST if name in ("allgather", "broadcast") else [ST, SS]
 
 
 def _traced(comm, fn):
@@ -234,25 +258,26 @@ def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
     for name in ("allreduce", "reduce_scatter", "allgather", "broadcast"):
         ran = [_variant(s) for c, s in events if c == name]
         assert len(ran) == ROUNDS, (name, events)
-        if name in _chosen(comm):
-            # The first calls of a size class try each variant, in this
-            # order, each for its burst (fewer untimed calls where calls are
-            # long).
+        offered = _offered(comm, name)
+        if offered:
+            # The first calls of a size class try each variant offered, in
+            # this order, each for its burst (fewer untimed calls where
+            # calls are long); then only those.
             runs = _runs(ran)
-            assert [v for v, _ in runs[:3]] == FIRST, (name, ran)
-            assert all(K + 1 <= n <= B for _, n in runs[:2]), (name, ran)
-            assert runs[2][1] >= K + 1, (name, ran)
+            assert [v for v, _ in runs[:len(offered)]] == offered, (name, ran)
+            assert all(K + 1 <= n <= B for _, n in runs[:len(offered) - 1]), (name, ran)
+            assert runs[len(offered) - 1][1] >= K + 1, (name, ran)
+            assert set(ran) == set(offered), (name, ran)
         else:
-            # Two ranks' broadcast always copies once; on more ranks the
-            # others are always staged at this size.
-            assert set(ran) == ({ONE} if name == "broadcast" else {ST}), (name, ran)
+            # Two ranks' broadcast always copies once.
+            assert set(ran) == {ONE}, (name, ran)
 
 
 def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
     """The staged schedule finishes an average on the slice it reduced into
     its slot, which the streaming variant wrote past the cache; float16 and
     bfloat16 widen and round there too. Between two ranks allreduce tries
-    all three variants from 256 KiB; on more it is always staged."""
+    all three variants from 256 KiB; on more, the two staged ones."""
     from mpi_helpers import BF16, Checker
 
     comm, P, r = fresh, fresh.size, fresh.rank
@@ -269,7 +294,7 @@ def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
 
         seen |= {_variant(s) for c, s in _traced(comm, calls) if c == "allreduce"}
     assert not check.failures, check.failures[:5]
-    assert seen == (set(FIRST) if P == 2 else {ST}), seen
+    assert seen == (set(FIRST) if P == 2 else {ST, SS}), seen
 
 
 def test_a_call_is_timed_to_its_last_rank_s_end(fresh, world):

@@ -4,11 +4,11 @@
 # rounds at P ranks (run from the project root):
 #   [FIRST=K] bash bench/results/phase_column/tune_ab.sh P N [COLLECTIVES [SIZES]]
 # (FIRST numbers the runs from K, to add to an earlier set; MODES picks
-# some of "tuned single staged".)
+# some of "tuned single staged"; DIR the output directory.)
 set -e
 P=$1; N=$2
 COLL=${3:-allreduce,allgather,reduce_scatter}; SIZES=${4:-64K,256K,1M,2M,4M}
-dir=bench/results/phase_column/tune_P$P
+dir=${DIR:-bench/results/phase_column/tune_P$P}
 mkdir -p $dir
 first=${FIRST:-1}
 for i in $(seq $first $((first + N - 1))); do
