@@ -54,6 +54,18 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
   }
   // (A size class whose calls straddle a size setting may see different
   // offers; a variant not on offer now is never kept.)
+  // The first variant a size class tried ran on whatever was cold then (a
+  // new size's arrays are touched for the first time): it gets one more
+  // look once the others have had theirs.
+  if (c.first_pass) {
+    c.first_pass = false;
+    for (const Variant v : {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming}) {
+      if (on_offer(static_cast<int>(v))) {
+        c.burst(static_cast<int>(v));
+        return v;
+      }
+    }
+  }
   int best = -1;
   for (int v = 0; v < kVariants; ++v) {
     if (on_offer(v) && (best < 0 || c.variant[v].median() < c.variant[best].median())) best = v;

@@ -33,12 +33,16 @@
 // `explore_seconds` (or kPeriodCalls calls of the fastest, where those take
 // longer), first gets kWarmup + kSamples calls in a row, the
 // first kWarmup (or those in the first kWarmupSeconds) untimed; so does a
-// variant the choice moves to. A variant taken up again after a while is
-// slow for a few calls (its slots have gone cold: a staged reduce_scatter
-// of 1 MiB took 101, 105, 99, 78, 66, 69, 61, 56, then about 50 us in the
-// fast phase), which would otherwise count against it: counted, the choice
-// drifted back to the single copy in the fast phase within a second or
-// two, and stayed there. Five times, not three, because the staged
+// variant the choice moves to. A new size class tries each variant offered
+// in turn, then the first once more: its first calls were the first on the
+// size's new arrays (a new communicator at P = 2 in the slow phase ran
+// allgather of 256 KiB staged with streaming stores, 27 us, after timing
+// the single copy at 32 us in its first calls; 20 us in later runs). A
+// variant taken up again after a while is slow for a few calls (its slots
+// have gone cold: a staged reduce_scatter of 1 MiB took 101, 105, 99, 78,
+// 66, 69, 61, 56, then about 50 us in the fast phase), which would
+// otherwise count against it: counted, the choice drifted back to the
+// single copy in the fast phase within a second or two, and stayed there. Five times, not three, because the staged
 // schedule's calls spike now and then (to 2-4x in the fast phase): with
 // three, two spikes in a row handed the choice to the slower variant until
 // the next look.
@@ -100,6 +104,7 @@ class VariantTuner {
     int timed = 0;
     int bursting = 0;
     int last = static_cast<int>(Variant::kSingleCopy);  // the variant chosen last
+    bool first_pass = true;  // every variant offered not yet tried once
     void burst(int v);
   };
   SizeClass& size_class(Kind kind, std::size_t bytes);
