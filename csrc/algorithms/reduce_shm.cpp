@@ -16,7 +16,7 @@ namespace distml::algorithms {
 using Counter = transport::ShmGroup::Counter;
 
 void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
-                const Reduction& red, int root) {
+                const Reduction& red, int root, bool stream_slots) {
   const auto* src = static_cast<const char*>(in);
   auto* dst = static_cast<char*>(out);
   const std::size_t chunk = shm.slot_bytes() / red.elem;
@@ -24,7 +24,7 @@ void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t
   for (std::size_t first = 0; first < count; first += chunk) {
     const std::size_t len = std::min(chunk, count - first);
     const std::uint64_t step = shm.next_step();
-    stage_and_reduce(shm, src + first * red.elem, len, red, step, peers);
+    stage_and_reduce(shm, src + first * red.elem, len, red, step, peers, stream_slots);
     if (shm.rank() == root) gather_reduced(shm, dst + first * red.elem, len, red.elem, step);
     shm.publish(Counter::kReleased, step);
   }

@@ -228,9 +228,9 @@ void barrier_dissemination(MpiComm& comm);
 // with streaming stores (for messages larger than the cache). Small messages
 // take the eager path instead (eager_shm.h).
 //
-// With `stream_slots`, the staged schedules fill the slots that peers read
-// with streaming stores too. A slot refilled with ordinary stores is
-// written over lines a peer has just read, and the writer first takes them
+// With `stream_slots`, the staged schedules (reduce_shm's too) fill the
+// slots that peers read with streaming stores. A slot refilled with
+// ordinary stores is written over lines a peer has just read, and the writer first takes them
 // back from the peer's cache; on the AMD EPYC machines these runs use that
 // costs 3-5x more in one of the two phases the machine switches between
 // (bench/results/host_phases.md), while streaming stores do not wait for
@@ -304,7 +304,7 @@ void alltoall_shm(transport::ShmGroup& shm, const void* in, void* out, std::size
 void alltoall_shm_single_copy(transport::ShmGroup& shm, const void* in, void* out, std::size_t block_bytes);
 // `out` is written on the root only.
 void reduce_shm(transport::ShmGroup& shm, const void* in, void* out, std::size_t count,
-                const Reduction& red, int root);
+                const Reduction& red, int root, bool stream_slots = false);
 
 // Hierarchical allreduce across nodes of equal size: shared-memory
 // reduce-scatter on each node, an allreduce of each block among the ranks

@@ -374,7 +374,8 @@ class Communicator {
   // call's input), as bits 1 << Variant (Settings::shm_tune; 0: the plan
   // runs as it is): all three where the plan takes the single copy (the
   // staged schedule may stand in for it); staging and staging with
-  // streaming stores where it is staged from kStreamSlotsMinBytes. The same
+  // streaming stores where it is staged (reduce too) from
+  // kStreamSlotsMinBytes. The same
   // answer on every rank whose plan agrees.
   unsigned offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const;
   static constexpr std::size_t kStreamSlotsMinBytes = std::size_t{64} << 10;

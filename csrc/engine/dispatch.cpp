@@ -85,7 +85,7 @@ void Communicator::dispatch(const Call& c, const Plan& plan) {
       alg::Reduction red(c.dtype, c.op);
       if (algo == Algo::kMpi) tp::mpi_reduce(comm, c.in, c.out, c.count, c.dtype, red.op, c.root);
       else if (algo == Algo::kTree) alg::reduce_binomial(comm, c.in, c.out, c.count, red, c.root);
-      else if (algo == Algo::kShm) alg::reduce_shm(shm_group(), c.in, c.out, c.count, red, c.root);
+      else if (algo == Algo::kShm) alg::reduce_shm(shm_group(), c.in, c.out, c.count, red, c.root, stream_slots);
       else alg::reduce_scatter_gather(comm, c.in, c.out, c.count, red, c.root, tuning);
       if (c.op == Op::kAvg && r == c.root) kernels::scale_avg(c.out, c.count, c.dtype, P);
       return;

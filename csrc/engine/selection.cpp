@@ -296,7 +296,7 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
 unsigned Communicator::offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const {
   if (!(settings_.shm_tune && one_node_ && plan.algo == Algo::kShm) || plan.has(kEager) || plan.has(kInWindow)) return 0;
   if (!(kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter ||
-        kind == Kind::kBroadcast))
+        kind == Kind::kBroadcast || kind == Kind::kReduce))
     return 0;
   constexpr unsigned kStaged = 1u << static_cast<int>(Variant::kStaged),
                      kSingle = 1u << static_cast<int>(Variant::kSingleCopy),

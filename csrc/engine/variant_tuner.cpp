@@ -52,8 +52,6 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
       return v;
     }
   }
-  // (A size class whose calls straddle a size setting may see different
-  // offers; a variant not on offer now is never kept.)
   // The first variant a size class tried ran on whatever was cold then (a
   // new size's arrays are touched for the first time): it gets one more
   // look once the others have had theirs.
@@ -66,6 +64,8 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
       }
     }
   }
+  // (A size class whose calls straddle a size setting may see different
+  // offers; a variant not on offer now is never kept.)
   int best = -1;
   for (int v = 0; v < kVariants; ++v) {
     if (on_offer(v) && (best < 0 || c.variant[v].median() < c.variant[best].median())) best = v;

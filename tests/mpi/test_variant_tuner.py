@@ -300,6 +300,34 @@ def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
     assert seen == (set(FIRST) if P == 2 else {ST, SS}), seen
 
 
+def test_reduce_under_both_staged_variants(fresh, world):
+    """reduce is staged on any node; from 64 KiB it tries staging with
+    streaming stores too: numpy's result on the root from every root, odd
+    sizes past a slot, sum and average."""
+    from mpi_helpers import Checker
+
+    comm, P, r = fresh, fresh.size, fresh.rank
+    check, seen = Checker(P), set()
+    for root in range(P):
+        for op, nbytes in (("sum", (1 << 20) + 4 * 5), ("avg", (3 << 20) + 4 * 77)):
+            n = nbytes // 4
+            xs = inputs(("tuner_reduce", root, op), np.dtype(np.float32), (n,), "small", P)
+            want = reduce_ref(xs, op)
+
+            def calls():
+                for i in range(2 * B + K):
+                    got = comm.reduce(xs[r], root=root, op=op)
+                    if r == root:
+                        check.expect(f"root {root} {op} {n} call {i}", got, want,
+                                     "tol" if op == "avg" else "exact", dtype=np.dtype(np.float32))
+                    elif got is not None:
+                        check.fail(f"root {root} call {i}", "a non-root got a result")
+
+            seen |= {_variant(s) for c, s in _traced(comm, calls) if c == "reduce"}
+    assert not check.failures, check.failures[:5]
+    assert seen == {ST, SS}, seen
+
+
 def test_a_call_is_timed_to_its_last_rank_s_end(fresh, world):
     """Node rank 0 times a call to the end of the last rank to finish it,
     not to its own end: a staged schedule lets rank 0 leave while its peers
