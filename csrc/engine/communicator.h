@@ -375,10 +375,13 @@ class Communicator {
   // runs as it is): all three where the plan takes the single copy (the
   // staged schedule may stand in for it); staging and staging with
   // streaming stores where it is staged (reduce too) from
-  // kStreamSlotsMinBytes. The same
-  // answer on every rank whose plan agrees.
+  // kStreamSlotsMinBytes. The same answer on every rank whose plan agrees.
   unsigned offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const;
-  static constexpr std::size_t kStreamSlotsMinBytes = std::size_t{64} << 10;
+  // Above the data that travels with the arrival (ShmControl::kEagerBytes):
+  // in the slow phase allreduce of 32 KiB took 9 us this way against 19-20
+  // us staged at P = 2; in the fast phase both 7 us
+  // (bench/results/stream_slots.md).
+  static constexpr std::size_t kStreamSlotsMinBytes = std::size_t{16} << 10;
   // Whether shm allgather of `bytes` (each rank's block) or broadcast on a
   // node of more than two ranks offers its single copy to the choice by
   // times (Settings::shm_tune), which the thresholds never give it there:

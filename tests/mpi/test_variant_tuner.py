@@ -301,7 +301,7 @@ def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
 
 
 def test_reduce_under_both_staged_variants(fresh, world):
-    """reduce is staged on any node; from 64 KiB it tries staging with
+    """reduce is staged on any node; from 16 KiB it tries staging with
     streaming stores too: numpy's result on the root from every root, odd
     sizes past a slot, sum and average."""
     from mpi_helpers import Checker

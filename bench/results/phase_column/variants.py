@@ -1,8 +1,8 @@
 """One collective timed through three communicators in one set of
-processes, alternating call by call: one that chooses its variant by times
-(the default), one with DISTML_SHM_TUNE off (the thresholds alone), and
-one with both single-copy thresholds past every size (staged); and MPI's
-own collective. Each sample prints the machine's phase reading, the median
+processes, alternating call by call in an order drawn anew each round: one
+that chooses its variant by times (the default), one with DISTML_SHM_TUNE
+off (the thresholds alone), and one with both single-copy thresholds past
+every size (staged); and MPI's own collective. Each sample prints the machine's phase reading, the median
 time of each (slowest rank), and the shares of the choosing communicator's
 calls that ran the single copy and staging with streaming stores.
 
@@ -60,13 +60,18 @@ def main() -> None:
             return c.broadcast(x, root=0)
         return c.allgather(part)
 
+    rng = np.random.default_rng(12345)
     tuned._core.set_trace(True)
     cpus = phase_cpus()
     for _ in range(samples):
         phase = cross_core_ratio(cpus) if w.rank == 0 and cpus else float("nan")
         times = {name: [] for name in comms}
         for _ in range(calls):
-            for name, c in comms.items():
+            # A new order each round, the same on every rank: the first
+            # after the round's time exchange was slower at P = 4 (30-34
+            # against 27-30 us for the same communicator).
+            for name in rng.permutation(list(comms)):
+                c = comms[name]
                 w.Barrier()
                 t = time.perf_counter()
                 call(c)
