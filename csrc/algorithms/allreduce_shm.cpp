@@ -80,8 +80,7 @@ void stage_and_reduce(ShmGroup& shm, const char* src, std::size_t len, const Red
     peers.resize(L);
     peers[0] = src + s0 * elem;
     for (int i = 1; i < L; ++i) peers[i] = shm.slot((me + i) % L, k) + s0 * elem;
-    if (stream_slots) kernels::reduce_many_stream(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
-    else kernels::reduce_many(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red.dtype, red.op);
+    reduce_result(shm.slot(me, k) + s0 * elem, peers.data(), L, sn, red, stream_slots);
     red.finish(shm.slot(me, k) + s0 * elem, sn);
   }
   shm.publish(Counter::kReduced, step);
@@ -186,8 +185,7 @@ void reduce_from_peers(transport::ShmGroup& shm, const char* in, char* dst, std:
       srcs[i] = d;
     }
     char* y = dst + o * elem;
-    if (stream_out) kernels::reduce_many_stream(y, srcs.data(), L, n, red.dtype, red.op);
-    else kernels::reduce_many(y, srcs.data(), L, n, red.dtype, red.op);
+    reduce_result(y, srcs.data(), L, n, red, stream_out);
     red.finish(y, n);
   }
 }

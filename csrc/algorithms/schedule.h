@@ -133,10 +133,18 @@ enum Tag : int {
 
 inline int mod(int a, int p) { return ((a % p) + p) % p; }
 
-// Copies a finished result; with `stream`, past the cache (streaming stores).
+// Copies a result, or fills a slot; with `stream`, past the cache
+// (streaming stores).
 inline void copy_result(void* dst, const void* src, std::size_t bytes, bool stream) {
   if (stream) kernels::copy_stream(dst, src, bytes);
   else std::memcpy(dst, src, bytes);
+}
+
+// kernels::reduce_many of `n` sources into `dst` by `red`'s dtype and op;
+// with `stream`, past the cache.
+inline void reduce_result(void* dst, const void* const* srcs, int n, std::size_t count, const Reduction& red,
+                          bool stream) {
+  (stream ? kernels::reduce_many_stream : kernels::reduce_many)(dst, srcs, n, count, red.dtype, red.op);
 }
 
 // Number of segments a block of `elems` elements is cut into.

@@ -96,16 +96,15 @@ void Communicator::record_pending() {
   pending_.valid = false;
   // A peer that has since finished another call (one-way broadcasts go on
   // without rank 0) leaves rank 0's own end.
-  double end = pending_.end, last = end;
+  double end = pending_.end;
   for (int r = 1; r < shm_->size(); ++r) {
     const double t = done_at(shm_->control(r), pending_.seq);
     if (t < 0) {
-      last = end;
+      end = pending_.end;
       break;
     }
-    last = std::max(last, t);
+    end = std::max(end, t);
   }
-  end = last;
   tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start, end);
 }
 

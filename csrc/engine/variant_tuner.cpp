@@ -45,7 +45,8 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
   }
   const double period = std::max(explore_seconds_, kPeriodCalls * fastest);
   // The single copy first: the default before anything is known.
-  for (const Variant v : {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming}) {
+  constexpr Variant kOrder[] = {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming};
+  for (const Variant v : kOrder) {
     const Times& t = c.variant[static_cast<int>(v)];
     if (on_offer(static_cast<int>(v)) && (t.count < kSamples || now - t.at > period)) {
       c.burst(static_cast<int>(v));
@@ -57,7 +58,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
   // look once the others have had theirs.
   if (c.first_pass) {
     c.first_pass = false;
-    for (const Variant v : {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming}) {
+    for (const Variant v : kOrder) {
       if (on_offer(static_cast<int>(v))) {
         c.burst(static_cast<int>(v));
         return v;
