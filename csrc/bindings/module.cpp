@@ -729,6 +729,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
       .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })
       .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; })
+      .def_property_readonly_static("drift", [](py::object) { return engine::VariantTuner::kDrift; })
+      .def("median", &engine::VariantTuner::median, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
+           "The median of the variant's latest times (-1: none).")
       .def_property_readonly_static("warmup_seconds",
                                     [](py::object) { return engine::VariantTuner::kWarmupSeconds; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {

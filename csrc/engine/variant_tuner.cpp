@@ -5,11 +5,23 @@
 
 namespace distml::engine {
 
+namespace {
+// The order of a comparison's first round: the single copy first, the
+// default before anything is known.
+constexpr Variant kOrder[] = {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming};
+}  // namespace
+
 double VariantTuner::Times::median() const {
   double v[kSamples];
   std::copy(last, last + count, v);
   std::sort(v, v + count);
   return count % 2 ? v[count / 2] : (v[count / 2 - 1] + v[count / 2]) / 2;
+}
+
+void VariantTuner::Times::add(double seconds) {
+  last[next] = seconds;
+  next = (next + 1) % kSamples;
+  count = std::min(count + 1, kSamples);
 }
 
 std::uint32_t VariantTuner::key(Kind kind, std::size_t bytes) {
@@ -27,69 +39,106 @@ double VariantTuner::median(Kind kind, std::size_t bytes, Variant variant) const
   return t.count ? t.median() : -1;
 }
 
-void VariantTuner::SizeClass::burst(int v) {
-  bursting = last = v;
-  untimed = kWarmup;
-  untimed_seconds = 0;
-  timed = kSamples;
+void VariantTuner::SizeClass::start(unsigned offered) {
+  n = calls = 0;
+  for (const Variant each : kOrder) {
+    const int v = static_cast<int>(each);
+    if (!(offered >> v & 1u)) continue;
+    order[n++] = v;
+    variant[v] = Times{};
+    handed[v] = untimed_taken[v] = 0;
+    untimed[v] = kWarmup;
+    untimed_seconds[v] = 0;
+  }
+}
+
+// At a round's end: every variant has had its timed calls (fewer untimed
+// rounds where calls are long), or every round has run.
+bool VariantTuner::SizeClass::done() const {
+  if (calls >= n * (kWarmup + kSamples)) return true;
+  for (int i = 0; i < n; ++i) {
+    const int v = order[i];
+    if (untimed[v] > 0 || handed[v] - untimed_taken[v] < kSamples) return false;
+  }
+  return true;
 }
 
 Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned offered) {
   SizeClass& c = size_class(kind, bytes);
   const auto on_offer = [&](int v) { return (offered >> v & 1u) != 0; };
-  if ((c.untimed > 0 || c.timed > 0) && on_offer(c.bursting)) return static_cast<Variant>(c.last = c.bursting);
-  // kPeriodCalls calls of the fastest known, which is what runs between looks.
-  double fastest = 0;
-  for (const Times& t : c.variant) {
-    if (t.count && (fastest == 0 || t.median() < fastest)) fastest = t.median();
-  }
-  const double period = std::max(explore_seconds_, kPeriodCalls * fastest);
-  // The single copy first: the default before anything is known.
-  constexpr Variant kOrder[] = {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming};
-  for (const Variant v : kOrder) {
-    const Times& t = c.variant[static_cast<int>(v)];
-    if (on_offer(static_cast<int>(v)) && (t.count < kSamples || now - t.at > period)) {
-      c.burst(static_cast<int>(v));
-      return v;
+  // The fastest offered by its median (-1: none has times).
+  const auto fastest = [&]() {
+    int best = -1;
+    for (const Variant variant : kOrder) {
+      const int v = static_cast<int>(variant);
+      if (on_offer(v) && c.variant[v].count && (best < 0 || c.variant[v].median() < c.variant[best].median()))
+        best = v;
     }
-  }
-  // The first variant a size class tried ran on whatever was cold then (a
-  // new size's arrays are touched for the first time): it gets one more
-  // look once the others have had theirs.
-  if (c.first_pass) {
-    c.first_pass = false;
-    for (const Variant v : kOrder) {
-      if (on_offer(static_cast<int>(v))) {
-        c.burst(static_cast<int>(v));
-        return v;
+    return best;
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    if (c.n > 0 && c.calls % c.n == 0 && c.done()) {
+      const int best = fastest();
+      c.n = 0;
+      c.known = true;  // compared_at: its last call's start
+      if (best >= 0) {
+        c.last = best;
+        c.chosen_median = c.variant[best].median();
       }
     }
+    // The comparison's next call: its variants in turn, each round starting
+    // one further on, so that each follows each other alike. A variant no
+    // longer offered (a size class whose calls straddle a size setting) is
+    // passed over.
+    for (int tries = 0; c.n > 0 && tries < c.n; ++tries) {
+      const int v = c.order[(c.calls / c.n + c.calls % c.n) % c.n];
+      ++c.calls;
+      if (on_offer(v)) {
+        ++c.handed[v];
+        c.compared_at = now;
+        return static_cast<Variant>(c.last = v);
+      }
+      if (c.calls % c.n == 0) break;  // a round's end: done() first
+    }
+    if (c.n > 0) continue;
+    const double period = std::max(explore_seconds_, kPeriodCalls * c.chosen_median);
+    const Times& running = c.variant[c.last];
+    const bool drifted = running.count == kSamples && running.median() > kDrift * c.chosen_median;
+    // A variant offered that this size class has never timed (a setting
+    // changed) is compared too, at that same pace.
+    bool untried = false;
+    for (int v = 0; v < kVariants; ++v) untried = untried || (on_offer(v) && c.variant[v].count == 0);
+    const bool soon = now - c.compared_at > period / 10;
+    const unsigned choices = offered & kOfferAll;
+    if (pass == 0 && (choices & (choices - 1)) &&
+        (!c.known || now - c.compared_at > period || (soon && (drifted || untried)))) {
+      c.start(offered);
+      continue;
+    }
+    break;
   }
-  // (A size class whose calls straddle a size setting may see different
-  // offers; a variant not on offer now is never kept.)
-  int best = -1;
-  for (int v = 0; v < kVariants; ++v) {
-    if (on_offer(v) && (best < 0 || c.variant[v].median() < c.variant[best].median())) best = v;
+  if (!on_offer(c.last)) {
+    // A variant not on offer now is never kept: the fastest offered, else
+    // the first in kOrder.
+    int v = fastest();
+    for (const Variant variant : kOrder) {
+      if (v < 0 && on_offer(static_cast<int>(variant))) v = static_cast<int>(variant);
+    }
+    if (v >= 0) c.last = v;
   }
-  if (!on_offer(c.last) || (best != c.last && c.variant[best].median() < 0.9 * c.variant[c.last].median()))
-    c.burst(best);
   return static_cast<Variant>(c.last);
 }
 
-void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds, double now) {
+void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds, double) {
   SizeClass& c = size_class(kind, bytes);
   const int v = static_cast<int>(variant);
-  if (c.untimed > 0 && v == c.bursting) {
-    c.untimed_seconds += seconds;
-    c.untimed = c.untimed_seconds >= kWarmupSeconds ? 0 : c.untimed - 1;
+  if (c.n > 0 && c.untimed[v] > 0) {
+    c.untimed_seconds[v] += seconds;
+    ++c.untimed_taken[v];
+    c.untimed[v] = c.untimed_seconds[v] >= kWarmupSeconds ? 0 : c.untimed[v] - 1;
     return;
   }
-  if (c.timed > 0 && v == c.bursting) --c.timed;
-  Times& t = c.variant[v];
-  t.last[t.next] = seconds;
-  t.next = (t.next + 1) % kSamples;
-  t.count = std::min(t.count + 1, kSamples);
-  t.at = now;
+  c.variant[v].add(seconds);
 }
 
 }  // namespace distml::engine

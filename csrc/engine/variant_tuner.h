@@ -16,43 +16,38 @@
 // slow phase (single copy 74 us) and was slower than ordinary staging in
 // the fast one. A size threshold cannot be right in both.
 //
-// Node rank 0 keeps, per collective kind and size class (a power of two),
-// the times of the last kSamples calls of each variant, and judges a
-// variant by their median. A call's time runs from its start on rank 0, the
-// wait for the other ranks' arrival included, to the end of the last rank
-// to finish it, which rank 0 reads once every rank has arrived at its next
-// call (ShmControl::done_seq). The staged schedule lets rank 0 leave while
-// its peers still copy out; timed by its own end, rank 0 saw that tail only
-// when the next call followed at once, and chose staging with streaming
-// stores for allgather of 1 MiB in a loop with a barrier between calls at
-// 117-125 us against the single copy's 85-96 us. A call runs the variant
-// that ran last unless another's median is lower by more than a tenth
-// (so that noise does not flip it back and forth); then the fastest.
+// Node rank 0 compares the variants offered side by side: a comparison
+// runs them in turn, one call each, the order rotating every round, for
+// kWarmup untimed rounds (fewer where calls are long: they end once a
+// variant's untimed calls have taken kWarmupSeconds) and then kSamples timed
+// ones, and keeps the variant whose timed calls have the lowest median; that
+// one alone runs until the next comparison, `explore_seconds` later (or
+// after kPeriodCalls of its calls, where those take longer). A call's time
+// runs from its start on rank 0, the wait for the other ranks' arrival
+// included, to the end of the last rank to finish it, which rank 0 reads
+// once every rank has arrived at its next call (ShmControl::done_seq); the
+// staged schedule lets rank 0 leave while its peers still copy out.
 //
-// A variant with fewer than kSamples times, or none newer than
-// `explore_seconds` (or kPeriodCalls calls of the fastest, where those take
-// longer), first gets kWarmup + kSamples calls in a row, the
-// first kWarmup (or those in the first kWarmupSeconds) untimed; so does a
-// variant the choice moves to. A new size class tries each variant offered
-// in turn, then the first once more: its first calls were the first on the
-// size's new arrays (a new communicator at P = 2 in the slow phase ran
-// allgather of 256 KiB staged with streaming stores, 27 us, after timing
-// the single copy at 32 us in its first calls; 20 us in later runs). A
-// variant taken up again after a while is slow for a few calls (its slots
-// have gone cold: a staged reduce_scatter of 1 MiB took 101, 105, 99, 78,
-// 66, 69, 61, 56, then about 50 us in the fast phase), which would
-// otherwise count against it: counted, the choice drifted back to the
-// single copy in the fast phase within a second or two, and stayed there. Five times, not three, because the staged
-// schedule's calls spike now and then (to 2-4x in the fast phase): with
-// three, two spikes in a row handed the choice to the slower variant until
-// the next look.
+// Why side by side and not one variant's calls in a row after another's:
+// times taken at different moments compare different conditions, and the
+// conditions change from call to call, not only with the phase. In a
+// benchmark sweep whose calls alternate with MPI's, a variant's calls of
+// 256 KiB came out bimodal (41-59 or 113-197 us on rank 0, by what ran
+// before them); five calls in a row then gave a median from either mode,
+// and the choice stayed with staging with streaming stores at a median of
+// 173 us where the single copy's calls took 88 us. Taken in turn, every
+// variant meets the same predecessors and the same moment of the machine.
+// Run in turn, none goes cold: a variant taken up again after a while was
+// slow for several calls (a staged reduce_scatter of 1 MiB took 101, 105,
+// 99, 78, 66, 69, 61, 56, then about 50 us, its slots cold), which the
+// untimed rounds absorb once for all.
 //
-// A change of phase that favours another variant is thus seen within
-// `explore_seconds`, at a cost of kWarmup + kSamples calls of each slower
-// variant per size class and period; one against the running variant
-// shows at once in its own times. Rank 0 hands its choice to the other
-// ranks with its arrival (Communicator::arrive_through_shm), so that all
-// run the same one.
+// A change of phase shows in the running variant's own times: once their
+// median (over its last kSamples calls) exceeds kDrift times what it was
+// when chosen, a comparison comes early (at most one per tenth of the
+// period); so it does when a variant this size class has never timed is
+// offered (a setting changed). Rank 0 hands its choice to the other ranks with its arrival
+// (Communicator::arrive_through_shm), so that all run the same one.
 #pragma once
 
 #include <cstddef>
@@ -67,16 +62,20 @@ constexpr int kVariants = 3;  // of Variant (communicator.h)
 
 class VariantTuner {
  public:
-  static constexpr int kSamples = 5, kWarmup = 10;
-  // The untimed calls end early once they have taken this long: a cold
-  // slot slows a call's first chunks, which a long call outgrows (one
-  // untimed call of a 128 MiB allreduce, not ten of 20-60 ms each).
+  // Timed calls of each variant per comparison, and the untimed rounds
+  // before them.
+  static constexpr int kSamples = 7, kWarmup = 2;
+  // A variant's untimed calls end early once they have taken this long: a
+  // cold slot slows a call's first chunks, which a long call outgrows.
   static constexpr double kWarmupSeconds = 2e-3;
-  // A variant is looked at again after `explore_seconds`, or after this
-  // many calls of the fastest known where those take longer: at most about
-  // 2 (kWarmup + kSamples) / kPeriodCalls of the calls run another variant
-  // (a 128 MiB allreduce takes 20-60 ms).
+  // The next comparison comes after `explore_seconds`, or after this many
+  // calls of the variant chosen where those take longer: a comparison of
+  // three variants costs about 2 (kWarmup + kSamples) calls of the slower
+  // ones, under 4% of a period (a 128 MiB allreduce takes 20-60 ms).
   static constexpr int kPeriodCalls = 500;
+  // A running variant's median beyond this multiple of its median when it
+  // was chosen brings the next comparison forward.
+  static constexpr double kDrift = 1.5;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // The variant the next call `kind` of `bytes` runs, among those `offered`
   // (bits 1 << Variant); `now` in seconds of a steady clock.
@@ -92,20 +91,28 @@ class VariantTuner {
     double last[kSamples] = {};  // a ring of the latest
     int count = 0;               // times recorded, up to kSamples
     int next = 0;
-    double at = 0;  // when the newest was recorded
     double median() const;
+    void add(double seconds);
   };
   struct SizeClass {
     Times variant[kVariants];  // by Variant
-    // A variant taken up (again): calls of `bursting` still to run untimed,
-    // the time they have taken so far, and timed calls still to run.
-    int untimed = 0;
-    double untimed_seconds = 0;
-    int timed = 0;
-    int bursting = 0;
+    // The comparison under way: its variants in their first round's order
+    // (n of them; 0: none running), the calls it has handed out, and each
+    // variant's calls handed out, untimed calls still to take and their
+    // time so far, and untimed calls taken.
+    int order[kVariants] = {};
+    int n = 0;
+    int calls = 0;
+    int handed[kVariants] = {};
+    int untimed[kVariants] = {};
+    double untimed_seconds[kVariants] = {};
+    int untimed_taken[kVariants] = {};
+    bool known = false;   // a comparison has ended
+    double compared_at = 0;  // when the last one handed out its last call
+    double chosen_median = 0;  // the chosen variant's median then
     int last = static_cast<int>(Variant::kSingleCopy);  // the variant chosen last
-    bool first_pass = true;  // every variant offered not yet tried once
-    void burst(int v);
+    void start(unsigned offered);
+    bool done() const;
   };
   SizeClass& size_class(Kind kind, std::size_t bytes);
   static std::uint32_t key(Kind kind, std::size_t bytes);

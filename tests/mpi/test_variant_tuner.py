@@ -6,8 +6,6 @@ off leaves the threshold's variant, and that ranks must agree on it."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -16,150 +14,146 @@ from distml import MismatchError, _core
 
 from mpi_helpers import allgather_ref, inputs, reduce_ref, reduce_scatter_ref, traced
 
-K = _core.VariantTuner.samples
-W = _core.VariantTuner.warmup
-B = W + K  # the most calls in a row a variant gets when it is (re)examined
-M = K // 2 + 1  # new times that move a median of K
+K = _core.VariantTuner.samples  # timed calls of each variant in a comparison
+W = _core.VariantTuner.warmup  # untimed rounds before them
+B = W + K  # a comparison's calls of each variant (at most)
 WS = _core.VariantTuner.warmup_seconds
+DRIFT = _core.VariantTuner.drift
 ONE, ST, SS = _core.Variant.single_copy, _core.Variant.staged, _core.Variant.staged_streaming
-FIRST = [ONE, ST, SS]  # the order a new size class tries them in
-LEARN = FIRST + [ONE]  # ... and the first once more
-
-
-def burst(t):
-    """Calls in a row for a variant (re)examined, or newly chosen, whose
-    calls take t seconds: untimed ones until they have taken WS (at most
-    W), then K timed."""
-    return min(W, math.ceil(WS / t)) + K
+FIRST = [ONE, ST, SS]  # a comparison's first round
 RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
 
 
-def _run(tuner, kind, nbytes, now, times):
+def in_turn(order, rounds):
+    """A comparison's calls: `order` in turn, each round starting one further on."""
+    n = len(order)
+    return [order[(r + i) % n] for r in range(rounds) for i in range(n)]
+
+
+def _run(tuner, kind, nbytes, now, times, offered=None):
     """Runs one call as the engine does: choose, then record the time that
     `times` gives the chosen variant. Returns the variant."""
-    v = tuner.choose(kind, nbytes, now)
+    v = tuner.choose(kind, nbytes, now) if offered is None else tuner.choose(kind, nbytes, now, offered)
     tuner.record(kind, nbytes, v, times[v], now)
     return v
 
 
+def _runs(tuner, kind, nbytes, now, times, n, offered=None):
+    return [_run(tuner, kind, nbytes, now, times, offered) for _ in range(n)]
+
+
 def _learn(tuner, kind, nbytes, now, times):
-    """A new size class: each variant's burst, in LEARN's order."""
-    got = [_run(tuner, kind, nbytes, now, times) for _ in range(sum(burst(times[v]) for v in LEARN))]
-    assert got == [v for v in LEARN for _ in range(burst(times[v]))], got
+    """A new size class: its first comparison, all three in turn."""
+    got = _runs(tuner, kind, nbytes, now, times, 3 * B)
+    assert got == in_turn(FIRST, B), got
 
 
-def test_policy_tries_each_then_keeps_the_fastest():
+def test_policy_compares_in_turn_then_keeps_the_fastest():
     t = _core.VariantTuner(0.5)
     staged_fastest = {ONE: 2e-4, ST: 1e-4, SS: 1.5e-4}
-    # Unknown: the single copy B times, then staging B times, then staging
-    # with streaming stores B times, then the single copy again.
-    got = [_run(t, RS, 1 << 20, 0.0, staged_fastest) for _ in range(4 * B)]
-    assert got == [ONE] * B + [ST] * B + [SS] * B + [ONE] * B
-    # Then the fastest, while the others' times are fresh.
-    assert [_run(t, RS, 1 << 20, 0.1, staged_fastest) for _ in range(B + 5)] == [ST] * (B + 5)
+    # Unknown: the three in turn, W untimed rounds and K timed ones.
+    assert _runs(t, RS, 1 << 20, 0.0, staged_fastest, 3 * B) == in_turn(FIRST, B)
+    # Then the fastest alone, within the period.
+    assert _runs(t, RS, 1 << 20, 0.1, staged_fastest, 50) == [ST] * 50
+    assert t.median(RS, 1 << 20, ST) == pytest.approx(1e-4)
+    assert t.median(RS, 1 << 20, ONE) == pytest.approx(2e-4)
 
 
-def test_policy_does_not_count_a_variant_s_first_calls_back():
-    """The first calls of a variant taken up (again) are slow (cold slots):
-    they are not what it is judged by; nor is one slow call among its last
-    K (a preempted rank)."""
+def test_policy_does_not_count_the_untimed_rounds_nor_one_spike():
+    """A variant's first calls are slow (cold slots): the untimed rounds
+    take them; one slow call among K (a preempted rank) does not move a
+    median either."""
     t = _core.VariantTuner(0.5)
-    assert [_run(t, RS, 1 << 20, 0.0, {ONE: 1e-4}) for _ in range(B)] == [ONE] * B
-    # Staging's first W calls take 1.9e-4 (W of them stay under WS), then
-    # 0.5e-4, one of its last K 1.9e-4 again.
-    assert W * 1.9e-4 < WS
-    for i in range(B):
+    got, calls = [], {ONE: 0, ST: 0, SS: 0}
+    for _ in range(3 * B):
         v = t.choose(RS, 1 << 20, 0.0)
-        assert v == ST
-        t.record(RS, 1 << 20, v, 1.9e-4 if i < W or i == B - 1 else 0.5e-4, 0.0)
-    assert [_run(t, RS, 1 << 20, 0.0, {SS: 1e-4}) for _ in range(B)] == [SS] * B
-    assert [_run(t, RS, 1 << 20, 0.0, {ONE: 1e-4}) for _ in range(B)] == [ONE] * B
-    # Staging is faster by half: the choice moves to it, whose first calls
-    # (cold again) are not counted either.
-    got = []
-    for i in range(B + 3):
-        v = t.choose(RS, 1 << 20, 0.1)
+        calls[v] += 1
+        # Staging: 1.9e-4 for its first W calls and its last, else 0.5e-4;
+        # the others 1e-4 throughout.
+        slow = calls[v] <= W or calls[v] == B
+        t.record(RS, 1 << 20, v, (1.9e-4 if slow else 0.5e-4) if v == ST else 1e-4, 0.0)
         got.append(v)
-        t.record(RS, 1 << 20, v, 1.9e-4 if i < W else 0.5e-4, 0.1)
-    assert got == [ST] * (B + 3)
+    assert W * 1.9e-4 < WS
+    assert got == in_turn(FIRST, B)
+    assert _runs(t, RS, 1 << 20, 0.1, {ST: 0.5e-4}, 5) == [ST] * 5
 
 
 def test_policy_ends_the_untimed_calls_after_a_while():
-    """Long calls: the untimed ones end once they have taken WS."""
+    """Long calls: a variant's untimed calls end once they have taken WS,
+    so the comparison is shorter."""
     t = _core.VariantTuner(0.5)
-    slow = 0.7 * WS
-    assert [_run(t, RS, 1 << 20, 0.0, dict.fromkeys(FIRST, slow)) for _ in range(4 * (2 + K))] == \
-        [ONE] * (2 + K) + [ST] * (2 + K) + [SS] * (2 + K) + [ONE] * (2 + K)
+    times = {ONE: 1.5 * WS, ST: 1.2 * WS, SS: 1.4 * WS}  # one untimed call each
+    n = 3 * (1 + K)
+    assert _runs(t, RS, 1 << 20, 0.0, times, n + 3) == in_turn(FIRST, 1 + K) + [ST] * 3
 
 
-def test_policy_looks_again_at_a_variant_left_untimed():
+def test_policy_compares_again_after_the_period():
     t = _core.VariantTuner(0.5)
-    staged_fastest = {ONE: 2e-4, ST: 1e-4, SS: 3e-4}
-    _learn(t, RS, 1 << 20, 0.0, staged_fastest)
-    # Within the period, only the fastest runs (its burst as it is chosen,
-    # then on).
-    assert [_run(t, RS, 1 << 20, 0.3, staged_fastest) for _ in range(B + 5)] == [ST] * (B + 5)
-    # 0.6 s on, staging has become slower (a change of phase). The single
-    # copy and streaming, untimed since 0.0, run their bursts; staging's
-    # times (from 0.3) are still fresh and still the best, so the choice
-    # goes back to it, and moves to the single copy once its new times
-    # show; that one's burst, then on.
-    single_fastest = {ONE: 2e-4, ST: 4.5e-4, SS: 3e-4}
-    seq = [ONE] * burst(2e-4) + [SS] * burst(3e-4) + [ST] * burst(4.5e-4) + [ONE] * (burst(2e-4) + 3)
-    assert [_run(t, RS, 1 << 20, 0.6, single_fastest) for _ in range(len(seq))] == seq
-    # Staging's times are fresh until 0.5 s after its last call (0.6 s).
-    assert [_run(t, RS, 1 << 20, 1.0, single_fastest) for _ in range(5)] == [ONE] * 5
-    n = burst(4.5e-4)
-    assert n < B  # its untimed calls end early
-    seq = [ST] * n + [SS] * burst(3e-4) + [ONE] * 2
-    assert [_run(t, RS, 1 << 20, 1.2, single_fastest) for _ in range(len(seq))] == seq
+    _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
+    # Within the period (from the comparison's end) only the fastest runs,
+    # whatever the others would now take.
+    single_fastest = {ONE: 0.5e-4, ST: 1e-4, SS: 3e-4}
+    assert _runs(t, RS, 1 << 20, 0.45, single_fastest, 20) == [ST] * 20
+    # 0.6 s on, a new comparison, which the single copy wins.
+    assert _runs(t, RS, 1 << 20, 0.6, single_fastest, 3 * B + 5) == in_turn(FIRST, B) + [ONE] * 5
+    # The period runs from this comparison's end.
+    assert _runs(t, RS, 1 << 20, 1.0, single_fastest, 5) == [ONE] * 5
+    assert _runs(t, RS, 1 << 20, 1.2, single_fastest, 3) == FIRST
 
 
-def test_policy_keeps_its_choice_within_a_tenth():
+def test_policy_compares_early_when_the_running_variant_slows():
+    """A change of phase shows in the running variant's own times: once
+    their median exceeds DRIFT times its median when chosen, the next
+    comparison comes early, though not within a tenth of the period."""
     t = _core.VariantTuner(0.5)
-    close = {ONE: 1.08e-4, ST: 1.00e-4, SS: 1.09e-4}
-    # The single copy ran last (its second look) and is 8% slower than
-    # staging: kept.
-    _learn(t, RS, 1 << 20, 0.0, close)
-    assert [_run(t, RS, 1 << 20, 0.0, close) for _ in range(3)] == [ONE] * 3
-    # 20% slower: staging once the single copy's median has moved.
-    far = {ONE: 1.20e-4, ST: 1.00e-4, SS: 1.20e-4}
-    assert [_run(t, RS, 1 << 20, 0.1, far) for _ in range(M + 2)] == [ONE] * M + [ST] * 2
+    _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
+    slowed = {ONE: 2e-4, ST: 1.1 * DRIFT * 1e-4, SS: 3e-4}
+    # Slower, within the tenth: kept.
+    assert _runs(t, RS, 1 << 20, 0.02, slowed, K + 3) == [ST] * (K + 3)
+    # After it: compared again at once (its median has long moved).
+    assert _runs(t, RS, 1 << 20, 0.06, slowed, 3 * B + 2) == in_turn(FIRST, B) + [ST] * 2
+    # Slower by less than DRIFT: kept until the period.
+    t = _core.VariantTuner(0.5)
+    _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
+    some = {ONE: 2e-4, ST: 0.9 * DRIFT * 1e-4, SS: 3e-4}
+    assert _runs(t, RS, 1 << 20, 0.3, some, 3 * B) == [ST] * (3 * B)
+    # Slower by more, the comparison finds the single copy faster now.
+    slowed = {ONE: 2e-4, ST: 2.5e-4, SS: 3e-4}
+    half = K // 2 + 1  # new times that move a median of K
+    got = _runs(t, RS, 1 << 20, 0.3, slowed, half + 3 * B + 2)
+    assert got == [ST] * half + in_turn(FIRST, B) + [ONE] * 2, got
 
 
-def test_policy_looks_again_less_often_at_long_calls():
-    """Calls of 10 ms: the others are looked at again after period_calls
-    calls' worth of time (5 s), not after 0.5 s."""
+def test_policy_compares_less_often_for_long_calls():
+    """Calls of 10 ms: the next comparison comes after period_calls calls'
+    worth of time (5 s), not after 0.5 s."""
     t = _core.VariantTuner(0.5)
     long_calls = {ONE: 1e-2, ST: 2e-2, SS: 3e-2}
-    _learn(t, RS, 64 << 20, 0.0, long_calls)
+    n = 3 * (1 + K)  # one untimed call each
+    assert _runs(t, RS, 64 << 20, 0.0, long_calls, n) == in_turn(FIRST, 1 + K)
     period = _core.VariantTuner.period_calls * 1e-2
     assert period > 1.0
-    n = burst(1e-2) + 2  # the single copy's burst as it is chosen, then on
-    assert [_run(t, RS, 64 << 20, period - 0.1, long_calls) for _ in range(n)] == [ONE] * n
-    seq = [ST] * burst(2e-2) + [SS] * burst(3e-2) + [ONE]
-    assert [_run(t, RS, 64 << 20, period + 0.1, long_calls) for _ in range(len(seq))] == seq
+    assert _runs(t, RS, 64 << 20, period - 0.1, long_calls, 5) == [ONE] * 5
+    assert _runs(t, RS, 64 << 20, period + 0.1, long_calls, 3) == FIRST
 
 
 def test_policy_picks_only_among_the_variants_offered():
     """Where the single copy cannot run (a staged plan), only the two staged
-    variants are tried and chosen, however fast the single copy was in the
-    same size class under other settings."""
+    variants are compared and chosen, however fast the single copy would
+    be; offered later (a setting changed), it is compared too."""
     t = _core.VariantTuner(0.5)
     staged_only = (1 << int(ST)) | (1 << int(SS))
     times = {ONE: 1e-5, ST: 2e-4, SS: 1e-4}
-    got = []
-    for _ in range(4 * B):
-        v = t.choose(RS, 1 << 20, 0.0, staged_only)
-        t.record(RS, 1 << 20, v, times[v], 0.0)
-        got.append(v)
-    # Each, staging once more, then streaming (its burst as it is chosen).
-    assert got == [ST] * B + [SS] * B + [ST] * B + [SS] * B, got
-    # The single copy offered again (a setting changed): it is tried, and
-    # kept; offered no longer, the fastest staged variant takes over.
-    seq = [_run(t, RS, 1 << 20, 0.1, times) for _ in range(B + 3)]
-    assert seq == [ONE] * (B + 3), seq
+    got = _runs(t, RS, 1 << 20, 0.0, times, 2 * B + 3, staged_only)
+    assert got == in_turn([ST, SS], B) + [SS] * 3, got
+    # Offered all three within a tenth of the period: kept; after it, the
+    # single copy, never timed, brings a comparison.
+    assert _runs(t, RS, 1 << 20, 0.02, times, 3) == [SS] * 3
+    assert _runs(t, RS, 1 << 20, 0.1, times, 3 * B + 3) == in_turn(FIRST, B) + [ONE] * 3
+    # Offered no longer: the fastest staged variant takes over.
     assert t.choose(RS, 1 << 20, 0.2, staged_only) == SS
+    # One variant offered: no comparison.
+    assert _runs(t, AG, 1 << 20, 0.0, times, 4, 1 << int(ST)) == [ST] * 4
 
 
 def test_policy_keeps_size_classes_and_collectives_apart():
@@ -167,10 +161,9 @@ def test_policy_keeps_size_classes_and_collectives_apart():
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     # The same power of two shares what was learnt ...
     assert _run(t, RS, (1 << 20) + 12345, 0.1, dict.fromkeys(FIRST, 1.0)) == ST
-    # ... another size class or collective starts again with the single copy.
-    n = burst(1.0)
-    assert [_run(t, RS, 2 << 20, 0.1, dict.fromkeys(FIRST, 1.0)) for _ in range(n)] == [ONE] * n
-    assert [_run(t, AG, 1 << 20, 0.1, dict.fromkeys(FIRST, 1.0)) for _ in range(n)] == [ONE] * n
+    # ... another size class or collective starts a comparison of its own.
+    assert _runs(t, RS, 2 << 20, 0.1, dict.fromkeys(FIRST, 1e-4), 3) == FIRST
+    assert _runs(t, AG, 1 << 20, 0.1, dict.fromkeys(FIRST, 1e-4), 3) == FIRST
 
 
 # ---- on two ranks of one node ------------------------------------------------
@@ -237,18 +230,7 @@ def _calls(comm, rounds):
     return bad
 
 
-def _runs(seq):
-    """[(value, length)] of the runs of equal values in seq."""
-    out = []
-    for v in seq:
-        if out and out[-1][0] == v:
-            out[-1][1] += 1
-        else:
-            out.append([v, 1])
-    return [tuple(r) for r in out]
-
-
-ROUNDS = 3 * B + 5  # every variant's first burst, and then some
+ROUNDS = 3 * B + 5  # a comparison of three, and then some
 
 
 def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
@@ -263,13 +245,13 @@ def test_every_rank_runs_the_variant_rank_0_chose(fresh, world):
         assert len(ran) == ROUNDS, (name, events)
         offered = _offered(comm, name)
         if offered:
-            # The first calls of a size class try each variant offered, in
-            # this order, each for its burst (fewer untimed calls where
-            # calls are long); then only those.
-            runs = _runs(ran)
-            assert [v for v, _ in runs[:len(offered)]] == offered, (name, ran)
-            assert all(K + 1 <= n <= B for _, n in runs[:len(offered) - 1]), (name, ran)
-            assert runs[len(offered) - 1][1] >= K + 1, (name, ran)
+            # The first calls of a size class compare the variants offered
+            # in turn: at least one untimed round (fewer where calls are
+            # long) and K timed ones; then the one chosen (until the next
+            # comparison, which a slower machine may bring within these
+            # calls).
+            n = len(offered) * (1 + K)
+            assert ran[:n] == in_turn(offered, 1 + K), (name, ran)
             assert set(ran) == set(offered), (name, ran)
         else:
             # Two ranks' broadcast always copies once.
@@ -375,8 +357,8 @@ def test_ranks_must_agree_on_it(world, monkeypatch):
 
 
 def test_allgather_both_variants_on_any_node(fresh, world):
-    """Every size class starts with B calls of each variant, so a new
-    communicator runs all three: allgather's single copy is reached on
+    """Every size class starts with a comparison of the variants in turn,
+    so a new communicator runs all three: allgather's single copy is reached on
     nodes of more than two ranks only this way. Odd block sizes around the
     write variant's threshold and past two slots, several dtypes, with and
     without out=."""
