@@ -37,17 +37,19 @@
 // and the choice stayed with staging with streaming stores at a median of
 // 173 us where the single copy's calls took 88 us. Taken in turn, every
 // variant meets the same predecessors and the same moment of the machine.
-// Run in turn, none goes cold: a variant taken up again after a while was
-// slow for several calls (a staged reduce_scatter of 1 MiB took 101, 105,
-// 99, 78, 66, 69, 61, 56, then about 50 us, its slots cold), which the
-// untimed rounds absorb once for all.
+// The first rounds are untimed because a variant taken up again after a
+// while is slow for its first calls (in calls in a row, a staged
+// reduce_scatter of 1 MiB took 101, 105, 99, 78, 66, 69, 61, 56, then about
+// 50 us, its slots cold); in turn each variant also warms the slots the
+// other staged one uses.
 //
 // A change of phase shows in the running variant's own times: once their
 // median (over its last kSamples calls) exceeds kDrift times what it was
 // when chosen, a comparison comes early (at most one per tenth of the
-// period); so it does when a variant this size class has never timed is
-// offered (a setting changed). Rank 0 hands its choice to the other ranks with its arrival
-// (Communicator::arrive_through_shm), so that all run the same one.
+// period); so does one when a variant this size class has never timed is
+// offered (a setting changed). Rank 0 hands its choice to the other ranks
+// with its arrival (Communicator::arrive_through_shm), so that all run the
+// same one.
 #pragma once
 
 #include <cstddef>

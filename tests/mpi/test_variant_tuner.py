@@ -78,6 +78,21 @@ def test_policy_does_not_count_the_untimed_rounds_nor_one_spike():
     assert _runs(t, RS, 1 << 20, 0.1, {ST: 0.5e-4}, 5) == [ST] * 5
 
 
+def test_policy_a_moment_of_slowness_does_not_decide():
+    """Calls slow down for a moment whatever runs (here 5 calls in a row at
+    3x): taken in turn, every variant meets at most two of them among its K
+    timed calls, and the fastest still wins, wherever the moment falls.
+    Judged by calls in a row, whichever variant ran then looked slowest."""
+    times = {ONE: 1e-4, ST: 1.2e-4, SS: 1.3e-4}
+    assert 2 < K // 2 + 1  # two slow times do not move a median of K
+    for start in range(3 * B - 5):
+        t = _core.VariantTuner(0.5)
+        for i in range(3 * B):
+            v = t.choose(RS, 1 << 20, 0.0)
+            t.record(RS, 1 << 20, v, times[v] * (3 if start <= i < start + 5 else 1), 0.0)
+        assert t.choose(RS, 1 << 20, 0.1) == ONE, start
+
+
 def test_policy_ends_the_untimed_calls_after_a_while():
     """Long calls: a variant's untimed calls end once they have taken WS,
     so the comparison is shorter."""
