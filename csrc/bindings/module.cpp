@@ -725,7 +725,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("offered") = engine::VariantTuner::kOfferAll,
            "The variant the next call of `kind` and `bytes` runs, among those offered (bits 1 << variant).")
       .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
-           py::arg("seconds"), py::arg("now"))
+           py::arg("seconds"))
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
       .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })
       .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; })

@@ -105,7 +105,7 @@ void Communicator::record_pending() {
     }
     end = std::max(end, t);
   }
-  tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start, end);
+  tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start);
 }
 
 bool Communicator::single_copy() const { return shm_ && shm_->single_copy(); }

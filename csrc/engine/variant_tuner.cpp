@@ -129,7 +129,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
   return static_cast<Variant>(c.last);
 }
 
-void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds, double) {
+void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds) {
   SizeClass& c = size_class(kind, bytes);
   const int v = static_cast<int>(variant);
   if (c.n > 0 && c.untimed[v] > 0) {

@@ -84,7 +84,7 @@ class VariantTuner {
   static constexpr unsigned kOfferAll = (1u << kVariants) - 1;
   Variant choose(Kind kind, std::size_t bytes, double now, unsigned offered = kOfferAll);
   // That call's time, in seconds.
-  void record(Kind kind, std::size_t bytes, Variant variant, double seconds, double now);
+  void record(Kind kind, std::size_t bytes, Variant variant, double seconds);
   // The median of `variant`'s latest times for `kind` of `bytes` (-1: none).
   double median(Kind kind, std::size_t bytes, Variant variant) const;
 

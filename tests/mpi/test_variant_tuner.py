@@ -34,7 +34,7 @@ def _run(tuner, kind, nbytes, now, times, offered=None):
     """Runs one call as the engine does: choose, then record the time that
     `times` gives the chosen variant. Returns the variant."""
     v = tuner.choose(kind, nbytes, now) if offered is None else tuner.choose(kind, nbytes, now, offered)
-    tuner.record(kind, nbytes, v, times[v], now)
+    tuner.record(kind, nbytes, v, times[v])
     return v
 
 
@@ -71,7 +71,7 @@ def test_policy_does_not_count_the_untimed_rounds_nor_one_spike():
         # Staging: 1.9e-4 for its first W calls and its last, else 0.5e-4;
         # the others 1e-4 throughout.
         slow = calls[v] <= W or calls[v] == B
-        t.record(RS, 1 << 20, v, (1.9e-4 if slow else 0.5e-4) if v == ST else 1e-4, 0.0)
+        t.record(RS, 1 << 20, v, (1.9e-4 if slow else 0.5e-4) if v == ST else 1e-4)
         got.append(v)
     assert W * 1.9e-4 < WS
     assert got == in_turn(FIRST, B)
@@ -89,7 +89,7 @@ def test_policy_a_moment_of_slowness_does_not_decide():
         t = _core.VariantTuner(0.5)
         for i in range(3 * B):
             v = t.choose(RS, 1 << 20, 0.0)
-            t.record(RS, 1 << 20, v, times[v] * (3 if start <= i < start + 5 else 1), 0.0)
+            t.record(RS, 1 << 20, v, times[v] * (3 if start <= i < start + 5 else 1))
         assert t.choose(RS, 1 << 20, 0.1) == ONE, start
 
 
