@@ -1,0 +1,187 @@
+"""The least an allgather on private arrays can take here, timed beside
+MPI_Allgather and distml's allgather in the same rounds.
+
+Every rank's own block must be copied into its output (one memcpy of N/P
+bytes) and every other block must cross from the peer's private memory into
+this rank's output. Across processes that is either the kernel's copy
+(process_vm_writev / process_vm_readv: one copy) or two memcpys through
+shared memory. The "floor" rows do exactly those copies and nothing else:
+no agreement, no flags, no checks.
+
+    floor:write      own block, then process_vm_writev of it (hot in this
+                     core's cache) into every peer's output
+    floor:write/C    the same in chunks of C bytes: a chunk is copied into
+                     place and at once written to every peer
+    floor:read       own block, then process_vm_readv of every peer's input
+    floor:staged     own block and the input into a shared window, a
+                     barrier, then every peer's block out of the window
+                     (MPI's path; the barrier is the one synchronisation)
+    calls:X          floor:X's Python calls, each on 64 bytes, the kernel's
+                     copies inside this rank (barriers kept): the share of
+                     floor:X that is the interpreter's
+
+Timing: floorlib.spans. The ratio MPI / min(floor:X - calls:X) is the
+most any schedule making these copies can show against MPI at that size in
+that run.
+
+    mpiexec -n P python bench/results/floors/allgather.py [SIZES] [ITERS]
+
+SIZES: comma-separated byte counts of the gathered output (the sweep's
+`bytes`), default 1M,2M,4M,16M.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import distml
+from distml.bench.common import parse_size
+from distml.bench.machine import phase_cpus, phase_reading
+from floorlib import kernel_copy, libc, spans
+
+w = MPI.COMM_WORLD
+P, me = w.size, w.rank
+sizes = [parse_size(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1M,2M,4M,16M").split(",")]
+iters = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+warmup = 20
+NSETS = 3
+
+pids = w.allgather(os.getpid())
+comm = distml.Communicator()
+phase = (lambda: phase_reading(w, phase_cpus()))
+shared = w.Split_type(MPI.COMM_TYPE_SHARED)
+assert shared.size == P, "one node only"
+results = []
+for nbytes in sizes:
+    blk = nbytes // P  # bytes of one rank's block
+    count = blk // 4
+    ins = [np.full(count, me + s, np.float32) for s in range(NSETS)]
+    outs = [np.zeros(count * P, np.float32) for _ in range(NSETS)]
+    in_addr = [w.allgather(a.ctypes.data) for a in ins]
+    out_addr = [w.allgather(a.ctypes.data) for a in outs]
+    win = MPI.Win.Allocate_shared(blk, 1, comm=shared)
+    slots = []
+    for r in range(P):
+        buf, _ = win.Shared_query(r)
+        slots.append(np.frombuffer(buf, np.float32, count))
+
+    def mpi(i):
+        s = i % NSETS
+        w.Allgather(ins[s], outs[s])
+
+    def dist(i):
+        s = i % NSETS
+        comm.allgather(ins[s], out=outs[s])
+
+    # Each floor row is made twice: whole, and with its Python calls alone
+    # (tiny=True: every copy 16 elements, the kernel's copies inside this
+    # rank, the same number of calls and barriers).
+    def own(s, tiny):
+        n = 16 if tiny else count
+        np.copyto(outs[s][me * count:me * count + n], ins[s][:n])
+
+    def peer(r, tiny):
+        return me if tiny else r
+
+    def write(tiny):
+        n = 64 if tiny else blk
+
+        def run(i):
+            s = i % NSETS
+            own(s, tiny)
+            src = out_addr[s][me] + me * blk
+            for k in range(1, P):
+                r = (me + k) % P
+                dst = out_addr[s][me] + r * blk if tiny else out_addr[s][r] + me * blk
+                kernel_copy(libc.process_vm_writev, pids[peer(r, tiny)], src, dst, n)
+        return run
+
+    def write_chunked(chunk):
+        def make(tiny):
+            def run(i):
+                s = i % NSETS
+                o, src = outs[s], ins[s]
+                c = chunk // 4
+                for off in range(0, count, c):
+                    e = min(count, off + (16 if tiny else c))
+                    np.copyto(o[me * count + off:me * count + e], src[off:e])
+                    a = out_addr[s][me] + me * blk + off * 4
+                    for k in range(1, P):
+                        r = (me + k) % P
+                        dst = out_addr[s][me] + r * blk if tiny else out_addr[s][r] + me * blk + off * 4
+                        kernel_copy(libc.process_vm_writev, pids[peer(r, tiny)], a, dst, (e - off) * 4)
+            return run
+        return make
+
+    def read(tiny):
+        n = 64 if tiny else blk
+
+        def run(i):
+            s = i % NSETS
+            own(s, tiny)
+            for k in range(1, P):
+                r = (me + k) % P
+                kernel_copy(libc.process_vm_readv, pids[peer(r, tiny)], out_addr[s][me] + r * blk,
+                            in_addr[s][peer(r, tiny)], n)
+        return run
+
+    def staged(tiny):
+        n = 16 if tiny else count
+
+        def run(i):
+            s = i % NSETS
+            own(s, tiny)
+            np.copyto(slots[me][:n], ins[s][:n])
+            shared.Barrier()
+            for k in range(1, P):
+                r = (me + k) % P
+                np.copyto(outs[s][r * count:r * count + n], slots[r][:n])
+            shared.Barrier()  # the window is reused by the next call
+        return run
+
+    floors = {"floor:write": write, "floor:read": read, "floor:staged": staged}
+    for chunk in (64 << 10, 256 << 10):
+        if chunk < blk:
+            floors[f"floor:write/{chunk >> 10}K"] = write_chunked(chunk)
+    impls = {"mpi4py": mpi, "distml:auto": dist}
+    for name, make in floors.items():
+        impls[name] = make(False)
+        impls[name.replace("floor:", "calls:")] = make(True)
+    names = list(impls)
+    # Every implementation must gather the right values before it is timed.
+    for name in names:
+        if name.startswith("calls:"):
+            continue
+        for s in range(NSETS):
+            outs[s][:] = -1
+            w.Barrier()  # no peer writes into this rank's output before it is cleared
+            impls[name](s)
+            w.Barrier()  # the peers' writes into this rank's output are done
+            expect = np.repeat(np.arange(P, dtype=np.float32) + s, count)
+            ok = w.allreduce(bool(np.array_equal(outs[s], expect)), op=MPI.LAND)
+            assert ok, f"{name} gathered wrong values"
+    times, readings = spans(w, [impls[n] for n in names], iters, warmup, phase)
+    med = {n: float(np.median(times[k])) for k, n in enumerate(names)}
+    net = {n: med[n] - med[n.replace("floor:", "calls:")] for n in floors}
+    floor_name = min(net, key=net.get)
+    floor = net[floor_name]
+    row = {"bytes": nbytes, "P": P, "iters": iters, "median_s": med,
+           "min_s": {n: float(times[k].min()) for k, n in enumerate(names)},
+           "phase_median": float(np.nanmedian(readings)) if readings is not None else None,
+           "floor": floor_name, "floor_s": floor, "floor_net_s": net, "mpi_over_floor": med["mpi4py"] / floor,
+           "mpi_over_distml": med["mpi4py"] / med["distml:auto"],
+           "distml_of_floor": floor / med["distml:auto"]}
+    results.append(row)
+    if me == 0:
+        cells = "  ".join(f"{n} {med[n] * 1e6:.1f}" for n in names)
+        print(f"P={P} {nbytes >> 10} KiB phase {row['phase_median']:.1f}: {cells} us | MPI/distml "
+              f"{row['mpi_over_distml']:.2f}  MPI/floor {row['mpi_over_floor']:.2f} ({floor_name} net of its calls)  "
+              f"distml at {row['distml_of_floor']:.2f} of floor", flush=True)
+    slots.clear()
+    win.Free()
+comm.free()
+if me == 0 and os.environ.get("FLOOR_OUT"):
+    with open(os.environ["FLOOR_OUT"], "w") as f:
+        json.dump({"command": " ".join(["mpiexec", "-n", str(P), "python"] + sys.argv), "rows": results}, f, indent=1)
