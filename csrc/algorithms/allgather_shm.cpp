@@ -34,9 +34,14 @@ void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Bl
     const std::size_t own = blocks.size(me);
     if (o < own) copy_result(shm.slot(me, k), src + o * elem, std::min(seg, own - o) * elem, stream_slots);
     shm.publish(Counter::kPosted, step);
-    for (int i = 0; i < L; ++i) {
+    // The own segment from the input, still in this core's cache (a slot
+    // written by streaming stores would be read back from memory), while
+    // the peers post.
+    char* mine = dst + (blocks.offset(me) + o) * elem;
+    if (o < own && mine != src + o * elem) std::memcpy(mine, src + o * elem, std::min(seg, own - o) * elem);
+    for (int i = 1; i < L; ++i) {
       const int r = (me + i) % L;
-      if (r != me) shm.wait_one(r, Counter::kPosted, step);
+      shm.wait_one(r, Counter::kPosted, step);
       const std::size_t size = blocks.size(r);
       if (o >= size) continue;
       std::memcpy(dst + (blocks.offset(r) + o) * elem, shm.slot(r, k),
