@@ -33,7 +33,6 @@ and sums can show against MPI at that size in that run.
 SIZES: comma-separated byte counts of each rank's input, default
 1M,2M,4M,16M; FLOOR_OUT=file.json keeps the rows.
 """
-import json
 import os
 import sys
 
@@ -43,7 +42,7 @@ from mpi4py import MPI
 import distml
 from distml.bench.common import parse_size
 from distml.bench.machine import phase_cpus, phase_reading
-from floorlib import kernel_copy, libc, spans
+from floorlib import check, kernel_copy, libc, measure, write_rows
 
 w = MPI.COMM_WORLD
 P, me = w.size, w.rank
@@ -146,41 +145,12 @@ for nbytes in sizes:
     for name, make in floors.items():
         impls[name] = make(False)
         impls[name.replace("floor:", "calls:")] = make(True)
-    names = list(impls)
-    # Every row but the calls must sum right before it is timed.
-    for name in names:
-        if name.startswith("calls:"):
-            continue
-        for s in range(NSETS):
-            outs[s][:] = -1
-            w.Barrier()  # no peer writes into this rank's output before it is cleared
-            impls[name](s)
-            w.Barrier()  # the peers' writes into this rank's output are done
-            expect = sum(np.arange(count, dtype=np.float32) % 97 + r + s for r in range(P))
-            ok = w.allreduce(bool(np.array_equal(outs[s], expect)), op=MPI.LAND)
-            assert ok, f"{name} summed wrong"
-    times, readings = spans(w, [impls[n] for n in names], iters, warmup, phase)
-    med = {n: float(np.median(times[k])) for k, n in enumerate(names)}
-    net = {n: med[n] - med[n.replace("floor:", "calls:")] for n in floors}
-    floor_name = min(net, key=net.get)
-    floor = net[floor_name]
-    row = {"bytes": nbytes, "P": P, "iters": iters, "median_s": med,
-           "min_s": {n: float(times[k].min()) for k, n in enumerate(names)},
-           "phase_median": float(np.nanmedian(readings)),
-           "floor": floor_name, "floor_s": floor, "floor_net_s": net, "mpi_over_floor": med["mpi4py"] / floor,
-           "mpi_over_distml": med["mpi4py"] / med["distml:auto"],
-           "distml_of_floor": floor / med["distml:auto"]}
+    check(w, impls, outs, lambda s: sum(np.arange(count, dtype=np.float32) % 97 + r + s for r in range(P)), "summed wrong")
+    row = measure(w, impls, floors, nbytes, iters, warmup, phase)
     results.append(row)
-    if me == 0:
-        cells = "  ".join(f"{n} {med[n] * 1e6:.1f}" for n in names)
-        print(f"P={P} {nbytes >> 10} KiB phase {row['phase_median']:.1f}: {cells} us | MPI/distml "
-              f"{row['mpi_over_distml']:.2f}  MPI/floor {row['mpi_over_floor']:.2f} ({floor_name} net of its calls)  "
-              f"distml at {row['distml_of_floor']:.2f} of floor", flush=True)
     copies.clear()
     sums.clear()
     win_in.Free()
     win_sum.Free()
 comm.free()
-if me == 0 and os.environ.get("FLOOR_OUT"):
-    with open(os.environ["FLOOR_OUT"], "w") as f:
-        json.dump({"command": " ".join(["mpiexec", "-n", str(P), "python"] + sys.argv), "rows": results}, f, indent=1)
+write_rows(w, results)

@@ -11,7 +11,9 @@ rank's own time (the sweep's measure) then leaves out the waiting for a
 core, and only the span counts it.
 """
 import ctypes
+import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -75,3 +77,50 @@ def spans(mcomm, runs, iters, warmup, phase):
     return ends - starts, readings
 
 
+
+
+def check(w, impls, outs, expect, what):
+    """Runs every row but the calls once per buffer set and checks the
+    result on every rank: ``expect(s)`` is set ``s``'s right output."""
+    for name, run in impls.items():
+        if name.startswith("calls:"):
+            continue
+        for s, out in enumerate(outs):
+            out[:] = -1
+            w.Barrier()  # no peer writes into this rank's output before it is cleared
+            run(s)
+            w.Barrier()  # the peers' writes into this rank's output are done
+            ok = w.allreduce(bool(np.array_equal(out, expect(s))), op=MPI.LAND)
+            assert ok, f"{name} {what}"
+
+
+def measure(w, impls, floors, nbytes, iters, warmup, phase):
+    """Times the rows as spans and returns the size's row of results: each
+    row's median and minimum, the floor (the fastest floor row net of its
+    calls), and the ratios; rank 0 prints it."""
+    names = list(impls)
+    times, readings = spans(w, [impls[n] for n in names], iters, warmup, phase)
+    med = {n: float(np.median(times[k])) for k, n in enumerate(names)}
+    net = {n: med[n] - med[n.replace("floor:", "calls:")] for n in floors}
+    floor_name = min(net, key=net.get)
+    floor = net[floor_name]
+    row = {"bytes": nbytes, "P": w.size, "iters": iters, "median_s": med,
+           "min_s": {n: float(times[k].min()) for k, n in enumerate(names)},
+           "phase_median": float(np.nanmedian(readings)),
+           "floor": floor_name, "floor_s": floor, "floor_net_s": net, "mpi_over_floor": med["mpi4py"] / floor,
+           "mpi_over_distml": med["mpi4py"] / med["distml:auto"],
+           "distml_of_floor": floor / med["distml:auto"]}
+    if w.rank == 0:
+        cells = "  ".join(f"{n} {med[n] * 1e6:.1f}" for n in names)
+        print(f"P={w.size} {nbytes >> 10} KiB phase {row['phase_median']:.1f}: {cells} us | MPI/distml "
+              f"{row['mpi_over_distml']:.2f}  MPI/floor {row['mpi_over_floor']:.2f} ({floor_name} net of its calls)  "
+              f"distml at {row['distml_of_floor']:.2f} of floor", flush=True)
+    return row
+
+
+def write_rows(w, results):
+    """Rank 0 writes the rows to $FLOOR_OUT, if set, with the command."""
+    if w.rank == 0 and os.environ.get("FLOOR_OUT"):
+        with open(os.environ["FLOOR_OUT"], "w") as f:
+            json.dump({"command": " ".join(["mpiexec", "-n", str(w.size), "python"] + sys.argv), "rows": results},
+                      f, indent=1)
