@@ -77,7 +77,10 @@ def add_memory_bound(rows: List[Dict[str, Any]], memcpy_Bps: float, cores: int) 
     processes with less. allgather has none: its sender reads one block
     and writes it to every peer, so a memcpy of the output (a read and a
     write of every byte) overstates what it must move, and its single copy
-    reached 1.2x the time such a bound gives at P = 4."""
+    reached 1.2x the time such a bound gives at P = 4. For allgather and
+    allreduce the copies alone, timed beside MPI in the same rounds
+    (bench/results/floors/), say what a schedule on private arrays can
+    show against MPI at a size."""
     def copy_time(r: Dict[str, Any], wall: str, cpu: str) -> Optional[float]:
         if not r.get(wall):
             return None
