@@ -29,29 +29,18 @@ that run.
 SIZES: comma-separated byte counts of the gathered output (the sweep's
 `bytes`), default 1M,2M,4M,16M.
 """
-import os
-import sys
-
 import numpy as np
 from mpi4py import MPI
 
 import distml
-from distml.bench.common import parse_size
-from distml.bench.machine import phase_cpus, phase_reading
-from floorlib import check, kernel_copy, libc, measure, write_rows
+from floorlib import NSETS, arguments, check, kernel_copy, libc, measure, node, rows, write_rows
 
 w = MPI.COMM_WORLD
 P, me = w.size, w.rank
-sizes = [parse_size(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1M,2M,4M,16M").split(",")]
-iters = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-warmup = 20
-NSETS = 3
+sizes, iters = arguments()
 
-pids = w.allgather(os.getpid())
+pids, shared = node(w)
 comm = distml.Communicator()
-phase = (lambda: phase_reading(w, phase_cpus()))
-shared = w.Split_type(MPI.COMM_TYPE_SHARED)
-assert shared.size == P, "one node only"
 results = []
 for nbytes in sizes:
     blk = nbytes // P  # bytes of one rank's block
@@ -65,14 +54,6 @@ for nbytes in sizes:
     for r in range(P):
         buf, _ = win.Shared_query(r)
         slots.append(np.frombuffer(buf, np.float32, count))
-
-    def mpi(i):
-        s = i % NSETS
-        w.Allgather(ins[s], outs[s])
-
-    def dist(i):
-        s = i % NSETS
-        comm.allgather(ins[s], out=outs[s])
 
     # Each floor row is made twice: whole, and with its Python calls alone
     # (tiny=True: every copy 16 elements, the kernel's copies inside this
@@ -144,12 +125,9 @@ for nbytes in sizes:
     for chunk in (64 << 10, 256 << 10):
         if chunk < blk:
             floors[f"floor:write/{chunk >> 10}K"] = write_chunked(chunk)
-    impls = {"mpi4py": mpi, "distml:auto": dist}
-    for name, make in floors.items():
-        impls[name] = make(False)
-        impls[name.replace("floor:", "calls:")] = make(True)
+    impls = rows(w.Allgather, lambda x, y: comm.allgather(x, out=y), ins, outs, floors)
     check(w, impls, outs, lambda s: np.repeat(np.arange(P, dtype=np.float32) + s, count), "gathered wrong values")
-    row = measure(w, impls, floors, nbytes, iters, warmup, phase)
+    row = measure(w, impls, floors, nbytes, iters)
     results.append(row)
     slots.clear()
     win.Free()

@@ -33,30 +33,19 @@ and sums can show against MPI at that size in that run.
 SIZES: comma-separated byte counts of each rank's input, default
 1M,2M,4M,16M; FLOOR_OUT=file.json keeps the rows.
 """
-import os
-import sys
-
 import numpy as np
 from mpi4py import MPI
 
 import distml
-from distml.bench.common import parse_size
-from distml.bench.machine import phase_cpus, phase_reading
-from floorlib import check, kernel_copy, libc, measure, write_rows
+from floorlib import NSETS, arguments, check, kernel_copy, libc, measure, node, rows, write_rows
 
 w = MPI.COMM_WORLD
 P, me = w.size, w.rank
-sizes = [parse_size(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1M,2M,4M,16M").split(",")]
-iters = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-warmup = 20
-NSETS = 3
+sizes, iters = arguments()
 PIECE = 256 << 10
 
-pids = w.allgather(os.getpid())
+pids, shared = node(w)
 comm = distml.Communicator()
-phase = (lambda: phase_reading(w, phase_cpus()))
-shared = w.Split_type(MPI.COMM_TYPE_SHARED)
-assert shared.size == P, "one node only"
 readv, writev = libc.process_vm_readv, libc.process_vm_writev
 results = []
 for nbytes in sizes:
@@ -74,14 +63,6 @@ for nbytes in sizes:
     win_sum = MPI.Win.Allocate_shared(sl * 4, 4, comm=shared)
     copies = [np.frombuffer(win_in.Shared_query(r)[0], np.float32, count) for r in range(P)]
     sums = [np.frombuffer(win_sum.Shared_query(r)[0], np.float32, sl) for r in range(P)]
-
-    def mpi(i):
-        s = i % NSETS
-        w.Allreduce(ins[s], outs[s])
-
-    def dist(i):
-        s = i % NSETS
-        comm.allreduce(ins[s], out=outs[s])
 
     def halves(tiny):
         piece = PIECE // 4
@@ -141,12 +122,9 @@ for nbytes in sizes:
     floors = {"floor:halves": halves, "floor:staged": staged}
     if P == 2:
         floors["floor:whole"] = whole
-    impls = {"mpi4py": mpi, "distml:auto": dist}
-    for name, make in floors.items():
-        impls[name] = make(False)
-        impls[name.replace("floor:", "calls:")] = make(True)
+    impls = rows(w.Allreduce, lambda x, y: comm.allreduce(x, out=y), ins, outs, floors)
     check(w, impls, outs, lambda s: sum(np.arange(count, dtype=np.float32) % 97 + r + s for r in range(P)), "summed wrong")
-    row = measure(w, impls, floors, nbytes, iters, warmup, phase)
+    row = measure(w, impls, floors, nbytes, iters)
     results.append(row)
     copies.clear()
     sums.clear()

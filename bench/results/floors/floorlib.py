@@ -19,7 +19,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from distml.bench.common import parse_size
+from distml.bench.machine import phase_cpus, phase_reading
 from distml.bench.sweep import PHASE_READINGS
+
+WARMUP = 20
+NSETS = 3  # buffer sets a row rotates over, as the sweep does
 
 libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PTRACER, PR_SET_PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1).value
@@ -46,6 +51,35 @@ def kernel_copy(fn, pid, local, remote, n):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         done += got
+
+
+def arguments():
+    """(sizes, iters) from the command line: [SIZES] [ITERS]."""
+    sizes = [parse_size(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1M,2M,4M,16M").split(",")]
+    return sizes, int(sys.argv[2]) if len(sys.argv) > 2 else 200
+
+
+def node(w):
+    """Every rank's process id, and ``w`` split by shared memory, which must
+    hold every rank (the floors are for one node)."""
+    shared = w.Split_type(MPI.COMM_TYPE_SHARED)
+    assert shared.size == w.size, "one node only"
+    return w.allgather(os.getpid()), shared
+
+
+def rows(mpi_call, distml_call, ins, outs, floors):
+    """The rows of one size: MPI's and distml's collective, each called as
+    ``call(ins[s], outs[s])`` on rotating buffer set ``s``, and every floor
+    row twice, whole (``floor:X``) and its calls alone (``calls:X``):
+    ``floors[name](tiny)`` makes the row."""
+    def rotating(call):
+        return lambda i: call(ins[i % NSETS], outs[i % NSETS])
+
+    impls = {"mpi4py": rotating(mpi_call), "distml:auto": rotating(distml_call)}
+    for name, make in floors.items():
+        impls[name] = make(False)
+        impls[name.replace("floor:", "calls:")] = make(True)
+    return impls
 
 
 def spans(mcomm, runs, iters, warmup, phase):
@@ -94,12 +128,14 @@ def check(w, impls, outs, expect, what):
             assert ok, f"{name} {what}"
 
 
-def measure(w, impls, floors, nbytes, iters, warmup, phase):
-    """Times the rows as spans and returns the size's row of results: each
-    row's median and minimum, the floor (the fastest floor row net of its
-    calls), and the ratios; rank 0 prints it."""
+def measure(w, impls, floors, nbytes, iters):
+    """Times the rows as spans, the machine's phase read between rounds, and
+    returns the size's row of results: each row's median and minimum, the
+    floor (the fastest floor row net of its calls), and the ratios; rank 0
+    prints it."""
     names = list(impls)
-    times, readings = spans(w, [impls[n] for n in names], iters, warmup, phase)
+    cpus = phase_cpus()
+    times, readings = spans(w, [impls[n] for n in names], iters, WARMUP, lambda: phase_reading(w, cpus))
     med = {n: float(np.median(times[k])) for k, n in enumerate(names)}
     net = {n: med[n] - med[n.replace("floor:", "calls:")] for n in floors}
     floor_name = min(net, key=net.get)
