@@ -80,6 +80,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
     if (c.n > 0 && c.calls % c.n == 0 && c.done()) {
       const int best = fastest();
       c.n = 0;
+      c.since = 0;
       c.known = true;  // compared_at: its last call's start
       if (best >= 0) {
         c.last = best;
@@ -101,17 +102,17 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
       if (c.calls % c.n == 0) break;  // a round's end: done() first
     }
     if (c.n > 0) continue;
-    const double period = std::max(explore_seconds_, kPeriodCalls * c.chosen_median);
+    const double elapsed = now - c.compared_at;
+    const bool period = elapsed > explore_seconds_ && c.since >= kPeriodCalls;
+    const bool soon = elapsed > explore_seconds_ / 10 && c.since >= kPeriodCalls / 10;
     const Times& running = c.variant[c.last];
     const bool drifted = running.count == kSamples && running.median() > kDrift * c.chosen_median;
     // A variant offered that this size class has never timed (a setting
     // changed) is compared too, at that same pace.
     bool untried = false;
     for (int v = 0; v < kVariants; ++v) untried = untried || (on_offer(v) && c.variant[v].count == 0);
-    const bool soon = now - c.compared_at > period / 10;
     const unsigned choices = offered & kOfferAll;
-    if (pass == 0 && (choices & (choices - 1)) &&
-        (!c.known || now - c.compared_at > period || (soon && (drifted || untried)))) {
+    if (pass == 0 && (choices & (choices - 1)) && (!c.known || period || (soon && (drifted || untried)))) {
       c.start(offered);
       continue;
     }
@@ -126,6 +127,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
     }
     if (v >= 0) c.last = v;
   }
+  ++c.since;
   return static_cast<Variant>(c.last);
 }
 

@@ -21,8 +21,13 @@
 // kWarmup untimed rounds (fewer where calls are long: they end once a
 // variant's untimed calls have taken kWarmupSeconds) and then kSamples timed
 // ones, and keeps the variant whose timed calls have the lowest median; that
-// one alone runs until the next comparison, `explore_seconds` later (or
-// after kPeriodCalls of its calls, where those take longer). A call's time
+// one alone runs until the next comparison, `explore_seconds` later and
+// after kPeriodCalls of its calls at least. Counted in calls, not in their
+// time: a job whose calls of one size come far apart (a step's compute
+// between them, or a sweep's other rows) would otherwise spend most calls
+// comparing. With a comparison every 0.5 s, allgathers of 16 MiB with 20 ms
+// between them ran the variants not chosen in 177 of 400 calls, and took
+// 0.86x MPI's time where calls back to back took 1.14x. A call's time
 // runs from its start on rank 0, the wait for the other ranks' arrival
 // included, to the end of the last rank to finish it, which rank 0 reads
 // once every rank has arrived at its next call (ShmControl::done_seq); the
@@ -70,13 +75,14 @@ class VariantTuner {
   // A variant's untimed calls end early once they have taken this long: a
   // cold slot slows a call's first chunks, which a long call outgrows.
   static constexpr double kWarmupSeconds = 2e-3;
-  // The next comparison comes after `explore_seconds`, or after this many
-  // calls of the variant chosen where those take longer: a comparison of
-  // three variants costs about 2 (kWarmup + kSamples) calls of the slower
-  // ones, under 4% of a period (a 128 MiB allreduce takes 20-60 ms).
+  // The next comparison comes after `explore_seconds` and after this many
+  // calls of the variant chosen: a comparison of three variants costs
+  // about 2 (kWarmup + kSamples) calls of the slower ones, under 4% of a
+  // period.
   static constexpr int kPeriodCalls = 500;
   // A running variant's median beyond this multiple of its median when it
-  // was chosen brings the next comparison forward.
+  // was chosen brings the next comparison forward, though not within a
+  // tenth of the period (in time and in calls).
   static constexpr double kDrift = 1.5;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // The variant the next call `kind` of `bytes` runs, among those `offered`
@@ -111,6 +117,7 @@ class VariantTuner {
     int untimed_taken[kVariants] = {};
     bool known = false;   // a comparison has ended
     double compared_at = 0;  // when the last one handed out its last call
+    int since = 0;            // calls of the chosen variant since then
     double chosen_median = 0;  // the chosen variant's median then
     int last = static_cast<int>(Variant::kSingleCopy);  // the variant chosen last
     void start(unsigned offered);

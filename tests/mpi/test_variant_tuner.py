@@ -19,6 +19,7 @@ W = _core.VariantTuner.warmup  # untimed rounds before them
 B = W + K  # a comparison's calls of each variant (at most)
 WS = _core.VariantTuner.warmup_seconds
 DRIFT = _core.VariantTuner.drift
+PC = _core.VariantTuner.period_calls  # calls of the chosen variant before the next comparison
 ONE, ST, SS = _core.Variant.single_copy, _core.Variant.staged, _core.Variant.staged_streaming
 FIRST = [ONE, ST, SS]  # a comparison's first round
 RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
@@ -103,53 +104,68 @@ def test_policy_ends_the_untimed_calls_after_a_while():
 
 
 def test_policy_compares_again_after_the_period():
+    """The period is explore_seconds and PC calls of the variant chosen,
+    both counted from the comparison's end."""
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
-    # Within the period (from the comparison's end) only the fastest runs,
-    # whatever the others would now take.
+    # Within the period only the fastest runs, whatever the others would
+    # now take: before 0.5 s, however many calls.
     single_fastest = {ONE: 0.5e-4, ST: 1e-4, SS: 3e-4}
-    assert _runs(t, RS, 1 << 20, 0.45, single_fastest, 20) == [ST] * 20
-    # 0.6 s on, a new comparison, which the single copy wins.
+    assert _runs(t, RS, 1 << 20, 0.45, single_fastest, PC + 20) == [ST] * (PC + 20)
+    # 0.6 s on and past PC calls, a new comparison, which the single copy wins.
     assert _runs(t, RS, 1 << 20, 0.6, single_fastest, 3 * B + 5) == in_turn(FIRST, B) + [ONE] * 5
     # The period runs from this comparison's end.
-    assert _runs(t, RS, 1 << 20, 1.0, single_fastest, 5) == [ONE] * 5
+    assert _runs(t, RS, 1 << 20, 1.0, single_fastest, PC) == [ONE] * PC
     assert _runs(t, RS, 1 << 20, 1.2, single_fastest, 3) == FIRST
+
+
+def test_policy_counts_the_period_in_calls_too():
+    """Calls far apart (here 1 s, a training step's compute between them):
+    the next comparison comes after PC calls of the variant chosen, not
+    after every 0.5 s. Before, every call past 0.5 s started one, and the
+    slower variants ran in about two thirds of the calls."""
+    t = _core.VariantTuner(0.5)
+    times = {ONE: 1e-2, ST: 2e-2, SS: 3e-2}
+    n = 3 * (1 + K)  # one untimed call each (calls past warmup_seconds)
+    assert _runs(t, RS, 64 << 20, 0.0, times, n) == in_turn(FIRST, 1 + K)
+    got = [_run(t, RS, 64 << 20, 1.0 + i, times) for i in range(PC)]
+    assert got == [ONE] * PC
+    assert [_run(t, RS, 64 << 20, 1.0 + PC + i, times) for i in range(3)] == FIRST
+    # Calls of 10 ms back to back: PC calls take 5 s, and the period is those.
+    t = _core.VariantTuner(0.5)
+    assert _runs(t, RS, 64 << 20, 0.0, times, n) == in_turn(FIRST, 1 + K)
+    got = [_run(t, RS, 64 << 20, 0.01 * (i + 1), times) for i in range(PC)]
+    assert got == [ONE] * PC
+    assert _runs(t, RS, 64 << 20, 0.01 * (PC + 1), times, 3) == FIRST
 
 
 def test_policy_compares_early_when_the_running_variant_slows():
     """A change of phase shows in the running variant's own times: once
     their median exceeds DRIFT times its median when chosen, the next
-    comparison comes early, though not within a tenth of the period."""
+    comparison comes early, though not within a tenth of the period, in
+    time (0.05 s) or in calls (PC / 10)."""
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     slowed = {ONE: 2e-4, ST: 1.1 * DRIFT * 1e-4, SS: 3e-4}
-    # Slower, within the tenth: kept.
-    assert _runs(t, RS, 1 << 20, 0.02, slowed, K + 3) == [ST] * (K + 3)
+    # Slower, within the tenth in time: kept, however many calls.
+    assert _runs(t, RS, 1 << 20, 0.02, slowed, PC // 10 + 3) == [ST] * (PC // 10 + 3)
     # After it: compared again at once (its median has long moved).
     assert _runs(t, RS, 1 << 20, 0.06, slowed, 3 * B + 2) == in_turn(FIRST, B) + [ST] * 2
+    # Within the tenth in calls: kept, however late.
+    t = _core.VariantTuner(0.5)
+    _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
+    assert _runs(t, RS, 1 << 20, 0.3, slowed, PC // 10) == [ST] * (PC // 10)
+    assert _runs(t, RS, 1 << 20, 0.3, slowed, 3) == FIRST
     # Slower by less than DRIFT: kept until the period.
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     some = {ONE: 2e-4, ST: 0.9 * DRIFT * 1e-4, SS: 3e-4}
-    assert _runs(t, RS, 1 << 20, 0.3, some, 3 * B) == [ST] * (3 * B)
+    assert _runs(t, RS, 1 << 20, 0.3, some, PC // 10) == [ST] * (PC // 10)
     # Slower by more, the comparison finds the single copy faster now.
     slowed = {ONE: 2e-4, ST: 2.5e-4, SS: 3e-4}
     half = K // 2 + 1  # new times that move a median of K
     got = _runs(t, RS, 1 << 20, 0.3, slowed, half + 3 * B + 2)
     assert got == [ST] * half + in_turn(FIRST, B) + [ONE] * 2, got
-
-
-def test_policy_compares_less_often_for_long_calls():
-    """Calls of 10 ms: the next comparison comes after period_calls calls'
-    worth of time (5 s), not after 0.5 s."""
-    t = _core.VariantTuner(0.5)
-    long_calls = {ONE: 1e-2, ST: 2e-2, SS: 3e-2}
-    n = 3 * (1 + K)  # one untimed call each
-    assert _runs(t, RS, 64 << 20, 0.0, long_calls, n) == in_turn(FIRST, 1 + K)
-    period = _core.VariantTuner.period_calls * 1e-2
-    assert period > 1.0
-    assert _runs(t, RS, 64 << 20, period - 0.1, long_calls, 5) == [ONE] * 5
-    assert _runs(t, RS, 64 << 20, period + 0.1, long_calls, 3) == FIRST
 
 
 def test_policy_picks_only_among_the_variants_offered():
@@ -163,7 +179,7 @@ def test_policy_picks_only_among_the_variants_offered():
     assert got == in_turn([ST, SS], B) + [SS] * 3, got
     # Offered all three within a tenth of the period: kept; after it, the
     # single copy, never timed, brings a comparison.
-    assert _runs(t, RS, 1 << 20, 0.02, times, 3) == [SS] * 3
+    assert _runs(t, RS, 1 << 20, 0.02, times, PC // 10) == [SS] * (PC // 10)
     assert _runs(t, RS, 1 << 20, 0.1, times, 3 * B + 3) == in_turn(FIRST, B) + [ONE] * 3
     # Offered no longer: the fastest staged variant takes over.
     assert t.choose(RS, 1 << 20, 0.2, staged_only) == SS
