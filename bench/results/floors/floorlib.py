@@ -67,15 +67,53 @@ def node(w):
     return w.allgather(os.getpid()), shared
 
 
-def rows(mpi_call, distml_call, ins, outs, floors):
-    """The rows of one size: MPI's and distml's collective, each called as
-    ``call(ins[s], outs[s])`` on rotating buffer set ``s``, and every floor
-    row twice, whole (``floor:X``) and its calls alone (``calls:X``):
-    ``floors[name](tiny)`` makes the row."""
-    def rotating(call):
-        return lambda i: call(ins[i % NSETS], outs[i % NSETS])
+# Communicator settings that leave one variant of the shared-memory
+# schedules running (the variant tuner off): the single copy between the
+# ranks' arrays, staging through the slots, staging with streaming stores.
+_G = 1 << 40
+VARIANT_SETTINGS = {
+    "single": dict(shm_tune=False, shm_single_copy_max_bytes=_G),
+    "staged": dict(shm_tune=False, shm_single_copy_bytes=_G, shm_single_copy_blocks_bytes=_G,
+                   shm_stream_bytes=_G),
+    "stream": dict(shm_tune=False, shm_single_copy_bytes=_G, shm_single_copy_blocks_bytes=_G,
+                   shm_stream_bytes=1),
+}
 
-    impls = {"mpi4py": rotating(mpi_call), "distml:auto": rotating(distml_call)}
+
+def variant_comms():
+    """A distml communicator per variant of VARIANT_SETTINGS, made on every
+    rank with the same settings."""
+    import distml
+
+    comms = {}
+    for name, settings in VARIANT_SETTINGS.items():
+        c = distml.Communicator()
+        for attr, value in settings.items():
+            setattr(c._core, attr, value)
+        comms[name] = c
+    return comms
+
+
+def rows(mpi_call, distml_call, ins, outs, floors, tiny_ins, tiny_outs, variants):
+    """The rows of one size: MPI's and distml's collective, each called as
+    ``call(ins[s], outs[s])`` on rotating buffer set ``s``; both again on
+    the tiny arrays (``fixed:mpi4py``, ``fixed:distml``: a whole collective
+    of a few bytes in the same rounds, its fixed cost there); distml's
+    collective on each communicator of ``variants`` (``distml:NAME``, one
+    variant forced); and every floor row twice, whole (``floor:X``) and its
+    calls alone (``calls:X``): ``floors[name](tiny)`` makes the row.
+    ``distml_call(comm, x, y)`` calls distml's collective on ``comm``."""
+    def rotating(call, a, b):
+        return lambda i: call(a[i % NSETS], b[i % NSETS])
+
+    def on(c):
+        return lambda x, y: distml_call(c, x, y)
+
+    impls = {"mpi4py": rotating(mpi_call, ins, outs), "distml:auto": rotating(on(None), ins, outs),
+             "fixed:mpi4py": rotating(mpi_call, tiny_ins, tiny_outs),
+             "fixed:distml": rotating(on(None), tiny_ins, tiny_outs)}
+    for name, c in variants.items():
+        impls[f"distml:{name}"] = rotating(on(c), ins, outs)
     for name, make in floors.items():
         impls[name] = make(False)
         impls[name.replace("floor:", "calls:")] = make(True)
@@ -117,7 +155,7 @@ def check(w, impls, outs, expect, what):
     """Runs every row but the calls once per buffer set and checks the
     result on every rank: ``expect(s)`` is set ``s``'s right output."""
     for name, run in impls.items():
-        if name.startswith("calls:"):
+        if name.startswith(("calls:", "fixed:")):
             continue
         for s, out in enumerate(outs):
             out[:] = -1
@@ -140,17 +178,27 @@ def measure(w, impls, floors, nbytes, iters):
     net = {n: med[n] - med[n.replace("floor:", "calls:")] for n in floors}
     floor_name = min(net, key=net.get)
     floor = net[floor_name]
+    # The floor with a collective's fixed cost put back: the cheaper of
+    # MPI's and distml's whole collective on a few bytes in these rounds.
+    fixed = min(med["fixed:mpi4py"], med["fixed:distml"])
+    variants = {n: med[n] for n in names if n.startswith("distml:") and n != "distml:auto"}
     row = {"bytes": nbytes, "P": w.size, "iters": iters, "median_s": med,
            "min_s": {n: float(times[k].min()) for k, n in enumerate(names)},
            "phase_median": float(np.nanmedian(readings)),
            "floor": floor_name, "floor_s": floor, "floor_net_s": net, "mpi_over_floor": med["mpi4py"] / floor,
            "mpi_over_distml": med["mpi4py"] / med["distml:auto"],
-           "distml_of_floor": floor / med["distml:auto"]}
+           "distml_of_floor": floor / med["distml:auto"],
+           "fixed_s": fixed, "floor_fixed_s": floor + fixed,
+           "mpi_over_floor_fixed": med["mpi4py"] / (floor + fixed),
+           "distml_of_floor_fixed": (floor + fixed) / med["distml:auto"],
+           "best_variant": min(variants, key=variants.get) if variants else None,
+           "auto_of_best_variant": min(variants.values()) / med["distml:auto"] if variants else None}
     if w.rank == 0:
         cells = "  ".join(f"{n} {med[n] * 1e6:.1f}" for n in names)
         print(f"P={w.size} {nbytes >> 10} KiB phase {row['phase_median']:.1f}: {cells} us | MPI/distml "
               f"{row['mpi_over_distml']:.2f}  MPI/floor {row['mpi_over_floor']:.2f} ({floor_name} net of its calls)  "
-              f"distml at {row['distml_of_floor']:.2f} of floor", flush=True)
+              f"distml at {row['distml_of_floor']:.2f} of floor | with the fixed cost {fixed * 1e6:.1f} us: MPI/floor "
+              f"{row['mpi_over_floor_fixed']:.2f}, distml at {row['distml_of_floor_fixed']:.2f}", flush=True)
     return row
 
 
