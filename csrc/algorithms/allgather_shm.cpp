@@ -20,12 +20,31 @@ namespace distml::algorithms {
 
 using Counter = transport::ShmGroup::Counter;
 
+namespace {
+// Two ranks copy in segments of this size (at most the slot) when the slots
+// are written by ordinary stores: a round's segment copied in, the peer's
+// copied out and the own one from the input stay in a core's L2 (1 MiB on
+// the machines measured), and the peer reads the slot from there. Sweeps
+// at P = 2 alternating with the build before, fast phase: 1.27 / 1.17 /
+// 1.15x MPI_Allgather at 1 / 2 / 4 MiB against 1.13 / 1.02 / 0.93x; staged
+// in segments of 128 or 512 KiB was slower than 256 KiB, and at P = 4 (two
+// ranks to a core, five segments a round) 1 MiB was as fast or faster
+// (bench/results/segments.md). In the slow phase small segments lose
+// (cross-core lines cost more per round) and the tuner takes the single
+// copy there.
+// Streaming stores send the slot to memory, where a segment's size buys
+// nothing and each round costs a synchronisation.
+constexpr std::size_t kPairSegmentBytes = std::size_t{256} << 10;
+}  // namespace
+
 void allgather_shm(transport::ShmGroup& shm, const void* in, void* out, const Blocks& blocks,
                    std::size_t elem, bool stream_slots) {
   const int L = shm.size(), me = shm.rank();
   const auto* src = static_cast<const char*>(in);
   auto* dst = static_cast<char*>(out);
-  const std::size_t seg = std::max<std::size_t>(1, shm.slot_bytes() / elem);
+  const std::size_t seg_bytes =
+      L == 2 && !stream_slots ? std::min(shm.slot_bytes(), kPairSegmentBytes) : shm.slot_bytes();
+  const std::size_t seg = std::max<std::size_t>(1, seg_bytes / elem);
   const std::size_t longest = blocks.size(0);
   for (std::size_t o = 0; o < longest; o += seg) {
     const std::uint64_t step = shm.next_step();

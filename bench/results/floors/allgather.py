@@ -41,7 +41,7 @@ sizes, iters = arguments()
 
 pids, shared = node(w)
 comm = distml.Communicator()
-variants = variant_comms()
+variants = variant_comms(("single", "staged"))
 results = []
 for nbytes in sizes:
     blk = nbytes // P  # bytes of one rank's block

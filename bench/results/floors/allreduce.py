@@ -46,7 +46,7 @@ PIECE = 256 << 10
 
 pids, shared = node(w)
 comm = distml.Communicator()
-variants = variant_comms()
+variants = variant_comms(("single", "staged", "staged_stream_out"))
 readv, writev = libc.process_vm_readv, libc.process_vm_writev
 results = []
 for nbytes in sizes:

@@ -69,28 +69,40 @@ def node(w):
 
 # Communicator settings that leave one variant of the shared-memory
 # schedules running (the variant tuner off): the single copy between the
-# ranks' arrays, staging through the slots, staging with streaming stores.
+# ranks' arrays; staging through the slots; and, for allreduce, staging
+# with the result written by streaming stores (a plan below the tuner's
+# reach under 32 MiB). The tuner's third variant, slots filled by streaming
+# stores, is not a setting and has no row.
 _G = 1 << 40
 VARIANT_SETTINGS = {
     "single": dict(shm_tune=False, shm_single_copy_max_bytes=_G),
     "staged": dict(shm_tune=False, shm_single_copy_bytes=_G, shm_single_copy_blocks_bytes=_G,
                    shm_stream_bytes=_G),
-    "stream": dict(shm_tune=False, shm_single_copy_bytes=_G, shm_single_copy_blocks_bytes=_G,
-                   shm_stream_bytes=1),
+    "staged_stream_out": dict(shm_tune=False, shm_single_copy_bytes=_G, shm_single_copy_blocks_bytes=_G,
+                              shm_stream_bytes=1),
 }
 
 
-def variant_comms():
-    """A distml communicator per variant of VARIANT_SETTINGS, made on every
-    rank with the same settings."""
+def variant_comms(names):
+    """A distml communicator per variant named (VARIANT_SETTINGS), made on
+    every rank with the same settings; and with FLOOR_SLOTS=128K,1M,... one
+    staged communicator per slot size (``staged@128K``)."""
     import distml
 
-    comms = {}
-    for name, settings in VARIANT_SETTINGS.items():
-        c = distml.Communicator()
+    def make(settings, slot=None):
+        if slot is not None:
+            os.environ["DISTML_SHM_SLOT_BYTES"] = str(slot)
+        try:
+            c = distml.Communicator()
+        finally:
+            os.environ.pop("DISTML_SHM_SLOT_BYTES", None)
         for attr, value in settings.items():
             setattr(c._core, attr, value)
-        comms[name] = c
+        return c
+
+    comms = {name: make(VARIANT_SETTINGS[name]) for name in names}
+    for text in filter(None, os.environ.get("FLOOR_SLOTS", "").split(",")):
+        comms[f"staged@{text}"] = make(VARIANT_SETTINGS["staged"], parse_size(text))
     return comms
 
 
