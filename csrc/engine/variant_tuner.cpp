@@ -81,6 +81,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
       const int best = fastest();
       c.n = 0;
       c.since = 0;
+      ++c.compared;
       c.known = true;  // compared_at: its last call's start
       if (best >= 0) {
         c.last = best;
@@ -112,7 +113,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
     bool untried = false;
     for (int v = 0; v < kVariants; ++v) untried = untried || (on_offer(v) && c.variant[v].count == 0);
     const unsigned choices = offered & kOfferAll;
-    if (pass == 0 && (choices & (choices - 1)) && (!c.known || period || (soon && (drifted || untried)))) {
+    if (pass == 0 && (choices & (choices - 1)) && (!c.known || period || (soon && (drifted || untried || c.compared == 1)))) {
       c.start(offered);
       continue;
     }

@@ -44,8 +44,14 @@ def _runs(tuner, kind, nbytes, now, times, n, offered=None):
 
 
 def _learn(tuner, kind, nbytes, now, times):
-    """A new size class: its first comparison, all three in turn."""
+    """A new size class: its first comparison, all three in turn, then the
+    second a tenth of the period later (0.06 s and PC / 10 calls on), which
+    ends at now + 0.06."""
     got = _runs(tuner, kind, nbytes, now, times, 3 * B)
+    assert got == in_turn(FIRST, B), got
+    first = min(times, key=times.get)
+    assert _runs(tuner, kind, nbytes, now + 0.06, times, PC // 10) == [first] * (PC // 10)
+    got = _runs(tuner, kind, nbytes, now + 0.06, times, 3 * B)
     assert got == in_turn(FIRST, B), got
 
 
@@ -109,9 +115,9 @@ def test_policy_compares_again_after_the_period():
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     # Within the period only the fastest runs, whatever the others would
-    # now take: before 0.5 s, however many calls.
+    # now take: before 0.5 s from the second comparison, however many calls.
     single_fastest = {ONE: 0.5e-4, ST: 1e-4, SS: 3e-4}
-    assert _runs(t, RS, 1 << 20, 0.45, single_fastest, PC + 20) == [ST] * (PC + 20)
+    assert _runs(t, RS, 1 << 20, 0.5, single_fastest, PC + 20) == [ST] * (PC + 20)
     # 0.6 s on and past PC calls, a new comparison, which the single copy wins.
     assert _runs(t, RS, 1 << 20, 0.6, single_fastest, 3 * B + 5) == in_turn(FIRST, B) + [ONE] * 5
     # The period runs from this comparison's end.
@@ -124,19 +130,35 @@ def test_policy_counts_the_period_in_calls_too():
     the next comparison comes after PC calls of the variant chosen, not
     after every 0.5 s. Before, every call past 0.5 s started one, and the
     slower variants ran in about two thirds of the calls."""
-    t = _core.VariantTuner(0.5)
     times = {ONE: 1e-2, ST: 2e-2, SS: 3e-2}
     n = 3 * (1 + K)  # one untimed call each (calls past warmup_seconds)
+    c = PC // 10  # calls before the second comparison
+    t = _core.VariantTuner(0.5)
     assert _runs(t, RS, 64 << 20, 0.0, times, n) == in_turn(FIRST, 1 + K)
-    got = [_run(t, RS, 64 << 20, 1.0 + i, times) for i in range(PC)]
-    assert got == [ONE] * PC
-    assert [_run(t, RS, 64 << 20, 1.0 + PC + i, times) for i in range(3)] == FIRST
+    got = [_run(t, RS, 64 << 20, 1.0 + i, times) for i in range(c + n + PC + 3)]
+    assert got == [ONE] * c + in_turn(FIRST, 1 + K) + [ONE] * PC + FIRST, got
     # Calls of 10 ms back to back: PC calls take 5 s, and the period is those.
     t = _core.VariantTuner(0.5)
     assert _runs(t, RS, 64 << 20, 0.0, times, n) == in_turn(FIRST, 1 + K)
-    got = [_run(t, RS, 64 << 20, 0.01 * (i + 1), times) for i in range(PC)]
-    assert got == [ONE] * PC
-    assert _runs(t, RS, 64 << 20, 0.01 * (PC + 1), times, 3) == FIRST
+    got = [_run(t, RS, 64 << 20, 0.01 * (i + 1), times) for i in range(c + n + PC + 3)]
+    assert got == [ONE] * c + in_turn(FIRST, 1 + K) + [ONE] * PC + FIRST, got
+
+
+def test_policy_compares_a_second_time_soon():
+    """The first comparison runs on a size's first calls, cold: a second
+    one comes a tenth of the period later (in time and in calls), and then
+    none until the period."""
+    t = _core.VariantTuner(0.5)
+    cold = {ONE: 1.5e-4, ST: 2e-4, SS: 3e-4}
+    warm = {ONE: 1.5e-4, ST: 1e-4, SS: 3e-4}
+    assert _runs(t, RS, 1 << 20, 0.0, cold, 3 * B) == in_turn(FIRST, B)
+    # Within the tenth in time: kept, however many calls.
+    assert _runs(t, RS, 1 << 20, 0.02, warm, PC // 10 + 5) == [ONE] * (PC // 10 + 5)
+    # After it, the second comparison, which staging wins now.
+    assert _runs(t, RS, 1 << 20, 0.06, warm, 3 * B + 3) == in_turn(FIRST, B) + [ST] * 3
+    # No third before the period.
+    assert _runs(t, RS, 1 << 20, 0.4, warm, PC) == [ST] * PC
+    assert _runs(t, RS, 1 << 20, 0.6, warm, 3) == FIRST
 
 
 def test_policy_compares_early_when_the_running_variant_slows():
@@ -147,10 +169,11 @@ def test_policy_compares_early_when_the_running_variant_slows():
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     slowed = {ONE: 2e-4, ST: 1.1 * DRIFT * 1e-4, SS: 3e-4}
-    # Slower, within the tenth in time: kept, however many calls.
-    assert _runs(t, RS, 1 << 20, 0.02, slowed, PC // 10 + 3) == [ST] * (PC // 10 + 3)
+    # Slower, within the tenth in time (from the second comparison, which
+    # ended at 0.06): kept, however many calls.
+    assert _runs(t, RS, 1 << 20, 0.08, slowed, PC // 10 + 3) == [ST] * (PC // 10 + 3)
     # After it: compared again at once (its median has long moved).
-    assert _runs(t, RS, 1 << 20, 0.06, slowed, 3 * B + 2) == in_turn(FIRST, B) + [ST] * 2
+    assert _runs(t, RS, 1 << 20, 0.12, slowed, 3 * B + 2) == in_turn(FIRST, B) + [ST] * 2
     # Within the tenth in calls: kept, however late.
     t = _core.VariantTuner(0.5)
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
