@@ -113,7 +113,8 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
     bool untried = false;
     for (int v = 0; v < kVariants; ++v) untried = untried || (on_offer(v) && c.variant[v].count == 0);
     const unsigned choices = offered & kOfferAll;
-    if (pass == 0 && (choices & (choices - 1)) && (!c.known || period || (soon && (drifted || untried || c.compared == 1)))) {
+    const bool early = soon && (drifted || untried || c.compared == 1);
+    if (pass == 0 && (choices & (choices - 1)) && (!c.known || period || early)) {
       c.start(offered);
       continue;
     }

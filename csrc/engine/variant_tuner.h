@@ -25,9 +25,9 @@
 // after kPeriodCalls of its calls at least. Counted in calls, not in their
 // time: a job whose calls of one size come far apart (a step's compute
 // between them, or a sweep's other rows) would otherwise spend most calls
-// comparing. With a comparison every 0.5 s, allgathers of 16 MiB with 20 ms
-// between them ran the variants not chosen in 177 of 400 calls, and took
-// 0.86x MPI's time where calls back to back took 1.14x. A call's time
+// comparing. With a comparison every 0.5 s, allgathers of 16 MiB at P = 2
+// with 20 ms between them ran one variant for 31-71 calls at a time, and
+// spent about 150 of 400 calls comparing. A call's time
 // runs from its start on rank 0, the wait for the other ranks' arrival
 // included, to the end of the last rank to finish it, which rank 0 reads
 // once every rank has arrived at its next call (ShmControl::done_seq); the
