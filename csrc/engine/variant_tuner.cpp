@@ -129,7 +129,7 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
     }
     if (v >= 0) c.last = v;
   }
-  ++c.since;
+  if (c.since < kPeriodCalls) ++c.since;  // only compared with kPeriodCalls: no overflow in long jobs
   return static_cast<Variant>(c.last);
 }
 

@@ -121,7 +121,7 @@ class VariantTuner {
     int untimed_taken[kVariants] = {};
     bool known = false;   // a comparison has ended
     double compared_at = 0;  // when the last one handed out its last call
-    int since = 0;            // calls of the chosen variant since then
+    int since = 0;            // calls of the chosen variant since then, up to kPeriodCalls
     int compared = 0;         // comparisons ended
     double chosen_median = 0;  // the chosen variant's median then
     int last = static_cast<int>(Variant::kSingleCopy);  // the variant chosen last
