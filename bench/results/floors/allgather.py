@@ -128,8 +128,8 @@ for nbytes in sizes:
             floors[f"floor:write/{chunk >> 10}K"] = write_chunked(chunk)
     tiny_ins = [a[:16].copy() for a in ins]
     tiny_outs = [np.zeros(16 * P, np.float32) for _ in ins]
-    impls = rows(w.Allgather, lambda c, x, y: (c or comm).allgather(x, out=y), ins, outs, floors, tiny_ins,
-                 tiny_outs, variants)
+    impls = rows(w.Allgather, lambda c, x, y: c.allgather(x, out=y), comm, ins, outs, floors,
+                 tiny_ins, tiny_outs, variants)
     check(w, impls, outs, lambda s: np.repeat(np.arange(P, dtype=np.float32) + s, count), "gathered wrong values")
     row = measure(w, impls, floors, nbytes, iters)
     results.append(row)

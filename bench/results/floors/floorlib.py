@@ -106,7 +106,7 @@ def variant_comms(names):
     return comms
 
 
-def rows(mpi_call, distml_call, ins, outs, floors, tiny_ins, tiny_outs, variants):
+def rows(mpi_call, distml_call, comm, ins, outs, floors, tiny_ins, tiny_outs, variants):
     """The rows of one size: MPI's and distml's collective, each called as
     ``call(ins[s], outs[s])`` on rotating buffer set ``s``; both again on
     the tiny arrays (``fixed:mpi4py``, ``fixed:distml``: a whole collective
@@ -114,16 +114,17 @@ def rows(mpi_call, distml_call, ins, outs, floors, tiny_ins, tiny_outs, variants
     collective on each communicator of ``variants`` (``distml:NAME``, one
     variant forced); and every floor row twice, whole (``floor:X``) and its
     calls alone (``calls:X``): ``floors[name](tiny)`` makes the row.
-    ``distml_call(comm, x, y)`` calls distml's collective on ``comm``."""
+    ``distml_call(c, x, y)`` calls distml's collective on communicator
+    ``c``: ``comm`` (the tuner on) for distml:auto and fixed:distml."""
     def rotating(call, a, b):
         return lambda i: call(a[i % NSETS], b[i % NSETS])
 
     def on(c):
         return lambda x, y: distml_call(c, x, y)
 
-    impls = {"mpi4py": rotating(mpi_call, ins, outs), "distml:auto": rotating(on(None), ins, outs),
+    impls = {"mpi4py": rotating(mpi_call, ins, outs), "distml:auto": rotating(on(comm), ins, outs),
              "fixed:mpi4py": rotating(mpi_call, tiny_ins, tiny_outs),
-             "fixed:distml": rotating(on(None), tiny_ins, tiny_outs)}
+             "fixed:distml": rotating(on(comm), tiny_ins, tiny_outs)}
     for name, c in variants.items():
         impls[f"distml:{name}"] = rotating(on(c), ins, outs)
     for name, make in floors.items():

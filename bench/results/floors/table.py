@@ -14,6 +14,19 @@ from collections import defaultdict
 
 import numpy as np
 
+
+
+def by_phase(rows, keys):
+    """The medians of ``keys`` over the rows of the fast phase and of the
+    slow one (with their number of runs), two cells."""
+    cells = []
+    for fast in (True, False):
+        sel = [r for r in rows if (r["phase_median"] < 12) == fast]
+        cells.append(" / ".join(f"{np.median([r[k] for r in sel]):.2f}" for k in keys) + f" ({len(sel)})"
+                     if sel else "-")
+    return cells
+
+
 runs = defaultdict(list)
 for path in sys.argv[1:]:
     with open(path) as f:
@@ -24,11 +37,7 @@ print("|---:|---:|---|---|---|")
 for (P, nbytes), rows in sorted(runs.items()):
     cells = ", ".join(f"{r['phase_median']:.0f}: {r['mpi_over_distml']:.2f} / {r['mpi_over_floor']:.2f} / "
                       f"{r['distml_of_floor']:.2f}" for r in rows)
-    by = []
-    for fast in (True, False):
-        sel = [r for r in rows if (r["phase_median"] < 12) == fast]
-        by.append(f"{np.median([r['mpi_over_distml'] for r in sel]):.2f} / "
-                  f"{np.median([r['mpi_over_floor'] for r in sel]):.2f} ({len(sel)})" if sel else "-")
+    by = by_phase(rows, ("mpi_over_distml", "mpi_over_floor"))
     print(f"| {P} | {nbytes >> 20} MiB | {cells} | {by[0]} | {by[1]} |")
 
 fixed = {k: [r for r in rows if "floor_fixed_s" in r] for k, rows in runs.items()}
@@ -43,10 +52,6 @@ if any(fixed.values()):
         cells = ", ".join(f"{r['phase_median']:.0f}: {r['fixed_s'] * 1e6:.0f} / {r['mpi_over_floor_fixed']:.2f} / "
                           f"{r['distml_of_floor_fixed']:.2f} / {r['best_variant'].split(':')[1]} / "
                           f"{r['auto_of_best_variant']:.2f}" for r in rows)
-        by = []
-        for fast in (True, False):
-            sel = [r for r in rows if (r["phase_median"] < 12) == fast]
-            by.append(" / ".join(f"{np.median([r[k] for r in sel]):.2f}" for k in
-                                 ("mpi_over_distml", "mpi_over_floor_fixed", "distml_of_floor_fixed",
-                                  "auto_of_best_variant")) + f" ({len(sel)})" if sel else "-")
+        by = by_phase(rows, ("mpi_over_distml", "mpi_over_floor_fixed", "distml_of_floor_fixed",
+                             "auto_of_best_variant"))
         print(f"| {P} | {nbytes >> 20} MiB | {cells} | {by[0]} | {by[1]} |")
