@@ -53,6 +53,14 @@ def test_peers_match_numpy_and_distml(P):
     assert _segments() <= before, "DeepSpeed's shared-memory segments were left in /dev/shm"
 
 
+def test_oneccl_prefix_relative_to_the_callers_directory(tmp_path, monkeypatch):
+    from distml.bench.peers import OneCCL
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTML_ONECCL_PREFIX", os.path.join("venv", "oneccl"))
+    assert OneCCL.prefix() == os.path.join(str(tmp_path), "venv", "oneccl")
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("P", [1, 2, 4])
 def test_oneccl_matches_numpy_and_distml(P):

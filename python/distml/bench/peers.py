@@ -276,7 +276,9 @@ class OneCCL(Peer):
 
     @staticmethod
     def prefix() -> str:
-        return os.environ.get("DISTML_ONECCL_PREFIX", os.path.join(sys.prefix, "oneccl"))
+        # Absolute: the extension is linked in torch's build directory, where
+        # a prefix relative to the caller's directory names nothing.
+        return os.path.abspath(os.environ.get("DISTML_ONECCL_PREFIX", os.path.join(sys.prefix, "oneccl")))
 
     def check_local(self, dtype: np.dtype, comm: Any) -> None:
         _import_torch()
