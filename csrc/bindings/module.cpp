@@ -587,6 +587,7 @@ PYBIND11_MODULE(_core, m) {
       .def("agree_settings", &engine::Communicator::agree_settings, py::call_guard<py::gil_scoped_release>(),
            "Raises MismatchError on every rank if ranks' settings differ (collective).")
       .def("tuned_median", &engine::Communicator::tuned_median, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
+           py::arg("in_place") = false,
            "Node rank 0: the median of the variant's latest times (-1: none; -1 on other ranks).")
       .def("set_finish_delay", &engine::Communicator::set_finish_delay, py::arg("seconds"),
            "Tests: this rank pauses at the end of every call the choice by times covers.")
@@ -718,20 +719,22 @@ PYBIND11_MODULE(_core, m) {
   py::enum_<engine::Variant>(m, "Variant", "A shared-memory schedule's variants the choice by times picks from.")
       .value("staged", engine::Variant::kStaged)
       .value("single_copy", engine::Variant::kSingleCopy)
-      .value("staged_streaming", engine::Variant::kStagedStreaming);
+      .value("staged_streaming", engine::Variant::kStagedStreaming)
+      .value("pair_ring", engine::Variant::kPairRing);
   py::class_<engine::VariantTuner>(m, "VariantTuner")
       .def(py::init<double>(), py::arg("explore_seconds"))
       .def("choose", &engine::VariantTuner::choose, py::arg("kind"), py::arg("bytes"), py::arg("now"),
-           py::arg("offered") = engine::VariantTuner::kOfferAll,
-           "The variant the next call of `kind` and `bytes` runs, among those offered (bits 1 << variant).")
+           py::arg("offered") = engine::VariantTuner::kOfferAll, py::arg("in_place") = false,
+           "The variant the next call of `kind` and `bytes` (in place or not) runs, among those offered "
+           "(bits 1 << variant).")
       .def("record", &engine::VariantTuner::record, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
-           py::arg("seconds"))
+           py::arg("seconds"), py::arg("in_place") = false)
       .def_property_readonly_static("samples", [](py::object) { return engine::VariantTuner::kSamples; })
       .def_property_readonly_static("warmup", [](py::object) { return engine::VariantTuner::kWarmup; })
       .def_property_readonly_static("period_calls", [](py::object) { return engine::VariantTuner::kPeriodCalls; })
       .def_property_readonly_static("drift", [](py::object) { return engine::VariantTuner::kDrift; })
       .def("median", &engine::VariantTuner::median, py::arg("kind"), py::arg("bytes"), py::arg("variant"),
-           "The median of the variant's latest times (-1: none).")
+           py::arg("in_place") = false, "The median of the variant's latest times (-1: none).")
       .def_property_readonly_static("warmup_seconds",
                                     [](py::object) { return engine::VariantTuner::kWarmupSeconds; });
   m.def("cross_core", [](int cpu_a, int cpu_b, std::size_t bytes, int reps) {

@@ -87,8 +87,8 @@ Communicator::Communicator(MPI_Comm user, const Settings& settings)
   }
 }
 
-double Communicator::tuned_median(Kind kind, std::size_t bytes, Variant variant) const {
-  return tuner_ ? tuner_->median(kind, bytes, variant) : -1;
+double Communicator::tuned_median(Kind kind, std::size_t bytes, Variant variant, bool in_place) const {
+  return tuner_ ? tuner_->median(kind, bytes, variant, in_place) : -1;
 }
 
 void Communicator::record_pending() {
@@ -105,7 +105,7 @@ void Communicator::record_pending() {
     }
     end = std::max(end, t);
   }
-  tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start);
+  tuner_->record(pending_.kind, pending_.bytes, pending_.variant, end - pending_.start, pending_.in_place);
 }
 
 bool Communicator::single_copy() const { return shm_ && shm_->single_copy(); }
@@ -229,15 +229,17 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
   }
   const Plan plan = this->plan(call);  // refuses before any communication
   const std::uint64_t seq = ++seq_;
-  // The plan that runs: another variant of its shared-memory schedule may
-  // stand in, as node rank 0 chose (variant_tuner.h; read after the arrival).
+  // The plan that runs: another variant of its shared-memory schedule (or
+  // the ring, for two ranks' allreduce) may stand in, as node rank 0 chose
+  // (variant_tuner.h; read after the arrival).
   Plan ran = plan;
   const std::size_t call_bytes = call.count * dtype_size(call.dtype);
-  const unsigned offered = offered_variants(call.kind, plan, call_bytes);
+  const unsigned offered = offered_variants(call, plan);
   const bool tuned = offered != 0;
   const bool choosing = tuned && tuner_;  // node rank 0 chooses and times
   const double t0 = choosing ? steady_seconds() : 0;
-  choice_ = choosing ? static_cast<int>(tuner_->choose(call.kind, call_bytes, t0, offered)) : -1;
+  const bool in_place = call.in == call.out;
+  choice_ = choosing ? static_cast<int>(tuner_->choose(call.kind, call_bytes, t0, offered, in_place)) : -1;
   comm_->set_epoch(seq);
   if (across_) across_->set_epoch(seq);
   // Whatever can fail on this rank alone is acquired before the agreement,
@@ -275,7 +277,12 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
     if (!call.invalid) {
       if (seq == inject_at_) DISTML_THROW(Error, "injected fault (DISTML_INJECT_FAULT) on rank " << rank_);
       const auto variant = static_cast<Variant>(tuned ? shm_->control(0).choice[seq & 1] : 0);
-      if (tuned && variant != Variant::kSingleCopy) {
+      if (tuned && variant == Variant::kPairRing) {
+        // Two ranks' allreduce: the ring over MPI, whose scratch plan()
+        // reserved beside the shared-memory schedule's.
+        ran.algo = Algo::kRing;
+        ran.variant = 0;
+      } else if (tuned && variant != Variant::kSingleCopy) {
         ran.variant &= static_cast<std::uint8_t>(~kCrossMemory);
         if (variant == Variant::kStagedStreaming) ran.variant |= kStreamSlots;
       }
@@ -284,7 +291,7 @@ void Communicator::execute(const Call& in_call, double queued, bool async) {
         if (finish_delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(finish_delay_));
         stamp_done(shm_->control(shm_->rank()), seq);
       }
-      if (choosing) pending_ = Pending{true, seq, call.kind, call_bytes, variant, t0, steady_seconds()};
+      if (choosing) pending_ = Pending{true, seq, call.kind, call_bytes, variant, in_place, t0, steady_seconds()};
     }
   } catch (const Timeout& e) {
     record(false);

@@ -30,8 +30,10 @@ namespace distml::engine {
 
 class VariantTuner;
 // The variants of a shared-memory schedule node rank 0 chooses between by
-// their times, as it hands them to its peers (ShmControl::choice).
-enum class Variant : std::uint8_t { kStaged = 0, kSingleCopy = 1, kStagedStreaming = 2 };
+// their times, as it hands them to its peers (ShmControl::choice). The ring
+// over MPI stands in for two ranks' allreduce of ordinary arrays under
+// `auto` (Communicator::pair_ring_offered).
+enum class Variant : std::uint8_t { kStaged = 0, kSingleCopy = 1, kStagedStreaming = 2, kPairRing = 3 };
 
 enum class Kind : std::uint8_t {
   kAllreduce = 0,
@@ -141,12 +143,14 @@ struct Settings {
   std::size_t allreduce_small_bytes = 64 << 10;
   std::size_t broadcast_small_bytes = 256 << 10;
   std::size_t reduce_small_bytes = 64 << 10;
-  // On a node of just two ranks, out-of-place allreduce from the min to
-  // below the max takes the ring over MPI: MPICH moves large messages
-  // between two processes with one copy, and the ring beat the shared-memory
-  // schedules there (1.6-2.5x MPI_Allreduce against 1.4-2.0x, measured in
-  // mixed sequences of collectives). Arrays in a shared window stay on the
-  // shared-memory path.
+  // On a node of just two ranks, allreduce of ordinary arrays under `auto`
+  // from the min to below the max may take the ring over MPI: out of place
+  // it beat the shared-memory schedules there (1.6-2.5x MPI_Allreduce
+  // against 1.4-2.0x, measured in mixed sequences of collectives), but in
+  // place it lost to them by 10-35% in the machine's fast phase
+  // (bench/results/closing.md). With shm_tune node rank 0 times it beside
+  // the shared-memory variants (Variant::kPairRing); without, the ring runs
+  // here. Arrays in a shared window stay on the shared-memory path.
   std::size_t pair_ring_min_bytes = 2 << 20;
   std::size_t pair_ring_max_bytes = 64 << 20;
   // Shared memory: each rank's two slots, and the most bytes a collective on
@@ -321,7 +325,7 @@ class Communicator {
   // times on node rank 0 (-1: none, or not node rank 0); and a pause this
   // rank takes at the end of every call the choice covers, before it counts
   // as finished.
-  double tuned_median(Kind kind, std::size_t bytes, Variant variant) const;
+  double tuned_median(Kind kind, std::size_t bytes, Variant variant, bool in_place = false) const;
   void set_finish_delay(double seconds) { finish_delay_ = seconds; }
  private:
   void setup_nodes();
@@ -376,7 +380,10 @@ class Communicator {
   // staged schedule may stand in for it); staging and staging with
   // streaming stores where it is staged (reduce too) from
   // kStreamSlotsMinBytes. The same answer on every rank whose plan agrees.
-  unsigned offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const;
+  unsigned offered_variants(const Call& call, const Plan& plan) const;
+  // Whether `call` is one the ring over MPI may run in place of the
+  // shared-memory schedule `auto` resolved (Settings::pair_ring_min_bytes).
+  bool pair_ring_offered(const Call& call) const;
   // Above the data that travels with the arrival (ShmControl::kEagerBytes):
   // in the slow phase allreduce of 32 KiB took 9 us this way against 19-20
   // us staged at P = 2; in the fast phase both 7 us
@@ -462,6 +469,7 @@ class Communicator {
     Kind kind = Kind::kAllreduce;
     std::size_t bytes = 0;
     Variant variant = Variant::kStaged;
+    bool in_place = false;  // its size class (VariantTuner::choose)
     double start = 0, end = 0;  // rank 0's, seconds of the steady clock
   } pending_;
   void record_pending();

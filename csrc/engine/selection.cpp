@@ -50,10 +50,9 @@ Algo Communicator::resolve(const Call& call) const {
   }
   switch (call.kind) {
     case Kind::kAllreduce:
-      if (one_node_ && size_ == 2 && call.window < 0 && bytes >= settings_.pair_ring_min_bytes &&
-          bytes < settings_.pair_ring_max_bytes) {
-        return Algo::kRing;
-      }
+      // With the choice by times, node rank 0 may run the ring instead
+      // (offered_variants).
+      if (pair_ring_offered(call) && !settings_.shm_tune) return Algo::kRing;
       if (one_node_) return Algo::kShm;
       // Small calls carry their agreement in recursive doubling's messages,
       // one round of messages where the hierarchical schedule would follow
@@ -162,6 +161,8 @@ Plan Communicator::plan(const Call& c) const {
         s += R(node_block);
         p.scratch_across = R(node_block);  // recursive doubling, or an in-place ring (less)
       }
+      // The ring may stand in (offered_variants): its in-place block too.
+      if (p.algo == Algo::kShm && in_place && settings_.shm_tune && pair_ring_offered(c)) s += R(block0);
       break;
     case Kind::kBroadcast:
       // Two ranks that may copy between each other's arrays: one copy,
@@ -293,18 +294,29 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
   }
 }
 
-unsigned Communicator::offered_variants(Kind kind, const Plan& plan, std::size_t bytes) const {
+bool Communicator::pair_ring_offered(const Call& c) const {
+  const std::size_t bytes = c.count * dtype_size(c.dtype);
+  return c.kind == Kind::kAllreduce && c.algo == Algo::kAuto && one_node_ && size_ == 2 && c.window < 0 &&
+         !c.invalid && bytes >= settings_.pair_ring_min_bytes && bytes < settings_.pair_ring_max_bytes;
+}
+
+unsigned Communicator::offered_variants(const Call& call, const Plan& plan) const {
+  const Kind kind = call.kind;
+  const std::size_t bytes = call.count * dtype_size(call.dtype);
   if (!(settings_.shm_tune && one_node_ && plan.algo == Algo::kShm) || plan.has(kEager) || plan.has(kInWindow)) return 0;
   if (!(kind == Kind::kAllreduce || kind == Kind::kAllgather || kind == Kind::kReduceScatter ||
         kind == Kind::kBroadcast || kind == Kind::kReduce))
     return 0;
   constexpr unsigned kStaged = 1u << static_cast<int>(Variant::kStaged),
                      kSingle = 1u << static_cast<int>(Variant::kSingleCopy),
-                     kStreaming = 1u << static_cast<int>(Variant::kStagedStreaming);
+                     kStreaming = 1u << static_cast<int>(Variant::kStagedStreaming),
+                     kRing = 1u << static_cast<int>(Variant::kPairRing);
+  const unsigned ring = pair_ring_offered(call) ? kRing : 0;
   // Two ranks' broadcast always takes its single copy: one copy split
   // between them, which no staging matches.
-  if (plan.has(kCrossMemory)) return kind == Kind::kBroadcast && shm_->size() == 2 ? 0 : kStaged | kSingle | kStreaming;
-  return bytes >= kStreamSlotsMinBytes ? kStaged | kStreaming : 0;
+  if (plan.has(kCrossMemory))
+    return kind == Kind::kBroadcast && shm_->size() == 2 ? 0 : kStaged | kSingle | kStreaming | ring;
+  return bytes >= kStreamSlotsMinBytes ? kStaged | kStreaming | ring : 0;
 }
 
 void Communicator::rehash_settings() {

@@ -8,7 +8,7 @@ namespace distml::engine {
 namespace {
 // The order of a comparison's first round: the single copy first, the
 // default before anything is known.
-constexpr Variant kOrder[] = {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming};
+constexpr Variant kOrder[] = {Variant::kSingleCopy, Variant::kStaged, Variant::kStagedStreaming, Variant::kPairRing};
 }  // namespace
 
 double VariantTuner::Times::median() const {
@@ -24,16 +24,18 @@ void VariantTuner::Times::add(double seconds) {
   count = std::min(count + 1, kSamples);
 }
 
-std::uint32_t VariantTuner::key(Kind kind, std::size_t bytes) {
+std::uint32_t VariantTuner::key(Kind kind, std::size_t bytes, bool in_place) {
   std::uint32_t log2 = 0;
   while (log2 < 63 && (std::size_t{2} << log2) <= bytes) ++log2;
-  return (static_cast<std::uint32_t>(kind) << 8) | log2;
+  return (static_cast<std::uint32_t>(in_place) << 16) | (static_cast<std::uint32_t>(kind) << 8) | log2;
 }
 
-VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes) { return classes_[key(kind, bytes)]; }
+VariantTuner::SizeClass& VariantTuner::size_class(Kind kind, std::size_t bytes, bool in_place) {
+  return classes_[key(kind, bytes, in_place)];
+}
 
-double VariantTuner::median(Kind kind, std::size_t bytes, Variant variant) const {
-  const auto it = classes_.find(key(kind, bytes));
+double VariantTuner::median(Kind kind, std::size_t bytes, Variant variant, bool in_place) const {
+  const auto it = classes_.find(key(kind, bytes, in_place));
   if (it == classes_.end()) return -1;
   const Times& t = it->second.variant[static_cast<int>(variant)];
   return t.count ? t.median() : -1;
@@ -63,8 +65,8 @@ bool VariantTuner::SizeClass::done() const {
   return true;
 }
 
-Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned offered) {
-  SizeClass& c = size_class(kind, bytes);
+Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned offered, bool in_place) {
+  SizeClass& c = size_class(kind, bytes, in_place);
   const auto on_offer = [&](int v) { return (offered >> v & 1u) != 0; };
   // The fastest offered by its median (-1: none has times).
   const auto fastest = [&]() {
@@ -133,8 +135,8 @@ Variant VariantTuner::choose(Kind kind, std::size_t bytes, double now, unsigned 
   return static_cast<Variant>(c.last);
 }
 
-void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds) {
-  SizeClass& c = size_class(kind, bytes);
+void VariantTuner::record(Kind kind, std::size_t bytes, Variant variant, double seconds, bool in_place) {
+  SizeClass& c = size_class(kind, bytes, in_place);
   const int v = static_cast<int>(variant);
   if (c.n > 0 && c.untimed[v] > 0) {
     c.untimed_seconds[v] += seconds;

@@ -1,7 +1,9 @@
 // Which variant of a shared-memory schedule runs on this node: staged
 // through the slots, staged with the slots filled by streaming stores, or
-// the single copy between the ranks' own arrays (the kernel's copy). Chosen
-// from their own times while the job runs.
+// the single copy between the ranks' own arrays (the kernel's copy); for
+// `auto` allreduce of ordinary arrays between two ranks from 2 to 64 MiB,
+// the ring over MPI too (Communicator::pair_ring_offered). Chosen from
+// their own times while the job runs.
 //
 // None is faster everywhere, nor on one machine at all times. On the AMD
 // EPYC machines these runs use, moving cache lines between the two cores
@@ -65,7 +67,7 @@
 
 namespace distml::engine {
 
-constexpr int kVariants = 3;  // of Variant (communicator.h)
+constexpr int kVariants = 4;  // of Variant (communicator.h)
 
 class VariantTuner {
  public:
@@ -90,13 +92,16 @@ class VariantTuner {
   static constexpr double kDrift = 1.5;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // The variant the next call `kind` of `bytes` runs, among those `offered`
-  // (bits 1 << Variant); `now` in seconds of a steady clock.
+  // (bits 1 << Variant); `now` in seconds of a steady clock. Calls in place
+  // (on node rank 0) are a size class of their own: the fastest variant
+  // differs (two ranks' allreduce of 4 MiB: the ring out of place, staging
+  // in place; bench/results/closing.md).
   static constexpr unsigned kOfferAll = (1u << kVariants) - 1;
-  Variant choose(Kind kind, std::size_t bytes, double now, unsigned offered = kOfferAll);
+  Variant choose(Kind kind, std::size_t bytes, double now, unsigned offered = kOfferAll, bool in_place = false);
   // That call's time, in seconds.
-  void record(Kind kind, std::size_t bytes, Variant variant, double seconds);
+  void record(Kind kind, std::size_t bytes, Variant variant, double seconds, bool in_place = false);
   // The median of `variant`'s latest times for `kind` of `bytes` (-1: none).
-  double median(Kind kind, std::size_t bytes, Variant variant) const;
+  double median(Kind kind, std::size_t bytes, Variant variant, bool in_place = false) const;
 
  private:
   struct Times {
@@ -128,8 +133,8 @@ class VariantTuner {
     void start(unsigned offered);
     bool done() const;
   };
-  SizeClass& size_class(Kind kind, std::size_t bytes);
-  static std::uint32_t key(Kind kind, std::size_t bytes);
+  SizeClass& size_class(Kind kind, std::size_t bytes, bool in_place);
+  static std::uint32_t key(Kind kind, std::size_t bytes, bool in_place);
   double explore_seconds_;
   std::unordered_map<std::uint32_t, SizeClass> classes_;
 };

@@ -21,7 +21,9 @@ WS = _core.VariantTuner.warmup_seconds
 DRIFT = _core.VariantTuner.drift
 PC = _core.VariantTuner.period_calls  # calls of the chosen variant before the next comparison
 ONE, ST, SS = _core.Variant.single_copy, _core.Variant.staged, _core.Variant.staged_streaming
+RING = _core.Variant.pair_ring  # two ranks' allreduce: the ring over MPI
 FIRST = [ONE, ST, SS]  # a comparison's first round
+THREE = sum(1 << int(v) for v in FIRST)  # the shared-memory variants
 RS, AG = _core.Kind.reduce_scatter, _core.Kind.allgather
 
 
@@ -31,15 +33,16 @@ def in_turn(order, rounds):
     return [order[(r + i) % n] for r in range(rounds) for i in range(n)]
 
 
-def _run(tuner, kind, nbytes, now, times, offered=None):
-    """Runs one call as the engine does: choose, then record the time that
-    `times` gives the chosen variant. Returns the variant."""
-    v = tuner.choose(kind, nbytes, now) if offered is None else tuner.choose(kind, nbytes, now, offered)
+def _run(tuner, kind, nbytes, now, times, offered=THREE):
+    """Runs one call as the engine does: choose among `offered` (the three
+    shared-memory variants unless given), then record the time that `times`
+    gives the chosen variant. Returns the variant."""
+    v = tuner.choose(kind, nbytes, now, offered)
     tuner.record(kind, nbytes, v, times[v])
     return v
 
 
-def _runs(tuner, kind, nbytes, now, times, n, offered=None):
+def _runs(tuner, kind, nbytes, now, times, n, offered=THREE):
     return [_run(tuner, kind, nbytes, now, times, offered) for _ in range(n)]
 
 
@@ -73,7 +76,7 @@ def test_policy_does_not_count_the_untimed_rounds_nor_one_spike():
     t = _core.VariantTuner(0.5)
     got, calls = [], {ONE: 0, ST: 0, SS: 0}
     for _ in range(3 * B):
-        v = t.choose(RS, 1 << 20, 0.0)
+        v = t.choose(RS, 1 << 20, 0.0, THREE)
         calls[v] += 1
         # Staging: 1.9e-4 for its first W calls and its last, else 0.5e-4;
         # the others 1e-4 throughout.
@@ -95,9 +98,9 @@ def test_policy_a_moment_of_slowness_does_not_decide():
     for start in range(3 * B - 5):
         t = _core.VariantTuner(0.5)
         for i in range(3 * B):
-            v = t.choose(RS, 1 << 20, 0.0)
+            v = t.choose(RS, 1 << 20, 0.0, THREE)
             t.record(RS, 1 << 20, v, times[v] * (3 if start <= i < start + 5 else 1))
-        assert t.choose(RS, 1 << 20, 0.1) == ONE, start
+        assert t.choose(RS, 1 << 20, 0.1, THREE) == ONE, start
 
 
 def test_policy_ends_the_untimed_calls_after_a_while():
@@ -215,9 +218,12 @@ def test_policy_keeps_size_classes_and_collectives_apart():
     _learn(t, RS, 1 << 20, 0.0, {ONE: 2e-4, ST: 1e-4, SS: 3e-4})
     # The same power of two shares what was learnt ...
     assert _run(t, RS, (1 << 20) + 12345, 0.1, dict.fromkeys(FIRST, 1.0)) == ST
-    # ... another size class or collective starts a comparison of its own.
+    # ... another size class or collective starts a comparison of its own,
+    # and so do calls in place (node rank 0's).
     assert _runs(t, RS, 2 << 20, 0.1, dict.fromkeys(FIRST, 1e-4), 3) == FIRST
     assert _runs(t, AG, 1 << 20, 0.1, dict.fromkeys(FIRST, 1e-4), 3) == FIRST
+    assert [t.choose(RS, 1 << 20, 0.1, THREE, True) for _ in range(3)] == FIRST
+    assert t.choose(RS, 1 << 20, 0.1, THREE) == ST
 
 
 # ---- on two ranks of one node ------------------------------------------------
@@ -255,7 +261,10 @@ def _traced(comm, fn):
 
 
 def _variant(schedule):
-    """The variant a traced shared-memory schedule names."""
+    """The variant a traced shared-memory schedule names (or the ring that
+    stands in for two ranks' allreduce)."""
+    if schedule == "ring":
+        return RING
     if "cross-memory" in schedule:
         return ONE
     return SS if "slots filled with streaming stores" in schedule else ST
@@ -334,6 +343,67 @@ def test_allreduce_average_and_half_types_under_every_variant(fresh, world):
         seen |= {_variant(s) for c, s in _traced(comm, calls) if c == "allreduce"}
     assert not check.failures, check.failures[:5]
     assert seen == (set(FIRST) if P == 2 else {ST, SS}), seen
+
+
+def test_pair_allreduce_compares_the_ring_too(fresh, world):
+    """Two ranks' allreduce of ordinary arrays from 2 MiB (to 64 MiB) under
+    `auto`: the ring over MPI is compared beside the three shared-memory
+    variants, in turn from the first call of calls in place and apart from
+    those out of place (as node rank 0 calls), and every rank runs what
+    node rank 0 chose. Results against numpy in place, into a new array, as
+    an average, and in place on one rank only; an explicit 'shm', an array
+    in a shared window and a size below 2 MiB never run the ring."""
+    comm, P, r = fresh, fresh.size, fresh.rank
+    if P != 2:
+        pytest.skip("the ring stands in for allreduce on a node of two ranks only")
+    n = ((4 << 20) + 4 * 13) // 4
+    xs = inputs("tuner_ring", np.dtype(np.float32), (n,), "small", P)
+    want, want_avg = reduce_ref(xs, "sum"), reduce_ref(xs, "avg")
+    bad, forms = [], []
+
+    def calls():
+        for i in range(4 * 4 * (1 + K) + 4):
+            form = i % 4
+            forms.append(form)
+            a = xs[r].copy()
+            if form == 0:
+                got = comm.allreduce(a, out=a)
+            elif form == 1:
+                got = comm.allreduce(a)
+            elif form == 2:
+                got = comm.allreduce(a, op="avg", out=a)
+            else:  # in place on rank 0, into another array on rank 1
+                got = comm.allreduce(a, out=a if r == 0 else np.empty_like(a))
+            ok = np.allclose(got, want_avg, rtol=1e-6) if form == 2 else np.array_equal(got, want)
+            if not ok:
+                bad.append((i, form))
+
+    ran = [_variant(s) for c, s in _traced(comm, calls) if c == "allreduce"]
+    assert not bad, bad
+    assert len(ran) == len(forms), ran
+    order = FIRST + [RING]
+    for label, kept in (("in place", (0, 2, 3)), ("out of place", (1,))):
+        mine = [v for v, f in zip(ran, forms) if f in kept]
+        assert mine[:4 * (1 + K)] == in_turn(order, 1 + K), (label, mine)
+        assert set(mine) == set(order), (label, mine)
+    everyone = world.allgather(ran)
+    assert all(e == everyone[0] for e in everyone), "ranks ran different variants"
+
+    shared = comm.empty(n, np.float32)
+
+    def never():
+        for i in range(4 * B):
+            a = xs[r].copy()
+            comm.allreduce(a, out=a, algorithm="shm")
+            shared[...] = xs[r]
+            comm.allreduce(shared, out=shared)
+            comm.allreduce(xs[r][:(1 << 20) // 4])
+            if not (np.array_equal(a, want) and np.array_equal(shared, want)):
+                bad.append(i)
+
+    events = traced(comm, never)
+    assert not bad, bad
+    assert all(e["algorithm"] == "shm" for e in events if e["collective"] == "allreduce"), events
 
 
 def test_reduce_under_both_staged_variants(fresh, world):

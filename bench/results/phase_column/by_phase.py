@@ -2,9 +2,10 @@
 sweeps that read the phase: for each (collective, size) and each set of
 runs (the file name's first word), the median over runs of the row's ratio
 in the fast phase and in the slow one (runs with rounds in that phase),
-with the number of such runs.
+with the number of such runs. --impl names the rows (default
+distml:auto; comma-separated for several, e.g. distml:auto,distml:in-place).
 
-    python bench/results/phase_column/by_phase.py DIR [DIR ...]
+    python bench/results/phase_column/by_phase.py [--impl NAMES] DIR [DIR ...]
 """
 import glob
 import json
@@ -17,7 +18,7 @@ import numpy as np
 from distml.bench.common import format_size
 
 
-def main(dirs) -> None:
+def main(dirs, impls=("distml:auto",)) -> None:
     got = defaultdict(list)
     sets = []
     for d in dirs:
@@ -29,12 +30,13 @@ def main(dirs) -> None:
             if label not in sets:
                 sets.append(label)
             for r in res["rows"]:
-                if r["implementation"] != "distml:auto":
+                if r["implementation"] not in impls:
                     continue
+                row = r["collective"] if len(impls) == 1 else f"{r['collective']} {r['implementation']}"
                 for phase in ("fast", "slow"):
                     if f"ratio_{phase}" in r:
-                        got[r["collective"], r["bytes"], label, phase].append(r[f"ratio_{phase}"])
-    keys = sorted({(c, b) for c, b, _, _ in got})
+                        got[row, r["bytes"], label, phase].append(r[f"ratio_{phase}"])
+    keys = sorted({(c, b) for c, b, _, _ in got}, key=lambda k: (k[1], k[0]))
     head = "| collective | size | " + " | ".join(f"{s} fast | {s} slow" for s in sets) + " |"
     print(head)
     print("|---|---:|" + "---:|" * (2 * len(sets)))
@@ -48,4 +50,8 @@ def main(dirs) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    if args[:1] == ["--impl"]:
+        main(args[2:], tuple(args[1].split(",")))
+    else:
+        main(args)
