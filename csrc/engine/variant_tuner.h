@@ -92,10 +92,10 @@ class VariantTuner {
   static constexpr double kDrift = 1.5;
   explicit VariantTuner(double explore_seconds) : explore_seconds_(explore_seconds) {}
   // The variant the next call `kind` of `bytes` runs, among those `offered`
-  // (bits 1 << Variant); `now` in seconds of a steady clock. Calls in place
-  // (on node rank 0) are a size class of their own: the fastest variant
-  // differs (two ranks' allreduce of 4 MiB: the ring out of place, staging
-  // in place; bench/results/closing.md).
+  // (bits 1 << Variant); `now` in seconds of a steady clock. `in_place`
+  // calls are a size class of their own: the engine says so where the
+  // fastest variant differs by it (two ranks' allreduce of 4 MiB: the ring
+  // out of place, staging in place; bench/results/closing.md).
   static constexpr unsigned kOfferAll = (1u << kVariants) - 1;
   Variant choose(Kind kind, std::size_t bytes, double now, unsigned offered = kOfferAll, bool in_place = false);
   // That call's time, in seconds.

@@ -406,6 +406,29 @@ def test_pair_allreduce_compares_the_ring_too(fresh, world):
     assert all(e["algorithm"] == "shm" for e in events if e["collective"] == "allreduce"), events
 
 
+def test_calls_in_place_and_not_share_a_comparison_elsewhere(fresh, world):
+    """Where the ring is not offered (allreduce of 1 MiB), calls in place and
+    out of place alternating are one size class: one comparison in turn
+    over both forms, not one for each."""
+    comm, P, r = fresh, fresh.size, fresh.rank
+    n = (1 << 20) // 4
+    xs = inputs("tuner_forms", np.dtype(np.float32), (n,), "small", P)
+    want = reduce_ref(xs, "sum")
+    offered = _offered(comm, "allreduce")
+    bad = []
+
+    def calls():
+        for i in range(len(offered) * (1 + K)):
+            a = xs[r].copy()
+            got = comm.allreduce(a, out=a) if i % 2 else comm.allreduce(a)
+            if not np.array_equal(got, want):
+                bad.append(i)
+
+    ran = [_variant(s) for c, s in _traced(comm, calls) if c == "allreduce"]
+    assert not bad, bad
+    assert ran == in_turn(offered, 1 + K), ran
+
+
 def test_reduce_under_both_staged_variants(fresh, world):
     """reduce is staged on any node; from 16 KiB it tries staging with
     streaming stores too: numpy's result on the root from every root, odd
