@@ -30,7 +30,7 @@ def main(paths):
                 mpi.setdefault((P, coll, b), []).append(impls["distml:auto"]["ratio"])
     med = statistics.median
     Ps = sorted({k[0] for k in mpi})
-    cols = [(c, P) for c in COLLECTIVES for P in Ps if any(k[:2] == (P, c) for k in mpi)]
+    cols = [(c, P) for c in COLLECTIVES if c != "barrier" for P in Ps if any(k[:2] == (P, c) for k in mpi)]
     print("| size | " + " | ".join(f"{c} P={P}" for c, P in cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for b in sorted({k[2] for k in mpi if k[1] != "barrier"}):
