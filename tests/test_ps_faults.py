@@ -58,6 +58,14 @@ def run_job(tmp_path, P, args, victim, limit, env_extra=None):
     finally:
         # The stopped rank never finishes: end the job (continue first, so
         # the kill is delivered to a running process group).
+        if not all((outdir / f"rank-{r}.json").exists() for r in survivors) and proc.poll() is None:
+            # A hang: ranks that run ps_lost_worker.py dump their stacks into
+            # the output first (faulthandler on SIGUSR1).
+            try:
+                os.killpg(proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+            time.sleep(2)
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)

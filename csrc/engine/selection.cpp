@@ -297,7 +297,7 @@ std::size_t Communicator::agreement_scratch(std::size_t carried_bytes) const {
 bool Communicator::pair_ring_offered(const Call& c) const {
   const std::size_t bytes = c.count * dtype_size(c.dtype);
   return c.kind == Kind::kAllreduce && c.algo == Algo::kAuto && one_node_ && size_ == 2 && c.window < 0 &&
-         !c.invalid && bytes >= settings_.pair_ring_min_bytes && bytes < settings_.pair_ring_max_bytes;
+         bytes >= settings_.pair_ring_min_bytes && bytes < settings_.pair_ring_max_bytes;
 }
 
 unsigned Communicator::offered_variants(const Call& call, const Plan& plan) const {

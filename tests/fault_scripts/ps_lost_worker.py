@@ -31,6 +31,7 @@ ends the job; MPI_Finalize would wait for the stopped rank).
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -43,6 +44,11 @@ import numpy as np
 import distml
 from distml import optim
 from distml.ps import ParameterServer
+
+# A rank that has not reported when the test gives up dumps every thread's
+# stack on SIGUSR1 (run_job in tests/test_ps_faults.py), into the output the
+# test shows.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 LR = 0.01
 VICTIM_GRAD = 1000.0
