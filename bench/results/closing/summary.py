@@ -5,23 +5,19 @@ buffers (peer's time / distml's, medians over runs).
 
     python bench/results/closing/summary.py bench/results/closing/*_run*.json
 """
-import json
 import statistics
 import sys
 
 from distml.bench.common import format_size
+from targets import PEERS, rows_by_cell  # this directory's
 
-COLLECTIVES = ("allreduce", "broadcast", "reduce", "allgather", "reduce_scatter", "alltoall", "barrier")
-PEERS = ("deepspeed:shm", "oneccl", "torch:gloo")
+COLLECTIVES = ("allreduce", "broadcast", "reduce", "allgather", "reduce_scatter", "alltoall")  # barrier: a line below
 
 
 def main(paths):
     mpi, peers = {}, {}
     for p in paths:
-        by = {}
-        for r in json.load(open(p))["rows"]:
-            by.setdefault((r["P"], r["collective"], r["bytes"]), {})[r["implementation"]] = r
-        for (P, coll, b), impls in by.items():
+        for (P, coll, b), impls in rows_by_cell(p).items():
             found = [name for name in PEERS if name in impls]
             for name in found:
                 peers.setdefault((P, name, b), []).append(
@@ -30,7 +26,7 @@ def main(paths):
                 mpi.setdefault((P, coll, b), []).append(impls["distml:auto"]["ratio"])
     med = statistics.median
     Ps = sorted({k[0] for k in mpi})
-    cols = [(c, P) for c in COLLECTIVES if c != "barrier" for P in Ps if any(k[:2] == (P, c) for k in mpi)]
+    cols = [(c, P) for c in COLLECTIVES for P in Ps if any(k[:2] == (P, c) for k in mpi)]
     print("| size | " + " | ".join(f"{c} P={P}" for c, P in cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for b in sorted({k[2] for k in mpi if k[1] != "barrier"}):

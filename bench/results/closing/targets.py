@@ -22,15 +22,20 @@ PEERS = ("deepspeed:shm", "oneccl", "torch:gloo")
 MiB = 1 << 20
 
 
+def rows_by_cell(path):
+    """{(P, collective, size): {implementation: row}} of one sweep file."""
+    by = {}
+    for r in json.load(open(path))["rows"]:
+        by.setdefault((r["P"], r["collective"], r["bytes"]), {})[r["implementation"]] = r
+    return by
+
+
 def collect(paths):
     """{(target, P, collective, size): [value per run]} and the slow-phase
     share of distml's rows per (P, collective, size)."""
     cells, slow = {}, {}
     for p in paths:
-        by = {}
-        for r in json.load(open(p))["rows"]:
-            by.setdefault((r["P"], r["collective"], r["bytes"]), {})[r["implementation"]] = r
-        for (P, coll, b), impls in by.items():
+        for (P, coll, b), impls in rows_by_cell(p).items():
             auto, mpi = impls.get("distml:auto"), impls.get("mpi4py")
             if auto is None or mpi is None:
                 continue
